@@ -1,0 +1,162 @@
+"""Dynamic batching: gather concurrent requests into one forward pass.
+
+A model service receives requests one image at a time from many clients. Running each
+alone wastes the accelerator; this batcher queues them, waits at most ``max_delay_ms``
+for up to ``max_batch_size`` items, runs one batch in a worker thread (torch releases
+the GIL) and hands each caller its own result. The queue is bounded: when it is full,
+``submit`` fails at once with :class:`QueueFullError` so the service can answer 503
+instead of letting latency grow without limit. Items whose caller has gone away (a
+cancelled future) or whose deadline has passed are dropped, not computed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+In = TypeVar("In")
+Out = TypeVar("Out")
+
+
+class QueueFullError(RuntimeError):
+    """The batcher's queue is at capacity; retry later."""
+
+
+class DeadlineExceededError(TimeoutError):
+    """The item waited in the queue past its deadline and was not computed."""
+
+
+@dataclass
+class BatchStats:
+    """What one batch cost; passed to the ``on_batch`` observer (metrics)."""
+
+    size: int
+    queue_seconds: list[float]
+    compute_seconds: float
+
+
+@dataclass
+class _Pending(Generic[In, Out]):
+    item: In
+    future: asyncio.Future[Out]
+    enqueued_at: float = field(default_factory=time.perf_counter)
+    deadline: float | None = None
+
+
+class DynamicBatcher(Generic[In, Out]):
+    """Collects items into batches for ``run_batch`` (a blocking function)."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[In]], Sequence[Out]],
+        *,
+        max_batch_size: int = 8,
+        max_delay_ms: float = 5.0,
+        max_queue_size: int = 64,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_delay = max_delay_ms / 1000.0
+        self.max_queue_size = max_queue_size
+        self._on_batch = on_batch
+        self._queue: asyncio.Queue[_Pending[In, Out]] | None = None
+        self._worker: asyncio.Task[None] | None = None
+        # One thread: batches run one after another on the device, never interleaved.
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batch")
+
+    @property
+    def queue_depth(self) -> int:
+        return self._queue.qsize() if self._queue is not None else 0
+
+    async def start(self) -> None:
+        if self._worker is None:
+            self._queue = asyncio.Queue(maxsize=self.max_queue_size)
+            self._worker = asyncio.create_task(self._loop(), name="dynamic-batcher")
+
+    async def stop(self) -> None:
+        if self._worker is not None:
+            self._worker.cancel()
+            try:
+                await self._worker
+            except asyncio.CancelledError:
+                pass
+            self._worker = None
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    async def submit(self, item: In, *, deadline: float | None = None) -> Out:
+        """Queue one item and wait for its result (``deadline`` is a perf_counter time)."""
+        if self._queue is None:
+            raise RuntimeError("batcher not started")
+        future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
+        try:
+            self._queue.put_nowait(_Pending(item, future, deadline=deadline))
+        except asyncio.QueueFull as exc:
+            raise QueueFullError(
+                f"inference queue is full ({self.max_queue_size} waiting)"
+            ) from exc
+        return await future
+
+    async def _collect(self) -> list[_Pending[In, Out]]:
+        assert self._queue is not None
+        batch = [await self._queue.get()]
+        closes_at = time.perf_counter() + self.max_delay
+        while len(batch) < self.max_batch_size:
+            remaining = closes_at - time.perf_counter()
+            if remaining <= 0:
+                while len(batch) < self.max_batch_size and not self._queue.empty():
+                    batch.append(self._queue.get_nowait())
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    def _still_wanted(self, pending: _Pending[In, Out], now: float) -> bool:
+        if pending.future.done():  # caller cancelled (client disconnected)
+            return False
+        if pending.deadline is not None and now > pending.deadline:
+            pending.future.set_exception(
+                DeadlineExceededError("request deadline passed while queued")
+            )
+            return False
+        return True
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            collected = await self._collect()
+            started = time.perf_counter()
+            batch = [pending for pending in collected if self._still_wanted(pending, started)]
+            if not batch:
+                continue
+            try:
+                results = await loop.run_in_executor(
+                    self._executor, self._run_batch, [pending.item for pending in batch]
+                )
+                if len(results) != len(batch):
+                    raise RuntimeError(
+                        f"run_batch returned {len(results)} results for {len(batch)} items"
+                    )
+            except Exception as exc:  # noqa: BLE001 - every caller must hear about it
+                for pending in batch:
+                    if not pending.future.done():
+                        pending.future.set_exception(exc)
+                continue
+            finished = time.perf_counter()
+            for pending, result in zip(batch, results, strict=True):
+                if not pending.future.done():
+                    pending.future.set_result(result)
+            if self._on_batch is not None:
+                self._on_batch(
+                    BatchStats(
+                        size=len(batch),
+                        queue_seconds=[started - p.enqueued_at for p in batch],
+                        compute_seconds=finished - started,
+                    )
+                )

@@ -1,0 +1,284 @@
+"""A model object with an explicit lifecycle, and the OIP (KServe v2) app that serves it.
+
+Both model services are this app around a different :class:`BatchedModel`. The model
+loads in a background thread at start-up (``/v2/health/live`` answers at once, ready
+only once the checkpoints are loaded), requests are split into single images, batched
+dynamically across clients, run on the model's device, and reassembled per request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from shared import oip
+from shared.batching import BatchStats, DeadlineExceededError, DynamicBatcher, QueueFullError
+from shared.logging import request_id_var
+
+log = logging.getLogger(__name__)
+
+IMAGE_INPUT = "IMAGE"
+REQUEST_ID_HEADER = "X-Request-ID"
+
+
+class InputError(ValueError):
+    """The request's tensors do not fit the model's input contract (answered with 400)."""
+
+
+def split_images(array: np.ndarray) -> list[np.ndarray]:
+    """UINT8 ``[N,1,H,W]`` or ``[N,H,W]`` -> N contiguous ``(H, W)`` images."""
+    if array.dtype != np.uint8:
+        raise InputError(f"{IMAGE_INPUT} must be UINT8, got {array.dtype}")
+    if array.ndim == 4 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 3:
+        raise InputError(f"{IMAGE_INPUT} must have shape [N,1,H,W] or [N,H,W], got {list(array.shape)}")
+    n, height, width = array.shape
+    if n < 1 or height < 8 or width < 8:
+        raise InputError(f"{IMAGE_INPUT} shape {list(array.shape)} is too small")
+    if height * width > 64 * 1024 * 1024:
+        raise InputError(f"{IMAGE_INPUT} of {height}x{width} is too large")
+    return [np.ascontiguousarray(image) for image in array]
+
+
+class BatchedModel(ABC):
+    """Lifecycle: ``load()`` once (blocking), then ``predict_batch`` on lists of images."""
+
+    name: str
+    platform: str = "pytorch"
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.load_error: str | None = None
+        self.load_seconds: float | None = None
+
+    @abstractmethod
+    def load(self) -> None:
+        """Read checkpoints, move to the device, warm up. Raise with a clear message."""
+
+    @abstractmethod
+    def metadata(self) -> oip.ModelMetadata: ...
+
+    @abstractmethod
+    def predict_batch(self, images: list[np.ndarray]) -> Sequence[dict[str, np.ndarray]]:
+        """One forward pass over single-channel uint8 images of any sizes."""
+
+    @abstractmethod
+    def merge_outputs(self, per_image: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Per-image outputs of one request -> the request's output tensors."""
+
+    def response_parameters(self) -> dict[str, Any]:
+        """Facts every infer response carries (bundle name, kind, checkpoint hashes)."""
+        return {}
+
+
+class _Metrics:
+    """Prometheus metrics in Triton's naming where they mean the same thing."""
+
+    def __init__(self, model: str) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["model", "version"]
+        self.labels = {"model": model, "version": "1"}
+        self.success = Counter(
+            "nv_inference_request_success", "Successful inference requests", labels,
+            registry=self.registry,
+        )
+        self.failure = Counter(
+            "nv_inference_request_failure", "Failed inference requests", labels + ["reason"],
+            registry=self.registry,
+        )
+        self.count = Counter(
+            "nv_inference_count", "Images inferred", labels, registry=self.registry
+        )
+        self.exec_count = Counter(
+            "nv_inference_exec_count", "Batches executed", labels, registry=self.registry
+        )
+        self.queue_us = Counter(
+            "nv_inference_queue_duration_us", "Cumulative queue time (us)", labels,
+            registry=self.registry,
+        )
+        self.compute_us = Counter(
+            "nv_inference_compute_infer_duration_us", "Cumulative compute time (us)", labels,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "spine_batch_size", "Images per executed batch", labels,
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry,
+        )
+        self.request_seconds = Histogram(
+            "spine_request_duration_seconds", "Infer request latency", labels,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "spine_queue_depth", "Images waiting for a batch", labels, registry=self.registry
+        )
+
+    def observe_batch(self, stats: BatchStats) -> None:
+        self.exec_count.labels(**self.labels).inc()
+        self.count.labels(**self.labels).inc(stats.size)
+        self.batch_size.labels(**self.labels).observe(stats.size)
+        self.queue_us.labels(**self.labels).inc(sum(stats.queue_seconds) * 1e6)
+        self.compute_us.labels(**self.labels).inc(stats.compute_seconds * 1e6)
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse(status_code=status, content={"error": message}, headers=headers)
+
+
+def create_model_app(
+    model: BatchedModel,
+    *,
+    title: str,
+    max_batch_size: int,
+    max_delay_ms: float,
+    max_queue_size: int,
+    request_timeout_s: float = 120.0,
+) -> FastAPI:
+    """The KServe v2 REST app (with Triton's binary tensor extension) around ``model``."""
+    metrics = _Metrics(model.name)
+    batcher: DynamicBatcher[np.ndarray, dict[str, np.ndarray]] = DynamicBatcher(
+        model.predict_batch,
+        max_batch_size=max_batch_size,
+        max_delay_ms=max_delay_ms,
+        max_queue_size=max_queue_size,
+        on_batch=metrics.observe_batch,
+    )
+
+    def _load_in_background() -> None:
+        started = time.perf_counter()
+        try:
+            model.load()
+        except Exception as exc:  # noqa: BLE001 - reported through readiness and the log
+            model.load_error = str(exc)
+            log.error("model %s failed to load: %s", model.name, exc)
+            return
+        model.load_seconds = time.perf_counter() - started
+        model.ready = True
+        log.info("model %s ready in %.1f s", model.name, model.load_seconds)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await batcher.start()
+        threading.Thread(target=_load_in_background, name="model-load", daemon=True).start()
+        yield
+        await batcher.stop()
+
+    app = FastAPI(title=title, version="1", lifespan=lifespan)
+    app.state.model = model
+
+    @app.middleware("http")
+    async def request_id_middleware(request: Request, call_next):  # type: ignore[no-untyped-def]
+        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        token = request_id_var.set(request_id[:128])
+        try:
+            response = await call_next(request)
+        finally:
+            request_id_var.reset(token)
+        response.headers[REQUEST_ID_HEADER] = request_id[:128]
+        return response
+
+    def _unknown(name: str) -> JSONResponse | None:
+        if name != model.name:
+            return _error(404, f"unknown model {name!r}; this server serves {model.name!r}")
+        return None
+
+    @app.get("/v2", tags=["server"])
+    async def server_metadata() -> dict[str, Any]:
+        return {"name": title, "version": "1", "extensions": ["binary_tensor_data"]}
+
+    @app.get("/v2/health/live", tags=["health"])
+    async def live() -> dict[str, bool]:
+        return {"live": True}
+
+    @app.get("/v2/health/ready", tags=["health"])
+    async def ready() -> Response:
+        if model.ready:
+            return JSONResponse({"ready": True})
+        return JSONResponse({"ready": False, "error": model.load_error}, status_code=503)
+
+    @app.get("/v2/models/{name}", tags=["model"])
+    @app.get("/v2/models/{name}/versions/{version}", tags=["model"], include_in_schema=False)
+    async def model_metadata(name: str, version: str | None = None) -> Response:
+        if (missing := _unknown(name)) is not None:
+            return missing
+        return JSONResponse(model.metadata().model_dump())
+
+    @app.get("/v2/models/{name}/ready", tags=["model"])
+    @app.get("/v2/models/{name}/versions/{version}/ready", tags=["model"], include_in_schema=False)
+    async def model_ready(name: str, version: str | None = None) -> Response:
+        if (missing := _unknown(name)) is not None:
+            return missing
+        return JSONResponse({"name": name, "ready": model.ready}, status_code=200 if model.ready else 503)
+
+    @app.post("/v2/models/{name}/infer", tags=["model"])
+    @app.post("/v2/models/{name}/versions/{version}/infer", tags=["model"], include_in_schema=False)
+    async def infer(name: str, request: Request, version: str | None = None) -> Response:
+        if (missing := _unknown(name)) is not None:
+            return missing
+        if not model.ready:
+            metrics.failure.labels(**metrics.labels, reason="not_ready").inc()
+            return _error(503, f"model {name} is not ready", {"Retry-After": "5"})
+        started = time.perf_counter()
+        body = await request.body()
+        try:
+            raw_length = request.headers.get(oip.HEADER_LENGTH)
+            header_length = int(raw_length) if raw_length is not None else None
+            infer_request, tensors = oip.decode_request(body, header_length)
+            if IMAGE_INPUT not in tensors:
+                raise InputError(f"missing input tensor {IMAGE_INPUT!r}")
+            images = split_images(tensors[IMAGE_INPUT])
+        except (ValueError, oip.OipError) as exc:
+            metrics.failure.labels(**metrics.labels, reason="bad_request").inc()
+            return _error(400, str(exc))
+        deadline = started + request_timeout_s
+        metrics.queue_depth.labels(**metrics.labels).set(batcher.queue_depth)
+        try:
+            results = await asyncio.gather(
+                *(batcher.submit(image, deadline=deadline) for image in images)
+            )
+        except QueueFullError as exc:
+            metrics.failure.labels(**metrics.labels, reason="queue_full").inc()
+            return _error(503, str(exc), {"Retry-After": "1"})
+        except DeadlineExceededError as exc:
+            metrics.failure.labels(**metrics.labels, reason="deadline").inc()
+            return _error(504, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a model failure is a real server error
+            log.exception("inference failed")
+            metrics.failure.labels(**metrics.labels, reason="model_error").inc()
+            return _error(500, f"inference failed: {type(exc).__name__}: {exc}")
+        outputs = model.merge_outputs(list(results))
+        requested = [item.name for item in infer_request.outputs or []]
+        if requested:
+            unknown = [item for item in requested if item not in outputs]
+            if unknown:
+                return _error(400, f"unknown output(s) {unknown}; available {list(outputs)}")
+            outputs = {key: outputs[key] for key in requested}
+        binary = {key for key in outputs if oip.wants_binary(infer_request, key)}
+        elapsed = time.perf_counter() - started
+        parameters = {**model.response_parameters(), "server_ms": round(elapsed * 1000, 3)}
+        payload, headers = oip.encode_response(
+            model.name, outputs, request_id=infer_request.id, binary=binary, parameters=parameters
+        )
+        metrics.success.labels(**metrics.labels).inc()
+        metrics.request_seconds.labels(**metrics.labels).observe(elapsed)
+        return Response(content=payload, headers=headers, media_type=headers["Content-Type"])
+
+    @app.get("/metrics", tags=["metrics"], include_in_schema=False)
+    async def prometheus_metrics() -> Response:
+        metrics.queue_depth.labels(**metrics.labels).set(batcher.queue_depth)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app

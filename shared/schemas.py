@@ -1,0 +1,129 @@
+"""The public JSON of the gateway, as pydantic models (they are the OpenAPI document).
+
+SEED.md's ``/upload`` and ``/health`` fields keep their names and meaning; everything
+else is added alongside, never renamed.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ErrorResponse(BaseModel):
+    """Every error the gateway returns, whatever the status code."""
+
+    status: Literal["error"] = "error"
+    message: str = Field(description="What went wrong and what to do about it")
+    request_id: str | None = None
+
+
+class Detection(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    class_name: str = Field(alias="class", description="Lesion class, named by the checkpoint")
+    class_id: int
+    confidence: float = Field(ge=0, le=1)
+    bbox: list[float] = Field(
+        min_length=4, max_length=4, description="[x1, y1, x2, y2] in ORIGINAL image pixels"
+    )
+
+
+class DicomSummary(BaseModel):
+    """Identifiers follow PHI_MODE: ``patient_id`` is a keyed pseudonym by default."""
+
+    patient_id: str | None = Field(description="Pseudonym (default), raw, or null: see PHI_MODE")
+    study_date: str | None
+    modality: str | None
+    rows: int
+    columns: int
+    photometric_interpretation: str
+    transfer_syntax_uid: str
+    transfer_syntax: str
+    bits_stored: int
+
+
+class ImageGeometry(BaseModel):
+    """How the canonical image the models saw relates to the original pixels."""
+
+    original_width: int
+    original_height: int
+    canonical_width: int
+    canonical_height: int
+    scale_x: float = Field(description="canonical width / original width")
+    scale_y: float = Field(description="canonical height / original height")
+
+
+class BundleSummary(BaseModel):
+    name: str
+    kind: Literal["user", "demo", "untrained"]
+    demo: bool = Field(description="True when the weights are not a real medical model")
+    checkpoints: dict[str, str] = Field(description="checkpoint path -> sha256")
+
+
+class Timings(BaseModel):
+    """Milliseconds per stage; classify and detect run concurrently."""
+
+    decode: float
+    classify: float
+    detect: float | None
+    merge: float
+    render: float
+    total: float
+
+
+class FusionInfo(BaseModel):
+    mode: Literal["paper", "seed"]
+    detector_threshold: float | None
+    normal_min_confidence: float
+    boxes_suppressed: int = Field(description="Detector boxes hidden by the fusion rule")
+
+
+class UploadResponse(BaseModel):
+    status: Literal["success"] = "success"
+    diagnosis: Literal["Normal", "Abnormal"]
+    confidence: float = Field(ge=0, le=1, description="Probability of the stated diagnosis")
+    abnormal_probability: float = Field(ge=0, le=1, description="Ensemble score")
+    threshold: float = Field(description="Abnormal iff abnormal_probability > threshold")
+    ensemble_prediction: dict[str, float] = Field(
+        description="Each member's probability of Abnormal (densenet121, resnet50, efficientnetv2)"
+    )
+    ensemble_weights: dict[str, float]
+    detections: list[Detection] | None = Field(
+        description="Lesion boxes after fusion; null when the detector was unavailable"
+    )
+    metadata: DicomSummary
+    annotated_image: str | None = Field(
+        description="data:image/png;base64 image with the boxes drawn; null with ?annotate=false"
+    )
+    canonical_image: str | None = Field(
+        None,
+        description="data:image/png;base64 of the canonical image the models saw (no boxes); "
+        "only with ?canonical_image=true",
+    )
+    image: ImageGeometry
+    fusion: FusionInfo
+    model_bundle: BundleSummary
+    demo: bool = Field(description="True when results come from demo/untrained weights")
+    timings_ms: Timings
+    request_id: str
+    warnings: list[str]
+
+
+class ServiceHealth(BaseModel):
+    ready: bool
+    replicas: dict[str, bool] = Field(description="upstream URL -> ready")
+    model_bundle: BundleSummary | None = None
+    device: str | None = None
+
+
+class HealthResponse(BaseModel):
+    status: Literal["healthy", "degraded", "unhealthy"]
+    models_loaded: bool
+    device: str = Field(description="The model services' device(s)")
+    timestamp: str
+    services: dict[str, ServiceHealth]
+    demo: bool
+    warnings: list[str]
+    decodable_transfer_syntaxes: dict[str, bool]
