@@ -1,0 +1,148 @@
+"""The detector as an OIP model: ``spine-detector``.
+
+Input ``IMAGE``: canonical grey image(s), UINT8 ``[N,1,H,W]`` or ``[N,H,W]``. Outputs
+(Triton's NMS naming): ``num_detections`` INT32 ``[N,1]``, ``detection_boxes`` FP32
+``[N,K,4]`` (x1, y1, x2, y2 in the INPUT image's pixels), ``detection_scores`` FP32
+``[N,K]``, ``detection_classes`` INT32 ``[N,K]``; rows past ``num_detections`` are
+padding. Class names are in the metadata parameter ``class_names``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from detector_service.yolo import letterbox_batch, load_yolo, postprocess, unletterbox_boxes
+from shared import oip
+from shared.bundle import (
+    BundleManifest,
+    demo_warning,
+    is_demo,
+    load_manifest,
+    resolve_checkpoint,
+    sha256_file,
+)
+from shared.device import configure_torch, resolve_device
+from shared.model_server import IMAGE_INPUT, BatchedModel
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "spine-detector"
+
+
+class DetectorModel(BatchedModel):
+    name = MODEL_NAME
+
+    def __init__(self, model_dir: Path, device: str = "auto", torch_threads: int = 0) -> None:
+        super().__init__()
+        self.model_dir = model_dir
+        self.device_setting = device
+        self.torch_threads = torch_threads
+        self.manifest: BundleManifest = load_manifest(model_dir)
+        self.spec = self.manifest.detector
+        self.network: nn.Module | None = None
+        self.class_names: dict[int, str] = {}
+        self.device = torch.device("cpu")
+        self.half = False
+        self.sha256 = ""
+
+    def load(self) -> None:
+        self.device = resolve_device(self.device_setting)
+        configure_torch(self.device, self.torch_threads)
+        path = resolve_checkpoint(self.model_dir, self.spec.checkpoint)
+        network, self.class_names = load_yolo(path)
+        self.half = self.device.type == "cuda"
+        network = network.to(self.device)
+        self.network = network.half() if self.half else network.float()
+        self.sha256 = sha256_file(path)
+        warning = demo_warning(self.manifest.kind)
+        if warning:
+            log.warning(warning)
+        self.predict_batch([np.zeros((64, 48), dtype=np.uint8)])  # warm-up before ready
+        log.info(
+            "detector %s on %s: %d classes", self.spec.checkpoint, self.device, len(self.class_names)
+        )
+
+    @torch.inference_mode()
+    def predict_batch(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        if self.network is None:
+            raise RuntimeError("detector not loaded")
+        batch, geometries = letterbox_batch(images, self.spec.image_size, self.device)
+        if self.half:
+            batch = batch.half()
+        raw = self.network(batch)
+        detections = postprocess(
+            raw,
+            conf=self.spec.conf,
+            iou=self.spec.iou,
+            max_det=self.spec.max_det,
+            end2end=bool(getattr(self.network, "end2end", False)),
+        )
+        results = []
+        for image, geometry, found in zip(images, geometries, detections, strict=True):
+            found = found.float().cpu().numpy()
+            boxes = unletterbox_boxes(found[:, :4], geometry, image.shape[0], image.shape[1])
+            results.append(
+                {
+                    "boxes": boxes.astype(np.float32),
+                    "scores": found[:, 4].astype(np.float32),
+                    "classes": found[:, 5].astype(np.int32),
+                }
+            )
+        return results
+
+    def merge_outputs(self, per_image: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        count = len(per_image)
+        width = max(1, max(len(item["scores"]) for item in per_image))
+        boxes = np.zeros((count, width, 4), dtype=np.float32)
+        scores = np.zeros((count, width), dtype=np.float32)
+        classes = np.full((count, width), -1, dtype=np.int32)
+        found = np.zeros((count, 1), dtype=np.int32)
+        for index, item in enumerate(per_image):
+            k = len(item["scores"])
+            found[index, 0] = k
+            boxes[index, :k] = item["boxes"]
+            scores[index, :k] = item["scores"]
+            classes[index, :k] = item["classes"]
+        return {
+            "num_detections": found,
+            "detection_boxes": boxes,
+            "detection_scores": scores,
+            "detection_classes": classes,
+        }
+
+    def response_parameters(self) -> dict[str, Any]:
+        return {
+            "bundle": self.manifest.name,
+            "bundle_kind": self.manifest.kind.value,
+            "demo": is_demo(self.manifest.kind),
+            "checkpoints": json.dumps({self.spec.checkpoint: self.sha256}),
+            "class_names": json.dumps({str(k): v for k, v in sorted(self.class_names.items())}),
+            "conf": self.spec.conf,
+            "iou": self.spec.iou,
+            "device": str(self.device),
+        }
+
+    def metadata(self) -> oip.ModelMetadata:
+        return oip.ModelMetadata(
+            name=self.name,
+            platform="pytorch_ultralytics_yolo",
+            inputs=[oip.TensorMetadata(name=IMAGE_INPUT, datatype="UINT8", shape=[-1, 1, -1, -1])],
+            outputs=[
+                oip.TensorMetadata(name="num_detections", datatype="INT32", shape=[-1, 1]),
+                oip.TensorMetadata(name="detection_boxes", datatype="FP32", shape=[-1, -1, 4]),
+                oip.TensorMetadata(name="detection_scores", datatype="FP32", shape=[-1, -1]),
+                oip.TensorMetadata(name="detection_classes", datatype="INT32", shape=[-1, -1]),
+            ],
+            parameters=self.response_parameters() if self.ready else {
+                "bundle": self.manifest.name,
+                "bundle_kind": self.manifest.kind.value,
+                "demo": is_demo(self.manifest.kind),
+            },
+        )

@@ -1,0 +1,128 @@
+"""YOLO on the model's device: letterbox in, NMS out, boxes back in canonical pixels.
+
+The letterbox reproduces Ultralytics' own (ratio-preserving resize with bilinear
+interpolation, centred padding of grey 114, the same rounding), so a checkpoint trained
+with Ultralytics sees the same input here; but it runs batched on the device instead of
+per image in numpy. Ultralytics is imported lazily and never allowed to download.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+PAD_VALUE = 114 / 255.0
+
+
+class DetectorLoadError(RuntimeError):
+    """A detector checkpoint or YAML that cannot be served; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Letterbox:
+    """How one image was placed in the square input: scale and padding."""
+
+    gain: float
+    left: int
+    top: int
+    new_width: int
+    new_height: int
+
+
+def letterbox_geometry(height: int, width: int, size: int) -> Letterbox:
+    """Ultralytics' LetterBox arithmetic (center=True, scaleup allowed, auto=False)."""
+    gain = min(size / height, size / width)
+    new_width = max(round(width * gain), 1)
+    new_height = max(round(height * gain), 1)
+    pad_w = (size - new_width) / 2
+    pad_h = (size - new_height) / 2
+    return Letterbox(gain, round(pad_w - 0.1), round(pad_h - 0.1), new_width, new_height)
+
+
+def letterbox_batch(
+    images: list[np.ndarray], size: int, device: torch.device
+) -> tuple[torch.Tensor, list[Letterbox]]:
+    """uint8 ``(H, W)`` images -> float ``[N,3,size,size]`` in [0,1] on ``device``."""
+    batch = torch.full((len(images), 1, size, size), PAD_VALUE, device=device)
+    boxes: list[Letterbox] = []
+    for index, image in enumerate(images):
+        geometry = letterbox_geometry(image.shape[0], image.shape[1], size)
+        tensor = torch.from_numpy(image).to(device, non_blocking=True).float().div_(255.0)
+        resized = F.interpolate(
+            tensor[None, None],
+            size=(geometry.new_height, geometry.new_width),
+            mode="bilinear",
+            align_corners=False,
+        )
+        batch[
+            index,
+            :,
+            geometry.top : geometry.top + geometry.new_height,
+            geometry.left : geometry.left + geometry.new_width,
+        ] = resized[0]
+        boxes.append(geometry)
+    return batch.expand(-1, 3, -1, -1).contiguous(), boxes
+
+
+def unletterbox_boxes(
+    boxes_xyxy: np.ndarray, geometry: Letterbox, height: int, width: int
+) -> np.ndarray:
+    """Boxes in letterboxed input pixels -> the source image's pixels, clipped to it."""
+    out = boxes_xyxy.astype(np.float64).copy()
+    out[:, [0, 2]] = (out[:, [0, 2]] - geometry.left) / geometry.gain
+    out[:, [1, 3]] = (out[:, [1, 3]] - geometry.top) / geometry.gain
+    out[:, [0, 2]] = out[:, [0, 2]].clip(0, width)
+    out[:, [1, 3]] = out[:, [1, 3]].clip(0, height)
+    return out
+
+
+def _offline_ultralytics() -> None:
+    """Ultralytics must never reach the network or write outside a writable config dir."""
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(Path.home() / ".cache" / "spine" / "ultralytics"))
+    Path(os.environ["YOLO_CONFIG_DIR"]).mkdir(parents=True, exist_ok=True)
+
+
+def load_yolo(path: Path, num_classes: int | None = None) -> tuple[nn.Module, dict[int, str]]:
+    """An Ultralytics ``.pt`` (class names from the checkpoint) or a YOLO ``.yaml``."""
+    _offline_ultralytics()
+    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            model = DetectionModel(cfg=str(path), nc=num_classes, verbose=False)
+        except Exception as exc:  # noqa: BLE001 - any parse error means the same thing
+            raise DetectorLoadError(f"{path}: not a usable YOLO yaml: {exc}") from exc
+    else:
+        if not path.is_file():
+            raise DetectorLoadError(f"detector checkpoint {path} not found")
+        try:
+            model, _ = load_checkpoint(str(path), device=torch.device("cpu"), fuse=False)
+        except Exception as exc:  # noqa: BLE001
+            raise DetectorLoadError(f"{path}: not a loadable Ultralytics checkpoint: {exc}") from exc
+    names = getattr(model, "names", None)
+    if isinstance(names, list):
+        names = dict(enumerate(names))
+    if not isinstance(names, dict) or not names:
+        raise DetectorLoadError(f"{path}: the checkpoint carries no class names")
+    return model.eval(), {int(key): str(value) for key, value in names.items()}
+
+
+def postprocess(
+    raw: torch.Tensor | tuple | list,
+    *,
+    conf: float,
+    iou: float,
+    max_det: int,
+    end2end: bool,
+) -> list[torch.Tensor]:
+    """Ultralytics' NMS: per image a ``[K, 6]`` tensor (x1, y1, x2, y2, score, class)."""
+    from ultralytics.utils.nms import non_max_suppression
+
+    return non_max_suppression(raw, conf, iou, max_det=max_det, end2end=end2end)
