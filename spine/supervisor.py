@@ -1,0 +1,148 @@
+"""``spine serve``: start the three services, wait until ready, supervise, stop cleanly."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+READY_TIMEOUT_S = 600.0
+RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class Child:
+    """One service process; restarted by :func:`supervise` if it dies."""
+
+    name: str
+    argv: list[str]
+    env: dict[str, str]
+    ready_url: str
+    process: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+    started_at: float = field(default=0.0)
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(self.argv, env=self.env)  # noqa: S603
+        self.started_at = time.monotonic()
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self, grace_s: float = 15.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)  # uvicorn drains in-flight requests
+        try:
+            self.process.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def _is_ready(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def build_children(
+    *, host: str, gateway_port: int, classifier_port: int, detector_port: int,
+    model_dir: Path, base_env: dict[str, str],
+) -> list[Child]:
+    python = [sys.executable, "-m", "spine.cli"]
+    # Two model services share the cores: give each half so they do not oversubscribe.
+    threads = str(max(1, (os.cpu_count() or 2) // 2))
+    model_env = {**base_env, "MODEL_DIR": str(model_dir)}
+    model_env.setdefault("TORCH_THREADS", threads)
+    gateway_env = {
+        **base_env,
+        "CLASSIFIER_URLS": f"http://{host}:{classifier_port}",
+        "DETECTOR_URLS": f"http://{host}:{detector_port}",
+    }
+    return [
+        Child(
+            "classifier", python + ["classifier", "--host", host, "--port", str(classifier_port)],
+            model_env, f"http://{host}:{classifier_port}/v2/health/ready",
+        ),
+        Child(
+            "detector", python + ["detector", "--host", host, "--port", str(detector_port)],
+            model_env, f"http://{host}:{detector_port}/v2/health/ready",
+        ),
+        Child(
+            "gateway", python + ["gateway", "--host", host, "--port", str(gateway_port)],
+            gateway_env, f"http://{host}:{gateway_port}/livez",
+        ),
+    ]
+
+
+def wait_until_ready(children: list[Child], timeout_s: float = READY_TIMEOUT_S) -> bool:
+    deadline = time.monotonic() + timeout_s
+    pending = {child.name for child in children}
+    while pending and time.monotonic() < deadline:
+        for child in children:
+            if child.name not in pending:
+                continue
+            if not child.alive():
+                print(f"[spine] {child.name} exited during start-up (code "
+                      f"{child.process.returncode if child.process else '?'})", flush=True)
+                return False
+            if _is_ready(child.ready_url):
+                print(f"[spine] {child.name} ready", flush=True)
+                pending.discard(child.name)
+        time.sleep(0.5)
+    if pending:
+        print(f"[spine] not ready after {timeout_s:.0f} s: {sorted(pending)}", flush=True)
+    return not pending
+
+
+def supervise(children: list[Child], stop_requested: list[bool]) -> None:
+    """Restart any child that dies, with backoff, until a stop is requested."""
+    while not stop_requested[0]:
+        for child in children:
+            if stop_requested[0]:
+                break
+            if not child.alive():
+                delay = RESTART_BACKOFF_S[min(child.restarts, len(RESTART_BACKOFF_S) - 1)]
+                code = child.process.returncode if child.process else None
+                print(f"[spine] {child.name} exited (code {code}); restarting in {delay:g} s",
+                      flush=True)
+                time.sleep(delay)
+                if stop_requested[0]:
+                    break
+                child.restarts += 1
+                child.start()
+            elif time.monotonic() - child.started_at > 60:
+                child.restarts = 0  # stable again: reset the backoff
+        time.sleep(0.5)
+
+
+def serve(children: list[Child], gateway_url: str) -> int:
+    stop_requested = [False]
+
+    def request_stop(signum: int, _frame: object) -> None:
+        stop_requested[0] = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    for child in children:
+        child.start()
+    try:
+        if not wait_until_ready(children):
+            return 1
+        print(f"[spine] all services ready. Swagger UI: {gateway_url}/docs  "
+              f"(web page: {gateway_url}/)  Ctrl-C stops everything.", flush=True)
+        supervise(children, stop_requested)
+        return 0
+    finally:
+        print("[spine] stopping ...", flush=True)
+        for child in reversed(children):  # gateway first: no new work reaches the models
+            child.stop()
+        print("[spine] stopped", flush=True)
