@@ -1,0 +1,283 @@
+"""One upload, end to end: decode once, ask both models at the same time, merge.
+
+Plain async functions over a :class:`Gateway` (the clients and settings), so the route
+stays thin and the logic is testable without HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from gateway import dicom, phi, render
+from gateway.fusion import Box, apply_fusion, boxes_from_outputs, diagnose, to_original
+from gateway.upstream import InferResult, ModelClient, UpstreamError
+from shared.schemas import (
+    BundleSummary,
+    Detection,
+    DicomSummary,
+    FusionInfo,
+    ImageGeometry,
+    Timings,
+    UploadResponse,
+)
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+CLASSIFIER_MODEL = "spine-classifier"
+DETECTOR_MODEL = "spine-detector"
+CLASSIFIER_OUTPUTS = ["abnormal_probability", "member_probabilities", "abnormal"]
+DETECTOR_OUTPUTS = ["num_detections", "detection_boxes", "detection_scores", "detection_classes"]
+
+
+@dataclass
+class Gateway:
+    """Everything a request needs, built once at start-up."""
+
+    settings: Settings
+    http: httpx.AsyncClient
+    classifier: ModelClient
+    detector: ModelClient
+    decode_pool: ThreadPoolExecutor
+    decodable: dict[str, bool] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, settings: Settings) -> Gateway:
+        http = httpx.AsyncClient(
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)
+        )
+        workers = settings.decode_workers or os.cpu_count() or 1
+        return cls(
+            settings=settings,
+            http=http,
+            classifier=ModelClient(
+                "classifier", CLASSIFIER_MODEL, settings.classifier_urls, http,
+                settings.upstream_timeout_s,
+            ),
+            detector=ModelClient(
+                "detector", DETECTOR_MODEL, settings.detector_urls, http,
+                settings.upstream_timeout_s,
+            ),
+            decode_pool=ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode"),
+        )
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        self.decode_pool.shutdown(wait=False, cancel_futures=True)
+
+
+async def decode(gateway: Gateway, data: bytes) -> tuple[dicom.CanonicalImage, dicom.DicomMetadata]:
+    """DICOM bytes -> canonical image, in the decode pool (never on the event loop)."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(
+        gateway.decode_pool, dicom.decode_dicom, data, gateway.settings.canonical_long_side
+    )
+
+
+def _json_param(parameters: dict[str, Any], key: str, default: Any) -> Any:
+    value = parameters.get(key)
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return default
+    return default if value is None else value
+
+
+def bundle_summary(classifier: dict[str, Any], detector: dict[str, Any] | None) -> BundleSummary:
+    """The bundle as both services report it (checkpoints of both, by path)."""
+    checkpoints = dict(_json_param(classifier, "checkpoints", {}))
+    if detector:
+        checkpoints.update(_json_param(detector, "checkpoints", {}))
+    kind = str(classifier.get("bundle_kind", "user"))
+    return BundleSummary(
+        name=str(classifier.get("bundle", "unknown")),
+        kind=kind if kind in ("user", "demo", "untrained") else "user",  # type: ignore[arg-type]
+        demo=bool(classifier.get("demo", False)),
+        checkpoints=checkpoints,
+    )
+
+
+def demo_warning_text(bundle: BundleSummary) -> str | None:
+    if bundle.kind == "untrained":
+        return "UNTRAINED model bundle (random weights): these results are meaningless."
+    if bundle.kind == "demo":
+        return "DEMO model bundle trained on synthetic phantoms: not a medical result."
+    return None
+
+
+async def analyze(
+    gateway: Gateway,
+    data: bytes,
+    *,
+    annotate: bool,
+    request_id: str,
+    include_canonical: bool = False,
+) -> UploadResponse:
+    """The whole ``/upload`` pipeline; raises DicomError or UpstreamError for the route."""
+    settings = gateway.settings
+    started = time.perf_counter()
+    canonical, metadata = await decode(gateway, data)
+    decoded = time.perf_counter()
+
+    image = canonical.pixels[None, None]  # [1, 1, H, W] uint8
+    classified, detected = await asyncio.gather(
+        gateway.classifier.infer({"IMAGE": image}, CLASSIFIER_OUTPUTS, request_id),
+        gateway.detector.infer({"IMAGE": image}, DETECTOR_OUTPUTS, request_id),
+        return_exceptions=True,
+    )
+    inferred = time.perf_counter()
+    if isinstance(classified, BaseException):
+        if isinstance(classified, UpstreamError):
+            raise classified
+        raise UpstreamError("classifier", f"unexpected failure: {classified!r}")
+
+    warnings = list(canonical.warnings)
+    detector_result: InferResult | None = None
+    if isinstance(detected, InferResult):
+        detector_result = detected
+    else:
+        problem = str(detected) if isinstance(detected, UpstreamError) else repr(detected)
+        warnings.append(f"Detection unavailable ({problem}); classification only.")
+        log.warning("detector unavailable: %s", problem)
+
+    response, canonical_boxes = merge(
+        gateway, canonical, metadata, classified, detector_result, warnings, request_id
+    )
+    merged = time.perf_counter()
+    if annotate:
+        annotated = await asyncio.get_running_loop().run_in_executor(
+            gateway.decode_pool,
+            lambda: render.png_data_uri(
+                render.annotate(canonical.pixels, canonical_boxes, settings.annotate_long_side)
+            ),
+        )
+        response.annotated_image = annotated
+    if include_canonical:
+        response.canonical_image = await asyncio.get_running_loop().run_in_executor(
+            gateway.decode_pool, render.png_data_uri, canonical.pixels
+        )
+    finished = time.perf_counter()
+    response.timings_ms = Timings(
+        decode=round((decoded - started) * 1000, 2),
+        classify=round(classified.elapsed_ms, 2),
+        detect=round(detector_result.elapsed_ms, 2) if detector_result else None,
+        merge=round((merged - inferred) * 1000, 2),
+        render=round((finished - merged) * 1000, 2),
+        total=round((finished - started) * 1000, 2),
+    )
+    log.info(
+        "analysed upload",
+        extra={
+            "diagnosis": response.diagnosis,
+            "abnormal_probability": round(response.abnormal_probability, 4),
+            "detections": None if response.detections is None else len(response.detections),
+            "bundle": response.model_bundle.name,
+            "demo": response.demo,
+            "total_ms": response.timings_ms.total,
+        },
+    )
+    return response
+
+
+def merge(
+    gateway: Gateway,
+    canonical: dicom.CanonicalImage,
+    metadata: dicom.DicomMetadata,
+    classified: InferResult,
+    detected: InferResult | None,
+    warnings: list[str],
+    request_id: str,
+) -> tuple[UploadResponse, list[Box]]:
+    """Build the response (without timings/annotation) and the boxes to draw."""
+    settings = gateway.settings
+    params = classified.parameters
+    member_names: list[str] = _json_param(params, "members", [])
+    weights: list[float] = _json_param(params, "weights", [])
+    threshold = float(params.get("threshold", 0.5))
+    probability = float(classified.outputs["abnormal_probability"][0, 0])
+    members = classified.outputs["member_probabilities"][0]
+    diagnosis, confidence = diagnose(probability, threshold)
+
+    bundle = bundle_summary(params, detected.parameters if detected else None)
+    if (text := demo_warning_text(bundle)) is not None:
+        warnings.insert(0, text)
+
+    detections: list[Detection] | None = None
+    drawn: list[Box] = []
+    suppressed = 0
+    if detected is not None:
+        names = {int(k): v for k, v in _json_param(detected.parameters, "class_names", {}).items()}
+        canonical_boxes = boxes_from_outputs(detected.outputs, names)
+        drawn, suppressed = apply_fusion(
+            canonical_boxes, diagnosis, settings.fusion_mode, settings.fusion_normal_min_confidence
+        )
+        detections = [
+            Detection(
+                class_name=box.class_name,
+                class_id=box.class_id,
+                confidence=round(box.confidence, 4),
+                bbox=[round(v, 1) for v in (box.x1, box.y1, box.x2, box.y2)],
+            )
+            for box in (
+                to_original(
+                    b, canonical.scale_x, canonical.scale_y,
+                    canonical.original_columns, canonical.original_rows,
+                )
+                for b in drawn
+            )
+        ]
+
+    height, width = canonical.pixels.shape
+    response = UploadResponse(
+        diagnosis=diagnosis,
+        confidence=round(confidence, 6),
+        abnormal_probability=round(probability, 6),
+        threshold=threshold,
+        ensemble_prediction={n: round(float(p), 6) for n, p in zip(member_names, members, strict=False)},
+        ensemble_weights=dict(zip(member_names, weights, strict=False)),
+        detections=detections,
+        metadata=DicomSummary(
+            patient_id=phi.public_patient_id(
+                metadata.patient_id, phi.PhiMode(settings.phi_mode.value), settings.pseudonym_secret
+            ),
+            study_date=metadata.study_date,
+            modality=metadata.modality,
+            rows=metadata.rows,
+            columns=metadata.columns,
+            photometric_interpretation=metadata.photometric_interpretation,
+            transfer_syntax_uid=metadata.transfer_syntax_uid,
+            transfer_syntax=metadata.transfer_syntax_name,
+            bits_stored=metadata.bits_stored,
+        ),
+        annotated_image=None,
+        image=ImageGeometry(
+            original_width=canonical.original_columns,
+            original_height=canonical.original_rows,
+            canonical_width=width,
+            canonical_height=height,
+            scale_x=canonical.scale_x,
+            scale_y=canonical.scale_y,
+        ),
+        fusion=FusionInfo(
+            mode=settings.fusion_mode.value,  # type: ignore[arg-type]
+            detector_threshold=float(detected.parameters["conf"]) if detected else None,
+            normal_min_confidence=settings.fusion_normal_min_confidence,
+            boxes_suppressed=suppressed,
+        ),
+        model_bundle=bundle,
+        demo=bundle.demo,
+        timings_ms=Timings(decode=0, classify=0, detect=None, merge=0, render=0, total=0),
+        request_id=request_id,
+        warnings=warnings,
+    )
+    return response, drawn

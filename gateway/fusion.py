@@ -1,0 +1,85 @@
+"""Merge the classifier's call and the detector's boxes: pure functions, no I/O.
+
+The default rule is the VinDr-SpineXR paper's: when the ensemble says Normal, only
+boxes the detector is sure of (confidence >= 0.5) are kept; when Abnormal, every box
+above the detector's own threshold is kept. ``seed`` mode reproduces the original app,
+which showed no boxes at all for a Normal image.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from shared.settings import FusionMode
+
+Diagnosis = Literal["Normal", "Abnormal"]
+
+
+@dataclass(frozen=True)
+class Box:
+    class_id: int
+    class_name: str
+    confidence: float
+    x1: float
+    y1: float
+    x2: float
+    y2: float
+
+
+def diagnose(probability: float, threshold: float) -> tuple[Diagnosis, float]:
+    """Abnormal iff probability > threshold; confidence is that of the stated call."""
+    if probability > threshold:
+        return "Abnormal", probability
+    return "Normal", 1.0 - probability
+
+
+def boxes_from_outputs(
+    outputs: dict[str, np.ndarray], class_names: dict[int, str], index: int = 0
+) -> list[Box]:
+    """The detector's padded tensors for image ``index`` -> boxes (canonical pixels)."""
+    count = int(outputs["num_detections"][index, 0])
+    boxes = outputs["detection_boxes"][index, :count]
+    scores = outputs["detection_scores"][index, :count]
+    classes = outputs["detection_classes"][index, :count]
+    return [
+        Box(
+            class_id=int(cls),
+            class_name=class_names.get(int(cls), f"class {int(cls)}"),
+            confidence=float(score),
+            x1=float(box[0]),
+            y1=float(box[1]),
+            x2=float(box[2]),
+            y2=float(box[3]),
+        )
+        for box, score, cls in zip(boxes, scores, classes, strict=True)
+    ]
+
+
+def to_original(box: Box, scale_x: float, scale_y: float, width: int, height: int) -> Box:
+    """Canonical-image pixels -> original DICOM pixels (clipped to the image)."""
+    return Box(
+        class_id=box.class_id,
+        class_name=box.class_name,
+        confidence=box.confidence,
+        x1=min(max(box.x1 / scale_x, 0.0), width),
+        y1=min(max(box.y1 / scale_y, 0.0), height),
+        x2=min(max(box.x2 / scale_x, 0.0), width),
+        y2=min(max(box.y2 / scale_y, 0.0), height),
+    )
+
+
+def apply_fusion(
+    boxes: list[Box], diagnosis: Diagnosis, mode: FusionMode, normal_min_confidence: float
+) -> tuple[list[Box], int]:
+    """``(kept boxes sorted by confidence, number suppressed)``."""
+    if diagnosis == "Abnormal":
+        kept = boxes
+    elif mode is FusionMode.SEED:
+        kept = []
+    else:
+        kept = [box for box in boxes if box.confidence >= normal_min_confidence]
+    kept = sorted(kept, key=lambda box: box.confidence, reverse=True)
+    return kept, len(boxes) - len(kept)
