@@ -1,0 +1,140 @@
+"""Builders for test inputs: DICOM files and model bundles, made in the test run.
+
+Nothing here is committed as a binary: every file is generated, deterministically.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import torch
+import yaml
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import (
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    SecondaryCaptureImageStorage,
+    generate_uid,
+)
+
+DIGITAL_XRAY_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # DX Image Storage - For Presentation
+
+
+def radiograph_pixels(rows: int, cols: int, bits: int = 12, seed: int = 0) -> np.ndarray:
+    """A smooth synthetic radiograph (gradient + bright column + noise), unsigned ints."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:rows, 0:cols].astype(np.float32)
+    image = 0.25 + 0.35 * (y / rows) + 0.3 * np.exp(-(((x - cols / 2) / (cols / 8)) ** 2))
+    image += 0.04 * rng.standard_normal((rows, cols)).astype(np.float32)
+    top = (1 << bits) - 1
+    return np.clip(image * top, 0, top).astype(np.uint16)
+
+
+def make_dicom(
+    pixels: np.ndarray,
+    *,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int = 12,
+    transfer_syntax: str = ExplicitVRLittleEndian,
+    patient_id: str = "TEST-PATIENT-0001",
+    patient_name: str = "Test^Patient",
+    modality: str = "DX",
+    extra: dict[str, object] | None = None,
+) -> bytes:
+    """A valid single-frame grey DICOM (Part 10 file) as bytes."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DIGITAL_XRAY_STORAGE if modality == "DX" else SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[patient_id, str(pixels.shape)])
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=[patient_id, "study"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[patient_id, "series"])
+    ds.PatientID = patient_id
+    ds.PatientName = patient_name
+    ds.PatientBirthDate = "19700101"
+    ds.StudyDate = datetime.date(2026, 1, 28).strftime("%Y%m%d")
+    ds.Modality = modality
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16 if bits_stored > 8 else 8
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    dtype = np.uint16 if ds.BitsAllocated == 16 else np.uint8
+    ds.PixelData = pixels.astype(dtype).tobytes()
+    for key, value in (extra or {}).items():
+        setattr(ds, key, value)
+    if transfer_syntax == JPEG2000Lossless:
+        ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
+    elif transfer_syntax != ExplicitVRLittleEndian:
+        ds.compress(transfer_syntax)
+    from io import BytesIO
+
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def write_tiny_bundle(root: Path, *, detector_always_fires: bool = True) -> Path:
+    """Original folder layout with small timm archs (fast on CPU) and a YOLO11n.
+
+    ``detector_always_fires`` raises the class-2 bias of the YOLO head so a random
+    network still outputs boxes (with image-dependent, distinct confidences around 0.5):
+    the tests need boxes to check coordinate mapping.
+    """
+    import timm
+
+    from training.untrained_bundle import (
+        VINDR_CLASSES,
+        save_classifier_checkpoint,
+        save_yolo_checkpoint,
+    )
+
+    members = [
+        ("densenet121", "resnet10t", "ensemble output/densenet121_balanced/model_best.pth", 0.42, 96),
+        ("resnet50", "mobilenetv3_small_050", "ensemble output/resnet50_optimized/model_best.pth", 0.26, 64),
+        ("efficientnetv2", "lcnet_050", "ensemble output/tf_efficientnetv2_s_optimized/model_best.pth", 0.32, 96),
+    ]
+    torch.manual_seed(1)
+    for _name, arch, checkpoint, _weight, _size in members:
+        save_classifier_checkpoint(
+            timm.create_model(arch, pretrained=False, num_classes=1), root / checkpoint
+        )
+    yolo_path = root / "detection output/yolo11/weights/best.pt"
+    save_yolo_checkpoint("yolo11n.yaml", yolo_path, VINDR_CLASSES)
+    if detector_always_fires:
+        _make_detector_fire(yolo_path)
+    manifest = {
+        "name": "tiny-test-bundle",
+        "kind": "user",
+        "classifier": {
+            "threshold": 0.449,
+            "members": [
+                {"name": n, "arch": a, "checkpoint": c, "weight": w, "input_size": s}
+                for n, a, c, w, s in members
+            ],
+        },
+        "detector": {"max_det": 20, "conf": 0.25, "iou": 0.5},
+    }
+    (root / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return root
+
+
+def _make_detector_fire(path: Path) -> None:
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    model = checkpoint["model"]
+    head = model.model[-1]
+    for branch in head.cv3:  # per-scale class branches; the last conv's bias is the logit
+        last = branch[-1]
+        with torch.no_grad():
+            last.bias[:] = -10.0
+            last.bias[2] = 0.5  # class 2 "Disc space narrowing" everywhere
+    torch.save(checkpoint, path)
