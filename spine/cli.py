@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
             one.set_defaults(func=cmd_model_service)
         else:
             one.set_defaults(func=cmd_gateway)
+
+    # Tools with their own modules: data/training/evaluation and benchmarks.
+    from spine import commands_bench, commands_training
+
+    commands_training.register(sub)
+    commands_bench.register(sub)
     return parser
 
 

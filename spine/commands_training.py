@@ -1,0 +1,9 @@
+"""`spine phantoms | train | evaluate | demo-bundle`: data, training and evaluation."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add this module's subcommands to the ``spine`` parser."""
