@@ -12,6 +12,7 @@ cancelled future) or whose deadline has passed are dropped, not computed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -81,10 +82,8 @@ class DynamicBatcher(Generic[In, Out]):
     async def stop(self) -> None:
         if self._worker is not None:
             self._worker.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
-            except asyncio.CancelledError:
-                pass
             self._worker = None
         self._executor.shutdown(wait=True, cancel_futures=True)
 

@@ -1,9 +1,16 @@
-"""Where the default model bundle lives, and building it once (under a file lock)."""
+"""Where the default model bundles live, and building them once (under a file lock).
+
+Without ``--model-dir`` the stack serves the demo bundle, trained on synthetic phantoms
+by ``training.demo_bundle`` on first use (about 15 minutes on 2 CPU cores, progress
+shown) and cached. ``SPINE_DEFAULT_BUNDLE=untrained`` serves random weights instead,
+for a plumbing check in seconds. Both are labelled as not medical everywhere.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 UNTRAINED_SEED = 0
@@ -18,22 +25,47 @@ def untrained_bundle_dir() -> Path:
     return cache_dir() / "bundles" / f"untrained-seed{UNTRAINED_SEED}"
 
 
-def ensure_default_bundle(echo: bool = True) -> Path:
-    """The bundle served without ``--model-dir``; built on first use.
+def demo_bundle_dir() -> Path:
+    from training.demo_bundle import DEMO_SEED
 
-    Concurrent callers (three services started at once) wait on a lock instead of
-    building it three times.
-    """
-    target = untrained_bundle_dir()
+    return cache_dir() / "bundles" / f"demo-seed{DEMO_SEED}"
+
+
+def _ensure(target: Path, build: Callable[[Path], object], what: str, echo: bool) -> Path:
+    """Build ``target`` once; concurrent callers wait on a lock instead of building again."""
     if (target / "manifest.yaml").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / ".build.lock", "w") as lock:
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if not (target / "manifest.yaml").is_file():
             if echo:
-                print(f"building the untrained default bundle in {target} ...", flush=True)
-            from training.untrained_bundle import build_untrained_bundle
-
-            build_untrained_bundle(target, seed=UNTRAINED_SEED)
+                print(f"[spine] building the {what} bundle in {target} (first use only) ...",
+                      flush=True)
+            build(target)
     return target
+
+
+def ensure_untrained_bundle(echo: bool = True) -> Path:
+    from training.untrained_bundle import build_untrained_bundle
+
+    return _ensure(
+        untrained_bundle_dir(), lambda t: build_untrained_bundle(t, seed=UNTRAINED_SEED),
+        "untrained", echo,
+    )
+
+
+def ensure_demo_bundle(echo: bool = True) -> Path:
+    from training.demo_bundle import build_demo_bundle
+
+    return _ensure(demo_bundle_dir(), build_demo_bundle, "demo (trained on phantoms)", echo)
+
+
+def ensure_default_bundle(echo: bool = True) -> Path:
+    """The bundle served without ``--model-dir``: demo unless SPINE_DEFAULT_BUNDLE=untrained."""
+    choice = os.environ.get("SPINE_DEFAULT_BUNDLE", "demo").lower()
+    if choice == "untrained":
+        return ensure_untrained_bundle(echo)
+    if choice != "demo":
+        raise SystemExit(f"SPINE_DEFAULT_BUNDLE must be 'demo' or 'untrained', not {choice!r}")
+    return ensure_demo_bundle(echo)

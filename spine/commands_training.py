@@ -3,7 +3,144 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _offline() -> None:
+    from spine.bundles import cache_dir
+
+    os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_CONFIG_DIR", str(cache_dir() / "ultralytics"))
+
+
+def cmd_phantoms(args: argparse.Namespace) -> int:
+    from training.phantoms import generate_phantoms
+
+    out = generate_phantoms(Path(args.out), args.count, args.seed, args.split)
+    print(f"wrote {args.count} phantoms to {out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    _offline()
+    import numpy as np
+
+    from shared.bundle import load_manifest
+    from training.canonical import canonical_images
+    from training.datasets import load_vindr, split_train_val
+    from training.train_classifier import ClassifierTrainConfig, train_classifier
+    from training.train_detector import DetectorTrainConfig, train_detector, write_yolo_dataset
+
+    bundle = Path(args.out)
+    bundle.mkdir(parents=True, exist_ok=True)
+    records = load_vindr(Path(args.data), "train")
+    train, val = split_train_val(records, args.val_fraction, args.seed)
+    entries = canonical_images(records, bundle / ".train" / "canonical")
+    if args.what == "classifier":
+        members = load_manifest(bundle).classifier.members if args.members_from_manifest else None
+        if members is None:
+            from training.demo_bundle import demo_members
+
+            members = demo_members()
+
+        def arrays(subset: list) -> tuple[list, np.ndarray]:
+            return [entries[r.image_id] for r in subset], np.array(
+                [r.is_abnormal for r in subset], float
+            )
+
+        config = ClassifierTrainConfig(
+            epochs=args.epochs, batch_size=args.batch_size, seed=args.seed
+        )
+        train_classifier(members, bundle, arrays(train), arrays(val), config)
+    else:
+        data_yaml = write_yolo_dataset(
+            bundle / ".train" / "yolo", {"train": (train, entries), "val": (val, entries)}
+        )
+        config = DetectorTrainConfig(
+            model_yaml=args.yolo,
+            epochs=args.epochs,
+            image_size=args.imgsz,
+            batch_size=args.batch_size,
+            seed=args.seed,
+        )
+        print(f"best.pt -> {train_detector(data_yaml, bundle, config)}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    _offline()
+    from training.evaluate import evaluate
+
+    report = evaluate(
+        Path(args.data),
+        Path(args.out),
+        split=args.split,
+        gateway=args.gateway,
+        model_dir=Path(args.model_dir) if args.model_dir else None,
+        concurrency=args.concurrency,
+    )
+    print(
+        f"AUROC {report['auroc']:.4f}  mAP50 {report['map50']:.4f}  mAP50-95 "
+        f"{report['map50_95']:.4f}  -> {args.out}/report.md"
+    )
+    return 0
+
+
+def cmd_demo_bundle(args: argparse.Namespace) -> int:
+    _offline()
+    from spine.bundles import ensure_demo_bundle
+
+    if args.out:
+        from training.demo_bundle import build_demo_bundle
+
+        build_demo_bundle(Path(args.out))
+    else:
+        print(ensure_demo_bundle())
+    return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add this module's subcommands to the ``spine`` parser."""
+    phantoms = sub.add_parser("phantoms", help="write synthetic spine radiographs + VinDr CSV")
+    phantoms.add_argument("--out", required=True)
+    phantoms.add_argument("--count", type=int, default=100)
+    phantoms.add_argument("--seed", type=int, default=0)
+    phantoms.add_argument("--split", default="train", choices=["train", "test"])
+    phantoms.set_defaults(func=cmd_phantoms)
+
+    train = sub.add_parser("train", help="train the classifier members or the detector")
+    train.add_argument("what", choices=["classifier", "detector"])
+    train.add_argument("--data", required=True, help="VinDr-SpineXR layout (train split)")
+    train.add_argument("--out", required=True, help="bundle folder (created/updated)")
+    train.add_argument("--epochs", type=int, default=8)
+    train.add_argument("--batch-size", type=int, default=16)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--val-fraction", type=float, default=0.2)
+    train.add_argument(
+        "--members-from-manifest",
+        action="store_true",
+        help="train the members the bundle's manifest names (default: demo archs)",
+    )
+    train.add_argument("--yolo", default="yolo11n.yaml", help="Ultralytics model yaml")
+    train.add_argument("--imgsz", type=int, default=640)
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="metrics of a bundle on a labelled set")
+    evaluate.add_argument("--data", required=True)
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--gateway", help="URL of a running gateway")
+    source.add_argument("--model-dir", help="bundle folder, run in-process")
+    evaluate.add_argument("--out", required=True)
+    evaluate.add_argument("--split", default="test")
+    evaluate.add_argument("--concurrency", type=int, default=4)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    demo = sub.add_parser("demo-bundle", help="build (or find) the demo bundle")
+    demo.add_argument("--out", help="build into this folder instead of the cache")
+    demo.set_defaults(func=cmd_demo_bundle)
+
+
+if __name__ == "__main__":
+    sys.exit("use the `spine` command")

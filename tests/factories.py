@@ -10,7 +10,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import pydicom
 import torch
 import yaml
 from pydicom.dataset import FileDataset, FileMetaDataset

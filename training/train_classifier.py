@@ -1,0 +1,248 @@
+"""Train the ensemble members with timm; pick weights and threshold on validation.
+
+Each member is trained on canonical images (``training.canonical``) passed through the
+serving code's own ``resize_square`` and ``normalise`` (train/serve parity), and saved in
+the original system's checkpoint format. Ensemble weights and the decision threshold are
+chosen on the validation split, never on the test split, and written to the manifest.
+Resumable: each member keeps ``last.pth`` (model, optimiser, scheduler, epoch) and a run
+started again continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from classifier_service.checkpoints import build_model
+from classifier_service.ensemble import normalise, probability_from_logits, resize_square
+from shared.bundle import ClassifierSpec, MemberSpec, manifest_path
+from training.canonical import CanonicalEntry
+from training.metrics import roc_auc, youden_threshold
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ClassifierTrainConfig:
+    epochs: int = 8
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    seed: int = 0
+    progress: bool = True
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resized_tensor(entries: list[CanonicalEntry], size: int, chunk: int = 32) -> torch.Tensor:
+    """``[N,1,S,S]`` float in [0,1], resized exactly as the service resizes."""
+    parts = []
+    for start in range(0, len(entries), chunk):
+        images = [
+            torch.from_numpy(e.load()).float().div_(255.0)[None, None]
+            for e in entries[start : start + chunk]
+        ]
+        parts.append(resize_square(images, size))
+    return torch.cat(parts)
+
+
+def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Horizontal flips and brightness/contrast jitter: what varies between X-ray units."""
+    n = batch.shape[0]
+    flip = torch.rand(n, generator=generator) < 0.5
+    batch = torch.where(flip.view(n, 1, 1, 1), batch.flip(-1), batch)
+    contrast = 0.85 + 0.3 * torch.rand(n, 1, 1, 1, generator=generator)
+    brightness = -0.08 + 0.16 * torch.rand(n, 1, 1, 1, generator=generator)
+    return ((batch - 0.5) * contrast + 0.5 + brightness).clamp_(0, 1)
+
+
+@torch.inference_mode()
+def predict(
+    model: nn.Module, images: torch.Tensor, member: MemberSpec, batch_size: int = 32
+) -> np.ndarray:
+    model.eval()
+    out = []
+    for start in range(0, len(images), batch_size):
+        batch = normalise(images[start : start + batch_size], member.mean, member.std)
+        out.append(probability_from_logits(model(batch)))
+    return torch.cat(out).numpy().astype(np.float64)
+
+
+def save_original_format(
+    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, epoch: int, **extra: object
+) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(
+        {
+            "epoch": epoch,
+            "model_state_dict": model.state_dict(),
+            "optimizer_state_dict": optimizer.state_dict(),
+            **extra,
+        },
+        path,
+    )
+
+
+def train_member(
+    member: MemberSpec,
+    bundle_dir: Path,
+    train: tuple[list[CanonicalEntry], np.ndarray],
+    val: tuple[list[CanonicalEntry], np.ndarray],
+    config: ClassifierTrainConfig,
+) -> np.ndarray:
+    """Train one member; write ``model_best.pth``; return its validation probabilities."""
+    from tqdm import tqdm
+
+    seed_everything(config.seed)
+    train_x = resized_tensor(train[0], member.input_size)
+    val_x = resized_tensor(val[0], member.input_size)
+    train_y = torch.from_numpy(train[1].astype(np.float32))
+    model = build_model(member.arch, member.num_classes)
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+    )
+    steps_per_epoch = max(1, (len(train_x) + config.batch_size - 1) // config.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.2
+    )
+    best_path = bundle_dir / member.checkpoint
+    last_path = bundle_dir / ".train" / member.name / "last.pth"
+    start_epoch, best_auc = 0, -1.0
+    if last_path.is_file():  # resume
+        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        model.load_state_dict(state["model_state_dict"])
+        optimizer.load_state_dict(state["optimizer_state_dict"])
+        scheduler.load_state_dict(state["scheduler_state_dict"])
+        start_epoch, best_auc = state["epoch"] + 1, state["best_auc"]
+        log.info("resuming %s at epoch %d", member.name, start_epoch)
+    generator = torch.Generator().manual_seed(config.seed)
+    loss_fn = nn.BCEWithLogitsLoss()
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        order = torch.randperm(len(train_x), generator=generator)
+        bar = tqdm(
+            range(steps_per_epoch),
+            desc=f"{member.name} epoch {epoch + 1}/{config.epochs}",
+            unit="batch",
+            disable=not config.progress,
+            leave=False,
+        )
+        total = 0.0
+        for step in bar:
+            index = order[step * config.batch_size : (step + 1) * config.batch_size]
+            batch = normalise(augment(train_x[index], generator), member.mean, member.std)
+            logits = model(batch)
+            target = train_y[index]
+            if member.num_classes == 1:
+                loss = loss_fn(logits[:, 0], target)
+            else:
+                loss = nn.functional.cross_entropy(logits, target.long())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.item()
+            bar.set_postfix(loss=f"{total / (step + 1):.3f}")
+        val_prob = predict(model, val_x, member)
+        auc = roc_auc(val[1], val_prob) if 0 < val[1].sum() < len(val[1]) else 0.5
+        if config.progress:
+            print(
+                f"  {member.name} epoch {epoch + 1}: train loss {total / steps_per_epoch:.3f}, "
+                f"val AUROC {auc:.3f}",
+                flush=True,
+            )
+        if auc >= best_auc:
+            best_auc = auc
+            save_original_format(
+                best_path,
+                model,
+                optimizer,
+                epoch,
+                val_auroc=auc,
+                arch=member.arch,
+                input_size=member.input_size,
+            )
+        save_original_format(
+            last_path,
+            model,
+            optimizer,
+            epoch,
+            best_auc=best_auc,
+            scheduler_state_dict=scheduler.state_dict(),
+        )
+    best = build_model(member.arch, member.num_classes)
+    best.load_state_dict(torch.load(best_path, map_location="cpu")["model_state_dict"])
+    return predict(best, val_x, member)
+
+
+def choose_weights(val_probs: np.ndarray, labels: np.ndarray, step: float = 0.05) -> np.ndarray:
+    """Simplex grid search for the weights with the best validation AUROC.
+
+    Ties go to the most even weighting, so a member is only down-weighted for a reason.
+    """
+    m = val_probs.shape[1]
+    ticks = int(round(1 / step))
+    best: tuple[float, float, np.ndarray] | None = None
+    for combo in itertools.product(range(ticks + 1), repeat=m - 1):
+        if sum(combo) > ticks:
+            continue
+        weights = np.array([*combo, ticks - sum(combo)], dtype=np.float64) / ticks
+        if weights.max() == 1.0 and m > 1:
+            continue  # keep every member in the vote
+        auc = roc_auc(labels, val_probs @ weights)
+        evenness = -float(np.abs(weights - 1 / m).sum())
+        if best is None or (round(auc, 6), evenness) > (round(best[0], 6), best[1]):
+            best = (auc, evenness, weights)
+    return best[2] if best is not None else np.full(m, 1 / m)
+
+
+def train_classifier(
+    members: list[MemberSpec],
+    bundle_dir: Path,
+    train: tuple[list[CanonicalEntry], np.ndarray],
+    val: tuple[list[CanonicalEntry], np.ndarray],
+    config: ClassifierTrainConfig,
+) -> ClassifierSpec:
+    """Train every member, choose weights + threshold on val, update the manifest."""
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    columns = [train_member(member, bundle_dir, train, val, config) for member in members]
+    val_probs = np.stack(columns, axis=1)
+    weights = choose_weights(val_probs, val[1]) if len(members) > 1 else np.ones(1)
+    scores = val_probs @ weights
+    threshold = float(youden_threshold(val[1], scores))
+    spec = ClassifierSpec(
+        members=[
+            m.model_copy(update={"weight": max(float(w), 1e-6)})
+            for m, w in zip(members, weights, strict=True)
+        ],
+        threshold=round(min(max(threshold, 0.0), 1.0), 6),
+    )
+    write_manifest_section(bundle_dir, "classifier", spec.model_dump(mode="json"))
+    if config.progress:
+        print(
+            f"  ensemble weights {dict(zip([m.name for m in members], weights.round(3)))}, "
+            f"threshold {spec.threshold:.3f}, val AUROC {roc_auc(val[1], scores):.3f}",
+            flush=True,
+        )
+    return spec
+
+
+def write_manifest_section(bundle_dir: Path, key: str, value: object) -> None:
+    """Merge one top-level section into the bundle's manifest.yaml."""
+    path = manifest_path(bundle_dir) or bundle_dir / "manifest.yaml"
+    data = yaml.safe_load(path.read_text()) if path.is_file() else {}
+    data = data or {}
+    data[key] = value
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
