@@ -231,8 +231,9 @@ def train_classifier(
     )
     write_manifest_section(bundle_dir, "classifier", spec.model_dump(mode="json"))
     if config.progress:
+        chosen = {m.name: round(float(w), 3) for m, w in zip(members, weights, strict=True)}
         print(
-            f"  ensemble weights {dict(zip([m.name for m in members], weights.round(3)))}, "
+            f"  ensemble weights {chosen}, "
             f"threshold {spec.threshold:.3f}, val AUROC {roc_auc(val[1], scores):.3f}",
             flush=True,
         )
