@@ -1,0 +1,43 @@
+"""What a response may say about the patient: a keyed pseudonym by default.
+
+The pseudonym is HMAC-SHA256 keyed with an operator secret, so it is stable
+across requests and replicas (results for one patient can be joined) but
+cannot be reversed or recomputed by someone who only has the patient ID and
+not the secret, unlike a plain hash of a short, guessable ID.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from enum import StrEnum
+
+__all__ = ["PSEUDONYM_PREFIX", "PhiMode", "public_patient_id"]
+
+PSEUDONYM_PREFIX = "anon-"
+
+
+class PhiMode(StrEnum):
+    """How the response reports the patient ID (set by the operator)."""
+
+    PSEUDONYMIZE = "pseudonymize"
+    PASSTHROUGH = "passthrough"
+    REDACT = "redact"
+
+
+def public_patient_id(raw: str | None, mode: PhiMode, secret: str) -> str | None:
+    """The patient ID as the response may show it.
+
+    pseudonymize: "anon-" + the first 16 hex digits of HMAC-SHA256(secret, raw);
+    redact: None; passthrough: the raw value. A missing ID stays None in every
+    mode (a pseudonym of "nothing" would make unrelated studies look linked).
+    """
+    mode = PhiMode(mode)
+    if raw is None or raw == "" or mode is PhiMode.REDACT:
+        return None
+    if mode is PhiMode.PASSTHROUGH:
+        return raw
+    if not secret:
+        raise ValueError("pseudonymisation needs a non-empty secret")
+    digest = hmac.new(secret.encode("utf-8"), raw.encode("utf-8"), hashlib.sha256).hexdigest()
+    return PSEUDONYM_PREFIX + digest[:16]

@@ -1,0 +1,1 @@
+"""Tests of the DICOM intake (gateway.dicom, gateway.phi)."""
