@@ -68,7 +68,8 @@ def build_untrained_bundle(out_dir: Path, seed: int = 0, yolo_yaml: str = "yolo1
             model = timm.create_model(member["arch"], pretrained=False, num_classes=1)
             save_classifier_checkpoint(model, staging / member["checkpoint"])
         torch.manual_seed(seed)
-        save_yolo_checkpoint(yolo_yaml, staging / DEFAULT_MANIFEST["detector"]["checkpoint"], VINDR_CLASSES)
+        detector_path = staging / DEFAULT_MANIFEST["detector"]["checkpoint"]
+        save_yolo_checkpoint(yolo_yaml, detector_path, VINDR_CLASSES)
         manifest = {
             "name": f"untrained-seed{seed}",
             "kind": BundleKind.UNTRAINED.value,
