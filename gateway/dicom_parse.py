@@ -231,12 +231,20 @@ def parse_dicom(data: bytes) -> ParsedDicom:
             raise NotDicomError(
                 "The DICOM file is truncated: its Pixel Data ends before the image does."
             )
-    if len(ds) == 0:
+    if len(ds) == 0 or not _has_dataset_elements(ds):
         raise NotDicomError("The upload is not a DICOM file (no data elements could be read).")
 
     meta_ts = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     uid = UID(str(meta_ts).strip("\x00 ")) if meta_ts else None
     return ParsedDicom(ds, uid, deflated, has_preamble)
+
+
+def _has_dataset_elements(ds: Dataset) -> bool:
+    """Whether anything beyond group 0000/0002 was read: zero bytes parse as (0000,0000)."""
+    try:
+        return any(tag.group >= 0x0008 for tag in ds.keys())
+    except Exception:  # noqa: BLE001 - a dataset too broken to list is not DICOM either
+        return False
 
 
 def encoding_syntax(ds: Dataset) -> UID | None:

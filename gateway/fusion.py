@@ -39,7 +39,11 @@ def diagnose(probability: float, threshold: float) -> tuple[Diagnosis, float]:
 def boxes_from_outputs(
     outputs: dict[str, np.ndarray], class_names: dict[int, str], index: int = 0
 ) -> list[Box]:
-    """The detector's padded tensors for image ``index`` -> boxes (canonical pixels)."""
+    """The detector's padded tensors for image ``index`` -> boxes (canonical pixels).
+
+    Boxes with no area (clipped flat against the image edge) are dropped: nothing can
+    be drawn or reviewed there.
+    """
     count = int(outputs["num_detections"][index, 0])
     boxes = outputs["detection_boxes"][index, :count]
     scores = outputs["detection_scores"][index, :count]
@@ -55,6 +59,7 @@ def boxes_from_outputs(
             y2=float(box[3]),
         )
         for box, score, cls in zip(boxes, scores, classes, strict=True)
+        if box[2] > box[0] and box[3] > box[1]
     ]
 
 

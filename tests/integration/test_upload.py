@@ -144,7 +144,11 @@ def test_boxes_are_in_original_pixel_coordinates(stack, mono1_j2k: bytes) -> Non
     for _, (x1, y1, x2, y2) in direct:  # the detector answers in canonical pixels
         assert 0 <= x1 <= x2 <= width and 0 <= y1 <= y2 <= height
     sx, sy = body["image"]["scale_x"], body["image"]["scale_y"]
-    expected = [(s, [b[0] / sx, b[1] / sy, b[2] / sx, b[3] / sy]) for s, b in direct]
+    expected = [
+        (s, [b[0] / sx, b[1] / sy, b[2] / sx, b[3] / sy])
+        for s, b in direct
+        if b[2] > b[0] and b[3] > b[1]  # flat boxes are dropped by the gateway
+    ]
     if body["diagnosis"] == "Normal":  # paper fusion keeps only confident boxes
         expected = [item for item in expected if item[0] >= 0.5]
     expected.sort(key=lambda item: -item[0])
@@ -153,7 +157,7 @@ def test_boxes_are_in_original_pixel_coordinates(stack, mono1_j2k: bytes) -> Non
         assert detection["confidence"] == pytest.approx(score, abs=1e-4)
         assert detection["bbox"] == pytest.approx(box, abs=0.06)
         x1, y1, x2, y2 = detection["bbox"]
-        assert 0 <= x1 <= x2 <= 1000 and 0 <= y1 <= y2 <= 1500
+        assert 0 <= x1 < x2 <= 1000 and 0 <= y1 < y2 <= 1500
         assert detection["class"] == "Disc space narrowing"
 
 
