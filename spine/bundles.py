@@ -1,9 +1,10 @@
 """Where the default model bundles live, and building them once (under a file lock).
 
-Without ``--model-dir`` the stack serves the demo bundle, trained on synthetic phantoms
-by ``training.demo_bundle`` on first use (about 15 minutes on 2 CPU cores, progress
-shown) and cached. ``SPINE_DEFAULT_BUNDLE=untrained`` serves random weights instead,
-for a plumbing check in seconds. Both are labelled as not medical everywhere.
+Without ``--model-dir`` the stack serves the untrained bundle (random weights, built in
+seconds) until the demo bundle meets its quality bar on fresh phantoms;
+``SPINE_DEFAULT_BUNDLE=demo`` serves the demo bundle instead, trained on synthetic
+phantoms by ``training.demo_bundle`` on first use and cached. Both are labelled as not
+medical everywhere.
 """
 
 from __future__ import annotations
@@ -62,8 +63,8 @@ def ensure_demo_bundle(echo: bool = True) -> Path:
 
 
 def ensure_default_bundle(echo: bool = True) -> Path:
-    """The bundle served without ``--model-dir``: demo unless SPINE_DEFAULT_BUNDLE=untrained."""
-    choice = os.environ.get("SPINE_DEFAULT_BUNDLE", "demo").lower()
+    """The bundle served without ``--model-dir`` (``SPINE_DEFAULT_BUNDLE``: untrained|demo)."""
+    choice = os.environ.get("SPINE_DEFAULT_BUNDLE", "untrained").lower()
     if choice == "untrained":
         return ensure_untrained_bundle(echo)
     if choice != "demo":
