@@ -7,6 +7,7 @@ stays thin and the logic is testable without HTTP.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import logging
 import os
@@ -18,8 +19,10 @@ from typing import Any
 import httpx
 
 from gateway import dicom, phi, render
+from gateway.audit import AuditFacts, AuditLog
 from gateway.fusion import Box, apply_fusion, boxes_from_outputs, diagnose, to_original
-from gateway.upstream import InferResult, ModelClient, UpstreamError
+from gateway.metrics import GatewayMetrics
+from gateway.upstream import InferResult, ModelClient, UpstreamError, UpstreamTimeoutError
 from shared.schemas import (
     BundleSummary,
     Detection,
@@ -37,6 +40,9 @@ CLASSIFIER_MODEL = "spine-classifier"
 DETECTOR_MODEL = "spine-detector"
 CLASSIFIER_OUTPUTS = ["abnormal_probability", "member_probabilities", "abnormal"]
 DETECTOR_OUTPUTS = ["num_detections", "detection_boxes", "detection_scores", "detection_classes"]
+# Of the request's deadline, this much is kept for merging and rendering after the models:
+# a detector that is slow gets cut off early enough to still answer 200 with a warning.
+RENDER_RESERVE_S = 1.0
 
 
 @dataclass
@@ -48,39 +54,58 @@ class Gateway:
     classifier: ModelClient
     detector: ModelClient
     decode_pool: ThreadPoolExecutor
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    audit: AuditLog | None = None
     decodable: dict[str, bool] = field(default_factory=dict)
 
     @classmethod
-    def create(cls, settings: Settings) -> Gateway:
+    def create(cls, settings: Settings, metrics: GatewayMetrics | None = None) -> Gateway:
+        metrics = metrics or GatewayMetrics()
         http = httpx.AsyncClient(
             limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)
         )
         workers = settings.decode_workers or os.cpu_count() or 1
+        token = settings.internal_token.get_secret_value() if settings.internal_token else None
         return cls(
             settings=settings,
             http=http,
             classifier=ModelClient(
                 "classifier", CLASSIFIER_MODEL, settings.classifier_urls, http,
-                settings.upstream_timeout_s,
+                settings.classifier_timeout_s or settings.upstream_timeout_s,
+                token=token or None, observe=metrics.observe_attempt,
             ),
             detector=ModelClient(
                 "detector", DETECTOR_MODEL, settings.detector_urls, http,
-                settings.upstream_timeout_s,
+                settings.detector_timeout_s or settings.upstream_timeout_s,
+                token=token or None, observe=metrics.observe_attempt,
             ),
             decode_pool=ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode"),
+            metrics=metrics,
+            audit=AuditLog(settings.audit_log_path, settings.pseudonym_secret, settings.audit_log),
         )
 
     async def close(self) -> None:
         await self.http.aclose()
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
+        if self.audit is not None:
+            self.audit.close()
 
 
 async def decode(gateway: Gateway, data: bytes) -> tuple[dicom.CanonicalImage, dicom.DicomMetadata]:
-    """DICOM bytes -> canonical image, in the decode pool (never on the event loop)."""
+    """DICOM bytes -> canonical image, in the decode pool (never on the event loop).
+
+    The call runs in a copy of this context so its log lines carry the request id.
+    """
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(
-        gateway.decode_pool, dicom.decode_dicom, data, gateway.settings.canonical_long_side
-    )
+    context = contextvars.copy_context()
+    started = time.perf_counter()
+    try:
+        return await loop.run_in_executor(
+            gateway.decode_pool, context.run, dicom.decode_dicom, data,
+            gateway.settings.canonical_long_side,
+        )
+    finally:
+        gateway.metrics.decode_seconds.observe(time.perf_counter() - started)
 
 
 def _json_param(parameters: dict[str, Any], key: str, default: Any) -> Any:
@@ -122,24 +147,50 @@ async def analyze(
     annotate: bool,
     request_id: str,
     include_canonical: bool = False,
+    deadline: float | None = None,
+    facts: AuditFacts | None = None,
 ) -> UploadResponse:
-    """The whole ``/upload`` pipeline; raises DicomError or UpstreamError for the route."""
+    """The whole ``/upload`` pipeline; raises DicomError or UpstreamError for the route.
+
+    ``deadline`` (``time.monotonic()``) bounds both model calls; ``facts`` receives the
+    image's UIDs for the audit line.
+    """
     settings = gateway.settings
     started = time.perf_counter()
     canonical, metadata = await decode(gateway, data)
     decoded = time.perf_counter()
+    if facts is not None:
+        facts.study_instance_uid = metadata.study_instance_uid
+        facts.sop_instance_uid = metadata.sop_instance_uid
 
     image = canonical.pixels[None, None]  # [1, 1, H, W] uint8
-    classified, detected = await asyncio.gather(
-        gateway.classifier.infer({"IMAGE": image}, CLASSIFIER_OUTPUTS, request_id),
-        gateway.detector.infer({"IMAGE": image}, DETECTOR_OUTPUTS, request_id),
-        return_exceptions=True,
+    model_deadline = None if deadline is None else deadline - RENDER_RESERVE_S
+    classify = asyncio.ensure_future(
+        gateway.classifier.infer({"IMAGE": image}, CLASSIFIER_OUTPUTS, request_id, model_deadline)
     )
+    detect = asyncio.ensure_future(
+        gateway.detector.infer({"IMAGE": image}, DETECTOR_OUTPUTS, request_id, model_deadline)
+    )
+    try:
+        classified = await classify
+    except BaseException as exc:
+        # No diagnosis without the classifier: stop the detector and answer now.
+        detect.cancel()
+        await asyncio.wait({detect})
+        if not detect.cancelled():
+            detect.exception()
+        if not isinstance(exc, Exception) or isinstance(exc, UpstreamError):
+            raise  # cancellation (deadline, client gone) or a clear upstream error
+        if isinstance(exc, TimeoutError):
+            raise UpstreamTimeoutError("classifier", "no answer in time") from exc
+        raise UpstreamError("classifier", f"unexpected failure: {exc!r}") from exc
+    try:
+        detected: InferResult | BaseException = await detect
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any detector failure degrades to a warning
+        detected = exc
     inferred = time.perf_counter()
-    if isinstance(classified, BaseException):
-        if isinstance(classified, UpstreamError):
-            raise classified
-        raise UpstreamError("classifier", f"unexpected failure: {classified!r}")
 
     warnings = list(canonical.warnings)
     detector_result: InferResult | None = None
@@ -243,7 +294,9 @@ def merge(
         confidence=round(confidence, 6),
         abnormal_probability=round(probability, 6),
         threshold=threshold,
-        ensemble_prediction={n: round(float(p), 6) for n, p in zip(member_names, members, strict=False)},
+        ensemble_prediction={
+            n: round(float(p), 6) for n, p in zip(member_names, members, strict=False)
+        },
         ensemble_weights=dict(zip(member_names, weights, strict=False)),
         detections=detections,
         metadata=DicomSummary(

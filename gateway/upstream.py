@@ -3,7 +3,10 @@
 Each model service may run as several replicas (a list of URLs). A call goes to the
 replica with the fewest requests in flight; a replica that refuses connections or
 answers 503 is ejected for a while and the (idempotent) infer is retried once on
-another. Timeouts are not retried: the caller's deadline is already spent.
+another. Read timeouts are not retried: the caller's deadline is already spent.
+Every call is bounded by the service's timeout and by the request's deadline, whichever
+comes first, and tells the model server how long it may take (Triton's ``timeout``
+parameter), so the server drops the image instead of computing an answer nobody reads.
 
 A URL written ``dns+http://name:port`` stands for every address ``name`` resolves to
 (re-resolved every few seconds): with ``docker compose --scale classifier=3`` or a
@@ -16,6 +19,7 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,6 +33,10 @@ log = logging.getLogger(__name__)
 EJECT_SECONDS = 5.0
 DNS_REFRESH_SECONDS = 10.0
 DNS_PREFIX = "dns+"
+CONNECT_TIMEOUT_S = 2.0
+# Observer of every attempt: (service, outcome, seconds). Outcomes: ok, timeout,
+# unreachable, unavailable (503), error (other status), malformed.
+AttemptObserver = Callable[[str, str, float], None]
 
 
 class UpstreamError(RuntimeError):
@@ -36,9 +44,10 @@ class UpstreamError(RuntimeError):
 
     status_code = 503
 
-    def __init__(self, service: str, message: str) -> None:
+    def __init__(self, service: str, message: str, retry_after_s: int = 5) -> None:
         super().__init__(f"{service} service: {message}")
         self.service = service
+        self.retry_after_s = retry_after_s
 
 
 class UpstreamUnavailableError(UpstreamError):
@@ -76,6 +85,8 @@ class ModelClient:
     urls: list[str]
     http: httpx.AsyncClient
     timeout_s: float
+    token: str | None = None
+    observe: AttemptObserver | None = None
     replicas: list[Replica] = field(init=False)
     _resolved_at: float = field(init=False, default=float("-inf"))
 
@@ -116,23 +127,35 @@ class ModelClient:
             candidates = [r for r in self.replicas if r.url not in exclude]
         return min(candidates, key=lambda r: (r.outstanding, r.ejected_until), default=None)
 
-    async def _post(self, replica: Replica, body: bytes, headers: dict[str, str]) -> httpx.Response:
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def _note(self, outcome: str, started: float) -> None:
+        if self.observe is not None:
+            self.observe(self.service, outcome, time.perf_counter() - started)
+
+    async def _post(
+        self, replica: Replica, body: bytes, headers: dict[str, str], timeout_s: float
+    ) -> httpx.Response:
         replica.outstanding += 1
         try:
             return await self.http.post(
                 f"{replica.url}/v2/models/{self.model_name}/infer",
                 content=body,
                 headers=headers,
-                timeout=httpx.Timeout(self.timeout_s, connect=min(2.0, self.timeout_s)),
+                timeout=httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s)),
             )
         finally:
             replica.outstanding -= 1
 
     async def infer(
-        self, inputs: dict[str, np.ndarray], outputs: list[str], request_id: str
+        self,
+        inputs: dict[str, np.ndarray],
+        outputs: list[str],
+        request_id: str,
+        deadline: float | None = None,
     ) -> InferResult:
-        body, headers = oip.encode_request(inputs, outputs=outputs, request_id=request_id)
-        headers["X-Request-ID"] = request_id
+        """Outputs of one infer; ``deadline`` is a ``time.monotonic()`` time or None."""
         await self._refresh_dns()
         tried: set[str] = set()
         last_problem = "no replica available"
@@ -141,23 +164,56 @@ class ModelClient:
             replica = self._pick(tried)
             if replica is None:
                 break
+            budget = self.timeout_s
+            if deadline is not None:
+                budget = min(budget, deadline - time.monotonic())
+            if budget <= 0.01:
+                self._note("timeout", started)
+                raise UpstreamTimeoutError(self.service, "the request's deadline has passed")
             tried.add(replica.url)
+            # Triton's "timeout" parameter (us): the server drops the image past it.
+            body, headers = oip.encode_request(
+                inputs, outputs=outputs, request_id=request_id,
+                parameters={"timeout": int(budget * 1e6)},
+            )
+            headers.update({"X-Request-ID": request_id, **self._headers()})
+            attempt_started = time.perf_counter()
             try:
-                response = await self._post(replica, body, headers)
+                response = await self._post(replica, body, headers, budget)
+            except httpx.ConnectTimeout:
+                replica.ejected_until = time.monotonic() + EJECT_SECONDS
+                last_problem = "a replica did not accept the connection in time"
+                log.warning("%s replica %s: connect timeout; ejected", self.service, replica.url)
+                self._note("unreachable", attempt_started)
+                continue
             except httpx.TimeoutException as exc:
+                self._note("timeout", attempt_started)
                 raise UpstreamTimeoutError(
-                    self.service, f"no answer within {self.timeout_s:g} s"
+                    self.service, f"no answer within {budget:.3g} s"
                 ) from exc
             except httpx.TransportError as exc:
                 replica.ejected_until = time.monotonic() + EJECT_SECONDS
-                last_problem = f"cannot reach {replica.url} ({type(exc).__name__})"
-                log.warning("%s replica %s unreachable; ejected", self.service, replica.url)
+                last_problem = f"cannot reach a replica ({type(exc).__name__})"
+                log.warning(
+                    "%s replica %s unreachable (%s); ejected",
+                    self.service, replica.url, type(exc).__name__,
+                )
+                self._note("unreachable", attempt_started)
                 continue
             if response.status_code == 503:
-                replica.ejected_until = time.monotonic() + EJECT_SECONDS
-                last_problem = f"{replica.url} is not ready or overloaded"
+                # Overloaded or loading: out of the rotation for as long as it asks.
+                pause = _retry_after(response.headers.get("Retry-After"), EJECT_SECONDS)
+                replica.ejected_until = time.monotonic() + pause
+                last_problem = "not ready or overloaded"
+                log.warning("%s replica %s answered 503; ejected for %.1f s",
+                            self.service, replica.url, pause)
+                self._note("unavailable", attempt_started)
                 continue
+            if response.status_code == 504:
+                self._note("timeout", attempt_started)
+                raise UpstreamTimeoutError(self.service, f"timed out: {_error_text(response)}")
             if response.status_code != 200:
+                self._note("error", attempt_started)
                 raise UpstreamError(
                     self.service, f"HTTP {response.status_code}: {_error_text(response)}"
                 )
@@ -167,14 +223,17 @@ class ModelClient:
                     response.content, int(header_length) if header_length else None
                 )
             except (oip.OipError, ValueError) as exc:
+                self._note("malformed", attempt_started)
                 raise UpstreamError(self.service, f"malformed response: {exc}") from exc
+            self._note("ok", attempt_started)
             return InferResult(
                 outputs=tensors,
                 parameters=decoded.parameters,
                 elapsed_ms=(time.perf_counter() - started) * 1000,
                 replica=replica.url,
             )
-        raise UpstreamUnavailableError(self.service, last_problem)
+        retry_after = 1 if "overloaded" in last_problem else 5
+        raise UpstreamUnavailableError(self.service, last_problem, retry_after)
 
     async def replica_readiness(self) -> dict[str, bool]:
         """``url -> ready`` for every replica, asked concurrently with a short timeout."""
@@ -182,7 +241,8 @@ class ModelClient:
         async def ready(replica: Replica) -> bool:
             try:
                 response = await self.http.get(
-                    f"{replica.url}/v2/models/{self.model_name}/ready", timeout=2.0
+                    f"{replica.url}/v2/models/{self.model_name}/ready",
+                    timeout=2.0, headers=self._headers(),
                 )
             except httpx.HTTPError:
                 return False
@@ -197,13 +257,22 @@ class ModelClient:
         for replica in self.replicas:
             try:
                 response = await self.http.get(
-                    f"{replica.url}/v2/models/{self.model_name}", timeout=2.0
+                    f"{replica.url}/v2/models/{self.model_name}",
+                    timeout=2.0, headers=self._headers(),
                 )
             except httpx.HTTPError:
                 continue
             if response.status_code == 200:
                 return response.json().get("parameters", {})
         return None
+
+
+def _retry_after(value: str | None, ceiling: float) -> float:
+    """Seconds from a Retry-After header (delta form only), capped at ``ceiling``."""
+    try:
+        return max(0.0, min(float(value), ceiling)) if value else ceiling
+    except ValueError:
+        return ceiling
 
 
 def _error_text(response: httpx.Response) -> str:

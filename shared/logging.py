@@ -20,7 +20,7 @@ _configured = False
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, message, request_id, extras."""
 
-    _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime"}
+    _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
     def __init__(self, service: str) -> None:
         super().__init__()
@@ -73,4 +73,8 @@ def configure_logging(service: str, level: str = "INFO", json_lines: bool = True
         logger.handlers = []
         logger.propagate = True
     # Access lines carry query strings only; keep them, they hold no PHI (uploads are bodies).
+    # httpx logs every upstream call at INFO; the gateway's own access line and metrics
+    # already cover them, so only its warnings are kept.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     _configured = True

@@ -9,10 +9,11 @@ dynamically across clients, run on the model's device, and reassembled per reque
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import sys
 import threading
 import time
-import uuid
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -21,17 +22,38 @@ from typing import Any
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 
 from shared import oip
 from shared.batching import BatchStats, DeadlineExceededError, DynamicBatcher, QueueFullError
-from shared.logging import request_id_var
+from shared.observability import (
+    ASGIApp,
+    ClientDisconnectedError,
+    HttpMetrics,
+    Receive,
+    RequestContextMiddleware,
+    Scope,
+    Send,
+    send_json,
+    unless_disconnected,
+)
+from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
 IMAGE_INPUT = "IMAGE"
-REQUEST_ID_HEADER = "X-Request-ID"
+# Triton's request parameter: the caller's remaining time, in microseconds. The gateway
+# sends it so that an image whose caller has given up is dropped, not computed.
+TIMEOUT_PARAMETER = "timeout"
+# Probes and scrapes stay open when INTERNAL_TOKEN is set (kubelet and Prometheus).
+OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
 
 
 class InputError(ValueError):
@@ -45,7 +67,9 @@ def split_images(array: np.ndarray) -> list[np.ndarray]:
     if array.ndim == 4 and array.shape[1] == 1:
         array = array[:, 0]
     if array.ndim != 3:
-        raise InputError(f"{IMAGE_INPUT} must have shape [N,1,H,W] or [N,H,W], got {list(array.shape)}")
+        raise InputError(
+            f"{IMAGE_INPUT} must have shape [N,1,H,W] or [N,H,W], got {list(array.shape)}"
+        )
     n, height, width = array.shape
     if n < 1 or height < 8 or width < 8:
         raise InputError(f"{IMAGE_INPUT} shape {list(array.shape)} is too small")
@@ -125,6 +149,56 @@ class _Metrics:
         self.queue_depth = Gauge(
             "spine_queue_depth", "Images waiting for a batch", labels, registry=self.registry
         )
+        self.pending = Gauge(
+            "nv_inference_pending_request_count", "Images waiting for a batch (Triton name)",
+            labels, registry=self.registry,
+        )
+        self.request_us = Counter(
+            "nv_inference_request_duration_us", "Cumulative infer request time (us)", labels,
+            registry=self.registry,
+        )
+        self.queue_seconds = Histogram(
+            "spine_queue_duration_seconds", "Time one image waited for its batch", labels,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.compute_seconds = Histogram(
+            "spine_compute_duration_seconds", "Model execution time of one batch", labels,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
+        self.http = HttpMetrics(self.registry)
+        self.gpu_used = Gauge(
+            "nv_gpu_memory_used_bytes", "GPU memory in use (whole device)", ["gpu_uuid"],
+            registry=self.registry,
+        )
+        self.gpu_total = Gauge(
+            "nv_gpu_memory_total_bytes", "GPU memory of the device", ["gpu_uuid"],
+            registry=self.registry,
+        )
+        self.gpu_allocated = Gauge(
+            "spine_gpu_memory_allocated_bytes", "GPU memory held by this process's tensors",
+            ["gpu_uuid"], registry=self.registry,
+        )
+
+    def set_queue_depth(self, depth: int) -> None:
+        self.queue_depth.labels(**self.labels).set(depth)
+        self.pending.labels(**self.labels).set(depth)
+
+    def observe_gpus(self) -> None:
+        """GPU memory gauges, read at scrape time; nothing when torch has no CUDA device."""
+        torch = sys.modules.get("torch")  # never import torch here: the model did, or no GPU
+        if torch is None or not torch.cuda.is_available():
+            return
+        for index in range(torch.cuda.device_count()):
+            try:
+                free, total = torch.cuda.mem_get_info(index)
+                name = str(getattr(torch.cuda.get_device_properties(index), "uuid", index))
+            except Exception:  # noqa: BLE001 - metrics must never break the scrape
+                continue
+            self.gpu_used.labels(name).set(total - free)
+            self.gpu_total.labels(name).set(total)
+            self.gpu_allocated.labels(name).set(torch.cuda.memory_allocated(index))
 
     def observe_batch(self, stats: BatchStats) -> None:
         self.exec_count.labels(**self.labels).inc()
@@ -132,10 +206,42 @@ class _Metrics:
         self.batch_size.labels(**self.labels).observe(stats.size)
         self.queue_us.labels(**self.labels).inc(sum(stats.queue_seconds) * 1e6)
         self.compute_us.labels(**self.labels).inc(stats.compute_seconds * 1e6)
+        self.compute_seconds.labels(**self.labels).observe(stats.compute_seconds)
+        for waited in stats.queue_seconds:
+            self.queue_seconds.labels(**self.labels).observe(waited)
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse(status_code=status, content={"error": message}, headers=headers)
+
+
+class InternalTokenMiddleware:
+    """Refuse every call but the probes and /metrics without ``Authorization: Bearer <token>``.
+
+    Model services sit on an internal network; the token is a second lock, so a
+    misrouted port or a neighbour on that network cannot run inference.
+    """
+
+    def __init__(self, app: ASGIApp, token: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope.get("path") not in OPEN_PATHS:
+            supplied = dict(scope.get("headers", ())).get(b"authorization", b"")
+            if not hmac.compare_digest(supplied, self.expected):
+                await send_json(send, 401, {"error": "missing or wrong internal token"},
+                                [("WWW-Authenticate", "Bearer")])
+                return
+        await self.app(scope, receive, send)
+
+
+def _caller_timeout_s(parameters: dict[str, Any]) -> float | None:
+    """Triton's ``timeout`` request parameter (microseconds) in seconds, if usable."""
+    value = parameters.get(TIMEOUT_PARAMETER)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+        return None
+    return float(value) / 1e6
 
 
 def create_model_app(
@@ -146,8 +252,13 @@ def create_model_app(
     max_delay_ms: float,
     max_queue_size: int,
     request_timeout_s: float = 120.0,
+    settings: Settings | None = None,
 ) -> FastAPI:
-    """The KServe v2 REST app (with Triton's binary tensor extension) around ``model``."""
+    """The KServe v2 REST app (with Triton's binary tensor extension) around ``model``.
+
+    ``settings`` (default: the environment) supplies INTERNAL_TOKEN.
+    """
+    settings = settings or get_settings()
     metrics = _Metrics(model.name)
     batcher: DynamicBatcher[np.ndarray, dict[str, np.ndarray]] = DynamicBatcher(
         model.predict_batch,
@@ -178,17 +289,15 @@ def create_model_app(
 
     app = FastAPI(title=title, version="1", lifespan=lifespan)
     app.state.model = model
-
-    @app.middleware("http")
-    async def request_id_middleware(request: Request, call_next):  # type: ignore[no-untyped-def]
-        request_id = request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
-        token = request_id_var.set(request_id[:128])
-        try:
-            response = await call_next(request)
-        finally:
-            request_id_var.reset(token)
-        response.headers[REQUEST_ID_HEADER] = request_id[:128]
-        return response
+    token = settings.internal_token.get_secret_value() if settings.internal_token else ""
+    if token:
+        app.add_middleware(InternalTokenMiddleware, token=token)
+    app.add_middleware(
+        RequestContextMiddleware,  # outermost: 401s and 500s get request ids and metrics too
+        metrics=metrics.http,
+        response_headers=lambda _path: [("X-Content-Type-Options", "nosniff")],
+        max_header_bytes=settings.max_header_bytes,
+    )
 
     def _unknown(name: str) -> JSONResponse | None:
         if name != model.name:
@@ -221,7 +330,9 @@ def create_model_app(
     async def model_ready(name: str, version: str | None = None) -> Response:
         if (missing := _unknown(name)) is not None:
             return missing
-        return JSONResponse({"name": name, "ready": model.ready}, status_code=200 if model.ready else 503)
+        return JSONResponse(
+            {"name": name, "ready": model.ready}, status_code=200 if model.ready else 503
+        )
 
     @app.post("/v2/models/{name}/infer", tags=["model"])
     @app.post("/v2/models/{name}/versions/{version}/infer", tags=["model"], include_in_schema=False)
@@ -231,6 +342,9 @@ def create_model_app(
         if not model.ready:
             metrics.failure.labels(**metrics.labels, reason="not_ready").inc()
             return _error(503, f"model {name} is not ready", {"Retry-After": "5"})
+        if batcher.queue_depth >= batcher.max_queue_size:  # refuse before reading the body
+            metrics.failure.labels(**metrics.labels, reason="queue_full").inc()
+            return _error(503, "inference queue is full", {"Retry-After": "1"})
         started = time.perf_counter()
         body = await request.body()
         try:
@@ -243,12 +357,20 @@ def create_model_app(
         except (ValueError, oip.OipError) as exc:
             metrics.failure.labels(**metrics.labels, reason="bad_request").inc()
             return _error(400, str(exc))
-        deadline = started + request_timeout_s
-        metrics.queue_depth.labels(**metrics.labels).set(batcher.queue_depth)
+        budget = request_timeout_s
+        if (caller_s := _caller_timeout_s(infer_request.parameters)) is not None:
+            budget = min(budget, caller_s)
+        deadline = started + budget
+        metrics.set_queue_depth(batcher.queue_depth)
         try:
-            results = await asyncio.gather(
-                *(batcher.submit(image, deadline=deadline) for image in images)
+            results = await unless_disconnected(
+                asyncio.gather(*(batcher.submit(image, deadline=deadline) for image in images)),
+                request.receive,
             )
+        except ClientDisconnectedError:
+            metrics.failure.labels(**metrics.labels, reason="cancelled").inc()
+            log.info("caller went away; its queued images were dropped")
+            return _error(499, "client closed the request")
         except QueueFullError as exc:
             metrics.failure.labels(**metrics.labels, reason="queue_full").inc()
             return _error(503, str(exc), {"Retry-After": "1"})
@@ -274,11 +396,13 @@ def create_model_app(
         )
         metrics.success.labels(**metrics.labels).inc()
         metrics.request_seconds.labels(**metrics.labels).observe(elapsed)
+        metrics.request_us.labels(**metrics.labels).inc(elapsed * 1e6)
         return Response(content=payload, headers=headers, media_type=headers["Content-Type"])
 
     @app.get("/metrics", tags=["metrics"], include_in_schema=False)
     async def prometheus_metrics() -> Response:
-        metrics.queue_depth.labels(**metrics.labels).set(batcher.queue_depth)
+        metrics.set_queue_depth(batcher.queue_depth)
+        metrics.observe_gpus()
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -9,10 +9,10 @@ from __future__ import annotations
 from enum import StrEnum
 from functools import lru_cache
 from pathlib import Path
-
-from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class FusionMode(StrEnum):
@@ -60,6 +60,33 @@ class Settings(BaseSettings):
     )
     decode_workers: int = Field(0, ge=0, description="Decode threads; 0 = number of cores")
 
+    # --- gateway: operations (docs/OPERATIONS.md) ---
+    request_timeout_s: float = Field(
+        90.0, gt=0, description="Deadline of one /upload or /preview after its body (504)"
+    )
+    upload_timeout_s: float = Field(60.0, gt=0, description="Time to receive one body (408)")
+    classifier_timeout_s: float | None = Field(None, gt=0, description="None = UPSTREAM_TIMEOUT_S")
+    detector_timeout_s: float | None = Field(None, gt=0, description="None = UPSTREAM_TIMEOUT_S")
+    api_keys_sha256: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, description="'id:sha256hex,...'; empty = no API keys required"
+    )
+    rate_limit_per_minute: float = Field(0.0, ge=0, description="Per key/client; 0 = off")
+    rate_limit_burst: int = Field(10, ge=1, description="Token bucket size")
+    max_uploads_per_client: int = Field(8, ge=0, description="Concurrent; 0 = unlimited (429)")
+    max_inflight_uploads: int = Field(32, ge=0, description="Gateway-wide; 0 = unlimited (503)")
+    max_header_bytes: int = Field(16384, ge=1024, description="All request headers (431)")
+    cors_allow_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Origins allowed by CORS; empty = no CORS"
+    )
+    hsts_seconds: int = Field(0, ge=0, description="Strict-Transport-Security max-age; 0 = off")
+    audit_log_path: Path | None = Field(None, description="JSON lines file; None = logger")
+    audit_log: bool = Field(True, description="One audit line per analysis")
+
+    # --- every service ---
+    internal_token: SecretStr | None = Field(
+        None, description="Model services refuse OIP calls without it; the gateway sends it"
+    )
+
     # --- model services ---
     model_dir: Path | None = Field(None, description="Model bundle folder; None = demo bundle")
     model_device: str = Field("auto", pattern="^(auto|cpu|cuda(:[0-9]+)?)$")
@@ -67,11 +94,48 @@ class Settings(BaseSettings):
     max_delay_ms: float = Field(5.0, ge=0)
     max_queue_size: int = Field(64, ge=1)
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = torch default")
+    model_backend: str = Field(
+        "auto", pattern="^(auto|torch|onnx)$",
+        description="auto = ONNX Runtime on CPU, PyTorch on CUDA; onnx falls back to torch "
+        "(with a warning) where an export fails or does not match PyTorch",
+    )
+    model_precision: str = Field(
+        "auto", pattern="^(auto|fp32|fp16|bf16)$",
+        description="CUDA compute dtype; auto = fp16 on CUDA, fp32 on CPU (CPU is always fp32)",
+    )
+    ort_threads: int = Field(
+        0, ge=0, description="ONNX Runtime intra-op threads; 0 = TORCH_THREADS, else ORT default"
+    )
+    onnx_opset: int = Field(18, ge=13, le=23, description="opset of the cached ONNX exports")
+    spine_cache_dir: Path | None = Field(
+        None, description="cache root (built bundles, ONNX exports); None = ~/.cache/spine"
+    )
 
     @field_validator("classifier_urls", "detector_urls", mode="before")
     @classmethod
     def _parse_urls(cls, value: object) -> object:
         return _split_urls(value)
+
+    @field_validator("cors_allow_origins", mode="before")
+    @classmethod
+    def _parse_origins(cls, value: object) -> object:
+        return _split_urls(value)
+
+    @field_validator("api_keys_sha256", mode="before")
+    @classmethod
+    def _parse_api_keys(cls, value: object) -> object:
+        """``id1:hex,id2:hex`` -> ``{id: hex}`` (ids name callers in logs, never the key)."""
+        if not isinstance(value, str):
+            return value
+        keys: dict[str, str] = {}
+        for item in filter(None, (part.strip() for part in value.split(","))):
+            key_id, _, digest = item.partition(":")
+            digest = digest.strip().lower()
+            hexdigits = set("0123456789abcdef")
+            if not key_id.strip() or len(digest) != 64 or not set(digest) <= hexdigits:
+                raise ValueError("API_KEYS_SHA256 entries are 'id:<64 hex digits of sha256(key)>'")
+            keys[key_id.strip()] = digest
+        return keys
 
 
 @lru_cache(maxsize=1)

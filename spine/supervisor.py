@@ -1,7 +1,15 @@
-"""``spine serve``: start the three services, wait until ready, supervise, stop cleanly."""
+"""``spine serve``: start the three services, wait until ready, supervise, stop cleanly.
+
+Children are restarted with backoff when they die; they are also tied to this process
+(Linux parent-death signal), so a supervisor killed with SIGKILL leaves no orphan
+holding the ports. On SIGTERM/SIGINT the gateway drains first (no new work reaches the
+models), then both model services drain together.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import signal
 import subprocess
@@ -14,6 +22,14 @@ import httpx
 
 READY_TIMEOUT_S = 600.0
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+STOP_GRACE_S = 25.0  # uvicorn's own graceful shutdown is 20 s
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: get SIGTERM when the supervisor dies (Linux only)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -29,21 +45,45 @@ class Child:
     started_at: float = field(default=0.0)
 
     def start(self) -> None:
-        self.process = subprocess.Popen(self.argv, env=self.env)  # noqa: S603
+        preexec = _die_with_parent if sys.platform.startswith("linux") else None
+        self.process = subprocess.Popen(self.argv, env=self.env, preexec_fn=preexec)  # noqa: S603
         self.started_at = time.monotonic()
+
+    def terminate(self) -> None:
+        """Ask to drain (uvicorn stops accepting, finishes in-flight requests, exits)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def stop(self, grace_s: float = 15.0) -> None:
+    def stop(self, grace_s: float = STOP_GRACE_S) -> None:
         if self.process is None or self.process.poll() is not None:
             return
-        self.process.send_signal(signal.SIGTERM)  # uvicorn drains in-flight requests
+        self.terminate()
+        self.wait_or_kill(grace_s)
+
+    def wait_or_kill(self, grace_s: float) -> None:
+        if self.process is None:
+            return
         try:
             self.process.wait(grace_s)
         except subprocess.TimeoutExpired:
+            print(f"[spine] {self.name} did not drain in {grace_s:g} s; killed", flush=True)
             self.process.kill()
             self.process.wait()
+
+
+def stop_all(children: list[Child], grace_s: float = STOP_GRACE_S) -> None:
+    """Gateway first (it stops taking uploads and finishes those in flight, which still
+    need the models), then every model service at once."""
+    gateways = [child for child in children if child.name == "gateway"]
+    others = [child for child in children if child.name != "gateway"]
+    for group in (gateways, others):
+        for child in group:
+            child.terminate()
+        for child in group:
+            child.wait_or_kill(grace_s)
 
 
 def _is_ready(url: str) -> bool:
@@ -119,6 +159,7 @@ def supervise(children: list[Child], stop_requested: list[bool]) -> None:
                     break
                 child.restarts += 1
                 child.start()
+                print(f"[spine] {child.name} restarted (restart #{child.restarts})", flush=True)
             elif time.monotonic() - child.started_at > 60:
                 child.restarts = 0  # stable again: reset the backoff
         time.sleep(0.5)
@@ -142,7 +183,6 @@ def serve(children: list[Child], gateway_url: str) -> int:
         supervise(children, stop_requested)
         return 0
     finally:
-        print("[spine] stopping ...", flush=True)
-        for child in reversed(children):  # gateway first: no new work reaches the models
-            child.stop()
+        print("[spine] stopping: draining in-flight requests ...", flush=True)
+        stop_all(children)
         print("[spine] stopped", flush=True)

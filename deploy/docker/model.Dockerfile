@@ -4,16 +4,18 @@
 ARG BASE=python:3.11-slim
 FROM ${BASE}
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
-    YOLO_OFFLINE=1 YOLO_CONFIG_DIR=/tmp/ultralytics SPINE_CACHE_DIR=/cache
+    YOLO_OFFLINE=1 YOLO_CONFIG_DIR=/tmp/ultralytics SPINE_CACHE_DIR=/cache HOME=/tmp
 WORKDIR /app
 COPY pyproject.toml README.md ./
+# Exact versions CI tested (scripts/lock-requirements.sh writes it).
+COPY requirements/constraints.txt ./requirements/constraints.txt
 COPY spine ./spine
 COPY shared ./shared
 COPY classifier_service ./classifier_service
 COPY detector_service ./detector_service
 COPY training ./training
 RUN mkdir gateway bench && touch gateway/__init__.py bench/__init__.py \
- && pip install ".[classifier,detector]"
+ && pip install -c requirements/constraints.txt ".[classifier,detector]"
 RUN useradd --uid 10001 --no-create-home spine && mkdir -p /cache && chown spine /cache
 USER spine
 EXPOSE 8001 8002

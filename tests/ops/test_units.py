@@ -1,0 +1,156 @@
+"""Pure pieces of the operations layer: limits, keys, settings, audit hashing, supervisor."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import threading
+import time
+
+import pytest
+
+from gateway.audit import AuditFacts, AuditLog, uid_hash
+from gateway.ratelimit import ConcurrencyLimiter, TokenBucketLimiter, retry_after_header
+from gateway.security import ApiKeys, docs_page, security_headers
+from shared.model_server import _caller_timeout_s
+from shared.settings import Settings
+from spine.supervisor import Child, stop_all, supervise
+
+
+def test_token_bucket_allows_bursts_then_paces() -> None:
+    bucket = TokenBucketLimiter(per_minute=60, burst=3)
+    assert [bucket.acquire("a", now=0.0) for _ in range(3)] == [0.0, 0.0, 0.0]
+    wait = bucket.acquire("a", now=0.0)
+    assert wait == pytest.approx(1.0) and retry_after_header(wait) == "1"
+    assert bucket.acquire("b", now=0.0) == 0.0  # another caller, another bucket
+    assert bucket.acquire("a", now=1.0) == 0.0  # one token back after a second
+
+
+def test_concurrency_limiter_per_caller_and_total() -> None:
+    slots = ConcurrencyLimiter(per_caller=2, total=3)
+    assert slots.try_acquire("a") is None and slots.try_acquire("a") is None
+    assert slots.try_acquire("a") == "caller"
+    assert slots.try_acquire("b") is None
+    assert slots.try_acquire("c") == "total"
+    slots.release("a")
+    assert slots.try_acquire("c") is None and slots.in_flight == 3
+
+
+def test_api_keys_match_by_sha256_only() -> None:
+    keys = ApiKeys({"lab": hashlib.sha256(b"s3cret").hexdigest()})
+    assert keys.identify([(b"authorization", b"Bearer s3cret")]) == "lab"
+    assert keys.identify([(b"x-api-key", b"s3cret")]) == "lab"
+    assert keys.identify([(b"authorization", b"bearer s3cret")]) == "lab"
+    for headers in ([], [(b"x-api-key", b"S3CRET")], [(b"authorization", b"Basic s3cret")]):
+        assert keys.identify(headers) is None
+    assert not ApiKeys({}).enabled
+
+
+def test_settings_parse_keys_and_origins(monkeypatch: pytest.MonkeyPatch) -> None:
+    digest = hashlib.sha256(b"k").hexdigest()
+    monkeypatch.setenv("API_KEYS_SHA256", f"a:{digest}, b:{digest.upper()}")
+    monkeypatch.setenv("CORS_ALLOW_ORIGINS", "https://a.org, https://b.org/")
+    settings = Settings()
+    assert settings.api_keys_sha256 == {"a": digest, "b": digest}
+    assert settings.cors_allow_origins == ["https://a.org", "https://b.org"]
+    monkeypatch.setenv("API_KEYS_SHA256", "a:not-a-digest")
+    with pytest.raises(ValueError, match="API_KEYS_SHA256"):
+        Settings()
+
+
+def test_defaults_keep_the_door_as_it_was() -> None:
+    settings = Settings()
+    assert settings.api_keys_sha256 == {} and settings.rate_limit_per_minute == 0
+    assert settings.cors_allow_origins == [] and settings.internal_token is None
+
+
+def test_security_headers_and_docs_csp() -> None:
+    page = dict(security_headers("/"))
+    assert "script-src 'self';" in page["Content-Security-Policy"]
+    assert page["Cache-Control"] == "no-store"
+    assert "Cache-Control" not in dict(security_headers("/static/app.js"))
+    assert "Strict-Transport-Security" not in page
+    docs = docs_page("/openapi.json", "t").headers["content-security-policy"]
+    assert "https://cdn.jsdelivr.net 'sha256-" in docs and "unsafe-eval" not in docs
+
+
+def test_uid_hash_is_keyed_and_stable() -> None:
+    assert uid_hash("k", "1.2.3") == uid_hash("k", "1.2.3") != uid_hash("other", "1.2.3")
+    assert len(uid_hash("k", "1.2.3") or "") == 32 and uid_hash("k", None) is None
+
+
+def test_audit_file_has_one_json_line_per_record(tmp_path) -> None:
+    import json
+
+    log = AuditLog(tmp_path / "a" / "audit.jsonl", "secret")
+    log.record(event="analysis", key_id="lab", request_id="r1", status=503,
+               facts=AuditFacts("1.2.3", "1.2.3.4"), duration_ms=12.3, error="classifier down")
+    log.close()
+    (line,) = (tmp_path / "a" / "audit.jsonl").read_text().splitlines()
+    entry = json.loads(line)
+    assert entry["outcome"] == "error" and entry["key_id"] == "lab"
+    assert "1.2.3" not in line and entry["study_uid_hash"] == uid_hash("secret", "1.2.3")
+
+
+def test_caller_timeout_parameter_is_tritons_microseconds() -> None:
+    assert _caller_timeout_s({"timeout": 2_500_000}) == 2.5
+    for bad in ({}, {"timeout": 0}, {"timeout": "5"}, {"timeout": True}, {"timeout": -1}):
+        assert _caller_timeout_s(bad) is None
+
+
+def _sleeper(name: str) -> Child:
+    argv = [sys.executable, "-c", "import time; time.sleep(60)"]
+    return Child(name, argv, {}, "http://127.0.0.1:9/unused")
+
+
+def test_supervisor_restarts_a_crashed_child_and_stops_all() -> None:
+    children = [_sleeper("classifier"), _sleeper("gateway")]
+    for child in children:
+        child.start()
+    first_pid = children[0].process.pid
+    stop = [False]
+    thread = threading.Thread(target=supervise, args=(children, stop))
+    thread.start()
+    try:
+        children[0].process.kill()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (
+            children[0].alive() and children[0].process.pid != first_pid
+        ):
+            time.sleep(0.1)
+        assert children[0].alive() and children[0].process.pid != first_pid
+        assert children[0].restarts == 1 and children[1].restarts == 0
+    finally:
+        stop[0] = True
+        thread.join(10)
+        stop_all(children, grace_s=5)
+    assert not any(child.alive() for child in children)
+
+
+def test_gpu_memory_gauges_read_torch_cuda_when_present(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No GPU here: a stand-in for torch.cuda shows what the scrape exports on one."""
+    from types import SimpleNamespace
+
+    from prometheus_client import generate_latest
+
+    from shared.model_server import _Metrics
+
+    cuda = SimpleNamespace(
+        is_available=lambda: True, device_count=lambda: 1,
+        mem_get_info=lambda i: (30 * 2**30, 80 * 2**30),
+        get_device_properties=lambda i: SimpleNamespace(uuid="GPU-abc"),
+        memory_allocated=lambda i: 7 * 2**30,
+    )
+    monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=cuda))
+    metrics = _Metrics("m")
+    metrics.observe_gpus()
+    values = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in generate_latest(metrics.registry).decode().splitlines()
+        if line.startswith(("nv_gpu", "spine_gpu"))
+    }
+    assert values == {
+        'nv_gpu_memory_used_bytes{gpu_uuid="GPU-abc"}': 50 * 2**30,
+        'nv_gpu_memory_total_bytes{gpu_uuid="GPU-abc"}': 80 * 2**30,
+        'spine_gpu_memory_allocated_bytes{gpu_uuid="GPU-abc"}': 7 * 2**30,
+    }
