@@ -19,6 +19,8 @@ def _run_uvicorn(service: str, factory: str, host: str, port: int) -> int:
     uvicorn.run(
         factory, factory=True, host=host, port=port, log_config=None,
         timeout_graceful_shutdown=20, access_log=False,
+        # h11 refuses a request whose headers exceed this before any app code runs.
+        h11_max_incomplete_event_size=settings.max_header_bytes,
     )
     return 0
 
