@@ -16,8 +16,7 @@ def resolve_device(setting: str) -> torch.device:
 
 
 def configure_torch(device: torch.device, threads: int) -> None:
-    """Inference-only settings: no autograd, fixed thread count, cuDNN autotuning."""
-    torch.set_grad_enabled(False)
+    """Thread count and cuDNN autotuning (autograd is off per call: inference_mode)."""
     if threads > 0:
         torch.set_num_threads(threads)
     if device.type == "cuda":

@@ -129,6 +129,7 @@ def train_member(
         log.info("resuming %s at epoch %d", member.name, start_epoch)
     generator = torch.Generator().manual_seed(config.seed)
     loss_fn = nn.BCEWithLogitsLoss()
+    torch.set_grad_enabled(True)  # a process that also served may have turned it off
     for epoch in range(start_epoch, config.epochs):
         model.train()
         order = torch.randperm(len(train_x), generator=generator)
