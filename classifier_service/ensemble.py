@@ -5,11 +5,16 @@ square input size, scaled to [0, 1], stacked to 3 channels and normalised with i
 mean/std; this happens on the model's device. The ensemble score is the weighted mean
 of member probabilities; Abnormal iff score > threshold. Training code uses the same
 ``preprocess`` so train and serve see identical tensors.
+
+The member networks run in PyTorch (CUDA: fp16/bf16 + channels_last) or, on CPU, in
+ONNX Runtime exported from the same checkpoint (``shared.onnx_runtime``); preprocessing
+is the same torch code for both, so only the network's executor differs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +24,12 @@ from torch import nn
 
 from classifier_service.checkpoints import load_classifier
 from shared.bundle import ClassifierSpec, MemberSpec, resolve_checkpoint, sha256_file
+from shared.onnx_runtime import OnnxOptions, OnnxRunner, release_freed_memory, try_onnx
+
+log = logging.getLogger(__name__)
+
+PROBABILITY_ATOL = 1e-4
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def to_device_batch(images: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
@@ -33,7 +44,9 @@ def to_device_batch(images: list[np.ndarray], device: torch.device) -> list[torc
 def resize_square(images: list[torch.Tensor], size: int) -> torch.Tensor:
     """Each ``[1,1,H,W]`` image resized to ``size x size``; returns ``[N,1,size,size]``."""
     resized = [
-        F.interpolate(image, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        F.interpolate(
+            image, size=(size, size), mode="bilinear", antialias=True, align_corners=False
+        )
         for image in images
     ]
     return torch.cat(resized, dim=0)
@@ -64,34 +77,101 @@ def weighted_vote(member_probabilities: np.ndarray, weights: np.ndarray) -> np.n
     return member_probabilities @ (weights / weights.sum())
 
 
+def compute_dtype(device: torch.device, precision: str) -> torch.dtype:
+    """CPU always computes fp32; CUDA uses ``precision`` (``auto`` = fp16)."""
+    if device.type != "cuda":
+        return torch.float32
+    return DTYPES.get(precision, torch.float16)
+
+
+def check_images() -> list[np.ndarray]:
+    """Two deterministic radiograph-like grey images of different shapes (export checks)."""
+    rng = np.random.default_rng(0)
+    images = []
+    for height, width in ((200, 136), (150, 210)):
+        y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+        base = 60 + 120 * (y / height) + 60 * np.exp(-(((x - width / 2) / (width / 6)) ** 2))
+        noisy = base + rng.normal(0, 12, (height, width))
+        images.append(np.clip(noisy, 0, 255).astype(np.uint8))
+    return images
+
+
 @dataclass
 class Member:
     spec: MemberSpec
-    model: nn.Module
+    model: nn.Module | None  # None once ONNX Runtime serves the member (frees its memory)
     checkpoint: Path
     sha256: str
+    onnx: OnnxRunner | None = None
+
+    @property
+    def backend(self) -> str:
+        return "onnx" if self.onnx is not None else "torch"
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        if self.onnx is not None:
+            return self.onnx(batch)
+        assert self.model is not None
+        return self.model(batch)
 
 
 class Ensemble:
     """Loaded members on one device; ``predict`` runs every member on a list of images."""
 
-    def __init__(self, spec: ClassifierSpec, model_dir: Path, device: torch.device) -> None:
+    def __init__(
+        self,
+        spec: ClassifierSpec,
+        model_dir: Path,
+        device: torch.device,
+        *,
+        backend: str = "torch",
+        onnx_options: OnnxOptions | None = None,
+        precision: str = "auto",
+    ) -> None:
         self.spec = spec
         self.device = device
-        self.half = device.type == "cuda"
+        self.dtype = compute_dtype(device, precision)
         self.members: list[Member] = []
         for member_spec in spec.members:
             path = resolve_checkpoint(model_dir, member_spec.checkpoint)
             model = load_classifier(path, member_spec.arch, member_spec.num_classes)
-            model = model.to(device)
-            if self.half:
-                model = model.half().to(memory_format=torch.channels_last)
-            self.members.append(Member(member_spec, model, path, sha256_file(path)))
+            member = Member(member_spec, model, path, sha256_file(path))
+            if backend == "onnx" and onnx_options is not None:
+                member.onnx = self._export(member, onnx_options)
+            if member.onnx is not None:
+                member.model = None
+            else:
+                member.model = self._place(model)
+            self.members.append(member)
+        release_freed_memory()  # the torch copies of ONNX-served members
         self.weights = np.array([m.weight for m in spec.members], dtype=np.float64)
+
+    def _place(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        if self.dtype != torch.float32:
+            model = model.to(self.dtype).to(memory_format=torch.channels_last)
+        return model
+
+    @staticmethod
+    def _export(member: Member, options: OnnxOptions) -> OnnxRunner | None:
+        assert member.model is not None
+        check = preprocess(to_device_batch(check_images(), torch.device("cpu")), member.spec)
+        return try_onnx(
+            member.model, check,
+            name=f"{member.spec.name}-{member.spec.arch}", sha256=member.sha256,
+            input_size=member.spec.input_size,
+            # What is served is the probability: compare that, to 1e-4 absolute.
+            options=replace(options, rtol=0.0, atol=PROBABILITY_ATOL),
+            transform=lambda logits: probability_from_logits(torch.from_numpy(logits)).numpy(),
+        )
 
     @property
     def member_names(self) -> list[str]:
         return [member.spec.name for member in self.members]
+
+    @property
+    def backends(self) -> dict[str, str]:
+        return {member.spec.name: member.backend for member in self.members}
 
     @torch.inference_mode()
     def member_probabilities(self, images: list[np.ndarray]) -> np.ndarray:
@@ -104,9 +184,9 @@ class Ensemble:
             if size not in resized:
                 resized[size] = resize_square(tensors, size)
             batch = normalise(resized[size], member.spec.mean, member.spec.std)
-            if self.half:
-                batch = batch.half().contiguous(memory_format=torch.channels_last)
-            columns.append(probability_from_logits(member.model(batch)))
+            if member.onnx is None and self.dtype != torch.float32:
+                batch = batch.to(self.dtype).contiguous(memory_format=torch.channels_last)
+            columns.append(probability_from_logits(member.logits(batch)))
         return torch.stack(columns, dim=1).float().cpu().numpy().astype(np.float64)
 
     def predict(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

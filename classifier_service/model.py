@@ -4,7 +4,8 @@ Input ``IMAGE``: the canonical grey image, UINT8 ``[N,1,H,W]`` or ``[N,H,W]``.
 Outputs: ``abnormal_probability`` FP32 ``[N,1]`` (the weighted vote),
 ``member_probabilities`` FP32 ``[N,M]`` (column order = parameter ``members``), and
 ``abnormal`` BOOL ``[N,1]`` (score > threshold). The threshold and weights belong to the
-bundle, so the decision is made here, next to them.
+bundle, so the decision is made here, next to them. The executor (PyTorch or ONNX
+Runtime, ``MODEL_BACKEND``) is chosen at load; the parameter ``backends`` names it per member.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from shared import oip
 from shared.bundle import BundleManifest, demo_warning, is_demo, load_manifest
 from shared.device import configure_torch, resolve_device
 from shared.model_server import IMAGE_INPUT, BatchedModel
+from shared.onnx_runtime import choose_backend, options_from_settings
+from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
@@ -30,18 +33,30 @@ MODEL_NAME = "spine-classifier"
 class ClassifierModel(BatchedModel):
     name = MODEL_NAME
 
-    def __init__(self, model_dir: Path, device: str = "auto", torch_threads: int = 0) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        device: str = "auto",
+        torch_threads: int = 0,
+        settings: Settings | None = None,
+    ) -> None:
         super().__init__()
         self.model_dir = model_dir
         self.device_setting = device
         self.torch_threads = torch_threads
+        self.settings = settings or get_settings()
         self.manifest: BundleManifest = load_manifest(model_dir)
         self.ensemble: Ensemble | None = None
 
     def load(self) -> None:
         device = resolve_device(self.device_setting)
         configure_torch(device, self.torch_threads)
-        self.ensemble = Ensemble(self.manifest.classifier, self.model_dir, device)
+        self.ensemble = Ensemble(
+            self.manifest.classifier, self.model_dir, device,
+            backend=choose_backend(self.settings.model_backend, device),
+            onnx_options=options_from_settings(self.settings, self.torch_threads),
+            precision=self.settings.model_precision,
+        )
         warning = demo_warning(self.manifest.kind)
         if warning:
             log.warning(warning)
@@ -49,7 +64,7 @@ class ClassifierModel(BatchedModel):
         self.ensemble.predict([np.zeros((64, 48), dtype=np.uint8)])
         log.info(
             "classifier bundle %r (%s) on %s: members %s",
-            self.manifest.name, self.manifest.kind.value, device, self.ensemble.member_names,
+            self.manifest.name, self.manifest.kind.value, device, self.ensemble.backends,
         )
 
     def _require_ensemble(self) -> Ensemble:
@@ -86,6 +101,7 @@ class ClassifierModel(BatchedModel):
                 {m.spec.checkpoint: m.sha256 for m in ensemble.members}
             ),
             "device": str(ensemble.device),
+            "backends": json.dumps(ensemble.backends),
         }
 
     def metadata(self) -> oip.ModelMetadata:
@@ -96,7 +112,9 @@ class ClassifierModel(BatchedModel):
             inputs=[oip.TensorMetadata(name=IMAGE_INPUT, datatype="UINT8", shape=[-1, 1, -1, -1])],
             outputs=[
                 oip.TensorMetadata(name="abnormal_probability", datatype="FP32", shape=[-1, 1]),
-                oip.TensorMetadata(name="member_probabilities", datatype="FP32", shape=[-1, members]),
+                oip.TensorMetadata(
+                    name="member_probabilities", datatype="FP32", shape=[-1, members]
+                ),
                 oip.TensorMetadata(name="abnormal", datatype="BOOL", shape=[-1, 1]),
             ],
             parameters=self.response_parameters() if self.ready else {

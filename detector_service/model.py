@@ -4,7 +4,9 @@ Input ``IMAGE``: canonical grey image(s), UINT8 ``[N,1,H,W]`` or ``[N,H,W]``. Ou
 (Triton's NMS naming): ``num_detections`` INT32 ``[N,1]``, ``detection_boxes`` FP32
 ``[N,K,4]`` (x1, y1, x2, y2 in the INPUT image's pixels), ``detection_scores`` FP32
 ``[N,K]``, ``detection_classes`` INT32 ``[N,K]``; rows past ``num_detections`` are
-padding. Class names are in the metadata parameter ``class_names``.
+padding. Class names are in the metadata parameter ``class_names``. The network runs in
+PyTorch (conv+bn fused; CUDA: fp16/bf16) or, on CPU, in ONNX Runtime exported from the
+same checkpoint (``MODEL_BACKEND``); letterbox and NMS are the same torch code for both.
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from detector_service.yolo import letterbox_batch, load_yolo, postprocess, unletterbox_boxes
+from detector_service.yolo import (
+    RawOutput,
+    check_images,
+    letterbox_batch,
+    load_yolo,
+    postprocess,
+    reset_anchor_cache,
+    unletterbox_boxes,
+)
 from shared import oip
 from shared.bundle import (
     BundleManifest,
@@ -30,6 +40,16 @@ from shared.bundle import (
 )
 from shared.device import configure_torch, resolve_device
 from shared.model_server import IMAGE_INPUT, BatchedModel
+from shared.onnx_runtime import (
+    OnnxRunner,
+    choose_backend,
+    options_from_settings,
+    release_freed_memory,
+    try_onnx,
+)
+from shared.settings import Settings, get_settings
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 log = logging.getLogger(__name__)
 
@@ -39,50 +59,89 @@ MODEL_NAME = "spine-detector"
 class DetectorModel(BatchedModel):
     name = MODEL_NAME
 
-    def __init__(self, model_dir: Path, device: str = "auto", torch_threads: int = 0) -> None:
+    def __init__(
+        self,
+        model_dir: Path,
+        device: str = "auto",
+        torch_threads: int = 0,
+        settings: Settings | None = None,
+    ) -> None:
         super().__init__()
         self.model_dir = model_dir
         self.device_setting = device
         self.torch_threads = torch_threads
+        self.settings = settings or get_settings()
         self.manifest: BundleManifest = load_manifest(model_dir)
         self.spec = self.manifest.detector
         self.network: nn.Module | None = None
+        self.onnx: OnnxRunner | None = None
         self.class_names: dict[int, str] = {}
         self.device = torch.device("cpu")
-        self.half = False
+        self.dtype = torch.float32
+        self.end2end = False
         self.sha256 = ""
+
+    @property
+    def backend(self) -> str:
+        return "onnx" if self.onnx is not None else "torch"
 
     def load(self) -> None:
         self.device = resolve_device(self.device_setting)
         configure_torch(self.device, self.torch_threads)
         path = resolve_checkpoint(self.model_dir, self.spec.checkpoint)
         network, self.class_names = load_yolo(path)
-        self.half = self.device.type == "cuda"
-        network = network.to(self.device)
-        self.network = network.half() if self.half else network.float()
         self.sha256 = sha256_file(path)
+        self.end2end = bool(getattr(network, "end2end", False))
+        network = network.float()
+        if hasattr(network, "fuse"):
+            network = network.fuse(verbose=False)  # conv+bn folded: what Ultralytics serves
+        if choose_backend(self.settings.model_backend, self.device) == "onnx":
+            self.onnx = self._export(network)
+        if self.onnx is not None:
+            del network
+            release_freed_memory()
+        else:
+            if self.device.type == "cuda":
+                self.dtype = DTYPES.get(self.settings.model_precision, torch.float16)
+            self.network = network.to(self.device).to(self.dtype)
         warning = demo_warning(self.manifest.kind)
         if warning:
             log.warning(warning)
         self.predict_batch([np.zeros((64, 48), dtype=np.uint8)])  # warm-up before ready
         log.info(
-            "detector %s on %s: %d classes", self.spec.checkpoint, self.device, len(self.class_names)
+            "detector %s on %s (%s): %d classes",
+            self.spec.checkpoint, self.device, self.backend, len(self.class_names),
         )
+
+    def _export(self, network: nn.Module) -> OnnxRunner | None:
+        reset_anchor_cache(network)
+        check, _ = letterbox_batch(check_images(), self.spec.image_size, torch.device("cpu"))
+        return try_onnx(
+            RawOutput(network).eval(), check,
+            name=f"detector-{Path(self.spec.checkpoint).stem}", sha256=self.sha256,
+            input_size=self.spec.image_size,
+            options=options_from_settings(self.settings, self.torch_threads),
+        )
+
+    def _forward(self, batch: torch.Tensor) -> torch.Tensor | tuple | list:
+        if self.onnx is not None:
+            return self.onnx(batch)
+        if self.network is None:
+            raise RuntimeError("detector not loaded")
+        return self.network(batch.to(self.dtype))
 
     @torch.inference_mode()
     def predict_batch(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        if self.network is None:
+        if self.network is None and self.onnx is None:
             raise RuntimeError("detector not loaded")
         batch, geometries = letterbox_batch(images, self.spec.image_size, self.device)
-        if self.half:
-            batch = batch.half()
-        raw = self.network(batch)
+        raw = self._forward(batch)
         detections = postprocess(
             raw,
             conf=self.spec.conf,
             iou=self.spec.iou,
             max_det=self.spec.max_det,
-            end2end=bool(getattr(self.network, "end2end", False)),
+            end2end=self.end2end,
         )
         results = []
         for image, geometry, found in zip(images, geometries, detections, strict=True):
@@ -127,6 +186,7 @@ class DetectorModel(BatchedModel):
             "conf": self.spec.conf,
             "iou": self.spec.iou,
             "device": str(self.device),
+            "backend": self.backend,
         }
 
     def metadata(self) -> oip.ModelMetadata:

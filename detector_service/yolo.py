@@ -4,6 +4,8 @@ The letterbox reproduces Ultralytics' own (ratio-preserving resize with bilinear
 interpolation, centred padding of grey 114, the same rounding), so a checkpoint trained
 with Ultralytics sees the same input here; but it runs batched on the device instead of
 per image in numpy. Ultralytics is imported lazily and never allowed to download.
+For ONNX Runtime the network is wrapped by :class:`RawOutput` (one tensor out, the
+decoded ``[N, 4 + classes, anchors]`` predictions that NMS reads) and exported as is.
 """
 
 from __future__ import annotations
@@ -105,13 +107,43 @@ def load_yolo(path: Path, num_classes: int | None = None) -> tuple[nn.Module, di
         try:
             model, _ = load_checkpoint(str(path), device=torch.device("cpu"), fuse=False)
         except Exception as exc:  # noqa: BLE001
-            raise DetectorLoadError(f"{path}: not a loadable Ultralytics checkpoint: {exc}") from exc
+            raise DetectorLoadError(
+                f"{path}: not a loadable Ultralytics checkpoint: {exc}"
+            ) from exc
     names = getattr(model, "names", None)
     if isinstance(names, list):
         names = dict(enumerate(names))
     if not isinstance(names, dict) or not names:
         raise DetectorLoadError(f"{path}: the checkpoint carries no class names")
     return model.eval(), {int(key): str(value) for key, value in names.items()}
+
+
+class RawOutput(nn.Module):
+    """The network's decoded predictions only (eval mode returns ``(y, features)``)."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, batch: torch.Tensor) -> torch.Tensor:
+        out = self.network(batch)
+        return out[0] if isinstance(out, tuple | list) else out
+
+
+def reset_anchor_cache(network: nn.Module) -> None:
+    """Detect heads cache anchors per input shape; tensors made under inference_mode
+    cannot enter an export trace, so drop the cache before exporting."""
+    for module in network.modules():
+        if hasattr(module, "anchors") and hasattr(module, "shape"):
+            module.shape = None
+
+
+def check_images() -> list[np.ndarray]:
+    """Two deterministic grey images of different aspect (export equality checks)."""
+    rng = np.random.default_rng(0)
+    return [
+        rng.integers(0, 256, size=shape, dtype=np.uint8) for shape in ((320, 214), (200, 300))
+    ]
 
 
 def postprocess(

@@ -1,0 +1,91 @@
+"""The benchmark's uploads: DX radiographs like VinDr-SpineXR's, made at run time.
+
+Same generator and DICOM layout as ``tests/factories`` (a smooth synthetic radiograph
+with noise, 12 bits stored, DX storage class), kept here because the installed
+``spine`` command cannot import the test package. Nothing binary is committed.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from io import BytesIO
+
+import numpy as np
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
+
+DIGITAL_XRAY_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # DX Image Storage - For Presentation
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One file the load generator sends."""
+
+    name: str
+    data: bytes
+
+
+def radiograph_pixels(rows: int, cols: int, bits: int = 12, seed: int = 0) -> np.ndarray:
+    """A smooth synthetic radiograph (gradient + bright column + noise), unsigned ints."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:rows, 0:cols].astype(np.float32)
+    image = 0.25 + 0.35 * (y / rows) + 0.3 * np.exp(-(((x - cols / 2) / (cols / 8)) ** 2))
+    image += 0.04 * rng.standard_normal((rows, cols)).astype(np.float32)
+    top = (1 << bits) - 1
+    return np.clip(image * top, 0, top).astype(np.uint16)
+
+
+def make_dx_dicom(
+    pixels: np.ndarray, *, photometric: str = "MONOCHROME2", compress: bool = True,
+    bits_stored: int = 12, seed: int = 0,
+) -> bytes:
+    """A single-frame DX DICOM file (JPEG 2000 lossless or explicit VR little endian)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = DIGITAL_XRAY_STORAGE
+    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[f"bench-{seed}-{compress}"])
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID = generate_uid(entropy_srcs=[f"bench-study-{seed}"])
+    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[f"bench-series-{seed}"])
+    ds.PatientID = f"BENCH-{seed:04d}"
+    ds.StudyDate = datetime.date(2026, 1, 28).strftime("%Y%m%d")
+    ds.Modality = "DX"
+    ds.Rows, ds.Columns = pixels.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = 0
+    ds.PixelData = pixels.astype(np.uint16).tobytes()
+    if compress:
+        ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def bench_uploads(
+    rows: int = 2455, cols: int = 1606, kinds: tuple[str, ...] = ("j2k", "raw")
+) -> list[Upload]:
+    """VinDr-sized DX files: ``j2k`` = JPEG 2000 lossless MONOCHROME2 and MONOCHROME1
+    (two files), ``raw`` = uncompressed MONOCHROME2 (one file)."""
+    uploads: list[Upload] = []
+    if "j2k" in kinds:
+        for seed, photometric in ((1, "MONOCHROME2"), (2, "MONOCHROME1")):
+            pixels = radiograph_pixels(rows, cols, seed=seed)
+            if photometric == "MONOCHROME1":
+                pixels = 4095 - pixels
+            uploads.append(Upload(
+                f"j2k-{photometric.lower()}-{cols}x{rows}",
+                make_dx_dicom(pixels, photometric=photometric, compress=True, seed=seed),
+            ))
+    if "raw" in kinds:
+        pixels = radiograph_pixels(rows, cols, seed=3)
+        uploads.append(Upload(f"raw-{cols}x{rows}", make_dx_dicom(pixels, compress=False, seed=3)))
+    if not uploads:
+        raise ValueError(f"no upload kinds among {kinds}; use j2k and/or raw")
+    return uploads

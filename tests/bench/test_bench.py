@@ -1,0 +1,101 @@
+"""`spine bench`: its pieces, and one tiny end-to-end run (numbers never asserted)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.baseline import file_from_multipart
+from bench.loadgen import LoadResult, Sample
+from bench.metrics import difference, parse_counters
+from bench.report import ratio_table, render
+from bench.stats import summarise
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _result(latencies: list[float], concurrency: int = 1, wall: float = 2.0) -> LoadResult:
+    samples = [
+        Sample("x", 200, latency, {"decode": 10.0, "classify": 50.0, "total": latency * 900})
+        for latency in latencies
+    ]
+    samples.append(Sample("x", 503, 0.1, error="busy"))
+    return LoadResult(concurrency, wall, samples)
+
+
+def test_summary_counts_only_successes() -> None:
+    summary = summarise("ours", _result([0.1, 0.2, 0.3, 0.4]))
+    assert summary.requests == 5 and summary.errors == 1
+    assert summary.throughput == pytest.approx(2.0)
+    assert summary.p50_ms == pytest.approx(250.0)
+    assert summary.stages_ms["decode"] == pytest.approx(10.0)
+    assert summary.stages_ms["wait"] == pytest.approx(25.0)  # latency - server total
+    assert summary.first_error == "503: busy"
+
+
+def test_ratios_compare_each_system_with_the_original_at_the_same_level() -> None:
+    ours = summarise("ours", _result([0.1, 0.1], wall=1.0))
+    original = summarise("original", _result([0.4, 0.4], wall=4.0))
+    table = "\n".join(ratio_table([ours, original]))
+    assert "| ours | 1 | 4.00x | 4.00x |" in table
+    text = render([ours, original], {}, ["## context"])
+    assert "### Ratios" in text and "### Memory" in text
+
+
+def test_prometheus_counters_are_differenced() -> None:
+    before = parse_counters(
+        'nv_inference_count_total{model="m",version="1"} 10.0\n'
+        'nv_inference_exec_count_total{model="m",version="1"} 5.0\n'
+        'nv_inference_queue_duration_us_total{model="m",version="1"} 1000.0\n'
+        "# HELP something\n"
+    )
+    after = {**before, "nv_inference_count": 30.0, "nv_inference_exec_count": 10.0,
+             "nv_inference_queue_duration_us": 41000.0,
+             "nv_inference_compute_infer_duration_us": 50000.0}
+    run = difference(before, after)
+    assert run is not None
+    assert run.mean_batch == pytest.approx(4.0)
+    assert run.queue_ms_per_image == pytest.approx(2.0)
+    assert run.compute_ms_per_batch == pytest.approx(10.0)
+
+
+def test_baseline_reads_the_multipart_file_field() -> None:
+    body = (
+        b"--b0\r\nContent-Disposition: form-data; name=\"other\"\r\n\r\nx\r\n"
+        b"--b0\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.dcm\"\r\n"
+        b"Content-Type: application/dicom\r\n\r\nDICM\r\n\x00\x01\r\n--b0--\r\n"
+    )
+    assert file_from_multipart(body, "multipart/form-data; boundary=b0") == b"DICM\r\n\x00\x01"
+
+
+@pytest.mark.timeout(900)
+def test_spine_bench_end_to_end(tiny_bundle: Path, tmp_path: Path) -> None:
+    """Our stack and the baseline on the tiny bundle, 2 requests per level, small images."""
+    env = {
+        **os.environ,
+        "SPINE_CACHE_DIR": str(tmp_path / "cache"),
+        "YOLO_OFFLINE": "1",
+        "YOLO_CONFIG_DIR": str(tmp_path / "yolo"),
+    }
+    out = tmp_path / "bench.json"
+    completed = subprocess.run(
+        [sys.executable, "-m", "spine.cli", "bench", "--model-dir", str(tiny_bundle),
+         "--concurrency", "1,2", "--requests", "2", "--image-size", "320x256",
+         "--json", str(out)],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=840,
+    )
+    assert completed.returncode == 0, completed.stderr[-4000:]
+    text = completed.stdout
+    assert "### Results" in text and "### Ratios" in text and "### Memory" in text
+    for level in (1, 2):
+        assert f"| ours | {level} | 2/0 |" in text
+        assert f"| original | {level} | 2/0 |" in text
+    ratio_rows = [line for line in text.splitlines() if line.startswith("| ours | ")
+                  and line.count("x |") >= 4]
+    assert len(ratio_rows) == 2, text
+    assert "| ours | gateway |" in text and "| original | baseline |" in text
+    assert out.is_file()
