@@ -26,7 +26,8 @@ class UploadError(Exception):
 
 
 def _too_large(limit: int) -> UploadError:
-    return UploadError(413, f"upload exceeds the {limit // (1024 * 1024)} MB limit (MAX_CONTENT_LENGTH)")
+    megabytes = limit // (1024 * 1024)
+    return UploadError(413, f"upload exceeds the {megabytes} MB limit (MAX_CONTENT_LENGTH)")
 
 
 async def read_file_field(
