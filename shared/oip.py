@@ -262,18 +262,13 @@ def _encode(header: dict[str, Any], blobs: list[bytes]) -> tuple[bytes, dict[str
     return header_bytes + b"".join(blobs), headers
 
 
-def encode_response(
-    model_name: str,
-    outputs: dict[str, np.ndarray],
-    *,
-    request_id: str | None,
-    binary: set[str],
-    parameters: dict[str, Any] | None = None,
-) -> tuple[bytes, dict[str, str]]:
-    """Build an infer response body; outputs named in ``binary`` travel as raw bytes."""
+def _tensor_items(
+    arrays: dict[str, np.ndarray], binary: set[str]
+) -> tuple[list[dict[str, Any]], list[bytes]]:
+    """Tensor descriptions for a header, and the raw blobs of those sent in binary."""
     items: list[dict[str, Any]] = []
     blobs: list[bytes] = []
-    for name, array in outputs.items():
+    for name, array in arrays.items():
         datatype = datatype_of(array)
         item: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": datatype}
         if name in binary:
@@ -283,6 +278,19 @@ def encode_response(
         else:
             item["data"] = _array_to_json(array, datatype)
         items.append(item)
+    return items, blobs
+
+
+def encode_response(
+    model_name: str,
+    outputs: dict[str, np.ndarray],
+    *,
+    request_id: str | None,
+    binary: set[str],
+    parameters: dict[str, Any] | None = None,
+) -> tuple[bytes, dict[str, str]]:
+    """Build an infer response body; outputs named in ``binary`` travel as raw bytes."""
+    items, blobs = _tensor_items(outputs, binary)
     header = {
         "model_name": model_name,
         "model_version": "1",
@@ -302,18 +310,7 @@ def encode_request(
     parameters: dict[str, Any] | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """Build an infer request body (binary inputs, binary outputs requested by default)."""
-    items: list[dict[str, Any]] = []
-    blobs: list[bytes] = []
-    for name, array in inputs.items():
-        datatype = datatype_of(array)
-        item: dict[str, Any] = {"name": name, "shape": list(array.shape), "datatype": datatype}
-        if binary:
-            blob = _array_to_bytes(array, datatype)
-            item["parameters"] = {"binary_data_size": len(blob)}
-            blobs.append(blob)
-        else:
-            item["data"] = _array_to_json(array, datatype)
-        items.append(item)
+    items, blobs = _tensor_items(inputs, set(inputs) if binary else set())
     header: dict[str, Any] = {
         "inputs": items,
         "outputs": [{"name": name, "parameters": {"binary_data": binary}} for name in outputs],

@@ -16,16 +16,7 @@ import torch
 import yaml
 
 from shared.bundle import DEFAULT_MANIFEST, BundleKind
-
-VINDR_CLASSES = (
-    "Osteophytes",
-    "Surgical implant",
-    "Disc space narrowing",
-    "Spondylolisthesis",
-    "Foraminal stenosis",
-    "Vertebral collapse",
-    "Other lesions",
-)
+from training.datasets import CLASS_NAMES as VINDR_CLASSES
 
 
 def save_classifier_checkpoint(model: torch.nn.Module, path: Path, epoch: int = 0) -> None:
