@@ -49,11 +49,11 @@ def demo_members() -> list[MemberSpec]:
             checkpoint="ensemble output/mobilenetv3_small_100/model_best.pth",
         ),
         MemberSpec(
-            name="efficientnet_lite",
-            arch="efficientnet_lite0",
+            name="mobilenetv3_050",
+            arch="mobilenetv3_small_050",
             weight=1.0,
-            input_size=224,
-            checkpoint="ensemble output/efficientnet_lite0/model_best.pth",
+            input_size=320,
+            checkpoint="ensemble output/mobilenetv3_small_050/model_best.pth",
         ),
     ]
 

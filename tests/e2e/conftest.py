@@ -39,8 +39,11 @@ def artifacts() -> Path:
     return ARTIFACTS
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Any]:
+    """One Chromium for the e2e package, closed when it ends: Playwright's sync API
+    keeps an event loop running in the main thread, which the asyncio tests that run
+    after this package cannot share."""
     _require_browser()
     from playwright.sync_api import sync_playwright
 
