@@ -1,8 +1,8 @@
 """The benchmark's uploads: DX radiographs like VinDr-SpineXR's, made at run time.
 
-Same generator and DICOM layout as ``tests/factories`` (a smooth synthetic radiograph
-with noise, 12 bits stored, DX storage class), kept here because the installed
-``spine`` command cannot import the test package. Nothing binary is committed.
+A smooth synthetic radiograph with noise, 12 bits stored, DX storage class. The tests'
+``tests/factories`` builds its DICOMs from the same pixel generator. Nothing binary is
+committed.
 """
 
 from __future__ import annotations

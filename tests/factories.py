@@ -20,17 +20,9 @@ from pydicom.uid import (
     generate_uid,
 )
 
-DIGITAL_XRAY_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # DX Image Storage - For Presentation
+from bench.dicoms import DIGITAL_XRAY_STORAGE, radiograph_pixels
 
-
-def radiograph_pixels(rows: int, cols: int, bits: int = 12, seed: int = 0) -> np.ndarray:
-    """A smooth synthetic radiograph (gradient + bright column + noise), unsigned ints."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:rows, 0:cols].astype(np.float32)
-    image = 0.25 + 0.35 * (y / rows) + 0.3 * np.exp(-(((x - cols / 2) / (cols / 8)) ** 2))
-    image += 0.04 * rng.standard_normal((rows, cols)).astype(np.float32)
-    top = (1 << bits) - 1
-    return np.clip(image * top, 0, top).astype(np.uint16)
+__all__ = ["make_dicom", "radiograph_pixels", "write_tiny_bundle"]
 
 
 def make_dicom(
