@@ -19,18 +19,18 @@ import numpy as np
 
 from classifier_service.ensemble import Ensemble
 from shared import oip
-from shared.bundle import BundleManifest, demo_warning, is_demo, load_manifest
+from shared.bundle import is_demo
 from shared.device import configure_torch, resolve_device
-from shared.model_server import IMAGE_INPUT, BatchedModel
+from shared.model_server import IMAGE_INPUT, BundleModel
 from shared.onnx_runtime import choose_backend, options_from_settings
-from shared.settings import Settings, get_settings
+from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "spine-classifier"
 
 
-class ClassifierModel(BatchedModel):
+class ClassifierModel(BundleModel):
     name = MODEL_NAME
 
     def __init__(
@@ -40,12 +40,7 @@ class ClassifierModel(BatchedModel):
         torch_threads: int = 0,
         settings: Settings | None = None,
     ) -> None:
-        super().__init__()
-        self.model_dir = model_dir
-        self.device_setting = device
-        self.torch_threads = torch_threads
-        self.settings = settings or get_settings()
-        self.manifest: BundleManifest = load_manifest(model_dir)
+        super().__init__(model_dir, device, torch_threads, settings)
         self.ensemble: Ensemble | None = None
 
     def load(self) -> None:
@@ -57,9 +52,7 @@ class ClassifierModel(BatchedModel):
             onnx_options=options_from_settings(self.settings, self.torch_threads),
             precision=self.settings.model_precision,
         )
-        warning = demo_warning(self.manifest.kind)
-        if warning:
-            log.warning(warning)
+        self.warn_if_demo()
         # Warm-up: first calls allocate and (on CUDA) autotune; do it before "ready".
         self.ensemble.predict([np.zeros((64, 48), dtype=np.uint8)])
         log.info(
@@ -91,9 +84,7 @@ class ClassifierModel(BatchedModel):
     def response_parameters(self) -> dict[str, Any]:
         ensemble = self._require_ensemble()
         return {
-            "bundle": self.manifest.name,
-            "bundle_kind": self.manifest.kind.value,
-            "demo": is_demo(self.manifest.kind),
+            **self.bundle_parameters(),
             "threshold": self.manifest.classifier.threshold,
             "members": json.dumps(ensemble.member_names),
             "weights": json.dumps([m.spec.weight for m in ensemble.members]),

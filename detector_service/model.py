@@ -31,15 +31,12 @@ from detector_service.yolo import (
 )
 from shared import oip
 from shared.bundle import (
-    BundleManifest,
-    demo_warning,
     is_demo,
-    load_manifest,
     resolve_checkpoint,
     sha256_file,
 )
 from shared.device import configure_torch, resolve_device
-from shared.model_server import IMAGE_INPUT, BatchedModel
+from shared.model_server import IMAGE_INPUT, BundleModel
 from shared.onnx_runtime import (
     OnnxRunner,
     choose_backend,
@@ -47,7 +44,7 @@ from shared.onnx_runtime import (
     release_freed_memory,
     try_onnx,
 )
-from shared.settings import Settings, get_settings
+from shared.settings import Settings
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -56,7 +53,7 @@ log = logging.getLogger(__name__)
 MODEL_NAME = "spine-detector"
 
 
-class DetectorModel(BatchedModel):
+class DetectorModel(BundleModel):
     name = MODEL_NAME
 
     def __init__(
@@ -66,12 +63,7 @@ class DetectorModel(BatchedModel):
         torch_threads: int = 0,
         settings: Settings | None = None,
     ) -> None:
-        super().__init__()
-        self.model_dir = model_dir
-        self.device_setting = device
-        self.torch_threads = torch_threads
-        self.settings = settings or get_settings()
-        self.manifest: BundleManifest = load_manifest(model_dir)
+        super().__init__(model_dir, device, torch_threads, settings)
         self.spec = self.manifest.detector
         self.network: nn.Module | None = None
         self.onnx: OnnxRunner | None = None
@@ -104,9 +96,7 @@ class DetectorModel(BatchedModel):
             if self.device.type == "cuda":
                 self.dtype = DTYPES.get(self.settings.model_precision, torch.float16)
             self.network = network.to(self.device).to(self.dtype)
-        warning = demo_warning(self.manifest.kind)
-        if warning:
-            log.warning(warning)
+        self.warn_if_demo()
         self.predict_batch([np.zeros((64, 48), dtype=np.uint8)])  # warm-up before ready
         log.info(
             "detector %s on %s (%s): %d classes",
@@ -178,9 +168,7 @@ class DetectorModel(BatchedModel):
 
     def response_parameters(self) -> dict[str, Any]:
         return {
-            "bundle": self.manifest.name,
-            "bundle_kind": self.manifest.kind.value,
-            "demo": is_demo(self.manifest.kind),
+            **self.bundle_parameters(),
             "checkpoints": json.dumps({self.spec.checkpoint: self.sha256}),
             "class_names": json.dumps({str(k): v for k, v in sorted(self.class_names.items())}),
             "conf": self.spec.conf,

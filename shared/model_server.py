@@ -17,6 +17,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from prometheus_client import (
 
 from shared import oip
 from shared.batching import BatchStats, DeadlineExceededError, DynamicBatcher, QueueFullError
+from shared.bundle import BundleManifest, demo_warning, is_demo, load_manifest
 from shared.observability import (
     ASGIApp,
     ClientDisconnectedError,
@@ -107,6 +109,44 @@ class BatchedModel(ABC):
     def response_parameters(self) -> dict[str, Any]:
         """Facts every infer response carries (bundle name, kind, checkpoint hashes)."""
         return {}
+
+
+class BundleModel(BatchedModel):
+    """A model served from a bundle folder: what both model services share.
+
+    Holds the manifest, device and thread settings, and the bundle facts (name, kind,
+    demo flag) that every metadata answer and infer response carries.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path,
+        device: str = "auto",
+        torch_threads: int = 0,
+        settings: Settings | None = None,
+    ) -> None:
+        super().__init__()
+        self.model_dir = model_dir
+        self.device_setting = device
+        self.torch_threads = torch_threads
+        self.settings = settings or get_settings()
+        self.manifest: BundleManifest = load_manifest(model_dir)
+
+    def bundle_parameters(self) -> dict[str, Any]:
+        return {
+            "bundle": self.manifest.name,
+            "bundle_kind": self.manifest.kind.value,
+            "demo": is_demo(self.manifest.kind),
+        }
+
+    def metadata_parameters(self) -> dict[str, Any]:
+        """Full facts once loaded; before that only what the manifest says."""
+        return self.response_parameters() if self.ready else self.bundle_parameters()
+
+    def warn_if_demo(self) -> None:
+        warning = demo_warning(self.manifest.kind)
+        if warning:
+            log.warning(warning)
 
 
 class _Metrics:
@@ -242,6 +282,26 @@ def _caller_timeout_s(parameters: dict[str, Any]) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         return None
     return float(value) / 1e6
+
+
+def create_bundle_app(
+    model_type: type[BundleModel], title: str, settings: Settings | None = None
+) -> FastAPI:
+    """The OIP app of a model service, configured from the environment."""
+    settings = settings or get_settings()
+    if settings.model_dir is None:
+        raise RuntimeError("MODEL_DIR is not set (the `spine` CLI sets it to the default bundle)")
+    model = model_type(
+        settings.model_dir, settings.model_device, settings.torch_threads, settings=settings
+    )
+    return create_model_app(
+        model,
+        title=title,
+        max_batch_size=settings.max_batch_size,
+        max_delay_ms=settings.max_delay_ms,
+        max_queue_size=settings.max_queue_size,
+        settings=settings,
+    )
 
 
 def create_model_app(
