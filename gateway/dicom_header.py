@@ -62,19 +62,6 @@ def _first(value: Any) -> Any:
     return value
 
 
-def _int(value: Any) -> int | None:
-    value = _first(value)
-    if value is None or isinstance(value, (bytes, bytearray)):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    if not math.isfinite(number) or number != int(number):
-        return None
-    return int(number)
-
-
 def _float(value: Any) -> float | None:
     value = _first(value)
     if value is None or isinstance(value, (bytes, bytearray)):
@@ -84,6 +71,13 @@ def _float(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return number if math.isfinite(number) else None
+
+
+def _int(value: Any) -> int | None:
+    number = _float(value)
+    if number is None or number != int(number):
+        return None
+    return int(number)
 
 
 def text_value(ds: Dataset, keyword: str) -> str | None:
