@@ -838,7 +838,7 @@ def render_phantom(
 # ----------------------------------------------------------------------- DICOM
 
 _DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
-_ENCODINGS = ("explicit", "jpeg2000", "rle")
+ENCODINGS = ("explicit", "jpeg2000", "rle")
 
 
 @dataclass(frozen=True)
@@ -851,7 +851,7 @@ class PhantomItem:
     series_id: str
     rad_id: str
     spec: PhantomSpec
-    encoding: str  # one of _ENCODINGS
+    encoding: str  # one of ENCODINGS
     monochrome1: bool
     windowed: bool
 
@@ -872,7 +872,7 @@ def phantom_item(seed: int, split: str, index: int) -> PhantomItem:
         series_id=_hex_id(seed, split, index, "series"),
         rad_id=f"rad{int(rng.integers(1, 4))}",
         spec=spec,
-        encoding=_ENCODINGS[int(rng.choice(3, p=[0.34, 0.33, 0.33]))],
+        encoding=ENCODINGS[int(rng.choice(3, p=[0.34, 0.33, 0.33]))],
         monochrome1=bool(rng.random() < 0.4),
         windowed=bool(rng.random() < 0.5),
     )
@@ -953,9 +953,11 @@ def _rle_plugin() -> str:
     return "pylibjpeg" if "pylibjpeg" in plugins else "pydicom"
 
 
-def _write_one(args: tuple[Path, int, str, int]) -> ImageRecord:
-    images_dir, seed, split, index = args
+def _write_one(args: tuple[Path, int, str, int, tuple[str, ...]]) -> ImageRecord:
+    images_dir, seed, split, index, encodings = args
     item = phantom_item(seed, split, index)
+    if item.encoding not in encodings:  # same pixels, another lossless syntax
+        item = replace(item, encoding=encodings[index % len(encodings)])
     display, boxes = render_spec(item.spec)
     path = images_dir / f"{item.image_id}.dicom"
     phantom_dataset(item, display, seed, split).save_as(path, enforce_file_format=True)
@@ -980,21 +982,26 @@ def generate_phantoms(
     split: str = "train",
     progress: bool = True,
     workers: int | None = None,
+    encodings: tuple[str, ...] = ENCODINGS,
 ) -> Path:
     """Write `count` phantoms as `out_dir/<split>_images/<id>.dicom` + `annotations/<split>.csv`.
 
     Output is a function of (seed, split, index) only, so it is byte-identical
     across runs and worker counts, and a smaller count is a prefix of a larger
     one.  workers defaults to the CPU count (processes; small sets run inline).
+    encodings restricts the transfer syntaxes (all lossless, so the pixels are the
+    same): training sets skip JPEG 2000, whose encode and decode cost most of the time.
     """
     from tqdm import tqdm
 
     if count < 0:
         raise ValueError("count must be >= 0")
+    if not encodings or set(encodings) - set(ENCODINGS):
+        raise ValueError(f"encodings must be a non-empty subset of {ENCODINGS}")
     out_dir = Path(out_dir)
     images_dir = out_dir / f"{split}_images"
     images_dir.mkdir(parents=True, exist_ok=True)
-    jobs = [(images_dir, seed, split, i) for i in range(count)]
+    jobs = [(images_dir, seed, split, i, tuple(encodings)) for i in range(count)]
     # Spawning costs ~1 s per process: small sets run inline unless workers is given.
     n_workers = min(workers, count) if workers else min(os.cpu_count() or 1, max(1, count // 4))
     bar = tqdm(total=count, desc=f"phantoms {split}", unit="img", disable=not progress)

@@ -173,3 +173,20 @@ def test_generation_is_byte_identical_and_prefix_stable(phantom_set: Path, tmp_p
     assert csv_small == csv_full[: len(csv_small)]
     other = phantom_item(SEED + 1, "test", 0)
     assert other.image_id != first[0].image_id
+
+
+def test_restricted_encodings_keep_the_pixels(phantom_set: Path, tmp_path: Path) -> None:
+    fast = generate_phantoms(
+        tmp_path / "fast", COUNT, seed=SEED, split="test", progress=False,
+        encodings=("explicit", "rle"),
+    )
+    for rec in load_vindr(fast, "test"):
+        ds = pydicom.dcmread(rec.path)
+        assert ds.file_meta.TransferSyntaxUID in (ExplicitVRLittleEndian, RLELossless)
+        full = pydicom.dcmread(phantom_set / "test_images" / rec.path.name)
+        np.testing.assert_array_equal(ds.pixel_array, full.pixel_array)
+    assert (fast / "annotations" / "test.csv").read_bytes() == (
+        phantom_set / "annotations" / "test.csv"
+    ).read_bytes()
+    with pytest.raises(ValueError, match="encodings"):
+        generate_phantoms(tmp_path / "bad", 1, seed=SEED, encodings=("jpeg-xl",))
