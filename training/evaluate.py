@@ -72,6 +72,8 @@ async def _predict_via_gateway(
             raise RuntimeError(
                 f"{record.image_id}: HTTP {response.status_code}: {body.get('message')}"
             )
+        if body["detections"] is None:  # the detector was down: no boxes is not "no lesions"
+            raise RuntimeError(f"{record.image_id}: no detector answer: {body['warnings']}")
         meta.update(
             threshold=body["threshold"], bundle=body["model_bundle"]["name"], demo=body["demo"]
         )
@@ -79,7 +81,7 @@ async def _predict_via_gateway(
             record.image_id,
             body["abnormal_probability"],
             body["ensemble_prediction"],
-            [(d["class"], d["confidence"], tuple(d["bbox"])) for d in body["detections"] or []],
+            [(d["class"], d["confidence"], tuple(d["bbox"])) for d in body["detections"]],
         )
 
     async with httpx.AsyncClient(timeout=300) as client:

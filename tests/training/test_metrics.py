@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
-
 import numpy as np
 import pytest
 from sklearn import metrics as skm
 
+from training.crosscheck import pycocotools_map
 from training.metrics import (
     COCO_IOU_THRESHOLDS,
     average_precision,
@@ -158,59 +156,11 @@ def _random_detection_problem(seed: int) -> tuple[dict, dict]:
     return gt, preds
 
 
-def _pycocotools(gt: dict, preds: dict, n_classes: int) -> tuple[float, float, list[float]]:
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    def xywh(b: list[float]) -> list[float]:
-        return [b[0], b[1], b[2] - b[0], b[3] - b[1]]
-
-    anns, ann_id = [], 1
-    for image, items in gt.items():
-        for cls, box in items:
-            w, h = box[2] - box[0], box[3] - box[1]
-            anns.append(
-                {
-                    "id": ann_id,
-                    "image_id": image,
-                    "category_id": cls + 1,
-                    "bbox": xywh(box),
-                    "area": w * h,
-                    "iscrowd": 0,
-                }
-            )
-            ann_id += 1
-    dataset = {
-        "images": [{"id": i} for i in gt],
-        "annotations": anns,
-        "categories": [{"id": k + 1, "name": str(k)} for k in range(n_classes)],
-    }
-    results = [
-        {"image_id": i, "category_id": c + 1, "score": s, "bbox": xywh(b)}
-        for i, items in preds.items()
-        for c, s, b in items
-    ]
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco = COCO()
-        coco.dataset = dataset
-        coco.createIndex()
-        ev = COCOeval(coco, coco.loadRes(results), "bbox")
-        ev.evaluate()
-        ev.accumulate()
-        ev.summarize()
-    precision = ev.eval["precision"][0, :, :, 0, 2]  # IoU .5, all recalls, classes, area all, 100
-    per_class = [
-        float(precision[:, k].mean()) if (precision[:, k] > -1).any() else float("nan")
-        for k in range(n_classes)
-    ]
-    return float(ev.stats[0]), float(ev.stats[1]), per_class
-
-
 @pytest.mark.parametrize("seed", range(5))
 def test_coco_map_matches_pycocotools(seed: int) -> None:
     gt, preds = _random_detection_problem(seed)
     ours = coco_map(gt, preds, CLASSES)
-    map50_95, map50, per_class = _pycocotools(gt, preds, len(CLASSES))
+    map50_95, map50, per_class = pycocotools_map(gt, preds, len(CLASSES))
     assert ours["map50_95"] == pytest.approx(map50_95, abs=0.005)
     assert ours["map50"] == pytest.approx(map50, abs=0.005)
     for k, name in enumerate(CLASSES):
