@@ -25,10 +25,8 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     _offline()
-    import numpy as np
-
     from shared.bundle import load_manifest
-    from training.canonical import canonical_images
+    from training.canonical import canonical_images, labelled_images
     from training.datasets import load_vindr, split_train_val
     from training.train_classifier import ClassifierTrainConfig, train_classifier
     from training.train_detector import DetectorTrainConfig, train_detector, write_yolo_dataset
@@ -45,15 +43,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
             members = demo_members()
 
-        def arrays(subset: list) -> tuple[list, np.ndarray]:
-            return [entries[r.image_id] for r in subset], np.array(
-                [r.is_abnormal for r in subset], float
-            )
-
         config = ClassifierTrainConfig(
             epochs=args.epochs, batch_size=args.batch_size, seed=args.seed
         )
-        train_classifier(members, bundle, arrays(train), arrays(val), config)
+        train_classifier(
+            members, bundle, labelled_images(train, entries), labelled_images(val, entries), config
+        )
     else:
         data_yaml = write_yolo_dataset(
             bundle / ".train" / "yolo", {"train": (train, entries), "val": (val, entries)}

@@ -95,3 +95,38 @@ def canonical_images(
         bar.close()
         index_path.write_text(json.dumps({k: asdict(v) for k, v in known.items()}))
     return {r.image_id: known[r.image_id] for r in records}
+
+
+@dataclass(frozen=True)
+class LabelledImages:
+    """Canonical images with their image labels and lesion boxes, ready for training.
+
+    ``boxes[i]`` is a ``[k, 4]`` array of ``x1, y1, x2, y2`` in canonical pixels: the
+    classifier uses them as an auxiliary lesion map (see ``training.train_classifier``).
+    """
+
+    entries: list[CanonicalEntry]
+    labels: np.ndarray
+    boxes: list[np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+
+def labelled_images(
+    records: list[ImageRecord], entries: dict[str, CanonicalEntry]
+) -> LabelledImages:
+    """Pair each record with its canonical image; boxes scaled into that image."""
+    chosen = [entries[r.image_id] for r in records]
+    boxes = [
+        np.array(
+            [
+                (b.xmin * e.scale_x, b.ymin * e.scale_y, b.xmax * e.scale_x, b.ymax * e.scale_y)
+                for b in r.boxes
+            ],
+            dtype=np.float64,
+        ).reshape(-1, 4)
+        for r, e in zip(records, chosen, strict=True)
+    ]
+    labels = np.array([r.is_abnormal for r in records], dtype=np.float64)
+    return LabelledImages(chosen, labels, boxes)

@@ -2,10 +2,19 @@
 
 Each member is trained on canonical images (``training.canonical``) passed through the
 serving code's own ``resize_square`` and ``normalise`` (train/serve parity), and saved in
-the original system's checkpoint format. Ensemble weights and the decision threshold are
-chosen on the validation split, never on the test split, and written to the manifest.
-Resumable: each member keeps ``last.pth`` (model, optimiser, scheduler, epoch) and a run
-started again continues where it stopped.
+the original system's checkpoint format.
+
+Image labels alone teach a from-scratch network slowly: a few hundred "abnormal
+somewhere" labels barely move it off chance on 2 CPU cores. So while training, a 1x1
+convolution on the member's last feature map also predicts a lesion map drawn from the
+readers' boxes (deep supervision). It tells the network
+*where* the evidence is, and the image head learns on top of those features. The extra
+head is thrown away at save time: checkpoints stay plain timm models that load strictly.
+
+Ensemble weights and the decision threshold are chosen on the validation split, never on
+the test split, and written to the manifest. Resumable: each member keeps ``last.pth``
+(model, lesion head, optimiser, scheduler, epoch) and a run started again continues
+where it stopped.
 """
 
 from __future__ import annotations
@@ -13,6 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +34,7 @@ from torch import nn
 from classifier_service.checkpoints import build_model
 from classifier_service.ensemble import normalise, probability_from_logits, resize_square
 from shared.bundle import ClassifierSpec, MemberSpec, manifest_path
-from training.canonical import CanonicalEntry
+from training.canonical import CanonicalEntry, LabelledImages
 from training.metrics import roc_auc, youden_threshold
 
 log = logging.getLogger(__name__)
@@ -36,6 +46,8 @@ class ClassifierTrainConfig:
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 1e-4
+    lesion_map_weight: float = 1.0  # 0 trains on image labels only
+    max_grad_norm: float = 2.0
     seed: int = 0
     progress: bool = True
 
@@ -58,14 +70,47 @@ def resized_tensor(entries: list[CanonicalEntry], size: int, chunk: int = 32) ->
     return torch.cat(parts)
 
 
-def augment(batch: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Horizontal flips and brightness/contrast jitter: what varies between X-ray units."""
+def lesion_maps(images: LabelledImages, size: int) -> torch.Tensor:
+    """``[N,1,S,S]``: 1 inside any lesion box, in the member's resized square frame."""
+    maps = torch.zeros(len(images), 1, size, size)
+    for i, (entry, boxes) in enumerate(zip(images.entries, images.boxes, strict=True)):
+        sx, sy = size / entry.width, size / entry.height
+        for x1, y1, x2, y2 in boxes:
+            top, bottom = int(y1 * sy), max(int(np.ceil(y2 * sy)), int(y1 * sy) + 1)
+            left, right = int(x1 * sx), max(int(np.ceil(x2 * sx)), int(x1 * sx) + 1)
+            maps[i, 0, top:bottom, left:right] = 1.0
+    return maps
+
+
+def augment(
+    batch: torch.Tensor, maps: torch.Tensor, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Horizontal flips (of image and lesion map) and brightness/contrast jitter."""
     n = batch.shape[0]
-    flip = torch.rand(n, generator=generator) < 0.5
-    batch = torch.where(flip.view(n, 1, 1, 1), batch.flip(-1), batch)
+    flip = (torch.rand(n, generator=generator) < 0.5).view(n, 1, 1, 1)
+    batch = torch.where(flip, batch.flip(-1), batch)
+    maps = torch.where(flip, maps.flip(-1), maps)
     contrast = 0.85 + 0.3 * torch.rand(n, 1, 1, 1, generator=generator)
     brightness = -0.08 + 0.16 * torch.rand(n, 1, 1, 1, generator=generator)
-    return ((batch - 0.5) * contrast + 0.5 + brightness).clamp_(0, 1)
+    return ((batch - 0.5) * contrast + 0.5 + brightness).clamp_(0, 1), maps
+
+
+class LesionMapHead(nn.Module):
+    """Training-only 1x1 conv: member features -> lesion-map logits (never saved)."""
+
+    def __init__(self, model: nn.Module, size: int) -> None:
+        super().__init__()
+        with torch.no_grad():
+            channels = model.forward_features(torch.zeros(1, 3, size, size)).shape[1]
+        self.conv = nn.Conv2d(channels, 1, kernel_size=1)
+
+    def loss(self, features: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        logits = self.conv(features)
+        target = nn.functional.adaptive_max_pool2d(maps, logits.shape[-2:])
+        # lesions cover a few cells of the map: weight them up so they are not ignored
+        return nn.functional.binary_cross_entropy_with_logits(
+            logits, target, pos_weight=torch.tensor(3.0)
+        )
 
 
 @torch.inference_mode()
@@ -98,20 +143,29 @@ def save_original_format(
 def train_member(
     member: MemberSpec,
     bundle_dir: Path,
-    train: tuple[list[CanonicalEntry], np.ndarray],
-    val: tuple[list[CanonicalEntry], np.ndarray],
+    train: LabelledImages,
+    val: LabelledImages,
     config: ClassifierTrainConfig,
+    on_epoch_start: Callable[[], None] | None = None,
 ) -> np.ndarray:
-    """Train one member; write ``model_best.pth``; return its validation probabilities."""
+    """Train one member; write ``model_best.pth``; return its validation probabilities.
+
+    ``on_epoch_start`` lets a caller adjust between epochs (the demo build hands the
+    classifier a second thread once the detector next to it is done).
+    """
     from tqdm import tqdm
 
     seed_everything(config.seed)
-    train_x = resized_tensor(train[0], member.input_size)
-    val_x = resized_tensor(val[0], member.input_size)
-    train_y = torch.from_numpy(train[1].astype(np.float32))
+    train_x = resized_tensor(train.entries, member.input_size)
+    train_maps = lesion_maps(train, member.input_size)
+    val_x = resized_tensor(val.entries, member.input_size)
+    train_y = torch.from_numpy(train.labels.astype(np.float32))
     model = build_model(member.arch, member.num_classes)
+    lesion_head = LesionMapHead(model, member.input_size)
     optimizer = torch.optim.AdamW(
-        model.parameters(), lr=config.lr, weight_decay=config.weight_decay
+        [*model.parameters(), *lesion_head.parameters()],
+        lr=config.lr,
+        weight_decay=config.weight_decay,
     )
     steps_per_epoch = max(1, (len(train_x) + config.batch_size - 1) // config.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -123,6 +177,7 @@ def train_member(
     if last_path.is_file():  # resume
         state = torch.load(last_path, map_location="cpu", weights_only=False)
         model.load_state_dict(state["model_state_dict"])
+        lesion_head.load_state_dict(state["lesion_head_state_dict"])
         optimizer.load_state_dict(state["optimizer_state_dict"])
         scheduler.load_state_dict(state["scheduler_state_dict"])
         start_epoch, best_auc = state["epoch"] + 1, state["best_auc"]
@@ -131,6 +186,8 @@ def train_member(
     loss_fn = nn.BCEWithLogitsLoss()
     torch.set_grad_enabled(True)  # a process that also served may have turned it off
     for epoch in range(start_epoch, config.epochs):
+        if on_epoch_start is not None:
+            on_epoch_start()
         model.train()
         order = torch.randperm(len(train_x), generator=generator)
         bar = tqdm(
@@ -143,21 +200,28 @@ def train_member(
         total = 0.0
         for step in bar:
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
-            batch = normalise(augment(train_x[index], generator), member.mean, member.std)
-            logits = model(batch)
+            images, maps = augment(train_x[index], train_maps[index], generator)
+            features = model.forward_features(normalise(images, member.mean, member.std))
+            logits = model.forward_head(features)
             target = train_y[index]
             if member.num_classes == 1:
                 loss = loss_fn(logits[:, 0], target)
             else:
                 loss = nn.functional.cross_entropy(logits, target.long())
+            if config.lesion_map_weight > 0:
+                loss = loss + config.lesion_map_weight * lesion_head.loss(features, maps)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            # from-scratch mobile heads (no norm after conv_head) spike early without this
+            nn.utils.clip_grad_norm_(
+                [*model.parameters(), *lesion_head.parameters()], config.max_grad_norm
+            )
             optimizer.step()
             scheduler.step()
             total += loss.item()
             bar.set_postfix(loss=f"{total / (step + 1):.3f}")
         val_prob = predict(model, val_x, member)
-        auc = roc_auc(val[1], val_prob) if 0 < val[1].sum() < len(val[1]) else 0.5
+        auc = roc_auc(val.labels, val_prob) if 0 < val.labels.sum() < len(val) else 0.5
         if config.progress:
             print(
                 f"  {member.name} epoch {epoch + 1}: train loss {total / steps_per_epoch:.3f}, "
@@ -182,6 +246,7 @@ def train_member(
             epoch,
             best_auc=best_auc,
             scheduler_state_dict=scheduler.state_dict(),
+            lesion_head_state_dict=lesion_head.state_dict(),
         )
     best = build_model(member.arch, member.num_classes)
     best.load_state_dict(torch.load(best_path, map_location="cpu")["model_state_dict"])
@@ -212,17 +277,20 @@ def choose_weights(val_probs: np.ndarray, labels: np.ndarray, step: float = 0.05
 def train_classifier(
     members: list[MemberSpec],
     bundle_dir: Path,
-    train: tuple[list[CanonicalEntry], np.ndarray],
-    val: tuple[list[CanonicalEntry], np.ndarray],
+    train: LabelledImages,
+    val: LabelledImages,
     config: ClassifierTrainConfig,
+    on_epoch_start: Callable[[], None] | None = None,
 ) -> ClassifierSpec:
     """Train every member, choose weights + threshold on val, update the manifest."""
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    columns = [train_member(member, bundle_dir, train, val, config) for member in members]
+    columns = [
+        train_member(member, bundle_dir, train, val, config, on_epoch_start) for member in members
+    ]
     val_probs = np.stack(columns, axis=1)
-    weights = choose_weights(val_probs, val[1]) if len(members) > 1 else np.ones(1)
+    weights = choose_weights(val_probs, val.labels) if len(members) > 1 else np.ones(1)
     scores = val_probs @ weights
-    threshold = float(youden_threshold(val[1], scores))
+    threshold = float(youden_threshold(val.labels, scores))
     spec = ClassifierSpec(
         members=[
             m.model_copy(update={"weight": max(float(w), 1e-6)})
@@ -235,7 +303,7 @@ def train_classifier(
         chosen = {m.name: round(float(w), 3) for m, w in zip(members, weights, strict=True)}
         print(
             f"  ensemble weights {chosen}, "
-            f"threshold {spec.threshold:.3f}, val AUROC {roc_auc(val[1], scores):.3f}",
+            f"threshold {spec.threshold:.3f}, val AUROC {roc_auc(val.labels, scores):.3f}",
             flush=True,
         )
     return spec
