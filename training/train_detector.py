@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -29,6 +30,11 @@ class DetectorTrainConfig:
     seed: int = 0
     workers: int = 2
     progress: bool = True
+    threads: int | None = None  # torch threads; None: Ultralytics' choice (cores - 1)
+    validate_each_epoch: bool = True  # False: validate after the last epoch only
+    #: Extra ``YOLO.train`` arguments (optimizer, lr0, mosaic, cache, ...); empty keeps
+    #: Ultralytics' defaults, which suit real data on a GPU.
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
 
 
 def yolo_label_lines(record: ImageRecord, entry: CanonicalEntry) -> list[str]:
@@ -74,6 +80,20 @@ def write_yolo_dataset(
     return data_yaml
 
 
+def _set_threads(count: int) -> None:
+    import torch
+
+    torch.set_num_threads(count)
+
+
+def epochs_done(bundle_dir: Path) -> int:
+    """Epochs finished so far by a (possibly running) ``train_detector`` into this bundle."""
+    results = bundle_dir / ".train" / "detector" / "train" / "results.csv"
+    if not results.is_file():
+        return 0
+    return max(0, len(results.read_text().strip().splitlines()) - 1)
+
+
 def train_detector(data_yaml: Path, bundle_dir: Path, config: DetectorTrainConfig) -> Path:
     """Train (or resume) and copy ``best.pt`` into the bundle; returns its path."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -82,10 +102,15 @@ def train_detector(data_yaml: Path, bundle_dir: Path, config: DetectorTrainConfi
     run_root = bundle_dir / ".train" / "detector"
     last = run_root / "train" / "weights" / "last.pt"
     common = {"plots": False, "verbose": config.progress}
+    model = YOLO(str(last) if last.is_file() else config.model_yaml)
+    if config.threads:
+        # Ultralytics resets torch's thread count when it picks the device; set ours after
+        threads = config.threads
+        model.add_callback("on_train_start", lambda _trainer: _set_threads(threads))
     if last.is_file():
-        results = YOLO(str(last)).train(resume=True, **common)
+        results = model.train(resume=True, **common)
     else:
-        results = YOLO(config.model_yaml).train(
+        results = model.train(
             data=str(data_yaml),
             epochs=config.epochs,
             imgsz=config.image_size,
@@ -100,6 +125,8 @@ def train_detector(data_yaml: Path, bundle_dir: Path, config: DetectorTrainConfi
             name="train",
             exist_ok=True,
             patience=1000,
+            val=config.validate_each_epoch,
+            **config.hyperparameters,
             **common,
         )
     best = run_root / "train" / "weights" / "best.pt"
