@@ -1,10 +1,10 @@
 """Where the default model bundles live, and building them once (under a file lock).
 
-Without ``--model-dir`` the stack serves the untrained bundle (random weights, built in
-seconds) until the demo bundle meets its quality bar on fresh phantoms;
-``SPINE_DEFAULT_BUNDLE=demo`` serves the demo bundle instead, trained on synthetic
-phantoms by ``training.demo_bundle`` on first use and cached. Both are labelled as not
-medical everywhere.
+Without ``--model-dir`` the stack serves the demo bundle: trained on synthetic phantoms
+by ``training.demo_bundle`` on first use (about 10-15 minutes on 2 CPU cores, progress
+shown) and cached. ``SPINE_DEFAULT_BUNDLE=untrained`` serves random weights instead
+(built in seconds: for trying the API, or for machines where training is too slow).
+Both are labelled as not medical everywhere.
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ def untrained_bundle_dir() -> Path:
 
 
 def demo_bundle_dir() -> Path:
-    from training.demo_bundle import DEMO_SEED
+    from training.demo_bundle import DEMO_RECIPE, DEMO_SEED
 
-    return cache_dir() / "bundles" / f"demo-seed{DEMO_SEED}"
+    return cache_dir() / "bundles" / f"demo-seed{DEMO_SEED}-r{DEMO_RECIPE}"
 
 
 def _ensure(target: Path, build: Callable[[Path], object], what: str, echo: bool) -> Path:
@@ -59,12 +59,16 @@ def ensure_untrained_bundle(echo: bool = True) -> Path:
 def ensure_demo_bundle(echo: bool = True) -> Path:
     from training.demo_bundle import build_demo_bundle
 
-    return _ensure(demo_bundle_dir(), build_demo_bundle, "demo (trained on phantoms)", echo)
+    what = (
+        "demo (trained on phantoms: about 15 minutes on 2 CPU cores; "
+        "SPINE_DEFAULT_BUNDLE=untrained starts in seconds with random weights)"
+    )
+    return _ensure(demo_bundle_dir(), build_demo_bundle, what, echo)
 
 
 def ensure_default_bundle(echo: bool = True) -> Path:
-    """The bundle served without ``--model-dir`` (``SPINE_DEFAULT_BUNDLE``: untrained|demo)."""
-    choice = os.environ.get("SPINE_DEFAULT_BUNDLE", "untrained").lower()
+    """The bundle served without ``--model-dir`` (``SPINE_DEFAULT_BUNDLE``: demo|untrained)."""
+    choice = os.environ.get("SPINE_DEFAULT_BUNDLE", "demo").lower()
     if choice == "untrained":
         return ensure_untrained_bundle(echo)
     if choice != "demo":

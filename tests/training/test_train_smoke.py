@@ -95,3 +95,16 @@ def test_weights_are_chosen_by_validation_auroc() -> None:
     weights = choose_weights(np.stack([good, noise], axis=1), labels)
     assert weights[0] > weights[1] > 0
     assert weights.sum() == pytest.approx(1)
+
+
+def test_a_failed_detector_run_stops_the_build_with_its_log(tmp_path: Path) -> None:
+    from training.demo_bundle import DetectorJob
+
+    data_yaml = tmp_path / "data.yaml"
+    data_yaml.write_text("path: .\ntrain: images\nval: images\nnames: {0: a}\n")
+    job = DetectorJob(data_yaml, tmp_path, DetectorTrainConfig(model_yaml="no-such-arch.yaml"))
+    job.start()
+    with pytest.raises(RuntimeError, match="detector training failed") as failure:
+        job.wait(progress=False)
+    assert "no-such-arch" in str(failure.value)  # the child's own error, from its log
+    assert job.status() == "detector epoch 0/30"
