@@ -74,7 +74,7 @@ def demo_detector_config() -> DetectorTrainConfig:
         image_size=320,
         batch_size=16,
         workers=1,
-        threads=1,
+        threads=max(1, (os.cpu_count() or 2) // 2),  # the classifier gets the other half
         validate_each_epoch=False,
         hyperparameters={
             "optimizer": "AdamW",
@@ -97,7 +97,6 @@ class DemoConfig:
     classifier: ClassifierTrainConfig = field(
         default_factory=lambda: ClassifierTrainConfig(epochs=10)
     )
-    classifier_threads: int = 1  # the detector trains on the other core meanwhile
     detector: DetectorTrainConfig = field(default_factory=demo_detector_config)
     #: Far lower than the usual 0.25: a detector trained for minutes ranks well but is
     #: unsure, and served boxes are what mAP is measured on. Measured on 200 fresh
@@ -122,8 +121,8 @@ def _detector_child(
 class DetectorJob:
     """The detector trains in a process of its own while the classifier trains here.
 
-    Ultralytics trains with one thread on two cores, and the members are small, so the two
-    jobs on one core each finish about twice as fast as one after the other.
+    Ultralytics would train with cores - 1 threads (one on two cores) and leave the rest
+    idle; side by side, each job gets its share of the cores and neither waits.
     """
 
     def __init__(self, data_yaml: Path, bundle_dir: Path, config: DetectorTrainConfig) -> None:
@@ -219,11 +218,12 @@ def build_demo_bundle(
     try:
         if "classifier" not in (existing or {}):
             stage("training the classifier ensemble")
-            torch.set_num_threads(config.classifier_threads)
+            cores = os.cpu_count() or 2
+            torch.set_num_threads(max(1, cores - (config.detector.threads or 1)))
 
             def share_cores() -> None:  # the detector's core is free once it is done
                 if detector_job is None or not detector_job.process.is_alive():
-                    torch.set_num_threads(max(1, os.cpu_count() or 1))
+                    torch.set_num_threads(cores)
 
             train_classifier(
                 list(config.members),

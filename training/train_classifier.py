@@ -283,7 +283,6 @@ def train_classifier(
     on_epoch_start: Callable[[], None] | None = None,
 ) -> ClassifierSpec:
     """Train every member, choose weights + threshold on val, update the manifest."""
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     columns = [
         train_member(member, bundle_dir, train, val, config, on_epoch_start) for member in members
     ]
