@@ -1,4 +1,4 @@
-"""DICOM -> canonical image: the plain pydicom path vs gateway.dicom.decode_dicom.
+"""DICOM -> canonical image: the plain pydicom path vs shared.dicom.decode_dicom.
 
     python -m bench.decode_bench [--repeat 7] [--long-side 1024]
 
@@ -35,7 +35,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
-from gateway.dicom import decode_dicom
+from shared.dicom import decode_dicom
 
 
 def phantom(rows: int = 2560, columns: int = 2048, bits: int = 12, seed: int = 3) -> np.ndarray:

@@ -18,11 +18,12 @@ from typing import Any
 
 import httpx
 
-from gateway import dicom, phi, render
+from gateway import phi, render
 from gateway.audit import AuditFacts, AuditLog
 from gateway.fusion import Box, apply_fusion, boxes_from_outputs, diagnose, to_original
 from gateway.metrics import GatewayMetrics
 from gateway.upstream import InferResult, ModelClient, UpstreamError, UpstreamTimeoutError
+from shared import dicom
 from shared.schemas import (
     BundleSummary,
     Detection,

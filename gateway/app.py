@@ -25,7 +25,6 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway import dicom
 from gateway.admission import AdmissionMiddleware
 from gateway.analysis import Gateway, analyze, bundle_summary, decode, demo_warning_text
 from gateway.audit import AuditFacts
@@ -34,6 +33,7 @@ from gateway.ratelimit import ConcurrencyLimiter, TokenBucketLimiter
 from gateway.security import ApiKeys, docs_page, security_headers
 from gateway.upload import UploadError, read_file_field
 from gateway.upstream import UpstreamError
+from shared import dicom
 from shared.logging import request_id_var
 from shared.observability import (
     REQUEST_ID_HEADER,

@@ -1,13 +1,13 @@
 #!/usr/bin/env python
-"""Write the DICOM test corpus to a folder, or regenerate gateway/dicom_probes.py.
+"""Write the DICOM test corpus to a folder, or regenerate shared/dicom/probes.py.
 
     python scripts/make_dicom_corpus.py corpus-out/          # every source x encoding
-    python scripts/make_dicom_corpus.py --probes             # rewrite gateway/dicom_probes.py
+    python scripts/make_dicom_corpus.py --probes             # rewrite shared/dicom/probes.py
 
 The corpus is what tests/dicom builds in its fixtures (nothing binary is
 committed); writing it out is for looking at files by hand or feeding other
 tools. The probes are tiny (32x32) codestreams, one per compressed transfer
-syntax, that ``gateway.dicom.decodable_transfer_syntaxes`` decodes at start-up
+syntax, that ``shared.dicom.decodable_transfer_syntaxes`` decodes at start-up
 to prove each codec works. Needs DCMTK, GDCM and OpenJPH on PATH:
 ``apt-get install dcmtk libgdcm-tools openjph-tools``.
 """
@@ -28,7 +28,7 @@ from pydicom.encaps import generate_frames
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gateway.dicom_probes import PROBE_SIZE, gradient  # noqa: E402
+from shared.dicom.probes import PROBE_SIZE, gradient  # noqa: E402
 from tests.dicom.corpus import ENCODINGS, Corpus, base_dataset, convert  # noqa: E402
 
 # encoding key -> (bits stored of the probe image, tolerance in stored units)
@@ -94,7 +94,7 @@ def make_probes() -> str:
 
 
 def write_probes() -> None:
-    target = ROOT / "gateway" / "dicom_probes.py"
+    target = ROOT / "shared" / "dicom" / "probes.py"
     text = target.read_text()
     start = text.index("PROBES: dict[str, Probe] = {") + len("PROBES: dict[str, Probe] = {")
     end = text.index("\n}\n", start)
@@ -107,7 +107,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("out", nargs="?", type=Path, help="folder to write the corpus into")
-    parser.add_argument("--probes", action="store_true", help="regenerate gateway/dicom_probes.py")
+    parser.add_argument("--probes", action="store_true", help="regenerate shared/dicom/probes.py")
     args = parser.parse_args()
     if args.probes:
         write_probes()

@@ -1,7 +1,7 @@
 """Decode a dataset's DICOMs once into canonical images, with the gateway's own code.
 
 Train/serve parity by construction: the images a model is trained on come from
-``gateway.dicom.decode_dicom``, the same function that makes what it sees in service.
+``shared.dicom.decode_dicom``, the same function that makes what it sees in service.
 Results are cached as PNG (lossless) next to a JSON of their geometry, so several
 members and the detector share one decoding pass.
 """
@@ -41,7 +41,7 @@ class CanonicalEntry:
 
 def _decode_one(args: tuple[str, str, str, int]) -> CanonicalEntry:
     image_id, dicom_path, cache_dir, long_side = args
-    from gateway.dicom import decode_dicom
+    from shared.dicom import decode_dicom
 
     cv2.setNumThreads(1)
     canonical, _ = decode_dicom(Path(dicom_path).read_bytes(), long_side)

@@ -97,7 +97,7 @@ def _predict_in_process(
 
     from classifier_service.model import ClassifierModel
     from detector_service.model import DetectorModel
-    from gateway.dicom import decode_dicom
+    from shared.dicom import decode_dicom
 
     classifier = ClassifierModel(model_dir, "auto")
     detector = DetectorModel(model_dir, "auto")

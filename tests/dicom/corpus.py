@@ -9,7 +9,7 @@ service (DCMTK for JPEG/JPEG-LS/RLE, GDCM for JPEG 2000, OpenJPH for HTJ2K)
 so a decoder bug cannot hide in both sides of a comparison.
 
 Also used by ``scripts/make_dicom_corpus.py`` (write the corpus to a folder,
-regenerate ``gateway/dicom_probes.py``).
+regenerate ``shared/dicom/probes.py``).
 """
 
 from __future__ import annotations

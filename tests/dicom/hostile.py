@@ -14,7 +14,7 @@ from pydicom.filebase import DicomBytesIO
 from pydicom.filewriter import write_dataset, write_file_meta_info
 from pydicom.uid import JPEG2000Lossless
 
-from gateway.dicom import NotDicomError, UnsupportedDicomError
+from shared.dicom import NotDicomError, UnsupportedDicomError
 from tests.dicom.corpus import (
     base_dataset,
     plant_sentinels,

@@ -14,7 +14,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from gateway import dicom
+from shared import dicom
 from tests.dicom import reference
 from tests.dicom.conftest import require_encoding
 from tests.dicom.corpus import ENCODINGS, Corpus, reference_pixels

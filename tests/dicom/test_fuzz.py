@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from gateway import dicom
+from shared import dicom
 from tests.dicom import hostile
 from tests.dicom.corpus import ENCODINGS, convert, missing_tools, to_bytes
 

@@ -11,7 +11,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from gateway import dicom, dicom_parse
+from shared import dicom
+from shared.dicom import parse
 from tests.dicom import hostile
 from tests.dicom.corpus import SENTINELS, to_bytes
 
@@ -39,7 +40,7 @@ def test_refused_with_right_status(name: str) -> None:
 
 
 def test_deflate_bomb_is_refused_without_inflating_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(dicom_parse, "MAX_INFLATED_BYTES", 4 * 1024 * 1024)
+    monkeypatch.setattr(parse, "MAX_INFLATED_BYTES", 4 * 1024 * 1024)
     bomb = hostile.deflate_bomb(16 * 1024 * 1024)
     assert len(bomb) < 100_000
     tracemalloc.start()

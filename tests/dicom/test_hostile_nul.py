@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.dicom import NotDicomError, decode_dicom
+from shared.dicom import NotDicomError, decode_dicom
 
 
 @pytest.mark.parametrize("data", [b"\0" * 4096, b"\0" * 200, b"\0" * 128 + b"DICM" + b"\0" * 100])

@@ -7,7 +7,9 @@ import pytest
 from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import JPEGLosslessSV1
 
-from gateway import dicom, dicom_codecs, dicom_isolate
+from shared import dicom
+from shared.dicom import codecs as dicom_codecs
+from shared.dicom import isolate as dicom_isolate
 from tests.dicom import hostile
 from tests.dicom.conftest import require_encoding
 from tests.dicom.corpus import Corpus, convert, to_bytes

@@ -17,7 +17,7 @@ from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.sequence import Sequence
 
-from gateway import dicom
+from shared import dicom
 from tests.dicom import reference
 from tests.dicom.conftest import require_encoding
 from tests.dicom.corpus import (

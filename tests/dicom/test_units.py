@@ -11,9 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydicom import uid as pduid
 
-from gateway import dicom, dicom_j2k, dicom_probes
-from gateway.dicom_codecs import j2k_reduce_factor, sniff_syntax
-from gateway.dicom_render import (
+from shared import dicom
+from shared.dicom import probes as dicom_probes
+from shared.dicom.codecs import j2k_reduce_factor, sniff_syntax
+from shared.dicom.codecs import openjpeg as dicom_j2k
+from shared.dicom.render import (
     LINEAR,
     LINEAR_EXACT,
     RenderSpec,
@@ -92,7 +94,7 @@ def test_decodable_transfer_syntaxes_default_install() -> None:
 
 
 def test_every_compressed_syntax_has_a_probe() -> None:
-    from gateway.dicom_codecs import COMPRESSED_SYNTAXES
+    from shared.dicom.codecs import COMPRESSED_SYNTAXES
 
     assert {str(u) for u in COMPRESSED_SYNTAXES} == set(dicom_probes.PROBES)
 

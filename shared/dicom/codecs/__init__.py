@@ -5,7 +5,7 @@ handler). Compressed ones first have their codestream header checked against
 Rows/Columns, so a codestream that claims a different (or gigantic) image is
 refused before a decoder allocates anything; then:
 
-* JPEG 2000 / HTJ2K: OpenJPEG through :mod:`gateway.dicom_j2k` (threaded, and
+* JPEG 2000 / HTJ2K: OpenJPEG through :mod:`shared.dicom.codecs.openjpeg` (threaded, and
   optionally at reduced resolution), else pydicom's plugins.
 * JPEG Extended 12-bit: pydicom's pylibjpeg plugin when the opt-in GPL extra
   is installed, else GDCM called directly (pydicom refuses GDCM for 12-bit
@@ -15,10 +15,10 @@ refused before a decoder allocates anything; then:
   (pylibjpeg-rle, GDCM).
 
 GDCM can abort the process on a corrupt codestream, so every GDCM (and
-libjpeg) decode runs in a worker process (:mod:`gateway.dicom_isolate`).
+libjpeg) decode runs in a worker process (:mod:`shared.dicom.isolate`).
 
 The arrays may hold raw bit patterns (unused high bits set, signed values not
-sign-extended): :mod:`gateway.dicom_render` masks and sign-extends them.
+sign-extended): :mod:`shared.dicom.render` masks and sign-extends them.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from pydicom import uid as pduid
 from pydicom.encaps import generate_frames
 from pydicom.uid import UID
 
-from gateway import dicom_j2k
-from gateway.dicom_errors import DicomError, NotDicomError, UnsupportedDicomError
-from gateway.dicom_isolate import run_isolated
+from shared.dicom.codecs import openjpeg as dicom_j2k
+from shared.dicom.errors import DicomError, NotDicomError, UnsupportedDicomError
+from shared.dicom.isolate import run_isolated
 
 __all__ = [
     "COMPRESSED_SYNTAXES",

@@ -28,7 +28,7 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from gateway.dicom_errors import NotDicomError, UnsupportedDicomError
+from shared.dicom.errors import NotDicomError, UnsupportedDicomError
 
 __all__ = ["MAX_INFLATED_BYTES", "ParsedDicom", "parse_dicom"]
 

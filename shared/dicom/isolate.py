@@ -7,7 +7,7 @@ gateway down with it. The test-suite's fuzzer found such files in minutes.
 So those decodes run in worker processes: a worker that dies only costs that
 upload a 400, and a worker that hangs is killed after a timeout.
 
-The workers are plain ``python -m gateway.dicom_worker`` subprocesses that
+The workers are plain ``python -m shared.dicom.worker`` subprocesses that
 read (function, arguments) and write the result as length-prefixed pickles
 over their stdin/stdout. Not ``multiprocessing``: its spawn/forkserver
 children re-import the caller's ``__main__``, which breaks scripts without
@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from gateway.dicom_errors import NotDicomError
+from shared.dicom.errors import NotDicomError
 
 __all__ = ["ENABLED", "TIMEOUT_S", "run_isolated", "shutdown"]
 
@@ -58,7 +58,7 @@ class _Worker:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gateway.dicom_worker"],
+            [sys.executable, "-m", "shared.dicom.worker"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env=env,
@@ -163,7 +163,7 @@ atexit.register(shutdown)
 def run_isolated(fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` in a worker process; a crash or a hang becomes a NotDicomError.
 
-    `fn` must be a module-level function of ``gateway.dicom_codecs`` (the
+    `fn` must be a module-level function of ``shared.dicom.codecs`` (the
     worker refuses anything else), its arguments and result picklable.
     Exceptions raised by `fn` come back and are re-raised here. A worker that
     dies is retried once on a fresh one (it may have died of something else).

@@ -2,15 +2,15 @@
 
 ``decode_dicom`` parses once and renders once:
 
-1. parse defensively (:mod:`gateway.dicom_parse`): foreign files, missing file
+1. parse defensively (:mod:`shared.dicom.parse`): foreign files, missing file
    meta (transfer syntax inferred from the encoding or the codestream),
    Deflated bodies with a size bound, truncation;
 2. validate the Image Pixel module before touching pixels
-   (:mod:`gateway.dicom_header`): greyscale only, one frame, at most
+   (:mod:`shared.dicom.header`): greyscale only, one frame, at most
    100 megapixels, pixel data long enough / codestream header consistent;
-3. decode frame 0 (:mod:`gateway.dicom_codecs`; GDCM, which can abort on a
-   corrupt codestream, runs in worker processes: :mod:`gateway.dicom_isolate`);
-4. render per PS3.14 with integer/LUT math (:mod:`gateway.dicom_render`):
+3. decode frame 0 (:mod:`shared.dicom.codecs`; GDCM, which can abort on a
+   corrupt codestream, runs in worker processes: :mod:`shared.dicom.isolate`);
+4. render per PS3.14 with integer/LUT math (:mod:`shared.dicom.render`):
    modality LUT, VOI, min-max (Pixel Padding excluded), MONOCHROME1 /
    INVERSE inverted once, 8 bit;
 5. shrink with cv2.INTER_AREA so the long side is at most ``long_side``.
@@ -39,7 +39,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import UID, UID_dictionary
 
-from gateway.dicom_codecs import (
+from shared.dicom.codecs import (
     COMPRESSED_SYNTAXES,
     NATIVE_SYNTAXES,
     SUPPORTED_SYNTAXES,
@@ -48,10 +48,10 @@ from gateway.dicom_codecs import (
     first_frame,
     sniff_syntax,
 )
-from gateway.dicom_errors import DicomError, NotDicomError, UnsupportedDicomError
-from gateway.dicom_header import read_image_header, read_render_spec, text_value
-from gateway.dicom_parse import encoding_syntax, parse_dicom
-from gateway.dicom_render import canonical_size, render, resize_to
+from shared.dicom.errors import DicomError, NotDicomError, UnsupportedDicomError
+from shared.dicom.header import read_image_header, read_render_spec, text_value
+from shared.dicom.parse import encoding_syntax, parse_dicom
+from shared.dicom.render import canonical_size, render, resize_to
 
 __all__ = [
     "CanonicalImage",
@@ -258,7 +258,7 @@ def decode_dicom(
 
 def _probe(uid: UID) -> bool:
     """Decode the embedded sample for `uid` through the real path and check the pixels."""
-    from gateway import dicom_probes
+    from shared.dicom import probes as dicom_probes
 
     probe = dicom_probes.PROBES.get(str(uid))
     if probe is None:

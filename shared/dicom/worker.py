@@ -1,8 +1,8 @@
-"""Decoder worker process: ``python -m gateway.dicom_worker`` (see gateway.dicom_isolate).
+"""Decoder worker process: ``python -m shared.dicom.worker`` (see shared.dicom.isolate).
 
 Reads length-prefixed pickles ``(module, function name, args)`` from stdin,
 runs the function and writes ``(ok, result or exception)`` back on stdout,
-until stdin closes. Only functions of ``gateway.dicom_codecs`` may be called.
+until stdin closes. Only functions of ``shared.dicom.codecs`` may be called.
 If a native decoder aborts, this process dies and the gateway sees EOF.
 The pickles come from the gateway process itself, never from an upload.
 """
@@ -16,7 +16,7 @@ import struct
 import sys
 
 _HEADER = struct.Struct(">Q")
-_ALLOWED_MODULES = frozenset({"gateway.dicom_codecs"})
+_ALLOWED_MODULES = frozenset({"shared.dicom.codecs"})
 
 
 def _read_exact(fd: int, size: int) -> bytes | None:
@@ -44,8 +44,8 @@ def main() -> None:
     stdout = os.dup(sys.stdout.fileno())
     os.dup2(sys.stderr.fileno(), 1)
     sys.stdout = sys.stderr
-    import gateway.dicom_codecs  # noqa: F401  (import cost paid once, before the first job)
-    import gateway.dicom_parse  # noqa: F401  (silences pydicom's value-quoting warnings here too)
+    import shared.dicom.codecs  # noqa: F401  (import cost paid once, before the first job)
+    import shared.dicom.parse  # noqa: F401  (silences pydicom's value-quoting warnings here too)
 
     while True:
         header = _read_exact(stdin, _HEADER.size)

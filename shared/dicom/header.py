@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from gateway.dicom_codecs import PixelGeometry
-from gateway.dicom_errors import NotDicomError, UnsupportedDicomError
-from gateway.dicom_render import LINEAR, LINEAR_EXACT, SIGMOID, Lut, RenderSpec, Window
+from shared.dicom.codecs import PixelGeometry
+from shared.dicom.errors import NotDicomError, UnsupportedDicomError
+from shared.dicom.render import LINEAR, LINEAR_EXACT, SIGMOID, Lut, RenderSpec, Window
 
 __all__ = ["MAX_PIXELS", "ImageHeader", "read_image_header", "read_render_spec", "text_value"]
 
