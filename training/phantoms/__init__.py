@@ -1,0 +1,43 @@
+"""Synthetic spine radiographs with VinDr-SpineXR labels (see `training.phantoms.lesions`)."""
+
+from training.phantoms.lesions import (
+    AP,
+    ENCODINGS,
+    LATERAL,
+    LATERAL_ONLY,
+    MAX_VALUE,
+    Lesion,
+    PhantomItem,
+    PhantomSpec,
+    Vertebra,
+    compose,
+    generate_phantoms,
+    lesion_boxes,
+    phantom_dataset,
+    phantom_item,
+    rasterize,
+    render_phantom,
+    render_spec,
+    sample_phantom,
+)
+
+__all__ = [
+    "AP",
+    "ENCODINGS",
+    "LATERAL",
+    "LATERAL_ONLY",
+    "MAX_VALUE",
+    "Lesion",
+    "PhantomItem",
+    "PhantomSpec",
+    "Vertebra",
+    "compose",
+    "generate_phantoms",
+    "lesion_boxes",
+    "phantom_dataset",
+    "phantom_item",
+    "rasterize",
+    "render_phantom",
+    "render_spec",
+    "sample_phantom",
+]
