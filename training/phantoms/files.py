@@ -17,8 +17,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 from numpy.typing import NDArray
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.pixels import get_encoder
+from pydicom.dataset import FileDataset
 from pydicom.uid import (
     ExplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -26,12 +25,17 @@ from pydicom.uid import (
     generate_uid,
 )
 
+from shared.dicom.writer import DX_FOR_PRESENTATION, xray_dataset
 from training.datasets import ImageRecord, write_annotations_csv
 from training.phantoms.image import render_spec
 from training.phantoms.spec import LATERAL, MAX_VALUE, PhantomSpec, sample_phantom
 
-_DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 ENCODINGS = ("explicit", "jpeg2000", "rle")
+_TRANSFER_SYNTAXES = {
+    "explicit": ExplicitVRLittleEndian,
+    "jpeg2000": JPEG2000Lossless,
+    "rle": RLELossless,
+}
 
 
 @dataclass(frozen=True)
@@ -77,73 +81,56 @@ def _uid(item: PhantomItem, seed: int, split: str, what: str) -> str:
 
 def phantom_dataset(
     item: PhantomItem, display: NDArray[np.uint16], seed: int, split: str
-) -> Dataset:
+) -> FileDataset:
     """A DX DICOM dataset for one phantom (pixel data encoded as item.encoding says).
 
     MONOCHROME1 files store 4095 - display, so that a viewer's inversion shows
     the same anatomy; their window centre is mirrored the same way.
     """
     stored = (MAX_VALUE - display).astype(np.uint16) if item.monochrome1 else display
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = _DX_FOR_PRESENTATION
-    sop_uid = _uid(item, seed, split, "sop")
-    ds.file_meta.MediaStorageSOPInstanceUID = sop_uid
-    ds.SpecificCharacterSet = "ISO_IR 100"
-    ds.ImageType = ["DERIVED", "SECONDARY"]
-    ds.SOPClassUID = _DX_FOR_PRESENTATION
-    ds.SOPInstanceUID = sop_uid
-    ds.StudyInstanceUID = _uid(item, seed, split, "study")
-    ds.SeriesInstanceUID = _uid(item, seed, split, "series")
-    ds.StudyDate = ds.SeriesDate = ds.ContentDate = "20200101"
-    ds.StudyTime = ds.SeriesTime = ds.ContentTime = "120000"
-    ds.AccessionNumber = ""
-    ds.Modality = "DX"
-    ds.PresentationIntentType = "FOR PRESENTATION"
-    ds.Manufacturer = "spine-lesion-service synthetic phantom"
-    ds.StudyDescription = "SYNTHETIC PHANTOM - NOT A PATIENT"
-    ds.SeriesDescription = f"L-SPINE {'LAT' if item.spec.view == LATERAL else 'AP'} (synthetic)"
-    ds.PatientName = "PHANTOM^SYNTHETIC"
-    ds.PatientID = f"PHANTOM-{item.study_id[:12].upper()}"
-    ds.PatientBirthDate = ""
-    ds.PatientSex = "O"
-    ds.BodyPartExamined = "LSPINE"
-    ds.ViewPosition = "LL" if item.spec.view == LATERAL else "AP"
-    ds.StudyID = "1"
-    ds.SeriesNumber = 1
-    ds.InstanceNumber = 1
-    ds.BurnedInAnnotation = "NO"
-    ds.ImagerPixelSpacing = ds.PixelSpacing = [0.15, 0.15]
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME1" if item.monochrome1 else "MONOCHROME2"
-    ds.Rows, ds.Columns = (int(n) for n in display.shape)
-    ds.BitsAllocated = 16
-    ds.BitsStored = 12
-    ds.HighBit = 11
-    ds.PixelRepresentation = 0
+    lateral = item.spec.view == LATERAL
+    attributes: dict[str, object] = {
+        "SpecificCharacterSet": "ISO_IR 100",
+        "ImageType": ["DERIVED", "SECONDARY"],
+        "StudyInstanceUID": _uid(item, seed, split, "study"),
+        "SeriesInstanceUID": _uid(item, seed, split, "series"),
+        **dict.fromkeys(("StudyDate", "SeriesDate", "ContentDate"), "20200101"),
+        **dict.fromkeys(("StudyTime", "SeriesTime", "ContentTime"), "120000"),
+        "AccessionNumber": "",
+        "Modality": "DX",
+        "PresentationIntentType": "FOR PRESENTATION",
+        "Manufacturer": "spine-lesion-service synthetic phantom",
+        "StudyDescription": "SYNTHETIC PHANTOM - NOT A PATIENT",
+        "SeriesDescription": f"L-SPINE {'LAT' if lateral else 'AP'} (synthetic)",
+        "PatientName": "PHANTOM^SYNTHETIC",
+        "PatientID": f"PHANTOM-{item.study_id[:12].upper()}",
+        "PatientBirthDate": "",
+        "PatientSex": "O",
+        "BodyPartExamined": "LSPINE",
+        "ViewPosition": "LL" if lateral else "AP",
+        "StudyID": "1",
+        "SeriesNumber": 1,
+        "InstanceNumber": 1,
+        "BurnedInAnnotation": "NO",
+        "ImagerPixelSpacing": [0.15, 0.15],
+        "PixelSpacing": [0.15, 0.15],
+        "LossyImageCompression": "00",
+    }
     if item.windowed:
         lo, hi = (float(q) for q in np.percentile(display[::8, ::8], [0.5, 99.5]))
         center = (lo + hi) / 2
-        ds.WindowCenter = round(MAX_VALUE - center if item.monochrome1 else center, 1)
-        ds.WindowWidth = round(max(hi - lo, 64.0) * 1.1, 1)
-        ds.VOILUTFunction = "LINEAR"
-    ds.LossyImageCompression = "00"
-    if item.encoding == "explicit":
-        ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.PixelData = np.ascontiguousarray(stored).tobytes()
-    elif item.encoding == "jpeg2000":
-        ds.compress(
-            JPEG2000Lossless, stored, encoding_plugin="pylibjpeg", generate_instance_uid=False
-        )
-    else:
-        ds.compress(RLELossless, stored, encoding_plugin=_rle_plugin(), generate_instance_uid=False)
-    return ds
-
-
-def _rle_plugin() -> str:
-    """pylibjpeg-rle is ~10x faster than pydicom's own encoder and writes the same bytes."""
-    plugins = get_encoder(RLELossless).available_plugins
-    return "pylibjpeg" if "pylibjpeg" in plugins else "pydicom"
+        attributes["WindowCenter"] = round(MAX_VALUE - center if item.monochrome1 else center, 1)
+        attributes["WindowWidth"] = round(max(hi - lo, 64.0) * 1.1, 1)
+        attributes["VOILUTFunction"] = "LINEAR"
+    return xray_dataset(
+        stored,
+        sop_instance_uid=_uid(item, seed, split, "sop"),
+        attributes=attributes,
+        photometric="MONOCHROME1" if item.monochrome1 else "MONOCHROME2",
+        bits_stored=12,
+        transfer_syntax=_TRANSFER_SYNTAXES[item.encoding],
+        sop_class_uid=DX_FOR_PRESENTATION,
+    )
 
 
 def _write_one(args: tuple[Path, int, str, int, tuple[str, ...]]) -> ImageRecord:
