@@ -31,11 +31,12 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 import pydicom
-from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.dataset import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
-from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
+from pydicom.uid import JPEG2000Lossless, generate_uid
 
 from shared.dicom import decode_dicom
+from shared.dicom.writer import xray_dataset
 
 
 def phantom(rows: int = 2560, columns: int = 2048, bits: int = 12, seed: int = 3) -> np.ndarray:
@@ -54,24 +55,18 @@ def phantom(rows: int = 2560, columns: int = 2048, bits: int = 12, seed: int = 3
 
 
 def dx_dataset(pixels: np.ndarray) -> Dataset:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = (
-        meta.MediaStorageSOPClassUID,
-        meta.MediaStorageSOPInstanceUID,
+    return xray_dataset(
+        pixels,
+        sop_instance_uid=generate_uid(),
+        attributes={
+            "Modality": "DX",
+            "RescaleSlope": 1,
+            "RescaleIntercept": 0,
+            "RescaleType": "US",
+            "WindowCenter": 2000,
+            "WindowWidth": 3000,
+        },
     )
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, 0, "US"
-    ds.WindowCenter, ds.WindowWidth = 2000, 3000
-    ds.PixelData = pixels.tobytes()
-    return ds
 
 
 def to_bytes(ds: Dataset) -> bytes:

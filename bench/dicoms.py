@@ -1,21 +1,19 @@
 """The benchmark's uploads: DX radiographs like VinDr-SpineXR's, made at run time.
 
-A smooth synthetic radiograph with noise, 12 bits stored, DX storage class. The tests'
-``tests/factories`` builds its DICOMs from the same pixel generator. Nothing binary is
-committed.
+A smooth synthetic radiograph with noise, 12 bits stored, DX storage class, written by
+the project's one DICOM writer (``shared.dicom.writer``). The tests' ``tests/factories``
+builds its DICOMs from the same pixel generator. Nothing binary is committed.
 """
 
 from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
-from io import BytesIO
 
 import numpy as np
-from pydicom.dataset import FileDataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
-DIGITAL_XRAY_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # DX Image Storage - For Presentation
+from shared.dicom.writer import DX_FOR_PRESENTATION, file_bytes, xray_dataset
 
 
 @dataclass(frozen=True)
@@ -41,31 +39,21 @@ def make_dx_dicom(
     bits_stored: int = 12, seed: int = 0,
 ) -> bytes:
     """A single-frame DX DICOM file (JPEG 2000 lossless or explicit VR little endian)."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DIGITAL_XRAY_STORAGE
-    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[f"bench-{seed}-{compress}"])
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid(entropy_srcs=[f"bench-study-{seed}"])
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[f"bench-series-{seed}"])
-    ds.PatientID = f"BENCH-{seed:04d}"
-    ds.StudyDate = datetime.date(2026, 1, 28).strftime("%Y%m%d")
-    ds.Modality = "DX"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
-    ds.PixelData = pixels.astype(np.uint16).tobytes()
-    if compress:
-        ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
-    buffer = BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    return file_bytes(xray_dataset(
+        pixels,
+        sop_instance_uid=generate_uid(entropy_srcs=[f"bench-{seed}-{compress}"]),
+        attributes={
+            "StudyInstanceUID": generate_uid(entropy_srcs=[f"bench-study-{seed}"]),
+            "SeriesInstanceUID": generate_uid(entropy_srcs=[f"bench-series-{seed}"]),
+            "PatientID": f"BENCH-{seed:04d}",
+            "StudyDate": datetime.date(2026, 1, 28).strftime("%Y%m%d"),
+            "Modality": "DX",
+        },
+        photometric=photometric,
+        bits_stored=bits_stored,
+        transfer_syntax=JPEG2000Lossless if compress else ExplicitVRLittleEndian,
+        sop_class_uid=DX_FOR_PRESENTATION,
+    ))
 
 
 def bench_uploads(

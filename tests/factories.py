@@ -12,15 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import (
-    ExplicitVRLittleEndian,
-    JPEG2000Lossless,
-    SecondaryCaptureImageStorage,
-    generate_uid,
-)
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from bench.dicoms import DIGITAL_XRAY_STORAGE, radiograph_pixels
+from bench.dicoms import radiograph_pixels
+from shared.dicom.writer import DX_FOR_PRESENTATION, SECONDARY_CAPTURE, file_bytes, xray_dataset
 
 __all__ = ["make_dicom", "radiograph_pixels", "write_tiny_bundle"]
 
@@ -37,40 +32,25 @@ def make_dicom(
     extra: dict[str, object] | None = None,
 ) -> bytes:
     """A valid single-frame grey DICOM (Part 10 file) as bytes."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = DIGITAL_XRAY_STORAGE if modality == "DX" else SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[patient_id, str(pixels.shape)])
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.StudyInstanceUID = generate_uid(entropy_srcs=[patient_id, "study"])
-    ds.SeriesInstanceUID = generate_uid(entropy_srcs=[patient_id, "series"])
-    ds.PatientID = patient_id
-    ds.PatientName = patient_name
-    ds.PatientBirthDate = "19700101"
-    ds.StudyDate = datetime.date(2026, 1, 28).strftime("%Y%m%d")
-    ds.Modality = modality
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = photometric
-    ds.BitsAllocated = 16 if bits_stored > 8 else 8
-    ds.BitsStored = bits_stored
-    ds.HighBit = bits_stored - 1
-    ds.PixelRepresentation = 0
-    dtype = np.uint16 if ds.BitsAllocated == 16 else np.uint8
-    ds.PixelData = pixels.astype(dtype).tobytes()
-    for key, value in (extra or {}).items():
-        setattr(ds, key, value)
-    if transfer_syntax == JPEG2000Lossless:
-        ds.compress(JPEG2000Lossless, encoding_plugin="pylibjpeg")
-    elif transfer_syntax != ExplicitVRLittleEndian:
-        ds.compress(transfer_syntax)
-    from io import BytesIO
-
-    buffer = BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    attributes: dict[str, object] = {
+        "StudyInstanceUID": generate_uid(entropy_srcs=[patient_id, "study"]),
+        "SeriesInstanceUID": generate_uid(entropy_srcs=[patient_id, "series"]),
+        "PatientID": patient_id,
+        "PatientName": patient_name,
+        "PatientBirthDate": "19700101",
+        "StudyDate": datetime.date(2026, 1, 28).strftime("%Y%m%d"),
+        "Modality": modality,
+        **(extra or {}),
+    }
+    return file_bytes(xray_dataset(
+        pixels,
+        sop_instance_uid=generate_uid(entropy_srcs=[patient_id, str(pixels.shape)]),
+        attributes=attributes,
+        photometric=photometric,
+        bits_stored=bits_stored,
+        transfer_syntax=transfer_syntax,
+        sop_class_uid=DX_FOR_PRESENTATION if modality == "DX" else SECONDARY_CAPTURE,
+    ))
 
 
 def write_tiny_bundle(root: Path, *, detector_always_fires: bool = True) -> Path:
