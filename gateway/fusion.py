@@ -8,11 +8,12 @@ which showed no boxes at all for a Normal image.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
 
+from shared.geometry import canonical_to_original
 from shared.settings import FusionMode
 
 Diagnosis = Literal["Normal", "Abnormal"]
@@ -65,15 +66,10 @@ def boxes_from_outputs(
 
 def to_original(box: Box, scale_x: float, scale_y: float, width: int, height: int) -> Box:
     """Canonical-image pixels -> original DICOM pixels (clipped to the image)."""
-    return Box(
-        class_id=box.class_id,
-        class_name=box.class_name,
-        confidence=box.confidence,
-        x1=min(max(box.x1 / scale_x, 0.0), width),
-        y1=min(max(box.y1 / scale_y, 0.0), height),
-        x2=min(max(box.x2 / scale_x, 0.0), width),
-        y2=min(max(box.y2 / scale_y, 0.0), height),
+    x1, y1, x2, y2 = canonical_to_original(
+        (box.x1, box.y1, box.x2, box.y2), scale_x, scale_y, width, height
     )
+    return replace(box, x1=x1, y1=y1, x2=x2, y2=y2)
 
 
 def apply_fusion(

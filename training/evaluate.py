@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from shared.geometry import canonical_to_original
 from training.datasets import CLASS_NAMES, ImageRecord, load_vindr
 from training.metrics import (
     binary_metrics_at,
@@ -116,11 +117,12 @@ def _predict_in_process(
                 (
                     detector.class_names.get(int(cls), str(int(cls))),
                     float(score),
-                    (
-                        x1 / canonical.scale_x,
-                        y1 / canonical.scale_y,
-                        x2 / canonical.scale_x,
-                        y2 / canonical.scale_y,
+                    canonical_to_original(
+                        (x1, y1, x2, y2),
+                        canonical.scale_x,
+                        canonical.scale_y,
+                        canonical.original_columns,
+                        canonical.original_rows,
                     ),
                 )
             )

@@ -8,6 +8,7 @@ import torch
 
 from detector_service.yolo import letterbox_batch, letterbox_geometry, unletterbox_boxes
 from gateway.fusion import Box, apply_fusion, diagnose, to_original
+from shared.geometry import canonical_to_original
 from shared.settings import FusionMode
 
 
@@ -36,6 +37,11 @@ def test_canonical_boxes_map_to_original_pixels() -> None:
     box = Box(0, "x", 0.9, x1=68.3, y1=102.4, x2=683.0, y2=1024.0)
     mapped = to_original(box, scale_x=683 / 1000, scale_y=1024 / 1500, width=1000, height=1500)
     assert (mapped.x1, mapped.y1, mapped.x2, mapped.y2) == pytest.approx((100, 150, 1000, 1500))
+
+
+def test_mapping_to_original_pixels_clips_to_the_image() -> None:
+    mapped = canonical_to_original((-5.0, 10.0, 700.0, 1100.0), 683 / 1000, 1024 / 1500, 1000, 1500)
+    assert mapped == pytest.approx((0.0, 10 * 1500 / 1024, 1000.0, 1500.0))
 
 
 def test_diagnosis_threshold_is_strict() -> None:
