@@ -23,6 +23,7 @@ from bench.dicoms import Upload, bench_uploads
 from bench.loadgen import load
 from bench.procs import Proc, RssSampler, peak_rss_mb, start_baseline, start_ours, wait_ready
 from bench.stats import RunSummary, summarise
+from shared.filelock import file_lock, hidden_lock_path
 
 # All bench clients come from one address, and the levels may exceed the gateway's
 # admission caps (8 per client, 32 in flight): lift them so no upload is refused.
@@ -81,16 +82,12 @@ def bench_bundle(model_dir: Path | None, yolo: str) -> Path:
     built once under ``$SPINE_CACHE_DIR/bundles``. Speed does not depend on the weights."""
     if model_dir is not None:
         return model_dir
-    import fcntl
-
     from spine.bundles import cache_dir
 
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_CONFIG_DIR", str(cache_dir() / "ultralytics"))
     target = cache_dir() / "bundles" / f"bench-untrained-seed0-{yolo}"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(hidden_lock_path(target)):
         if not (target / "manifest.yaml").is_file():
             from training.untrained_bundle import build_untrained_bundle
 

@@ -14,7 +14,6 @@ Model services only (imports torch and onnxruntime); the gateway never imports t
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -22,7 +21,7 @@ import os
 import re
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from shared.filelock import file_lock
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -83,18 +83,6 @@ def cache_path(cache_dir: Path, name: str, sha256: str, input_size: int, opset: 
     key = hashlib.sha256(f"{sha256}:{input_size}:{opset}:{EXPORT_FORMAT}".encode()).hexdigest()
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:48]
     return cache_dir / f"{safe}-{input_size}px-opset{opset}-{key[:24]}.onnx"
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """Replicas starting together export once; the others wait and reuse the file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
@@ -224,7 +212,7 @@ def load_or_export(
     not match raises :class:`OnnxBackendError`.
     """
     started = time.perf_counter()
-    with _file_lock(path):
+    with file_lock(path.with_name(path.name + ".lock")):  # replicas export once
         exported = False
         for attempt in (0, 1):
             if not path.is_file():

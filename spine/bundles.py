@@ -9,10 +9,11 @@ Both are labelled as not medical everywhere.
 
 from __future__ import annotations
 
-import fcntl
 import os
 from collections.abc import Callable
 from pathlib import Path
+
+from shared.filelock import file_lock, hidden_lock_path
 
 UNTRAINED_SEED = 0
 
@@ -36,9 +37,7 @@ def _ensure(target: Path, build: Callable[[Path], object], what: str, echo: bool
     """Build ``target`` once; concurrent callers wait on a lock instead of building again."""
     if (target / "manifest.yaml").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with file_lock(hidden_lock_path(target)):
         if not (target / "manifest.yaml").is_file():
             if echo:
                 print(f"[spine] building the {what} bundle in {target} (first use only) ...",
