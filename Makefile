@@ -12,7 +12,7 @@ run: setup
 
 test: setup
 	@scripts/setup-test-tools.sh
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -rfEs
 
 lint: setup
 	$(VENV)/bin/ruff check .
