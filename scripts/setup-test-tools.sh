@@ -1,20 +1,35 @@
 #!/usr/bin/env bash
 # System tools the tests use to build their DICOM corpus from real converters:
-# DCMTK (dcmcjpeg, dcmcjpls, dcmcrle, dcmconv) and GDCM (gdcmconv --j2k), OpenJPH (ojph_compress, HTJ2K); and Debian's
-# Chromium for the browser tests (Playwright drives it; it never downloads a browser).
+# DCMTK (dcmcjpeg, dcmcjpls, dcmcrle, dcmconv), GDCM (gdcmconv --j2k) and OpenJPH
+# (ojph_compress, HTJ2K); and Debian's Chromium for the browser tests (Playwright drives
+# it; it never downloads a browser). Installs what is missing when run as root; exits 1
+# when something is still missing, so `make test` cannot go green having checked little
+# (pytest run directly skips those tests locally; under CI=1 they fail).
 set -euo pipefail
-missing=()
-command -v dcmcjpeg >/dev/null 2>&1 || missing+=(dcmtk)
-command -v gdcmconv >/dev/null 2>&1 || missing+=(libgdcm-tools)
-command -v ojph_compress >/dev/null 2>&1 || missing+=(openjph-tools)
-[ -x /usr/bin/chromium ] || missing+=(chromium)
-if [ ${#missing[@]} -eq 0 ]; then exit 0; fi
+missing() {
+  local out=()
+  command -v dcmcjpeg >/dev/null 2>&1 || out+=(dcmtk)
+  command -v gdcmconv >/dev/null 2>&1 || out+=(libgdcm-tools)
+  command -v ojph_compress >/dev/null 2>&1 || out+=(openjph-tools)
+  [ -x "${E2E_CHROMIUM:-/usr/bin/chromium}" ] || out+=(chromium)
+  echo "${out[@]}"
+}
+need=$(missing)
+if [ -z "$need" ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
-  echo "[setup] missing ${missing[*]}; install them (apt-get install ${missing[*]}) or the" \
-       "tests that need them are skipped" >&2
-  exit 0
+  echo "[setup] missing Debian packages: $need; install them (as root:" \
+       "apt-get install $need) and run again" >&2
+  exit 1
 fi
-echo "[setup] apt-get install ${missing[*]}"
+echo "[setup] apt-get install $need"
 export DEBIAN_FRONTEND=noninteractive
-apt-get update -qq >/dev/null
-apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# shellcheck disable=SC2086  # one word per package
+if ! { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends $need >/dev/null; }; then
+  echo "[setup] apt-get install $need failed" >&2
+  exit 1
+fi
+still=$(missing)
+if [ -n "$still" ]; then
+  echo "[setup] still missing after apt-get install: $still" >&2
+  exit 1
+fi

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.dicom.corpus import ENCODINGS, Corpus, missing_tools
+from tests.dicom.corpus import ENCODINGS, Corpus
+from tests.tools import require_tools
 
 
 @pytest.fixture(scope="session")
@@ -20,10 +21,5 @@ def work_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def require_encoding(key: str) -> None:
-    """Skip (with the reason) when the tools that make or check `key` are not installed."""
-    missing = missing_tools(ENCODINGS[key])
-    if missing:
-        pytest.skip(
-            f"{', '.join(missing)} not installed "
-            "(apt-get install dcmtk libgdcm-tools openjph-tools)"
-        )
+    """The tools that make or check `key`: skip without them locally, fail under CI."""
+    require_tools(*ENCODINGS[key].tools)

@@ -86,10 +86,6 @@ ENCODINGS: dict[str, Encoding] = {
 }
 
 
-def missing_tools(encoding: Encoding) -> list[str]:
-    return [tool for tool in encoding.tools if shutil.which(tool) is None]
-
-
 def run(cmd: list[str], timeout: float = 120) -> None:
     """Run a converter; raise with its stderr (tool output never holds our sentinels' use)."""
     proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)

@@ -26,6 +26,7 @@ from shared.dicom.render import (
     stored_domain,
 )
 from tests.dicom import hostile
+from tests.tools import unavailable
 
 
 @settings(max_examples=60, deadline=None, derandomize=True, database=None)
@@ -126,7 +127,10 @@ def test_sniff_syntax() -> None:
 def test_j2k_size_is_checked_before_decoding() -> None:
     stream = base64.b64decode(dicom_probes.PROBES[pduid.JPEG2000Lossless].frame_b64)
     if not dicom_j2k.available():
-        pytest.skip("no libopenjp2 on this machine")
+        unavailable(
+            "missing libopenjp2: pip install pillow (its wheel ships it) "
+            "or apt-get install libopenjp2-7"
+        )
     assert dicom_j2k.decode(stream).shape == (32, 32)
     with pytest.raises(dicom_j2k.J2kError):
         dicom_j2k.decode(stream, expected_size=(64, 32))

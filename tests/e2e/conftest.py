@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 
+from tests.tools import require_module, unavailable
+
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "e2e"
 CHROMIUM = os.environ.get("E2E_CHROMIUM", "/usr/bin/chromium")
@@ -18,17 +20,10 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
 
 
 def _require_browser() -> None:
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:  # pragma: no cover - the dev extra installs it
-        reason = "playwright is not installed (pip install -e '.[dev]')"
-    else:
-        if Path(CHROMIUM).is_file() or shutil.which(CHROMIUM):
-            return
-        reason = f"{CHROMIUM} not found (apt-get install chromium; see scripts/setup-test-tools.sh)"
-    if os.environ.get("CI"):
-        pytest.fail(f"browser tests cannot run in CI: {reason}")
-    pytest.skip(reason)
+    """Playwright and Debian's Chromium, or skip (locally) / fail (under CI) naming both."""
+    require_module("playwright", "pip install -e '.[dev]' (PyPI: playwright)")
+    if not (Path(CHROMIUM).is_file() or shutil.which(CHROMIUM)):
+        unavailable(f"missing {CHROMIUM}: apt-get install chromium")
 
 
 @pytest.fixture(scope="session")
