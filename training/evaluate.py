@@ -25,6 +25,7 @@ from training.datasets import CLASS_NAMES, ImageRecord, load_vindr
 from training.metrics import (
     binary_metrics_at,
     bootstrap_auc_ci,
+    bootstrap_map50_ci,
     coco_map,
     detection_pr_curves,
     roc_auc,
@@ -179,6 +180,7 @@ def compute_report(records: list[ImageRecord], predictions: PredictionSet) -> di
         for r in records
     }
     detection = coco_map(gt, preds, CLASS_NAMES)
+    map50_ci = list(bootstrap_map50_ci(gt, preds, CLASS_NAMES)) if any(gt.values()) else None
     return {
         "bundle": predictions.bundle,
         "demo": predictions.demo,
@@ -196,6 +198,7 @@ def compute_report(records: list[ImageRecord], predictions: PredictionSet) -> di
             for m in members
         },
         "map50": detection["map50"],
+        "map50_ci95": map50_ci,
         "map50_95": detection["map50_95"],
         "per_class_ap50": detection["per_class_ap50"],
         "per_class_ground_truth": detection["n_gt"],
@@ -209,6 +212,10 @@ def compute_report(records: list[ImageRecord], predictions: PredictionSet) -> di
             },
         },
     }
+
+
+def _ci(interval: list[float] | None, pct: Any) -> str:
+    return "" if interval is None else f" (95% CI {pct(interval[0])}-{pct(interval[1])})"
 
 
 def _markdown(report: dict[str, Any]) -> str:
@@ -236,7 +243,7 @@ def _markdown(report: dict[str, Any]) -> str:
             f"{pct(block['sensitivity'])}, specificity {pct(block['specificity'])} |"
         )
     lines += [
-        f"| mAP50 | {pct(report['map50'])} |",
+        f"| mAP50 | {pct(report['map50'])}{_ci(report['map50_ci95'], pct)} |",
         f"| mAP50-95 | {pct(report['map50_95'])} |",
         "",
     ]

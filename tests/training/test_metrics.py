@@ -12,6 +12,7 @@ from training.metrics import (
     average_precision,
     binary_metrics_at,
     bootstrap_auc_ci,
+    bootstrap_map50_ci,
     box_iou,
     coco_map,
     detection_pr_curves,
@@ -184,6 +185,49 @@ def test_coco_map_perfect_and_names() -> None:
     assert np.isnan(coco_map({"a": []}, {}, CLASSES)["map50"])
     with pytest.raises(ValueError):
         coco_map({"a": [("Nope", (0, 0, 1, 1))]}, {}, CLASSES)
+
+
+def test_map50_weights_equal_coco_map_on_the_resampled_images() -> None:
+    """Counting an image k times gives coco_map's mAP50 on a set holding k copies of it."""
+    from training.metrics import _per_image_detections, _weighted_map50
+
+    gt, preds = _random_detection_problem(3)
+    n_images, classes = _per_image_detections(gt, preds, CLASSES, 100)
+    assert _weighted_map50(classes, np.ones(n_images)) == pytest.approx(
+        coco_map(gt, preds, CLASSES)["map50"], abs=1e-12
+    )
+    ids = sorted(set(gt) | set(preds))
+    counts = np.random.default_rng(5).integers(0, 4, n_images)
+    copies = [(i, c) for i, k in zip(ids, counts, strict=True) for c in range(k)]
+    copies_gt = {(i, c): gt.get(i, []) for i, c in copies}
+    copies_pred = {(i, c): preds.get(i, []) for i, c in copies}
+    assert _weighted_map50(classes, counts.astype(float)) == pytest.approx(
+        coco_map(copies_gt, copies_pred, CLASSES)["map50"], abs=1e-12
+    )
+
+
+def test_map50_bootstrap_ci_known_cases() -> None:
+    box = (0, 0, 10, 10)
+    perfect = {"a": [("A", box)], "b": [("B", box)]}
+    found = {"a": [("A", 0.9, box)], "b": [("B", 0.8, box)]}
+    assert bootstrap_map50_ci(perfect, found, CLASSES, n=50) == pytest.approx((1.0, 1.0))
+    # One of two boxes found: a resample holds it twice (AP 1), not at all (AP 0) or both
+    # images (AP 0.505), with chances 1/4, 1/4 and 1/2: the 95% interval spans 0 to 1.
+    half = {"a": [("A", box)], "b": [("A", box)]}
+    low, high = bootstrap_map50_ci(half, {"a": [("A", 0.9, box)]}, CLASSES, n=400)
+    assert (low, high) == pytest.approx((0.0, 1.0))
+    point = coco_map(half, {"a": [("A", 0.9, box)]}, CLASSES)["map50"]
+    assert point == pytest.approx(51 / 101)
+    with pytest.raises(ValueError):
+        bootstrap_map50_ci({"a": []}, {}, CLASSES)
+
+
+def test_map50_bootstrap_ci_brackets_the_estimate() -> None:
+    gt, preds = _random_detection_problem(4)
+    point = coco_map(gt, preds, CLASSES)["map50"]
+    low, high = bootstrap_map50_ci(gt, preds, CLASSES, n=300, seed=2)
+    assert 0.0 < low < point < high < 1.0
+    assert bootstrap_map50_ci(gt, preds, CLASSES, n=300, seed=2) == (low, high)
 
 
 def test_detection_pr_curves_end_at_recall_and_ap() -> None:

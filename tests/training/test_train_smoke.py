@@ -81,7 +81,7 @@ def test_evaluation_report_agrees_with_sklearn(smoke_bundle: Path, tmp_path: Pat
         assert report["auroc"] == pytest.approx(roc_auc_score(y, scores), abs=0.005)
     saved = json.loads((tmp_path / "out" / "report.json").read_text())
     for key in ("auroc", "auroc_ci95", "at_bundle_threshold", "at_youden_threshold",
-                "member_auroc", "map50", "map50_95", "per_class_ap50"):
+                "member_auroc", "map50", "map50_ci95", "map50_95", "per_class_ap50"):
         assert key in saved
     for name in ("roc.png", "pr.png", "detection_pr.png", "report.md", "detections.csv"):
         assert (tmp_path / "out" / name).is_file()
