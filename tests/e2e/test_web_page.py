@@ -7,16 +7,20 @@ docs/screenshot.png, the README's picture (otherwise that test is skipped).
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
 import re
+import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import pytest
+import yaml
 
 from tests.e2e.conftest import REPO
 from tests.factories import make_dicom, radiograph_pixels
@@ -34,6 +38,7 @@ XSS_SCRIPT = "<script>window.__xss=1</script>"
 XSS_IMG = "<img src=x onerror=window.__xss=1>"
 BOX_CLASS = "Disc space narrowing"  # the test detector fires only this class
 RESOURCE_ERROR = "Failed to load resource"  # Chromium logs every 4xx/5xx response
+API_KEY = "e2e-secret-key"
 
 
 def phantom_pixels() -> np.ndarray:
@@ -67,21 +72,68 @@ def api_result(stack: Any, spine_dicom: Path) -> dict[str, Any]:
     return response.json()
 
 
-@pytest.fixture(scope="module")
-def passthrough_gateway(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A second gateway on the same model services that returns the raw PatientID."""
+@contextmanager
+def gateway_with(tmp: Path, **env: str) -> Iterator[str]:
+    """One more real gateway with these settings (its URL), stopped afterwards."""
     from tests.integration.stack import base_env, start_service, wait_ready
 
-    tmp = tmp_path_factory.mktemp("phi-gateway")
-    env = base_env(
-        tmp, PHI_MODE="passthrough", CLASSIFIER_URLS=stack.classifier, DETECTOR_URLS=stack.detector
-    )
-    service = start_service("gateway", env, tmp)
+    service = start_service("gateway", base_env(tmp, **env), tmp)
     try:
         wait_ready(service, timeout_s=60)
         yield service.url
     finally:
         service.stop()
+
+
+@pytest.fixture(scope="module")
+def passthrough_gateway(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A second gateway on the same model services that returns the raw PatientID."""
+    tmp = tmp_path_factory.mktemp("phi-gateway")
+    with gateway_with(
+        tmp, PHI_MODE="passthrough", CLASSIFIER_URLS=stack.classifier, DETECTOR_URLS=stack.detector
+    ) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def keyed_gateway(stack: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A gateway that requires API_KEY (configured, as in production, by its sha256)."""
+    tmp = tmp_path_factory.mktemp("keyed-gateway")
+    digest = hashlib.sha256(API_KEY.encode()).hexdigest()
+    with gateway_with(
+        tmp,
+        API_KEYS_SHA256=f"e2e:{digest}",
+        CLASSIFIER_URLS=stack.classifier,
+        DETECTOR_URLS=stack.detector,
+    ) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def untrained_slow_detector_gateway(
+    stack: Any, tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A classifier on an ``untrained`` bundle and a gateway whose detector deadline (1 ms)
+    the real detector cannot meet: every answer is untrained and classification only."""
+    from tests.integration.stack import base_env, start_service, wait_ready
+
+    tmp = tmp_path_factory.mktemp("untrained-gateway")
+    bundle = shutil.copytree(tiny_bundle, tmp / "bundle")
+    manifest = yaml.safe_load((bundle / "manifest.yaml").read_text())
+    manifest.update(name="tiny-untrained-bundle", kind="untrained")
+    (bundle / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    classifier = start_service("classifier", base_env(tmp, MODEL_DIR=str(bundle)), tmp)
+    try:
+        wait_ready(classifier)
+        with gateway_with(
+            tmp,
+            CLASSIFIER_URLS=classifier.url,
+            DETECTOR_URLS=stack.detector,
+            DETECTOR_TIMEOUT_S="0.001",
+        ) as url:
+            yield url
+    finally:
+        classifier.stop()
 
 
 def open_page(page: Any, url: str) -> None:
@@ -520,35 +572,32 @@ def test_keyboard_reaches_the_file_chooser(
 
 
 def test_classification_only_result_from_an_untrained_bundle(
-    stack: Any, page: Any, spine_dicom: Path, api_result: dict[str, Any], artifacts: Path
+    untrained_slow_detector_gateway: str, page: Any, spine_dicom: Path, artifacts: Path
 ) -> None:
-    """Detector unavailable (detections null) and untrained weights: both said plainly."""
-    partial = copy.deepcopy(api_result)
-    partial.update(
-        diagnosis="Normal",
-        confidence=0.8,
-        abnormal_probability=0.2,
-        detections=None,
-        demo=True,
-        warnings=["Detection unavailable (detector timed out); classification only."],
-    )
-    partial["model_bundle"].update(kind="untrained", demo=True)
-    page.route(
-        "**/upload?*",
-        lambda route: route.fulfill(
-            status=200, content_type="application/json", body=json.dumps(partial)
-        ),
-    )
-    open_page(page, stack.gateway)
-    page.set_input_files("#file-input", str(spine_dicom))
+    """Detector too slow (detections null) and untrained weights: both said plainly.
+
+    The answer comes from a real gateway: its classifier serves an ``untrained`` bundle
+    and its detector deadline is shorter than the real detector needs.
+    """
+    open_page(page, untrained_slow_detector_gateway)
+    with page.expect_response("**/upload?*") as answer:
+        page.set_input_files("#file-input", str(spine_dicom))
+    assert answer.value.status == 200
+    body = answer.value.json()
+    assert body["detections"] is None
+    assert body["model_bundle"]["kind"] == "untrained" and body["demo"] is True
+    assert any(w.startswith("UNTRAINED model bundle") for w in body["warnings"])
+    assert any(
+        "Detection unavailable (" in w and "classification only" in w for w in body["warnings"]
+    ), body["warnings"]
     page.wait_for_selector(".card[data-state=done]")
     card = page.locator(".card").first
-    assert card.locator("[data-testid=diagnosis]").inner_text() == "Normal"
+    assert card.locator("[data-testid=diagnosis]").inner_text() == body["diagnosis"]
     assert "Untrained" in card.locator("[data-testid=demo-banner]").inner_text()
     assert "detector was unavailable" in card.locator(".detections").inner_text()
     assert card.locator(".viewer__overlay .det").count() == 0
     assert card.locator(".viewer__image").is_visible()
-    assert card.locator(".warnings li").all_inner_texts() == partial["warnings"]
+    assert card.locator(".warnings li").all_inner_texts() == body["warnings"]
     page.evaluate("window.scrollTo(0, 300)")
     page.screenshot(path=str(artifacts / "11-classification-only-untrained.png"))
     assert page.errors.unexpected() == []
@@ -599,36 +648,26 @@ def test_docs_screenshot(stack: Any, page: Any, spine_dicom: Path) -> None:
 
 
 def test_api_key_is_asked_for_on_401_and_sent_on_retry(
-    stack: Any, page: Any, spine_dicom: Path, artifacts: Path
+    keyed_gateway: str, page: Any, spine_dicom: Path, artifacts: Path
 ) -> None:
     """A gateway with API keys answers 401 until the page sends the key the user typed."""
-    key = "e2e-secret-key"
-    seen: list[str | None] = []
+    seen: list[tuple[str | None, int]] = []  # (key sent, gateway's status) per upload
 
-    def require_key(route: Any) -> None:
-        supplied = route.request.headers.get("x-api-key")
-        seen.append(supplied)
-        if supplied == key:
-            route.continue_()  # on to the real gateway, body untouched
-            return
-        message = "a valid API key is required (Authorization: Bearer <key> or X-API-Key)"
-        route.fulfill(
-            status=401,
-            content_type="application/json",
-            body=json.dumps({"status": "error", "message": message, "request_id": "r1"}),
-        )
+    def note_upload(request: Any) -> None:
+        if "/upload?" in request.url:
+            seen.append((request.header_value("x-api-key"), request.response().status))
 
-    page.route("**/upload?*", require_key)
-    open_page(page, stack.gateway)
+    page.on("requestfinished", note_upload)
+    open_page(page, keyed_gateway)
     page.set_input_files("#file-input", str(spine_dicom))
     page.wait_for_selector(".card[data-state=error]")
     card = page.locator(".card").first
     assert "API key" in card.locator("[data-testid=error-message]").inner_text()
     field = card.get_by_label("API key")
-    field.fill(key)
+    field.fill(API_KEY)
     page.screenshot(path=str(artifacts / "12-api-key.png"))
     field.press("Enter")
     page.wait_for_selector(".card[data-state=done]", timeout=60_000)
-    assert seen == [None, key]
+    assert seen == [(None, 401), (API_KEY, 200)]
     assert page.evaluate("sessionStorage.length") == 1
     assert page.errors.unexpected(allow=(RESOURCE_ERROR,)) == []
