@@ -42,14 +42,11 @@ API_KEY = "e2e-secret-key"
 
 
 def phantom_pixels() -> np.ndarray:
-    """A lateral spine phantom when the generator is there (nicer screenshots), else a gradient."""
-    try:
-        from training.phantoms import render_phantom
+    """A lateral spine phantom (the project's own generator: no silent fallback)."""
+    from training.phantoms import render_phantom
 
-        pixels, _ = render_phantom(np.random.default_rng(3), abnormal=True, view="lateral")
-        return pixels
-    except Exception:  # pragma: no cover - the generator is optional for this test
-        return radiograph_pixels(1400, 900, seed=5)
+    pixels, _ = render_phantom(np.random.default_rng(3), abnormal=True, view="lateral")
+    return pixels
 
 
 @pytest.fixture(scope="module")
