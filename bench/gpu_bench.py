@@ -32,6 +32,7 @@ import numpy as np
 from bench import metrics
 from bench.procs import Proc, free_port, wait_ready
 from bench.runner import bench_bundle
+from shared import contract
 
 CANONICAL = (1024, 683)  # a VinDr image's canonical shape (long side 1024)
 
@@ -142,9 +143,8 @@ def _start_service(name: str, model_dir: Path, env: dict[str, str], log_dir: Pat
 
 
 OUTPUTS = {
-    "spine-classifier": ["abnormal_probability", "member_probabilities", "abnormal"],
-    "spine-detector": ["num_detections", "detection_boxes", "detection_scores",
-                       "detection_classes"],
+    contract.CLASSIFIER_MODEL: contract.names(contract.CLASSIFIER_OUTPUTS),
+    contract.DETECTOR_MODEL: contract.names(contract.DETECTOR_OUTPUTS),
 }
 
 
@@ -154,7 +154,7 @@ async def _drive(url: str, model: str, batch: int, seconds: float, in_flight: in
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(batch, 1, *CANONICAL), dtype=np.uint8)
-    body, headers = oip.encode_request({"IMAGE": images}, outputs=OUTPUTS[model])
+    body, headers = oip.encode_request({contract.IMAGE.name: images}, outputs=OUTPUTS[model])
     token = os.environ.get("INTERNAL_TOKEN")
     if token:
         headers = {**headers, "Authorization": f"Bearer {token}"}
@@ -186,7 +186,8 @@ def service_rates(model_dir: Path, batches: list[int], precision: str, device: s
     env = {"MODEL_DEVICE": device, "MODEL_PRECISION": precision,
            "MAX_BATCH_SIZE": str(max(batches)), "MAX_DELAY_MS": "2", "MAX_QUEUE_SIZE": "1024"}
     out: ServiceRates = {}
-    for name, model in (("classifier", "spine-classifier"), ("detector", "spine-detector")):
+    for name, model in (("classifier", contract.CLASSIFIER_MODEL),
+                        ("detector", contract.DETECTOR_MODEL)):
         proc = _start_service(name, model_dir, env, log_dir)
         try:
             wait_ready([proc])

@@ -2,36 +2,32 @@
 
 Input ``IMAGE``: the canonical grey image, UINT8 ``[N,1,H,W]`` or ``[N,H,W]``.
 Outputs: ``abnormal_probability`` FP32 ``[N,1]`` (the weighted vote),
-``member_probabilities`` FP32 ``[N,M]`` (column order = parameter ``members``), and
+``member_probabilities`` FP32 ``[N,M]`` (column order = the fact ``members``), and
 ``abnormal`` BOOL ``[N,1]`` (score > threshold). The threshold and weights belong to the
-bundle, so the decision is made here, next to them. The executor (PyTorch or ONNX
-Runtime, ``MODEL_BACKEND``) is chosen at load; the parameter ``backends`` names it per member.
+bundle, so the decision is made here, next to them, and nowhere else. The executor
+(PyTorch or ONNX Runtime, ``MODEL_BACKEND``) is chosen at load; the fact ``backends``
+names it per member. Tensor names and facts: :mod:`shared.contract`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from classifier_service.ensemble import Ensemble
-from shared import oip
-from shared.bundle import is_demo
+from shared import contract, oip
 from shared.device import configure_torch, resolve_device
-from shared.model_server import IMAGE_INPUT, BundleModel
+from shared.model_server import BundleModel
 from shared.onnx_runtime import choose_backend, options_from_settings
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "spine-classifier"
-
 
 class ClassifierModel(BundleModel):
-    name = MODEL_NAME
+    name = contract.CLASSIFIER_MODEL
 
     def __init__(
         self,
@@ -68,49 +64,42 @@ class ClassifierModel(BundleModel):
     def predict_batch(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         ensemble = self._require_ensemble()
         scores, members = ensemble.predict(images)
-        threshold = self.manifest.classifier.threshold
+        abnormal = scores > self.manifest.classifier.threshold
         return [
             {
-                "abnormal_probability": np.array([score], dtype=np.float32),
-                "member_probabilities": member_row.astype(np.float32),
-                "abnormal": np.array([score > threshold]),
+                contract.ABNORMAL_PROBABILITY.name: np.array([score], dtype=np.float32),
+                contract.MEMBER_PROBABILITIES.name: member_row.astype(np.float32),
+                contract.ABNORMAL.name: np.array([decision], dtype=np.bool_),
             }
-            for score, member_row in zip(scores, members, strict=True)
+            for score, member_row, decision in zip(scores, members, abnormal, strict=True)
         ]
 
     def merge_outputs(self, per_image: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         return {key: np.stack([item[key] for item in per_image]) for key in per_image[0]}
 
-    def response_parameters(self) -> dict[str, Any]:
+    def facts(self) -> contract.ClassifierFacts:
         ensemble = self._require_ensemble()
-        return {
-            **self.bundle_parameters(),
-            "threshold": self.manifest.classifier.threshold,
-            "members": json.dumps(ensemble.member_names),
-            "weights": json.dumps([m.spec.weight for m in ensemble.members]),
-            "checkpoints": json.dumps(
-                {m.spec.checkpoint: m.sha256 for m in ensemble.members}
-            ),
-            "device": str(ensemble.device),
-            "backends": json.dumps(ensemble.backends),
-        }
+        return contract.ClassifierFacts(
+            **self.bundle_facts().model_dump(),
+            threshold=self.manifest.classifier.threshold,
+            members=ensemble.member_names,
+            weights=[m.spec.weight for m in ensemble.members],
+            checkpoints={m.spec.checkpoint: m.sha256 for m in ensemble.members},
+            device=str(ensemble.device),
+            backends=ensemble.backends,
+        )
 
     def metadata(self) -> oip.ModelMetadata:
-        members = len(self.manifest.classifier.members)
         return oip.ModelMetadata(
             name=self.name,
             platform="pytorch_timm_ensemble",
-            inputs=[oip.TensorMetadata(name=IMAGE_INPUT, datatype="UINT8", shape=[-1, 1, -1, -1])],
+            inputs=[contract.IMAGE.metadata()],
             outputs=[
-                oip.TensorMetadata(name="abnormal_probability", datatype="FP32", shape=[-1, 1]),
-                oip.TensorMetadata(
-                    name="member_probabilities", datatype="FP32", shape=[-1, members]
+                contract.ABNORMAL_PROBABILITY.metadata(),
+                contract.MEMBER_PROBABILITIES.metadata(
+                    columns=len(self.manifest.classifier.members)
                 ),
-                oip.TensorMetadata(name="abnormal", datatype="BOOL", shape=[-1, 1]),
+                contract.ABNORMAL.metadata(),
             ],
-            parameters=self.response_parameters() if self.ready else {
-                "bundle": self.manifest.name,
-                "bundle_kind": self.manifest.kind.value,
-                "demo": is_demo(self.manifest.kind),
-            },
+            parameters=self.known_facts().to_parameters(),
         )

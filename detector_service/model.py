@@ -4,17 +4,16 @@ Input ``IMAGE``: canonical grey image(s), UINT8 ``[N,1,H,W]`` or ``[N,H,W]``. Ou
 (Triton's NMS naming): ``num_detections`` INT32 ``[N,1]``, ``detection_boxes`` FP32
 ``[N,K,4]`` (x1, y1, x2, y2 in the INPUT image's pixels), ``detection_scores`` FP32
 ``[N,K]``, ``detection_classes`` INT32 ``[N,K]``; rows past ``num_detections`` are
-padding. Class names are in the metadata parameter ``class_names``. The network runs in
+padding. Class names are the fact ``class_names``. The network runs in
 PyTorch (conv+bn fused; CUDA: fp16/bf16) or, on CPU, in ONNX Runtime exported from the
 same checkpoint (``MODEL_BACKEND``); letterbox and NMS are the same torch code for both.
+Tensor names and facts: :mod:`shared.contract`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -29,14 +28,10 @@ from detector_service.yolo import (
     reset_anchor_cache,
     unletterbox_boxes,
 )
-from shared import oip
-from shared.bundle import (
-    is_demo,
-    resolve_checkpoint,
-    sha256_file,
-)
+from shared import contract, oip
+from shared.bundle import resolve_checkpoint, sha256_file
 from shared.device import configure_torch, resolve_device
-from shared.model_server import IMAGE_INPUT, BundleModel
+from shared.model_server import BundleModel
 from shared.onnx_runtime import (
     OnnxRunner,
     choose_backend,
@@ -50,11 +45,9 @@ DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 log = logging.getLogger(__name__)
 
-MODEL_NAME = "spine-detector"
-
 
 class DetectorModel(BundleModel):
-    name = MODEL_NAME
+    name = contract.DETECTOR_MODEL
 
     def __init__(
         self,
@@ -160,37 +153,30 @@ class DetectorModel(BundleModel):
             scores[index, :k] = item["scores"]
             classes[index, :k] = item["classes"]
         return {
-            "num_detections": found,
-            "detection_boxes": boxes,
-            "detection_scores": scores,
-            "detection_classes": classes,
+            contract.NUM_DETECTIONS.name: found,
+            contract.DETECTION_BOXES.name: boxes,
+            contract.DETECTION_SCORES.name: scores,
+            contract.DETECTION_CLASSES.name: classes,
         }
 
-    def response_parameters(self) -> dict[str, Any]:
-        return {
-            **self.bundle_parameters(),
-            "checkpoints": json.dumps({self.spec.checkpoint: self.sha256}),
-            "class_names": json.dumps({str(k): v for k, v in sorted(self.class_names.items())}),
-            "conf": self.spec.conf,
-            "iou": self.spec.iou,
-            "device": str(self.device),
-            "backend": self.backend,
-        }
+    def facts(self) -> contract.DetectorFacts:
+        return contract.DetectorFacts(
+            **self.bundle_facts().model_dump(),
+            checkpoints={self.spec.checkpoint: self.sha256},
+            device=str(self.device),
+            class_names=dict(sorted(self.class_names.items())),
+            conf=self.spec.conf,
+            iou=self.spec.iou,
+            max_det=self.spec.max_det,
+            image_size=self.spec.image_size,
+            backend=self.backend,
+        )
 
     def metadata(self) -> oip.ModelMetadata:
         return oip.ModelMetadata(
             name=self.name,
             platform="pytorch_ultralytics_yolo",
-            inputs=[oip.TensorMetadata(name=IMAGE_INPUT, datatype="UINT8", shape=[-1, 1, -1, -1])],
-            outputs=[
-                oip.TensorMetadata(name="num_detections", datatype="INT32", shape=[-1, 1]),
-                oip.TensorMetadata(name="detection_boxes", datatype="FP32", shape=[-1, -1, 4]),
-                oip.TensorMetadata(name="detection_scores", datatype="FP32", shape=[-1, -1]),
-                oip.TensorMetadata(name="detection_classes", datatype="INT32", shape=[-1, -1]),
-            ],
-            parameters=self.response_parameters() if self.ready else {
-                "bundle": self.manifest.name,
-                "bundle_kind": self.manifest.kind.value,
-                "demo": is_demo(self.manifest.kind),
-            },
+            inputs=[contract.IMAGE.metadata()],
+            outputs=[spec.metadata() for spec in contract.DETECTOR_OUTPUTS],
+            parameters=self.known_facts().to_parameters(),
         )

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import json
 import logging
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
 
 import httpx
 
@@ -23,7 +21,8 @@ from gateway.audit import AuditFacts, AuditLog
 from gateway.fusion import Box, apply_fusion, boxes_from_outputs, diagnose, to_original
 from gateway.metrics import GatewayMetrics
 from gateway.upstream import InferResult, ModelClient, UpstreamError, UpstreamTimeoutError
-from shared import dicom
+from shared import contract, dicom
+from shared.contract import ClassifierFacts, DetectorFacts, ServedFacts
 from shared.schemas import (
     BundleSummary,
     Detection,
@@ -37,10 +36,6 @@ from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
-CLASSIFIER_MODEL = "spine-classifier"
-DETECTOR_MODEL = "spine-detector"
-CLASSIFIER_OUTPUTS = ["abnormal_probability", "member_probabilities", "abnormal"]
-DETECTOR_OUTPUTS = ["num_detections", "detection_boxes", "detection_scores", "detection_classes"]
 # Of the request's deadline, this much is kept for merging and rendering after the models:
 # a detector that is slow gets cut off early enough to still answer 200 with a warning.
 RENDER_RESERVE_S = 1.0
@@ -52,8 +47,8 @@ class Gateway:
 
     settings: Settings
     http: httpx.AsyncClient
-    classifier: ModelClient
-    detector: ModelClient
+    classifier: ModelClient[ClassifierFacts]
+    detector: ModelClient[DetectorFacts]
     decode_pool: ThreadPoolExecutor
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     audit: AuditLog | None = None
@@ -71,14 +66,16 @@ class Gateway:
             settings=settings,
             http=http,
             classifier=ModelClient(
-                "classifier", CLASSIFIER_MODEL, settings.classifier_urls, http,
+                "classifier", contract.CLASSIFIER_MODEL, settings.classifier_urls, http,
                 settings.classifier_timeout_s or settings.upstream_timeout_s,
                 token=token or None, observe=metrics.observe_attempt,
+                facts_type=ClassifierFacts,
             ),
             detector=ModelClient(
-                "detector", DETECTOR_MODEL, settings.detector_urls, http,
+                "detector", contract.DETECTOR_MODEL, settings.detector_urls, http,
                 settings.detector_timeout_s or settings.upstream_timeout_s,
                 token=token or None, observe=metrics.observe_attempt,
+                facts_type=DetectorFacts,
             ),
             decode_pool=ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode"),
             metrics=metrics,
@@ -109,36 +106,17 @@ async def decode(gateway: Gateway, data: bytes) -> tuple[dicom.CanonicalImage, d
         gateway.metrics.decode_seconds.observe(time.perf_counter() - started)
 
 
-def _json_param(parameters: dict[str, Any], key: str, default: Any) -> Any:
-    value = parameters.get(key)
-    if isinstance(value, str):
-        try:
-            return json.loads(value)
-        except ValueError:
-            return default
-    return default if value is None else value
-
-
-def bundle_summary(classifier: dict[str, Any], detector: dict[str, Any] | None) -> BundleSummary:
+def bundle_summary(classifier: ServedFacts, detector: ServedFacts | None) -> BundleSummary:
     """The bundle as both services report it (checkpoints of both, by path)."""
-    checkpoints = dict(_json_param(classifier, "checkpoints", {}))
-    if detector:
-        checkpoints.update(_json_param(detector, "checkpoints", {}))
-    kind = str(classifier.get("bundle_kind", "user"))
+    checkpoints = dict(classifier.checkpoints)
+    if detector is not None:
+        checkpoints.update(detector.checkpoints)
     return BundleSummary(
-        name=str(classifier.get("bundle", "unknown")),
-        kind=kind if kind in ("user", "demo", "untrained") else "user",  # type: ignore[arg-type]
-        demo=bool(classifier.get("demo", False)),
+        name=classifier.name,
+        kind=classifier.kind.value,  # type: ignore[arg-type]
+        demo=classifier.demo,
         checkpoints=checkpoints,
     )
-
-
-def demo_warning_text(bundle: BundleSummary) -> str | None:
-    if bundle.kind == "untrained":
-        return "UNTRAINED model bundle (random weights): these results are meaningless."
-    if bundle.kind == "demo":
-        return "DEMO model bundle trained on synthetic phantoms: not a medical result."
-    return None
 
 
 async def analyze(
@@ -167,10 +145,16 @@ async def analyze(
     image = canonical.pixels[None, None]  # [1, 1, H, W] uint8
     model_deadline = None if deadline is None else deadline - RENDER_RESERVE_S
     classify = asyncio.ensure_future(
-        gateway.classifier.infer({"IMAGE": image}, CLASSIFIER_OUTPUTS, request_id, model_deadline)
+        gateway.classifier.infer(
+            {contract.IMAGE.name: image}, contract.names(contract.CLASSIFIER_OUTPUTS),
+            request_id, model_deadline,
+        )
     )
     detect = asyncio.ensure_future(
-        gateway.detector.infer({"IMAGE": image}, DETECTOR_OUTPUTS, request_id, model_deadline)
+        gateway.detector.infer(
+            {contract.IMAGE.name: image}, contract.names(contract.DETECTOR_OUTPUTS),
+            request_id, model_deadline,
+        )
     )
     try:
         classified = await classify
@@ -186,7 +170,7 @@ async def analyze(
             raise UpstreamTimeoutError("classifier", "no answer in time") from exc
         raise UpstreamError("classifier", f"unexpected failure: {exc!r}") from exc
     try:
-        detected: InferResult | BaseException = await detect
+        detected: InferResult[DetectorFacts] | BaseException = await detect
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - any detector failure degrades to a warning
@@ -194,7 +178,7 @@ async def analyze(
     inferred = time.perf_counter()
 
     warnings = list(canonical.warnings)
-    detector_result: InferResult | None = None
+    detector_result: InferResult[DetectorFacts] | None = None
     if isinstance(detected, InferResult):
         detector_result = detected
     else:
@@ -245,31 +229,27 @@ def merge(
     gateway: Gateway,
     canonical: dicom.CanonicalImage,
     metadata: dicom.DicomMetadata,
-    classified: InferResult,
-    detected: InferResult | None,
+    classified: InferResult[ClassifierFacts],
+    detected: InferResult[DetectorFacts] | None,
     warnings: list[str],
     request_id: str,
 ) -> tuple[UploadResponse, list[Box]]:
     """Build the response (without timings/annotation) and the boxes to draw."""
     settings = gateway.settings
-    params = classified.parameters
-    member_names: list[str] = _json_param(params, "members", [])
-    weights: list[float] = _json_param(params, "weights", [])
-    threshold = float(params.get("threshold", 0.5))
-    probability = float(classified.outputs["abnormal_probability"][0, 0])
-    members = classified.outputs["member_probabilities"][0]
-    diagnosis, confidence = diagnose(probability, threshold)
+    facts = classified.facts
+    probability = float(classified.outputs[contract.ABNORMAL_PROBABILITY.name][0, 0])
+    members = classified.outputs[contract.MEMBER_PROBABILITIES.name][0]
+    diagnosis, confidence = diagnose(probability, facts.threshold)
 
-    bundle = bundle_summary(params, detected.parameters if detected else None)
-    if (text := demo_warning_text(bundle)) is not None:
+    bundle = bundle_summary(facts, detected.facts if detected else None)
+    if (text := facts.demo_warning) is not None:
         warnings.insert(0, text)
 
     detections: list[Detection] | None = None
     drawn: list[Box] = []
     suppressed = 0
     if detected is not None:
-        names = {int(k): v for k, v in _json_param(detected.parameters, "class_names", {}).items()}
-        canonical_boxes = boxes_from_outputs(detected.outputs, names)
+        canonical_boxes = boxes_from_outputs(detected.outputs, detected.facts.class_names)
         drawn, suppressed = apply_fusion(
             canonical_boxes, diagnosis, settings.fusion_mode, settings.fusion_normal_min_confidence
         )
@@ -294,11 +274,11 @@ def merge(
         diagnosis=diagnosis,
         confidence=round(confidence, 6),
         abnormal_probability=round(probability, 6),
-        threshold=threshold,
+        threshold=facts.threshold,
         ensemble_prediction={
-            n: round(float(p), 6) for n, p in zip(member_names, members, strict=False)
+            n: round(float(p), 6) for n, p in zip(facts.members, members, strict=False)
         },
-        ensemble_weights=dict(zip(member_names, weights, strict=False)),
+        ensemble_weights=dict(zip(facts.members, facts.weights, strict=False)),
         detections=detections,
         metadata=DicomSummary(
             patient_id=phi.public_patient_id(
@@ -324,7 +304,7 @@ def merge(
         ),
         fusion=FusionInfo(
             mode=settings.fusion_mode.value,  # type: ignore[arg-type]
-            detector_threshold=float(detected.parameters["conf"]) if detected else None,
+            detector_threshold=detected.facts.conf if detected else None,
             normal_min_confidence=settings.fusion_normal_min_confidence,
             boxes_suppressed=suppressed,
         ),

@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.admission import AdmissionMiddleware
-from gateway.analysis import Gateway, analyze, bundle_summary, decode, demo_warning_text
+from gateway.analysis import Gateway, analyze, bundle_summary, decode
 from gateway.audit import AuditFacts
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import ConcurrencyLimiter, TokenBucketLimiter
@@ -34,6 +34,7 @@ from gateway.security import ApiKeys, docs_page, security_headers
 from gateway.upload import UploadError, read_file_field
 from gateway.upstream import UpstreamError
 from shared import dicom
+from shared.contract import ServedFacts, demo_warning
 from shared.logging import request_id_var
 from shared.observability import (
     REQUEST_ID_HEADER,
@@ -339,14 +340,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         for client in (gateway.classifier, gateway.detector):
             replicas = await client.replica_readiness()
             ready = any(replicas.values())
-            params[client.service] = await client.model_parameters() if ready else None
+            found = params[client.service] = await client.model_parameters() if ready else None
             services[client.service] = ServiceHealth(
                 ready=ready,
                 replicas=replicas,
-                model_bundle=bundle_summary(params[client.service], None)
-                if params[client.service] and "checkpoints" in params[client.service]
+                model_bundle=bundle_summary(ServedFacts.from_parameters(found), None)
+                if found and "checkpoints" in found
                 else None,
-                device=(params[client.service] or {}).get("device"),
+                device=(found or {}).get("device"),
             )
         classifier_ready = services["classifier"].ready
         detector_ready = services["detector"].ready
@@ -361,7 +362,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         demo = any(bool((p or {}).get("demo")) for p in params.values())
         warnings = []
         bundle = services["classifier"].model_bundle
-        if bundle is not None and (text := demo_warning_text(bundle)):
+        if bundle is not None and (text := demo_warning(bundle.kind)):
             warnings.append(text)
         if not detector_ready:
             warnings.append("detector service not ready: uploads get classification only")

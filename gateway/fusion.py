@@ -13,6 +13,7 @@ from typing import Literal
 
 import numpy as np
 
+from shared import contract
 from shared.geometry import canonical_to_original
 from shared.settings import FusionMode
 
@@ -45,10 +46,10 @@ def boxes_from_outputs(
     Boxes with no area (clipped flat against the image edge) are dropped: nothing can
     be drawn or reviewed there.
     """
-    count = int(outputs["num_detections"][index, 0])
-    boxes = outputs["detection_boxes"][index, :count]
-    scores = outputs["detection_scores"][index, :count]
-    classes = outputs["detection_classes"][index, :count]
+    count = int(outputs[contract.NUM_DETECTIONS.name][index, 0])
+    boxes = outputs[contract.DETECTION_BOXES.name][index, :count]
+    scores = outputs[contract.DETECTION_SCORES.name][index, :count]
+    classes = outputs[contract.DETECTION_CLASSES.name][index, :count]
     return [
         Box(
             class_id=int(cls),

@@ -21,12 +21,12 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 import numpy as np
 
-from shared import oip
+from shared import contract, oip
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,8 @@ CONNECT_TIMEOUT_S = 2.0
 # Observer of every attempt: (service, outcome, seconds). Outcomes: ok, timeout,
 # unreachable, unavailable (503), error (other status), malformed.
 AttemptObserver = Callable[[str, str, float], None]
+# The facts a model's infer responses carry (shared.contract), decoded on arrival.
+F = TypeVar("F", bound=contract.ServedFacts)
 
 
 class UpstreamError(RuntimeError):
@@ -69,22 +71,23 @@ class Replica:
 
 
 @dataclass
-class InferResult:
+class InferResult(Generic[F]):
     outputs: dict[str, np.ndarray]
-    parameters: dict[str, Any]
+    facts: F
     elapsed_ms: float
     replica: str
 
 
 @dataclass
-class ModelClient:
-    """Calls one model (by OIP name) on any of its replicas."""
+class ModelClient(Generic[F]):
+    """Calls one model (by OIP name) on any of its replicas; ``facts_type`` decodes its answers."""
 
     service: str
     model_name: str
     urls: list[str]
     http: httpx.AsyncClient
     timeout_s: float
+    facts_type: type[F] = field(kw_only=True)
     token: str | None = None
     observe: AttemptObserver | None = None
     replicas: list[Replica] = field(init=False)
@@ -154,7 +157,7 @@ class ModelClient:
         outputs: list[str],
         request_id: str,
         deadline: float | None = None,
-    ) -> InferResult:
+    ) -> InferResult[F]:
         """Outputs of one infer; ``deadline`` is a ``time.monotonic()`` time or None."""
         await self._refresh_dns()
         tried: set[str] = set()
@@ -174,7 +177,7 @@ class ModelClient:
             # Triton's "timeout" parameter (us): the server drops the image past it.
             body, headers = oip.encode_request(
                 inputs, outputs=outputs, request_id=request_id,
-                parameters={"timeout": int(budget * 1e6)},
+                parameters={contract.TIMEOUT_PARAMETER: int(budget * 1e6)},
             )
             headers.update({"X-Request-ID": request_id, **self._headers()})
             attempt_started = time.perf_counter()
@@ -217,23 +220,33 @@ class ModelClient:
                 raise UpstreamError(
                     self.service, f"HTTP {response.status_code}: {_error_text(response)}"
                 )
-            header_length = response.headers.get(oip.HEADER_LENGTH)
             try:
-                decoded, tensors = oip.decode_response(
-                    response.content, int(header_length) if header_length else None
-                )
-            except (oip.OipError, ValueError) as exc:
+                tensors, facts = self._decode(response, outputs)
+            except (oip.OipError, ValueError) as exc:  # contract.ContractError included
                 self._note("malformed", attempt_started)
                 raise UpstreamError(self.service, f"malformed response: {exc}") from exc
             self._note("ok", attempt_started)
             return InferResult(
                 outputs=tensors,
-                parameters=decoded.parameters,
+                facts=facts,
                 elapsed_ms=(time.perf_counter() - started) * 1000,
                 replica=replica.url,
             )
         retry_after = 1 if "overloaded" in last_problem else 5
         raise UpstreamUnavailableError(self.service, last_problem, retry_after)
+
+    def _decode(
+        self, response: httpx.Response, outputs: list[str]
+    ) -> tuple[dict[str, np.ndarray], F]:
+        """The asked-for tensors and the model's facts, or OipError/ContractError."""
+        header_length = response.headers.get(oip.HEADER_LENGTH)
+        decoded, tensors = oip.decode_response(
+            response.content, int(header_length) if header_length else None
+        )
+        missing = [name for name in outputs if name not in tensors]
+        if missing:
+            raise oip.OipError(f"outputs {missing} missing from the answer")
+        return tensors, self.facts_type.from_parameters(decoded.parameters)
 
     async def replica_readiness(self) -> dict[str, bool]:
         """``url -> ready`` for every replica, asked concurrently with a short timeout."""

@@ -174,17 +174,3 @@ def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
 def is_demo(kind: BundleKind) -> bool:
     return kind is not BundleKind.USER
 
-
-def demo_warning(kind: BundleKind) -> str | None:
-    """The warning every response carries when the weights are not a real medical model."""
-    if kind is BundleKind.UNTRAINED:
-        return (
-            "UNTRAINED bundle: random weights, the results are meaningless; serve a real "
-            "bundle with --model-dir / MODEL_DIR"
-        )
-    if kind is BundleKind.DEMO:
-        return (
-            "DEMO bundle trained on synthetic phantoms: not a medical model; serve your own "
-            "checkpoints with --model-dir / MODEL_DIR"
-        )
-    return None

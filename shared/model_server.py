@@ -32,9 +32,9 @@ from prometheus_client import (
     generate_latest,
 )
 
-from shared import oip
+from shared import contract, oip
 from shared.batching import BatchStats, DeadlineExceededError, DynamicBatcher, QueueFullError
-from shared.bundle import BundleManifest, demo_warning, is_demo, load_manifest
+from shared.bundle import BundleManifest, load_manifest
 from shared.observability import (
     ASGIApp,
     ClientDisconnectedError,
@@ -50,10 +50,6 @@ from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-IMAGE_INPUT = "IMAGE"
-# Triton's request parameter: the caller's remaining time, in microseconds. The gateway
-# sends it so that an image whose caller has given up is dropped, not computed.
-TIMEOUT_PARAMETER = "timeout"
 # Probes and scrapes stay open when INTERNAL_TOKEN is set (kubelet and Prometheus).
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
 
@@ -65,18 +61,18 @@ class InputError(ValueError):
 def split_images(array: np.ndarray) -> list[np.ndarray]:
     """UINT8 ``[N,1,H,W]`` or ``[N,H,W]`` -> N contiguous ``(H, W)`` images."""
     if array.dtype != np.uint8:
-        raise InputError(f"{IMAGE_INPUT} must be UINT8, got {array.dtype}")
+        raise InputError(f"{contract.IMAGE.name} must be UINT8, got {array.dtype}")
     if array.ndim == 4 and array.shape[1] == 1:
         array = array[:, 0]
     if array.ndim != 3:
         raise InputError(
-            f"{IMAGE_INPUT} must have shape [N,1,H,W] or [N,H,W], got {list(array.shape)}"
+            f"{contract.IMAGE.name} must have shape [N,1,H,W] or [N,H,W], got {list(array.shape)}"
         )
     n, height, width = array.shape
     if n < 1 or height < 8 or width < 8:
-        raise InputError(f"{IMAGE_INPUT} shape {list(array.shape)} is too small")
+        raise InputError(f"{contract.IMAGE.name} shape {list(array.shape)} is too small")
     if height * width > 64 * 1024 * 1024:
-        raise InputError(f"{IMAGE_INPUT} of {height}x{width} is too large")
+        raise InputError(f"{contract.IMAGE.name} of {height}x{width} is too large")
     return [np.ascontiguousarray(image) for image in array]
 
 
@@ -84,7 +80,6 @@ class BatchedModel(ABC):
     """Lifecycle: ``load()`` once (blocking), then ``predict_batch`` on lists of images."""
 
     name: str
-    platform: str = "pytorch"
 
     def __init__(self) -> None:
         self.ready = False
@@ -114,8 +109,8 @@ class BatchedModel(ABC):
 class BundleModel(BatchedModel):
     """A model served from a bundle folder: what both model services share.
 
-    Holds the manifest, device and thread settings, and the bundle facts (name, kind,
-    demo flag) that every metadata answer and infer response carries.
+    Holds the manifest, device and thread settings, and the bundle facts
+    (:mod:`shared.contract`) that every metadata answer and infer response carries.
     """
 
     def __init__(
@@ -132,21 +127,25 @@ class BundleModel(BatchedModel):
         self.settings = settings or get_settings()
         self.manifest: BundleManifest = load_manifest(model_dir)
 
-    def bundle_parameters(self) -> dict[str, Any]:
-        return {
-            "bundle": self.manifest.name,
-            "bundle_kind": self.manifest.kind.value,
-            "demo": is_demo(self.manifest.kind),
-        }
+    def bundle_facts(self) -> contract.BundleFacts:
+        """What the manifest says; known before the checkpoints load."""
+        return contract.BundleFacts(name=self.manifest.name, kind=self.manifest.kind)
 
-    def metadata_parameters(self) -> dict[str, Any]:
-        """Full facts once loaded; before that only what the manifest says."""
-        return self.response_parameters() if self.ready else self.bundle_parameters()
+    @abstractmethod
+    def facts(self) -> contract.ServedFacts:
+        """The loaded model's facts (checkpoint hashes, device, ...); only once loaded."""
+
+    def known_facts(self) -> contract.BundleFacts:
+        """What the metadata answer reports: full facts once loaded, the manifest's before."""
+        return self.facts() if self.ready else self.bundle_facts()
+
+    def response_parameters(self) -> dict[str, Any]:
+        return self.facts().to_parameters()
 
     def warn_if_demo(self) -> None:
-        warning = demo_warning(self.manifest.kind)
+        warning = self.bundle_facts().demo_warning
         if warning:
-            log.warning(warning)
+            log.warning("%s Serve your own checkpoints with --model-dir / MODEL_DIR.", warning)
 
 
 class _Metrics:
@@ -278,7 +277,7 @@ class InternalTokenMiddleware:
 
 def _caller_timeout_s(parameters: dict[str, Any]) -> float | None:
     """Triton's ``timeout`` request parameter (microseconds) in seconds, if usable."""
-    value = parameters.get(TIMEOUT_PARAMETER)
+    value = parameters.get(contract.TIMEOUT_PARAMETER)
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
         return None
     return float(value) / 1e6
@@ -411,9 +410,9 @@ def create_model_app(
             raw_length = request.headers.get(oip.HEADER_LENGTH)
             header_length = int(raw_length) if raw_length is not None else None
             infer_request, tensors = oip.decode_request(body, header_length)
-            if IMAGE_INPUT not in tensors:
-                raise InputError(f"missing input tensor {IMAGE_INPUT!r}")
-            images = split_images(tensors[IMAGE_INPUT])
+            if contract.IMAGE.name not in tensors:
+                raise InputError(f"missing input tensor {contract.IMAGE.name!r}")
+            images = split_images(tensors[contract.IMAGE.name])
         except (ValueError, oip.OipError) as exc:
             metrics.failure.labels(**metrics.labels, reason="bad_request").inc()
             return _error(400, str(exc))

@@ -97,12 +97,6 @@ class InferenceResponse(BaseModel):
     outputs: list[ResponseOutput]
 
 
-class ServerError(BaseModel):
-    """The protocol's error body: ``{"error": "..."}``."""
-
-    error: str
-
-
 def datatype_of(array: np.ndarray) -> str:
     """The v2 datatype name of a numpy array (``BYTES`` for object/str arrays)."""
     if array.dtype.kind in ("O", "S", "U"):

@@ -1,0 +1,172 @@
+"""The wire contract between the gateway and the two model services (torch-free).
+
+Model names, tensor names with their datatypes and shapes, and the bundle facts that
+each model service reports in its OIP ``parameters`` (metadata and every infer
+response) are defined here once; the services encode facts with ``to_parameters`` and
+the gateway decodes them with ``from_parameters``, so neither side spells a key.
+
+Encoding: OIP parameter values are bool, number or string, so scalar facts travel as
+themselves and structured facts (lists, maps) as JSON text. Decoding accepts every
+value as a string too, so the same facts can later be written as Triton model-config
+``parameters`` (string values only). A missing or ill-typed fact is a
+:class:`ContractError` naming it: nothing is defaulted on the receiving side.
+
+The Normal/Abnormal decision is made once, by the classifier service next to its
+bundle's threshold, and travels as the ``abnormal`` output; the gateway reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from shared import oip
+from shared.bundle import BundleKind, is_demo
+
+CLASSIFIER_MODEL = "spine-classifier"
+DETECTOR_MODEL = "spine-detector"
+# Triton's request parameter: the caller's remaining time in microseconds. The gateway
+# sends it so that a model server drops an image whose caller has given up.
+TIMEOUT_PARAMETER = "timeout"
+
+DEMO_WARNINGS: dict[BundleKind, str] = {
+    BundleKind.UNTRAINED: "UNTRAINED model bundle (random weights): these results are meaningless.",
+    BundleKind.DEMO: "DEMO model bundle trained on synthetic phantoms: not a medical result.",
+}
+
+ParameterValue = str | int | float | bool
+
+
+def demo_warning(kind: BundleKind | str) -> str | None:
+    """The warning every answer carries when the weights are not a real medical model."""
+    return DEMO_WARNINGS.get(BundleKind(kind))
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of the contract; ``-1`` is a dimension of any size."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+    def metadata(self, *, columns: int | None = None) -> oip.TensorMetadata:
+        """OIP tensor metadata; ``columns`` pins a variable last axis (member count)."""
+        shape = list(self.shape)
+        if columns is not None:
+            shape[-1] = columns
+        return oip.TensorMetadata(name=self.name, datatype=self.datatype, shape=shape)
+
+
+# Input of both models: the canonical grey image(s).
+IMAGE = TensorSpec("IMAGE", "UINT8", (-1, 1, -1, -1))
+
+# Classifier outputs, one row per image.
+ABNORMAL_PROBABILITY = TensorSpec("abnormal_probability", "FP32", (-1, 1))
+MEMBER_PROBABILITIES = TensorSpec("member_probabilities", "FP32", (-1, -1))  # columns: members
+ABNORMAL = TensorSpec("abnormal", "BOOL", (-1, 1))  # the decision: score > threshold
+CLASSIFIER_OUTPUTS = (ABNORMAL_PROBABILITY, MEMBER_PROBABILITIES, ABNORMAL)
+
+# Detector outputs (Triton's NMS naming); rows past num_detections are padding.
+NUM_DETECTIONS = TensorSpec("num_detections", "INT32", (-1, 1))
+DETECTION_BOXES = TensorSpec("detection_boxes", "FP32", (-1, -1, 4))  # x1, y1, x2, y2
+DETECTION_SCORES = TensorSpec("detection_scores", "FP32", (-1, -1))
+DETECTION_CLASSES = TensorSpec("detection_classes", "INT32", (-1, -1))
+DETECTOR_OUTPUTS = (NUM_DETECTIONS, DETECTION_BOXES, DETECTION_SCORES, DETECTION_CLASSES)
+
+
+def names(specs: tuple[TensorSpec, ...]) -> list[str]:
+    return [spec.name for spec in specs]
+
+
+class ContractError(ValueError):
+    """Parameters that lack a fact the contract promises, or carry it ill-typed."""
+
+
+def _is_structured(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (list, dict, tuple)
+
+
+class BundleFacts(BaseModel):
+    """What the manifest says about the bundle: known before the checkpoints load."""
+
+    model_config = ConfigDict(frozen=True, populate_by_name=True, extra="ignore")
+
+    name: str = Field(alias="bundle")
+    kind: BundleKind = Field(alias="bundle_kind")
+
+    @property
+    def demo(self) -> bool:
+        """Anything but the user's own weights is labelled not-medical."""
+        return is_demo(self.kind)
+
+    @property
+    def demo_warning(self) -> str | None:
+        return demo_warning(self.kind)
+
+    def to_parameters(self) -> dict[str, ParameterValue]:
+        """OIP ``parameters``: scalars as themselves, lists and maps as JSON text."""
+        encoded: dict[str, ParameterValue] = {}
+        for key, value in self.model_dump(by_alias=True, mode="json").items():
+            encoded[key] = json.dumps(value) if isinstance(value, list | dict) else value
+        encoded["demo"] = self.demo  # derived from the kind; sent for plain OIP clients
+        return encoded
+
+    @classmethod
+    def from_parameters(cls, parameters: Mapping[str, Any]) -> Self:
+        """The facts from OIP (or Triton string) parameters; ContractError if incomplete."""
+        data = dict(parameters)
+        for name, field in cls.model_fields.items():
+            key = field.alias or name
+            value = data.get(key)
+            if isinstance(value, str) and _is_structured(field.annotation):
+                try:
+                    data[key] = json.loads(value)
+                except ValueError as exc:
+                    raise ContractError(f"{cls.__name__}: {key!r} is not JSON: {exc}") from exc
+        try:
+            return cls.model_validate(data)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+                for error in exc.errors()
+            )
+            raise ContractError(f"{cls.__name__}: {problems}") from exc
+
+
+class ServedFacts(BundleFacts):
+    """Facts every loaded model service reports: its checkpoints and device."""
+
+    checkpoints: dict[str, str] = Field(description="checkpoint path -> sha256")
+    device: str
+
+
+class ClassifierFacts(ServedFacts):
+    """The ensemble as loaded: members in output column order, weights, threshold."""
+
+    threshold: float = Field(ge=0, le=1, description="Abnormal iff score > threshold")
+    members: list[str] = Field(min_length=1)
+    weights: list[float]
+    backends: dict[str, str] = Field(description="member -> torch | onnx")
+
+    @model_validator(mode="after")
+    def _one_weight_per_member(self) -> ClassifierFacts:
+        if len(self.weights) != len(self.members):
+            raise ValueError(f"{len(self.weights)} weights for {len(self.members)} members")
+        return self
+
+
+class DetectorFacts(ServedFacts):
+    """The detector as loaded: its classes and the thresholds its boxes passed."""
+
+    class_names: dict[int, str]
+    conf: float = Field(ge=0, le=1)
+    iou: float = Field(ge=0, le=1)
+    max_det: int = Field(ge=1)
+    image_size: int = Field(gt=0)
+    backend: str
