@@ -77,6 +77,11 @@ def weighted_vote(member_probabilities: np.ndarray, weights: np.ndarray) -> np.n
     return member_probabilities @ (weights / weights.sum())
 
 
+def decide(scores: np.ndarray, threshold: float) -> np.ndarray:
+    """The Normal/Abnormal call, made here only: Abnormal iff score > threshold (strict)."""
+    return np.asarray(scores) > threshold
+
+
 def compute_dtype(device: torch.device, precision: str) -> torch.dtype:
     """CPU always computes fp32; CUDA uses ``precision`` (``auto`` = fp16)."""
     if device.type != "cuda":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from classifier_service.ensemble import Ensemble
+from classifier_service.ensemble import Ensemble, decide
 from shared import contract, oip
 from shared.device import configure_torch, resolve_device
 from shared.model_server import BundleModel
@@ -64,7 +64,7 @@ class ClassifierModel(BundleModel):
     def predict_batch(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         ensemble = self._require_ensemble()
         scores, members = ensemble.predict(images)
-        abnormal = scores > self.manifest.classifier.threshold
+        abnormal = decide(scores, self.manifest.classifier.threshold)
         return [
             {
                 contract.ABNORMAL_PROBABILITY.name: np.array([score], dtype=np.float32),

@@ -239,7 +239,9 @@ def merge(
     facts = classified.facts
     probability = float(classified.outputs[contract.ABNORMAL_PROBABILITY.name][0, 0])
     members = classified.outputs[contract.MEMBER_PROBABILITIES.name][0]
-    diagnosis, confidence = diagnose(probability, facts.threshold)
+    # The classifier made the call (next to its threshold); it is read, never recomputed.
+    abnormal = bool(classified.outputs[contract.ABNORMAL.name][0, 0])
+    diagnosis, confidence = diagnose(abnormal, probability)
 
     bundle = bundle_summary(facts, detected.facts if detected else None)
     if (text := facts.demo_warning) is not None:

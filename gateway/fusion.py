@@ -31,9 +31,9 @@ class Box:
     y2: float
 
 
-def diagnose(probability: float, threshold: float) -> tuple[Diagnosis, float]:
-    """Abnormal iff probability > threshold; confidence is that of the stated call."""
-    if probability > threshold:
+def diagnose(abnormal: bool, probability: float) -> tuple[Diagnosis, float]:
+    """The classifier's call in words, with the confidence of that call."""
+    if abnormal:
         return "Abnormal", probability
     return "Normal", 1.0 - probability
 

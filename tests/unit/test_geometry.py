@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from classifier_service.ensemble import decide
 from detector_service.yolo import letterbox_batch, letterbox_geometry, unletterbox_boxes
 from gateway.fusion import Box, apply_fusion, diagnose, to_original
 from shared.geometry import canonical_to_original
@@ -45,8 +46,10 @@ def test_mapping_to_original_pixels_clips_to_the_image() -> None:
 
 
 def test_diagnosis_threshold_is_strict() -> None:
-    assert diagnose(0.449, 0.449) == ("Normal", pytest.approx(0.551))
-    assert diagnose(0.45, 0.449) == ("Abnormal", 0.45)
+    # The classifier service decides; the gateway only words its call.
+    assert decide(np.array([0.449, 0.45]), 0.449).tolist() == [False, True]
+    assert diagnose(False, 0.449) == ("Normal", pytest.approx(0.551))
+    assert diagnose(True, 0.45) == ("Abnormal", 0.45)
 
 
 def test_fusion_rules() -> None:
