@@ -7,8 +7,8 @@ of member probabilities; Abnormal iff score > threshold. Training code uses the 
 ``preprocess`` so train and serve see identical tensors.
 
 The member networks run in PyTorch (CUDA: fp16/bf16 + channels_last) or, on CPU, in
-ONNX Runtime exported from the same checkpoint (``shared.onnx_runtime``); preprocessing
-is the same torch code for both, so only the network's executor differs.
+ONNX Runtime exported from the same checkpoint (``shared.serving.onnx_runtime``);
+preprocessing is the same torch code for both, so only the network's executor differs.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch import nn
 
 from classifier_service.checkpoints import load_classifier
 from shared.bundle import ClassifierSpec, MemberSpec, resolve_checkpoint, sha256_file
-from shared.onnx_runtime import OnnxOptions, OnnxRunner, release_freed_memory, try_onnx
+from shared.serving.onnx_runtime import OnnxOptions, OnnxRunner, release_freed_memory, try_onnx
 
 log = logging.getLogger(__name__)
 

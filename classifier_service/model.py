@@ -18,9 +18,9 @@ import numpy as np
 
 from classifier_service.ensemble import Ensemble, decide
 from shared import contract, oip
-from shared.device import configure_torch, resolve_device
-from shared.model_server import BundleModel
-from shared.onnx_runtime import choose_backend, options_from_settings
+from shared.serving.app import BundleModel
+from shared.serving.device import configure_torch, resolve_device
+from shared.serving.onnx_runtime import choose_backend, options_from_settings
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)

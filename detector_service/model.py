@@ -30,9 +30,9 @@ from detector_service.yolo import (
 )
 from shared import contract, oip
 from shared.bundle import resolve_checkpoint, sha256_file
-from shared.device import configure_torch, resolve_device
-from shared.model_server import BundleModel
-from shared.onnx_runtime import (
+from shared.serving.app import BundleModel
+from shared.serving.device import configure_torch, resolve_device
+from shared.serving.onnx_runtime import (
     OnnxRunner,
     choose_backend,
     options_from_settings,

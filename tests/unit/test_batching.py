@@ -6,7 +6,12 @@ import time
 
 import pytest
 
-from shared.batching import BatchStats, DeadlineExceededError, DynamicBatcher, QueueFullError
+from shared.serving.batching import (
+    BatchStats,
+    DeadlineExceededError,
+    DynamicBatcher,
+    QueueFullError,
+)
 
 
 async def test_concurrent_items_share_a_batch_and_get_their_own_result() -> None:

@@ -33,7 +33,6 @@ from prometheus_client import (
 )
 
 from shared import contract, oip
-from shared.batching import BatchStats, DeadlineExceededError, DynamicBatcher, QueueFullError
 from shared.bundle import BundleManifest, load_manifest
 from shared.observability import (
     ASGIApp,
@@ -45,6 +44,12 @@ from shared.observability import (
     Send,
     send_json,
     unless_disconnected,
+)
+from shared.serving.batching import (
+    BatchStats,
+    DeadlineExceededError,
+    DynamicBatcher,
+    QueueFullError,
 )
 from shared.settings import Settings, get_settings
 
