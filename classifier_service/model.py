@@ -18,8 +18,8 @@ import numpy as np
 
 from classifier_service.ensemble import Ensemble, decide
 from shared import contract, oip
-from shared.serving.app import BundleModel
 from shared.serving.device import configure_torch, resolve_device
+from shared.serving.lifecycle import BundleModel
 from shared.serving.onnx_runtime import choose_backend, options_from_settings
 from shared.settings import Settings
 

@@ -30,8 +30,8 @@ from detector_service.yolo import (
 )
 from shared import contract, oip
 from shared.bundle import resolve_checkpoint, sha256_file
-from shared.serving.app import BundleModel
 from shared.serving.device import configure_torch, resolve_device
+from shared.serving.lifecycle import BundleModel
 from shared.serving.onnx_runtime import (
     OnnxRunner,
     choose_backend,

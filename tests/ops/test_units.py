@@ -133,7 +133,7 @@ def test_gpu_memory_gauges_read_torch_cuda_when_present(monkeypatch: pytest.Monk
 
     from prometheus_client import generate_latest
 
-    from shared.serving.app import _Metrics
+    from shared.serving.metrics import ModelMetrics
 
     cuda = SimpleNamespace(
         is_available=lambda: True, device_count=lambda: 1,
@@ -142,7 +142,7 @@ def test_gpu_memory_gauges_read_torch_cuda_when_present(monkeypatch: pytest.Monk
         memory_allocated=lambda i: 7 * 2**30,
     )
     monkeypatch.setitem(sys.modules, "torch", SimpleNamespace(cuda=cuda))
-    metrics = _Metrics("m")
+    metrics = ModelMetrics("m")
     metrics.observe_gpus()
     values = {
         line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])

@@ -1,0 +1,115 @@
+"""The model object and its lifecycle, KServe-style: load once, then ready, then predict.
+
+A model service is one :class:`BatchedModel` (in practice a :class:`BundleModel`, served
+from a bundle folder) inside the OIP app of :mod:`shared.serving.app`. ``load()`` runs
+in a background thread at start-up, so ``/v2/health/live`` answers at once and
+``ready`` turns true only once the checkpoints are loaded and warmed up.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from shared import contract, oip
+from shared.bundle import BundleManifest, load_manifest
+from shared.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+class BatchedModel(ABC):
+    """Lifecycle: ``load()`` once (blocking), then ``predict_batch`` on lists of images."""
+
+    name: str
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.load_error: str | None = None
+        self.load_seconds: float | None = None
+
+    def load_in_background(self) -> threading.Thread:
+        """Start ``load()`` in a thread; ``ready`` turns true, or ``load_error`` says why not."""
+        thread = threading.Thread(target=self._load_and_report, name="model-load", daemon=True)
+        thread.start()
+        return thread
+
+    def _load_and_report(self) -> None:
+        started = time.perf_counter()
+        try:
+            self.load()
+        except Exception as exc:  # noqa: BLE001 - reported through readiness and the log
+            self.load_error = str(exc)
+            log.error("model %s failed to load: %s", self.name, exc)
+            return
+        self.load_seconds = time.perf_counter() - started
+        self.ready = True
+        log.info("model %s ready in %.1f s", self.name, self.load_seconds)
+
+    @abstractmethod
+    def load(self) -> None:
+        """Read checkpoints, move to the device, warm up. Raise with a clear message."""
+
+    @abstractmethod
+    def metadata(self) -> oip.ModelMetadata: ...
+
+    @abstractmethod
+    def predict_batch(self, images: list[np.ndarray]) -> Sequence[dict[str, np.ndarray]]:
+        """One forward pass over single-channel uint8 images of any sizes."""
+
+    @abstractmethod
+    def merge_outputs(self, per_image: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+        """Per-image outputs of one request -> the request's output tensors."""
+
+    def response_parameters(self) -> dict[str, Any]:
+        """Facts every infer response carries (bundle name, kind, checkpoint hashes)."""
+        return {}
+
+
+class BundleModel(BatchedModel):
+    """A model served from a bundle folder: what both model services share.
+
+    Holds the manifest, device and thread settings, and the bundle facts
+    (:mod:`shared.contract`) that every metadata answer and infer response carries.
+    """
+
+    def __init__(
+        self,
+        model_dir: Path,
+        device: str = "auto",
+        torch_threads: int = 0,
+        settings: Settings | None = None,
+    ) -> None:
+        super().__init__()
+        self.model_dir = model_dir
+        self.device_setting = device
+        self.torch_threads = torch_threads
+        self.settings = settings or get_settings()
+        self.manifest: BundleManifest = load_manifest(model_dir)
+
+    def bundle_facts(self) -> contract.BundleFacts:
+        """What the manifest says; known before the checkpoints load."""
+        return contract.BundleFacts(name=self.manifest.name, kind=self.manifest.kind)
+
+    @abstractmethod
+    def facts(self) -> contract.ServedFacts:
+        """The loaded model's facts (checkpoint hashes, device, ...); only once loaded."""
+
+    def known_facts(self) -> contract.BundleFacts:
+        """What the metadata answer reports: full facts once loaded, the manifest's before."""
+        return self.facts() if self.ready else self.bundle_facts()
+
+    def response_parameters(self) -> dict[str, Any]:
+        return self.facts().to_parameters()
+
+    def warn_if_demo(self) -> None:
+        warning = self.bundle_facts().demo_warning
+        if warning:
+            log.warning("%s Serve your own checkpoints with --model-dir / MODEL_DIR.", warning)
