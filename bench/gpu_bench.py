@@ -94,12 +94,11 @@ def bare_rates(model_dir: Path, batches: list[int], precision: str, device_name:
     from classifier_service.checkpoints import load_classifier
     from detector_service.yolo import load_yolo
     from shared.bundle import load_manifest, resolve_checkpoint
+    from shared.serving.dtypes import compute_dtype
 
     torch.backends.cudnn.benchmark = True
     device = torch.device(device_name)
-    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
-    if device.type == "cpu":
-        dtype = torch.float32
+    dtype = compute_dtype(device, precision)
     manifest = load_manifest(model_dir)
     rates: dict[str, dict[int, float | None]] = {}
     for spec in manifest.classifier.members:

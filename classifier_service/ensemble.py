@@ -24,12 +24,12 @@ from torch import nn
 
 from classifier_service.checkpoints import load_classifier
 from shared.bundle import ClassifierSpec, MemberSpec, resolve_checkpoint, sha256_file
+from shared.serving.dtypes import compute_dtype
 from shared.serving.onnx_runtime import OnnxOptions, OnnxRunner, release_freed_memory, try_onnx
 
 log = logging.getLogger(__name__)
 
 PROBABILITY_ATOL = 1e-4
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def to_device_batch(images: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
@@ -80,13 +80,6 @@ def weighted_vote(member_probabilities: np.ndarray, weights: np.ndarray) -> np.n
 def decide(scores: np.ndarray, threshold: float) -> np.ndarray:
     """The Normal/Abnormal call, made here only: Abnormal iff score > threshold (strict)."""
     return np.asarray(scores) > threshold
-
-
-def compute_dtype(device: torch.device, precision: str) -> torch.dtype:
-    """CPU always computes fp32; CUDA uses ``precision`` (``auto`` = fp16)."""
-    if device.type != "cuda":
-        return torch.float32
-    return DTYPES.get(precision, torch.float16)
 
 
 def check_images() -> list[np.ndarray]:

@@ -31,6 +31,7 @@ from detector_service.yolo import (
 from shared import contract, oip
 from shared.bundle import resolve_checkpoint, sha256_file
 from shared.serving.device import configure_torch, resolve_device
+from shared.serving.dtypes import compute_dtype
 from shared.serving.lifecycle import BundleModel
 from shared.serving.onnx_runtime import (
     OnnxRunner,
@@ -40,8 +41,6 @@ from shared.serving.onnx_runtime import (
     try_onnx,
 )
 from shared.settings import Settings
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +85,7 @@ class DetectorModel(BundleModel):
             del network
             release_freed_memory()
         else:
-            if self.device.type == "cuda":
-                self.dtype = DTYPES.get(self.settings.model_precision, torch.float16)
+            self.dtype = compute_dtype(self.device, self.settings.model_precision)
             self.network = network.to(self.device).to(self.dtype)
         self.warn_if_demo()
         self.predict_batch([np.zeros((64, 48), dtype=np.uint8)])  # warm-up before ready
