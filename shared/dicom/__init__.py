@@ -9,14 +9,9 @@ This module is the one public facade; everything else in the package is an
 implementation detail (tests of internals may import the submodules).
 """
 
-from shared.dicom.decode import (
-    CanonicalImage,
-    DicomMetadata,
-    decodable_transfer_syntaxes,
-    decode_dicom,
-    encode_png,
-)
+from shared.dicom.decode import CanonicalImage, DicomMetadata, decode_dicom, encode_png
 from shared.dicom.errors import DicomError, NotDicomError, UnsupportedDicomError
+from shared.dicom.probes import decodable_transfer_syntaxes
 
 __all__ = [
     "CanonicalImage",

@@ -29,10 +29,8 @@ trained on greyscale radiographs.
 
 from __future__ import annotations
 
-import base64
 import re
 from dataclasses import dataclass
-from functools import cache
 
 import cv2
 import numpy as np
@@ -41,7 +39,6 @@ from pydicom.uid import UID, UID_dictionary
 
 from shared.dicom.codecs import (
     COMPRESSED_SYNTAXES,
-    NATIVE_SYNTAXES,
     SUPPORTED_SYNTAXES,
     PixelGeometry,
     decode_frame,
@@ -59,7 +56,6 @@ __all__ = [
     "DicomMetadata",
     "NotDicomError",
     "UnsupportedDicomError",
-    "decodable_transfer_syntaxes",
     "decode_dicom",
     "encode_png",
 ]
@@ -184,15 +180,6 @@ def _pixel_data(ds: Dataset) -> tuple[bytes, bool, str]:
     return bytes(value), bool(element.is_undefined_length), str(element.VR)
 
 
-def _check_native_length(pixel_data: bytes, geometry: PixelGeometry) -> None:
-    expected = geometry.rows * geometry.columns * (geometry.bits_allocated // 8)
-    if len(pixel_data) < expected:
-        raise NotDicomError(
-            f"The Pixel Data is truncated: {len(pixel_data)} bytes where a "
-            f"{geometry.columns}x{geometry.rows} image needs {expected}."
-        )
-
-
 # ----------------------------------------------------------------- decode
 
 
@@ -223,8 +210,6 @@ def decode_dicom(
     geometry = header.geometry
     pixel_data, encapsulated, vr = _pixel_data(ds)
     syntax, notes = _resolve_syntax(ds, parsed.transfer_syntax, encapsulated)
-    if syntax in NATIVE_SYNTAXES:
-        _check_native_length(pixel_data, geometry)
     little_endian = parsed.deflated or ds.original_encoding[1] is not False
     size = canonical_size(geometry.rows, geometry.columns, long_side)
     decoded = decode_frame(
@@ -235,8 +220,6 @@ def decode_dicom(
         vr=vr,
         j2k_target=size if reduced_j2k else None,
     )
-    if decoded.pixels.shape != (geometry.rows, geometry.columns) and decoded.reduce == 0:
-        raise NotDicomError("The decoded image does not have the size the header declares.")
     spec = read_render_spec(ds, geometry, little_endian)
     grey, render_warnings = render(decoded.pixels, spec, approximate=decoded.reduce > 0)
     pixels = resize_to(grey, size, j2k_reduce=decoded.reduce)
@@ -251,53 +234,6 @@ def decode_dicom(
         warnings=(*header.notes, *notes, *render_warnings),
     )
     return canonical, _metadata(ds, geometry, syntax)
-
-
-# ------------------------------------------------------------ capabilities
-
-
-def _probe(uid: UID) -> bool:
-    """Decode the embedded sample for `uid` through the real path and check the pixels."""
-    from shared.dicom import probes as dicom_probes
-
-    probe = dicom_probes.PROBES.get(str(uid))
-    if probe is None:
-        return False
-    geometry = PixelGeometry(
-        rows=probe.rows,
-        columns=probe.columns,
-        bits_allocated=probe.bits_allocated,
-        bits_stored=probe.bits_stored,
-        signed=False,
-        photometric="MONOCHROME2",
-    )
-    from pydicom.encaps import encapsulate
-
-    frame = base64.b64decode(probe.frame_b64)
-    try:
-        decoded = decode_frame(uid, encapsulate([frame]), geometry)
-    except DicomError:
-        return False
-    expected = dicom_probes.expected_pixels(probe)
-    got = decoded.pixels.astype(np.int64)
-    if got.shape != expected.shape:
-        return False
-    return float(np.abs(got - expected).max()) <= probe.tolerance
-
-
-@cache
-def decodable_transfer_syntaxes() -> dict[str, bool]:
-    """UID name -> whether this install can decode it (checked at start-up for /health).
-
-    Native syntaxes need only numpy/zlib. Every compressed one is proven by
-    decoding a tiny embedded sample (made with DCMTK, GDCM and OpenJPH)
-    through the same code path uploads take, so a missing or broken codec
-    shows up here rather than on a hospital's first upload.
-    """
-    result: dict[str, bool] = {}
-    for uid in SUPPORTED_SYNTAXES:
-        result[uid.name] = True if uid in NATIVE_SYNTAXES else _probe(uid)
-    return result
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

@@ -163,8 +163,8 @@ atexit.register(shutdown)
 def run_isolated(fn: Callable[..., T], *args: Any) -> T:
     """``fn(*args)`` in a worker process; a crash or a hang becomes a NotDicomError.
 
-    `fn` must be a module-level function of ``shared.dicom.codecs`` (the
-    worker refuses anything else), its arguments and result picklable.
+    `fn` must be a module-level function of ``shared.dicom.codecs.plugins``
+    or ``.gdcm`` (the worker refuses anything else), its arguments and result picklable.
     Exceptions raised by `fn` come back and are re-raised here. A worker that
     dies is retried once on a fresh one (it may have died of something else).
     """

@@ -2,9 +2,10 @@
 
 Reads length-prefixed pickles ``(module, function name, args)`` from stdin,
 runs the function and writes ``(ok, result or exception)`` back on stdout,
-until stdin closes. Only functions of ``shared.dicom.codecs`` may be called.
-If a native decoder aborts, this process dies and the gateway sees EOF.
-The pickles come from the gateway process itself, never from an upload.
+until stdin closes. Only functions of the decoder modules ``shared.dicom.codecs.plugins``
+and ``shared.dicom.codecs.gdcm`` may be called.
+If a native decoder aborts, this process dies and the parent sees EOF.
+The pickles come from the parent process itself, never from an upload.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import struct
 import sys
 
 _HEADER = struct.Struct(">Q")
-_ALLOWED_MODULES = frozenset({"shared.dicom.codecs"})
+_ALLOWED_MODULES = frozenset({"shared.dicom.codecs.plugins", "shared.dicom.codecs.gdcm"})
 
 
 def _read_exact(fd: int, size: int) -> bytes | None:
@@ -60,7 +61,7 @@ def main() -> None:
                 raise PermissionError(f"{module_name} is not a decoder module")
             fn = getattr(importlib.import_module(module_name), name)
             reply = (True, fn(*args))
-        except Exception as exc:  # sent back and re-raised in the gateway
+        except Exception as exc:  # sent back and re-raised in the parent
             reply = (False, exc)
         try:
             data = pickle.dumps(reply, protocol=5)

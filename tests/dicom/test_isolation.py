@@ -8,8 +8,8 @@ from pydicom.encaps import encapsulate, generate_frames
 from pydicom.uid import JPEGLosslessSV1
 
 from shared import dicom
-from shared.dicom import codecs as dicom_codecs
-from shared.dicom import isolate as dicom_isolate
+from shared.dicom import isolate
+from shared.dicom.codecs import PixelGeometry, plugins
 from tests.dicom import hostile
 from tests.dicom.conftest import require_encoding
 from tests.dicom.corpus import Corpus, convert, to_bytes
@@ -34,10 +34,10 @@ def test_gdcm_abort_is_contained(sv1: bytes) -> None:
     frame = bytearray(next(generate_frames(ds.PixelData, number_of_frames=1)))
     assert frame[33:35] == b"\xff\xc4"
     frame[33] = 0xC3
-    geometry = dicom_codecs.PixelGeometry(64, 48, 16, 16, False, "MONOCHROME2")
+    geometry = PixelGeometry(64, 48, 16, 16, False, "MONOCHROME2")
     with pytest.raises(dicom.NotDicomError, match="crashed"):
-        dicom_isolate.run_isolated(
-            dicom_codecs._pydicom_decode, JPEGLosslessSV1, encapsulate([bytes(frame)]), geometry
+        isolate.run_isolated(
+            plugins.decode, JPEGLosslessSV1, encapsulate([bytes(frame)]), geometry
         )
     with pytest.raises(dicom.NotDicomError, match="header"):  # the pre-check catches it
         ds.PixelData = encapsulate([bytes(frame)])
@@ -48,10 +48,10 @@ def test_gdcm_abort_is_contained(sv1: bytes) -> None:
 
 def test_isolated_decode_matches_in_process(sv1: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     isolated = dicom.decode_dicom(sv1)[0].pixels
-    monkeypatch.setattr(dicom_isolate, "ENABLED", False)
+    monkeypatch.setattr(isolate, "ENABLED", False)
     assert (dicom.decode_dicom(sv1)[0].pixels == isolated).all()
 
 
 def test_worker_only_runs_decoder_functions() -> None:
     with pytest.raises(PermissionError):
-        dicom_isolate.run_isolated(Corpus.__init__, None, None)
+        isolate.run_isolated(Corpus.__init__, None, None)

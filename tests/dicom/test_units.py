@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from pydicom import uid as pduid
 
 from shared import dicom
-from shared.dicom import probes as dicom_probes
-from shared.dicom.codecs import j2k_reduce_factor, sniff_syntax
-from shared.dicom.codecs import openjpeg as dicom_j2k
+from shared.dicom import probes
+from shared.dicom.codecs import openjpeg, sniff_syntax
+from shared.dicom.codecs.j2k import reduce_factor
 from shared.dicom.render import (
     LINEAR,
     LINEAR_EXACT,
@@ -97,24 +97,24 @@ def test_decodable_transfer_syntaxes_default_install() -> None:
 def test_every_compressed_syntax_has_a_probe() -> None:
     from shared.dicom.codecs import COMPRESSED_SYNTAXES
 
-    assert {str(u) for u in COMPRESSED_SYNTAXES} == set(dicom_probes.PROBES)
+    assert {str(u) for u in COMPRESSED_SYNTAXES} == set(probes.PROBES)
 
 
 def test_j2k_reduce_factor() -> None:
-    assert j2k_reduce_factor(1606, 2455, (1024, 670), 5) == 1  # VinDr: half resolution suffices
-    assert j2k_reduce_factor(1955, 1841, (964, 1024), 5) == 0  # 978 < 1024: full resolution
-    assert j2k_reduce_factor(4096, 4096, (1024, 1024), 5) == 2
-    assert j2k_reduce_factor(4096, 4096, (1024, 1024), 1) == 1  # limited by the codestream
-    assert j2k_reduce_factor(4096, 4096, (1024, 1024), 0) == 0
+    assert reduce_factor(1606, 2455, (1024, 670), 5) == 1  # VinDr: half resolution suffices
+    assert reduce_factor(1955, 1841, (964, 1024), 5) == 0  # 978 < 1024: full resolution
+    assert reduce_factor(4096, 4096, (1024, 1024), 5) == 2
+    assert reduce_factor(4096, 4096, (1024, 1024), 1) == 1  # limited by the codestream
+    assert reduce_factor(4096, 4096, (1024, 1024), 0) == 0
 
 
 def test_sniff_syntax() -> None:
-    j2k = base64.b64decode(dicom_probes.PROBES[pduid.JPEG2000Lossless].frame_b64)
-    ht = base64.b64decode(dicom_probes.PROBES[pduid.HTJ2KLossless].frame_b64)
-    jls = base64.b64decode(dicom_probes.PROBES[pduid.JPEGLSLossless].frame_b64)
-    ll = base64.b64decode(dicom_probes.PROBES[pduid.JPEGLosslessSV1].frame_b64)
-    base = base64.b64decode(dicom_probes.PROBES[pduid.JPEGBaseline8Bit].frame_b64)
-    rle = base64.b64decode(dicom_probes.PROBES[pduid.RLELossless].frame_b64)
+    j2k = base64.b64decode(probes.PROBES[pduid.JPEG2000Lossless].frame_b64)
+    ht = base64.b64decode(probes.PROBES[pduid.HTJ2KLossless].frame_b64)
+    jls = base64.b64decode(probes.PROBES[pduid.JPEGLSLossless].frame_b64)
+    ll = base64.b64decode(probes.PROBES[pduid.JPEGLosslessSV1].frame_b64)
+    base = base64.b64decode(probes.PROBES[pduid.JPEGBaseline8Bit].frame_b64)
+    rle = base64.b64decode(probes.PROBES[pduid.RLELossless].frame_b64)
     assert sniff_syntax(j2k) == pduid.JPEG2000
     assert sniff_syntax(ht) == pduid.HTJ2K
     assert sniff_syntax(jls) == pduid.JPEGLSLossless
@@ -125,18 +125,18 @@ def test_sniff_syntax() -> None:
 
 
 def test_j2k_size_is_checked_before_decoding() -> None:
-    stream = base64.b64decode(dicom_probes.PROBES[pduid.JPEG2000Lossless].frame_b64)
-    if not dicom_j2k.available():
+    stream = base64.b64decode(probes.PROBES[pduid.JPEG2000Lossless].frame_b64)
+    if not openjpeg.available():
         unavailable(
             "missing libopenjp2: pip install pillow (its wheel ships it) "
             "or apt-get install libopenjp2-7"
         )
-    assert dicom_j2k.decode(stream).shape == (32, 32)
-    with pytest.raises(dicom_j2k.J2kError):
-        dicom_j2k.decode(stream, expected_size=(64, 32))
-    with pytest.raises(dicom_j2k.J2kError):
-        dicom_j2k.decode(stream[: len(stream) // 3])
-    reduced = dicom_j2k.decode(stream, reduce=1)
+    assert openjpeg.decode(stream).shape == (32, 32)
+    with pytest.raises(openjpeg.J2kError):
+        openjpeg.decode(stream, expected_size=(64, 32))
+    with pytest.raises(openjpeg.J2kError):
+        openjpeg.decode(stream[: len(stream) // 3])
+    reduced = openjpeg.decode(stream, reduce=1)
     assert reduced.shape == (16, 16)
 
 

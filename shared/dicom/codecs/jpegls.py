@@ -1,0 +1,40 @@
+"""JPEG-LS (lossless and near-lossless) through pydicom's plugins, in a worker process.
+
+The codestream uses JPEG's marker syntax (frame header SOF55), so its header
+is read and checked by :mod:`.jpeg`.
+"""
+
+from __future__ import annotations
+
+from pydicom import uid as pduid
+from pydicom.uid import UID
+
+from shared.dicom.codecs import jpeg, plugins
+from shared.dicom.codecs.base import DecodedFrame, PixelGeometry
+from shared.dicom.errors import UnsupportedDicomError
+from shared.dicom.isolate import run_isolated
+
+__all__ = ["SYNTAXES", "check", "decode"]
+
+SYNTAXES: tuple[UID, ...] = (pduid.JPEGLSLossless, pduid.JPEGLSNearLossless)
+
+
+def check(syntax: UID, frame: bytes, geom: PixelGeometry) -> None:
+    jpeg.check(syntax, frame, geom)
+
+
+def decode(
+    syntax: UID,
+    pixel_data: bytes,
+    frame: bytes,
+    geom: PixelGeometry,
+    *,
+    target: tuple[int, int] | None,
+) -> DecodedFrame:
+    sof = jpeg.read_sof(frame)
+    if sof is not None and sof[1] < 8:
+        raise UnsupportedDicomError(
+            "JPEG-LS images with fewer than 8 bits per sample are not supported."
+        )
+    geom = jpeg.decoder_geometry(frame, geom)
+    return DecodedFrame(run_isolated(plugins.decode, syntax, pixel_data, geom))
