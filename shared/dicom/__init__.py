@@ -9,8 +9,9 @@ This module is the one public facade; everything else in the package is an
 implementation detail (tests of internals may import the submodules).
 """
 
-from shared.dicom.decode import CanonicalImage, DicomMetadata, decode_dicom, encode_png
+from shared.dicom.decode import CanonicalImage, decode_dicom, encode_png
 from shared.dicom.errors import DicomError, NotDicomError, UnsupportedDicomError
+from shared.dicom.header import DicomMetadata
 from shared.dicom.probes import decodable_transfer_syntaxes
 
 __all__ = [

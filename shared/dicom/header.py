@@ -1,27 +1,41 @@
-"""Read and validate the header elements the intake needs, without trusting them.
+"""Read and validate the header once, without trusting it, into one typed value.
 
-Every value is read through :func:`_value`, which turns pydicom conversion
-errors (a mutated VR, a garbage length) into "absent", and every number is
-range-checked before it sizes anything. Problems that we can work around
-(an invalid window, a broken LUT) become notes that end up in the
+:func:`read_header` is the one pass over the dataset: the Image Pixel module
+(refusing what we cannot analyse before any pixel is decoded), the Pixel Data
+element, the transfer syntax, the rendering elements of PS3.14 and the
+metadata for the response, all in one frozen :class:`ImageHeader` that
+decoding and rendering take.
+
+Every value is read through :mod:`shared.dicom.elements`, which turns pydicom
+conversion errors (a mutated VR, a garbage length) into "absent", and every
+number is range-checked before it sizes anything. Problems that we can work
+around (an invalid window, a broken LUT) become notes that end up in the
 CanonicalImage warnings; problems we cannot become DicomErrors. No message
 quotes an element value.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 from pydicom.dataset import Dataset
+from pydicom.uid import UID
 
 from shared.dicom.codecs import PixelGeometry
+from shared.dicom.elements import (
+    element_value,
+    first_item,
+    float_value,
+    int_value,
+    text_value,
+)
 from shared.dicom.errors import NotDicomError, UnsupportedDicomError
+from shared.dicom.parse import ParsedDicom
 from shared.dicom.render import LINEAR, LINEAR_EXACT, SIGMOID, Lut, RenderSpec, Window
+from shared.dicom.syntax import resolve_syntax, syntax_name
 
-__all__ = ["MAX_PIXELS", "ImageHeader", "read_image_header", "read_render_spec", "text_value"]
+__all__ = ["MAX_PIXELS", "DicomMetadata", "ImageHeader", "PixelData", "read_header"]
 
 # Refuse images larger than this before decoding (100 megapixels).
 MAX_PIXELS = 100_000_000
@@ -38,61 +52,70 @@ _COLOUR = (
 
 
 @dataclass(frozen=True)
+class DicomMetadata:
+    """Header facts for the response and logs.
+
+    ``patient_id`` is the RAW value: pseudonymise it with gateway.phi before it leaves.
+    """
+
+    patient_id: str | None
+    study_date: str | None
+    modality: str | None
+    rows: int
+    columns: int
+    photometric_interpretation: str
+    transfer_syntax_uid: str
+    transfer_syntax_name: str
+    bits_stored: int
+    study_instance_uid: str | None
+    sop_instance_uid: str | None
+
+
+@dataclass(frozen=True)
+class PixelData:
+    """The Pixel Data element as stored: its bytes and how they are encoded."""
+
+    value: bytes = field(repr=False)
+    encapsulated: bool
+    vr: str
+    big_endian: bool
+
+
+@dataclass(frozen=True)
 class ImageHeader:
-    """Validated Image Pixel module plus where the pixels are."""
+    """Everything decoding and rendering need from the header, read and validated once."""
 
     geometry: PixelGeometry
-    frames: int
-    notes: tuple[str, ...]
+    transfer_syntax: UID
+    pixel_data: PixelData
+    render: RenderSpec  # PS3.14 modality LUT, VOI, inversion, padding (+ its own notes)
+    metadata: DicomMetadata
+    notes: tuple[str, ...]  # header problems worked around (image module, transfer syntax)
 
 
-def _value(ds: Dataset, keyword: str) -> Any:
-    """Element value or None; pydicom conversion errors on hostile files count as absent."""
-    try:
-        elem = ds.get(keyword)
-    except Exception:
-        return None
-    return None if elem is None or elem == "" else elem
+def read_header(parsed: ParsedDicom) -> ImageHeader:
+    """The one pass over the header; raises DicomError subclasses for what we refuse."""
+    ds = parsed.dataset
+    geometry, notes = _read_geometry(ds)
+    little_endian = parsed.deflated or ds.original_encoding[1] is not False
+    pixel_data = _read_pixel_data(ds, big_endian=not little_endian)
+    syntax, syntax_notes = resolve_syntax(
+        ds, parsed.transfer_syntax, pixel_data.encapsulated, pixel_data.value
+    )
+    return ImageHeader(
+        geometry=geometry,
+        transfer_syntax=syntax,
+        pixel_data=pixel_data,
+        render=_read_render_spec(ds, geometry, little_endian),
+        metadata=_read_metadata(ds, geometry, syntax),
+        notes=(*notes, *syntax_notes),
+    )
 
 
-def _first(value: Any) -> Any:
-    """First value of a multi-valued element (VM > 1), the value itself otherwise."""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return value[0] if len(value) else None
-    return value
+# ------------------------------------------------------------- image pixel
 
 
-def _float(value: Any) -> float | None:
-    value = _first(value)
-    if value is None or isinstance(value, (bytes, bytearray)):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _int(value: Any) -> int | None:
-    number = _float(value)
-    if number is None or number != int(number):
-        return None
-    return int(number)
-
-
-def text_value(ds: Dataset, keyword: str) -> str | None:
-    """A string element as plain text (None when absent, empty or unreadable)."""
-    value = _first(_value(ds, keyword))
-    if value is None:
-        return None
-    try:
-        text = str(value).strip().strip("\x00").strip()
-    except Exception:
-        return None
-    return text or None
-
-
-def read_image_header(ds: Dataset) -> ImageHeader:
+def _read_geometry(ds: Dataset) -> tuple[PixelGeometry, list[str]]:
     """Image Pixel module -> PixelGeometry, refusing what we cannot analyse (before decoding)."""
     notes: list[str] = []
     if "PixelData" not in ds:
@@ -104,7 +127,7 @@ def read_image_header(ds: Dataset) -> ImageHeader:
             "The DICOM file has no Pixel Data: it is not an image (a report, a structured "
             "document or a presentation state?). Send the radiograph itself."
         )
-    samples = _int(_value(ds, "SamplesPerPixel"))
+    samples = int_value(element_value(ds, "SamplesPerPixel"))
     samples = 1 if samples is None else samples
     photometric = text_value(ds, "PhotometricInterpretation")
     photometric = photometric.upper() if photometric else None
@@ -125,7 +148,7 @@ def read_image_header(ds: Dataset) -> ImageHeader:
             "only greyscale radiographs are analysed."
         )
 
-    frames = _int(_value(ds, "NumberOfFrames"))
+    frames = int_value(element_value(ds, "NumberOfFrames"))
     frames = 1 if frames is None or frames < 1 else frames
     if frames > 1:
         # (the count is not quoted: Number of Frames is free text (IS) and could hold anything)
@@ -134,7 +157,7 @@ def read_image_header(ds: Dataset) -> ImageHeader:
             "(multi-frame images are not analysed)."
         )
 
-    rows, columns = _int(_value(ds, "Rows")), _int(_value(ds, "Columns"))
+    rows, columns = int_value(element_value(ds, "Rows")), int_value(element_value(ds, "Columns"))
     if not rows or not columns or rows < 0 or columns < 0:
         raise UnsupportedDicomError("The image has no size: Rows or Columns is missing or zero.")
     if rows * columns > MAX_PIXELS:
@@ -143,7 +166,7 @@ def read_image_header(ds: Dataset) -> ImageHeader:
             f"{MAX_PIXELS // 1_000_000} megapixels this service accepts."
         )
 
-    bits_allocated = _int(_value(ds, "BitsAllocated"))
+    bits_allocated = int_value(element_value(ds, "BitsAllocated"))
     if bits_allocated is None:
         raise UnsupportedDicomError("Bits Allocated is missing, so the pixels cannot be read.")
     if bits_allocated not in (8, 16):
@@ -151,7 +174,7 @@ def read_image_header(ds: Dataset) -> ImageHeader:
             f"Images with {bits_allocated} bits allocated per pixel are not supported "
             "(8 or 16 are)."
         )
-    bits_stored = _int(_value(ds, "BitsStored"))
+    bits_stored = int_value(element_value(ds, "BitsStored"))
     if bits_stored is None:
         bits_stored = bits_allocated
         notes.append("Bits Stored is missing; Bits Allocated was used.")
@@ -159,7 +182,7 @@ def read_image_header(ds: Dataset) -> ImageHeader:
         raise NotDicomError(
             "Bits Stored is not between 1 and Bits Allocated; the header is damaged."
         )
-    representation = _int(_value(ds, "PixelRepresentation"))
+    representation = int_value(element_value(ds, "PixelRepresentation"))
     representation = 0 if representation is None else representation
     if representation not in (0, 1):
         raise NotDicomError("Pixel Representation is neither 0 nor 1; the header is damaged.")
@@ -172,15 +195,53 @@ def read_image_header(ds: Dataset) -> ImageHeader:
         signed=representation == 1,
         photometric=photometric,
     )
-    return ImageHeader(geometry, frames, tuple(notes))
+    return geometry, notes
 
 
-# ----------------------------------------------------------------- render
+def _read_pixel_data(ds: Dataset, *, big_endian: bool) -> PixelData:
+    """The Pixel Data element, refusing an unreadable or empty one."""
+    try:
+        element = ds["PixelData"]
+        data = element.value
+    except Exception:
+        raise NotDicomError(
+            "The Pixel Data element could not be read; the file is damaged."
+        ) from None
+    if not isinstance(data, (bytes, bytearray)) or not data:
+        raise NotDicomError("The Pixel Data element is empty or malformed.")
+    return PixelData(
+        value=bytes(data),
+        encapsulated=bool(element.is_undefined_length),
+        vr=str(element.VR),
+        big_endian=big_endian,
+    )
+
+
+# ---------------------------------------------------------------- metadata
+
+
+def _read_metadata(ds: Dataset, geometry: PixelGeometry, syntax: UID) -> DicomMetadata:
+    return DicomMetadata(
+        patient_id=text_value(ds, "PatientID"),
+        study_date=text_value(ds, "StudyDate"),
+        modality=text_value(ds, "Modality"),
+        rows=geometry.rows,
+        columns=geometry.columns,
+        photometric_interpretation=geometry.photometric,
+        transfer_syntax_uid=str(syntax),
+        transfer_syntax_name=syntax_name(syntax),
+        bits_stored=geometry.bits_stored,
+        study_instance_uid=text_value(ds, "StudyInstanceUID"),
+        sop_instance_uid=text_value(ds, "SOPInstanceUID"),
+    )
+
+
+# ------------------------------------------------------------ render spec
 
 
 def _lut_from_item(item: Dataset, little_endian: bool, signed_input: bool) -> Lut | None:
     """A Modality/VOI LUT item -> Lut (None when its descriptor or data is unusable)."""
-    descriptor = _value(item, "LUTDescriptor")
+    descriptor = element_value(item, "LUTDescriptor")
     if descriptor is None or isinstance(descriptor, (bytes, bytearray)):
         return None
     try:
@@ -192,7 +253,7 @@ def _lut_from_item(item: Dataset, little_endian: bool, signed_input: bool) -> Lu
         first -= 65536
     if not 1 <= bits <= 16 or entries < 1:
         return None
-    raw = _value(item, "LUTData")
+    raw = element_value(item, "LUTData")
     if raw is None:
         return None
     if isinstance(raw, (bytes, bytearray)):
@@ -208,19 +269,11 @@ def _lut_from_item(item: Dataset, little_endian: bool, signed_input: bool) -> Lu
     return Lut(first=first, values=data.astype(np.float64), bits=bits)
 
 
-def _first_item(ds: Dataset, keyword: str) -> Dataset | None:
-    seq = _value(ds, keyword)
-    try:
-        return seq[0] if seq is not None and len(seq) else None
-    except Exception:
-        return None
-
-
 def _window(ds: Dataset, notes: list[str]) -> Window | None:
-    center, width = _value(ds, "WindowCenter"), _value(ds, "WindowWidth")
+    center, width = element_value(ds, "WindowCenter"), element_value(ds, "WindowWidth")
     if center is None and width is None:
         return None
-    c, w = _float(center), _float(width)
+    c, w = float_value(center), float_value(width)
     function = (text_value(ds, "VOILUTFunction") or LINEAR).upper()
     if function not in (LINEAR, LINEAR_EXACT, SIGMOID):
         notes.append("Unknown VOI LUT Function; LINEAR was used.")
@@ -233,10 +286,10 @@ def _window(ds: Dataset, notes: list[str]) -> Window | None:
 
 def _padding(ds: Dataset, bits_stored: int, signed: bool) -> tuple[int, int] | None:
     """Pixel Padding Value (and Range Limit) as an inclusive range of stored values."""
-    value = _int(_value(ds, "PixelPaddingValue"))
+    value = int_value(element_value(ds, "PixelPaddingValue"))
     if value is None:
         return None
-    limit = _int(_value(ds, "PixelPaddingRangeLimit"))
+    limit = int_value(element_value(ds, "PixelPaddingRangeLimit"))
 
     def stored(v: int) -> int:
         v &= (1 << bits_stored) - 1
@@ -250,19 +303,19 @@ def _padding(ds: Dataset, bits_stored: int, signed: bool) -> tuple[int, int] | N
     return (min(lo, hi), max(lo, hi))
 
 
-def read_render_spec(ds: Dataset, geometry: PixelGeometry, little_endian: bool) -> RenderSpec:
+def _read_render_spec(ds: Dataset, geometry: PixelGeometry, little_endian: bool) -> RenderSpec:
     """Modality LUT, VOI, inversion and padding for the first frame (PS3.14 order)."""
     notes: list[str] = []
     signed = geometry.signed
 
     modality_lut = None
-    item = _first_item(ds, "ModalityLUTSequence")
+    item = first_item(ds, "ModalityLUTSequence")
     if item is not None:
         modality_lut = _lut_from_item(item, little_endian, signed)
         if modality_lut is None:
             notes.append("The Modality LUT Sequence is invalid and was ignored.")
-    slope = _float(_value(ds, "RescaleSlope"))
-    intercept = _float(_value(ds, "RescaleIntercept"))
+    slope = float_value(element_value(ds, "RescaleSlope"))
+    intercept = float_value(element_value(ds, "RescaleIntercept"))
     if slope == 0:
         notes.append("Rescale Slope is 0; it was ignored.")
         slope = None
@@ -270,7 +323,7 @@ def read_render_spec(ds: Dataset, geometry: PixelGeometry, little_endian: bool) 
     intercept = 0.0 if intercept is None else intercept
 
     voi_lut = None
-    item = _first_item(ds, "VOILUTSequence")
+    item = first_item(ds, "VOILUTSequence")
     if item is not None:
         negative_input = signed or intercept < 0 or slope < 0
         voi_lut = _lut_from_item(item, little_endian, negative_input and modality_lut is None)
