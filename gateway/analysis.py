@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import logging
 import os
 import time
@@ -89,6 +90,14 @@ class Gateway:
             self.audit.close()
 
 
+def decode_options(settings: Settings) -> dicom.DecodeOptions:
+    """How the DICOM intake runs its crash-prone decoders (worker processes, timeout)."""
+    return dicom.DecodeOptions(
+        isolate_decoders=settings.dicom_isolate_decoders,
+        decode_timeout_s=settings.dicom_decode_timeout_s,
+    )
+
+
 async def decode(gateway: Gateway, data: bytes) -> tuple[dicom.CanonicalImage, dicom.DicomMetadata]:
     """DICOM bytes -> canonical image, in the decode pool (never on the event loop).
 
@@ -98,10 +107,11 @@ async def decode(gateway: Gateway, data: bytes) -> tuple[dicom.CanonicalImage, d
     context = contextvars.copy_context()
     started = time.perf_counter()
     try:
-        return await loop.run_in_executor(
-            gateway.decode_pool, context.run, dicom.decode_dicom, data,
-            gateway.settings.canonical_long_side,
+        work = functools.partial(
+            dicom.decode_dicom, data, gateway.settings.canonical_long_side,
+            options=decode_options(gateway.settings),
         )
+        return await loop.run_in_executor(gateway.decode_pool, context.run, work)
     finally:
         gateway.metrics.decode_seconds.observe(time.perf_counter() - started)
 

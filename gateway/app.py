@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.admission import AdmissionMiddleware
-from gateway.analysis import Gateway, analyze, bundle_summary, decode
+from gateway.analysis import Gateway, analyze, bundle_summary, decode, decode_options
 from gateway.audit import AuditFacts
 from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import ConcurrencyLimiter, TokenBucketLimiter
@@ -124,7 +124,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gateway = Gateway.create(settings, metrics)
-        gateway.decodable = dicom.decodable_transfer_syntaxes()
+        gateway.decodable = dicom.decodable_transfer_syntaxes(decode_options(settings))
         app.state.gateway = gateway
         missing = [name for name, ok in gateway.decodable.items() if not ok]
         log.info("gateway up; transfer syntaxes without a decoder: %s", missing or "none")

@@ -59,6 +59,14 @@ class Settings(BaseSettings):
         "change-me", description="HMAC key for patient_id pseudonyms; set it in production"
     )
     decode_workers: int = Field(0, ge=0, description="Decode threads; 0 = number of cores")
+    dicom_isolate_decoders: bool = Field(
+        True,
+        description="Run GDCM/libjpeg decodes in worker processes, so a decoder that aborts "
+        "costs one upload a 400; false = in-process (debugging only)",
+    )
+    dicom_decode_timeout_s: float = Field(
+        30.0, gt=0, description="Longest one isolated decode may take before its worker is killed"
+    )
 
     # --- gateway: operations (docs/OPERATIONS.md) ---
     request_timeout_s: float = Field(

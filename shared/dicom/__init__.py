@@ -12,10 +12,12 @@ implementation detail (tests of internals may import the submodules).
 from shared.dicom.decode import CanonicalImage, decode_dicom, encode_png
 from shared.dicom.errors import DicomError, NotDicomError, UnsupportedDicomError
 from shared.dicom.header import DicomMetadata
+from shared.dicom.isolate import DecodeOptions
 from shared.dicom.probes import decodable_transfer_syntaxes
 
 __all__ = [
     "CanonicalImage",
+    "DecodeOptions",
     "DicomError",
     "DicomMetadata",
     "NotDicomError",

@@ -40,6 +40,7 @@ import numpy as np
 
 from shared.dicom.codecs import decode_frame
 from shared.dicom.header import DicomMetadata, read_header
+from shared.dicom.isolate import DecodeOptions
 from shared.dicom.parse import parse_dicom
 from shared.dicom.render import canonical_size, render, resize_to
 
@@ -64,7 +65,11 @@ class CanonicalImage:
 
 
 def decode_dicom(
-    data: bytes, long_side: int = 1024, *, reduced_j2k: bool = False
+    data: bytes,
+    long_side: int = 1024,
+    *,
+    reduced_j2k: bool = False,
+    options: DecodeOptions = DecodeOptions(),
 ) -> tuple[CanonicalImage, DicomMetadata]:
     """Parse once, render once. Raises DicomError subclasses for every bad input.
 
@@ -81,6 +86,10 @@ def decode_dicom(
     price of grey levels that differ from the full-resolution rendering by
     ~0.5 on average and more at sharp edges (the wavelet low-pass is not an
     area average). Off by default: train/serve parity comes first.
+
+    ``options`` says how crash-prone decoders run (worker processes and their
+    timeout); the gateway passes its ``DICOM_ISOLATE_DECODERS`` and
+    ``DICOM_DECODE_TIMEOUT_S`` settings, other callers keep the safe default.
     """
     if long_side < 1:
         raise ValueError("long_side must be at least 1")
@@ -94,6 +103,7 @@ def decode_dicom(
         big_endian=pixel_data.big_endian,
         vr=pixel_data.vr,
         j2k_target=size if reduced_j2k else None,
+        options=options,
     )
     grey, render_warnings = render(decoded.pixels, header.render, approximate=decoded.reduce > 0)
     pixels = resize_to(grey, size, j2k_reduce=decoded.reduce)

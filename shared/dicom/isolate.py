@@ -30,19 +30,30 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from shared.dicom.errors import NotDicomError
 
-__all__ = ["ENABLED", "TIMEOUT_S", "run_isolated", "shutdown"]
+__all__ = ["DecodeOptions", "run_isolated", "shutdown"]
 
 T = TypeVar("T")
 
-# Set DICOM_ISOLATE_DECODERS=0 to decode in-process (debugging only).
-ENABLED = os.environ.get("DICOM_ISOLATE_DECODERS", "1") != "0"
-# A radiograph decodes in well under a second; this only stops hangs.
-TIMEOUT_S = float(os.environ.get("DICOM_DECODE_TIMEOUT_S", "30"))
 MAX_WORKERS = max(1, min(4, os.cpu_count() or 1))
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """How crash-prone decoders run; the gateway fills it from its Settings.
+
+    ``isolate_decoders`` False decodes in-process (debugging only: an abort
+    then takes the caller down). ``decode_timeout_s`` only stops hangs: a
+    radiograph decodes in well under a second.
+    """
+
+    isolate_decoders: bool = True
+    decode_timeout_s: float = 30.0
+
 
 _HEADER = struct.Struct(">Q")
 
@@ -160,17 +171,19 @@ def shutdown() -> None:
 atexit.register(shutdown)
 
 
-def run_isolated(fn: Callable[..., T], *args: Any) -> T:
+def run_isolated(fn: Callable[..., T], *args: Any, options: DecodeOptions) -> T:
     """``fn(*args)`` in a worker process; a crash or a hang becomes a NotDicomError.
 
     `fn` must be a module-level function of ``shared.dicom.codecs.plugins``
     or ``.gdcm`` (the worker refuses anything else), its arguments and result picklable.
     Exceptions raised by `fn` come back and are re-raised here. A worker that
     dies is retried once on a fresh one (it may have died of something else).
+    With ``options.isolate_decoders`` False, `fn` runs in this process.
     """
-    if not ENABLED:
+    if not options.isolate_decoders:
         return fn(*args)
-    deadline = time.monotonic() + TIMEOUT_S
+    timeout_s = options.decode_timeout_s
+    deadline = time.monotonic() + timeout_s
     for attempt in (1, 2):
         worker = _checkout()
         try:
@@ -185,7 +198,7 @@ def run_isolated(fn: Callable[..., T], *args: Any) -> T:
         except TimeoutError:
             _checkin(worker, healthy=False)
             raise NotDicomError(
-                f"Decoding the pixel data took longer than {TIMEOUT_S:.0f} s; "
+                f"Decoding the pixel data took longer than {timeout_s:.0f} s; "
                 "the file is corrupt or hostile."
             ) from None
         except BaseException:

@@ -20,6 +20,7 @@ from pydicom.uid import UID
 
 from shared.dicom.codecs import NATIVE_SYNTAXES, SUPPORTED_SYNTAXES, PixelGeometry, decode_frame
 from shared.dicom.errors import DicomError
+from shared.dicom.isolate import DecodeOptions
 
 __all__ = [
     "PROBES",
@@ -57,20 +58,21 @@ def expected_pixels(probe: Probe) -> np.ndarray:
 
 
 @cache
-def decodable_transfer_syntaxes() -> dict[str, bool]:
+def decodable_transfer_syntaxes(options: DecodeOptions = DecodeOptions()) -> dict[str, bool]:
     """UID name -> whether this install can decode it (checked at start-up for /health).
 
     Native syntaxes need only numpy/zlib. Every compressed one is proven by
     decoding its probe through the same code path uploads take, so a missing
     or broken codec shows up here rather than on a hospital's first upload.
+    ``options`` should be the ones uploads decode with.
     """
     result: dict[str, bool] = {}
     for uid in SUPPORTED_SYNTAXES:
-        result[uid.name] = True if uid in NATIVE_SYNTAXES else _probe(uid)
+        result[uid.name] = True if uid in NATIVE_SYNTAXES else _probe(uid, options)
     return result
 
 
-def _probe(uid: UID) -> bool:
+def _probe(uid: UID, options: DecodeOptions) -> bool:
     """Decode the embedded sample for `uid` through the real path and check the pixels."""
     probe = PROBES.get(str(uid))
     if probe is None:
@@ -85,7 +87,7 @@ def _probe(uid: UID) -> bool:
     )
     frame = base64.b64decode(probe.frame_b64)
     try:
-        decoded = decode_frame(uid, encapsulate([frame]), geometry)
+        decoded = decode_frame(uid, encapsulate([frame]), geometry, options=options)
     except DicomError:
         return False
     expected = expected_pixels(probe)

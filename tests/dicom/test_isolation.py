@@ -37,7 +37,8 @@ def test_gdcm_abort_is_contained(sv1: bytes) -> None:
     geometry = PixelGeometry(64, 48, 16, 16, False, "MONOCHROME2")
     with pytest.raises(dicom.NotDicomError, match="crashed"):
         isolate.run_isolated(
-            plugins.decode, JPEGLosslessSV1, encapsulate([bytes(frame)]), geometry
+            plugins.decode, JPEGLosslessSV1, encapsulate([bytes(frame)]), geometry,
+            options=dicom.DecodeOptions(),
         )
     with pytest.raises(dicom.NotDicomError, match="header"):  # the pre-check catches it
         ds.PixelData = encapsulate([bytes(frame)])
@@ -46,12 +47,12 @@ def test_gdcm_abort_is_contained(sv1: bytes) -> None:
     assert canonical.pixels.shape == (64, 48) and meta.transfer_syntax_uid == JPEGLosslessSV1
 
 
-def test_isolated_decode_matches_in_process(sv1: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_isolated_decode_matches_in_process(sv1: bytes) -> None:
     isolated = dicom.decode_dicom(sv1)[0].pixels
-    monkeypatch.setattr(isolate, "ENABLED", False)
-    assert (dicom.decode_dicom(sv1)[0].pixels == isolated).all()
+    in_process = dicom.DecodeOptions(isolate_decoders=False)
+    assert (dicom.decode_dicom(sv1, options=in_process)[0].pixels == isolated).all()
 
 
 def test_worker_only_runs_decoder_functions() -> None:
     with pytest.raises(PermissionError):
-        isolate.run_isolated(Corpus.__init__, None, None)
+        isolate.run_isolated(Corpus.__init__, None, None, options=dicom.DecodeOptions())

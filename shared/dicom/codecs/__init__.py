@@ -29,6 +29,7 @@ from pydicom.uid import UID
 from shared.dicom.codecs import j2k, jpeg, jpegls, native, rle
 from shared.dicom.codecs.base import CompressedBackend, DecodedFrame, PixelGeometry
 from shared.dicom.errors import DicomError, NotDicomError, UnsupportedDicomError
+from shared.dicom.isolate import DecodeOptions
 
 __all__ = [
     "COMPRESSED_SYNTAXES",
@@ -95,11 +96,13 @@ def decode_frame(
     big_endian: bool = False,
     vr: str = "OW",
     j2k_target: tuple[int, int] | None = None,
+    options: DecodeOptions = DecodeOptions(),
 ) -> DecodedFrame:
     """Decode frame 0 of `pixel_data` encoded with `syntax`.
 
     ``j2k_target`` (canonical width, height) allows a reduced-resolution JPEG
     2000 decode that still covers that size; None decodes at full resolution.
+    ``options`` says whether crash-prone decoders run in worker processes.
     Every decoder failure becomes a DicomError without the library's message.
     """
     if syntax in NATIVE_SYNTAXES:
@@ -110,7 +113,9 @@ def decode_frame(
     frame = first_frame(pixel_data)
     backend.check(syntax, frame, geom)
     try:
-        decoded = backend.decode(syntax, pixel_data, frame, geom, target=j2k_target)
+        decoded = backend.decode(
+            syntax, pixel_data, frame, geom, target=j2k_target, options=options
+        )
     except DicomError:
         raise
     except MemoryError:

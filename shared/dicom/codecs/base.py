@@ -16,6 +16,7 @@ import numpy as np
 from pydicom.uid import UID
 
 from shared.dicom.errors import NotDicomError
+from shared.dicom.isolate import DecodeOptions
 
 __all__ = ["CompressedBackend", "DecodedFrame", "PixelGeometry", "check_size"]
 
@@ -56,6 +57,7 @@ class CompressedBackend(Protocol):
         geom: PixelGeometry,
         *,
         target: tuple[int, int] | None,
+        options: DecodeOptions,
     ) -> DecodedFrame:
         """Decode frame 0 (`frame` is it, `pixel_data` the whole encapsulated element)."""
 

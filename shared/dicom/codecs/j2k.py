@@ -16,7 +16,7 @@ from pydicom.uid import UID
 from shared.dicom.codecs import openjpeg, plugins
 from shared.dicom.codecs.base import DecodedFrame, PixelGeometry, check_size
 from shared.dicom.errors import NotDicomError, UnsupportedDicomError
-from shared.dicom.isolate import run_isolated
+from shared.dicom.isolate import DecodeOptions, run_isolated
 
 __all__ = ["SYNTAXES", "check", "decode", "read_siz", "reduce_factor", "sniff"]
 
@@ -94,6 +94,7 @@ def decode(
     geom: PixelGeometry,
     *,
     target: tuple[int, int] | None,
+    options: DecodeOptions,
 ) -> DecodedFrame:
     """OpenJPEG (reduced when `target` allows it), falling back to pydicom's plugins."""
     siz = read_siz(frame)
@@ -113,4 +114,4 @@ def decode(
                 raise
             arr = openjpeg.decode(frame, expected_size=(geom.rows, geom.columns))
             return DecodedFrame(arr, 0)
-    return DecodedFrame(run_isolated(plugins.decode, syntax, pixel_data, geom), 0)
+    return DecodedFrame(run_isolated(plugins.decode, syntax, pixel_data, geom, options=options), 0)

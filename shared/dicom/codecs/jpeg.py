@@ -17,7 +17,7 @@ from pydicom.uid import UID
 from shared.dicom.codecs import gdcm, plugins
 from shared.dicom.codecs.base import DecodedFrame, PixelGeometry, check_size
 from shared.dicom.errors import NotDicomError, UnsupportedDicomError
-from shared.dicom.isolate import run_isolated
+from shared.dicom.isolate import DecodeOptions, run_isolated
 
 __all__ = ["SYNTAXES", "check", "decode", "decoder_geometry", "read_sof"]
 
@@ -128,11 +128,14 @@ def decode(
     geom: PixelGeometry,
     *,
     target: tuple[int, int] | None,
+    options: DecodeOptions,
 ) -> DecodedFrame:
     """Decode in a worker process: pydicom's plugins, or GDCM itself for 12-bit Extended."""
     geom = decoder_geometry(frame, geom)
     if syntax == pduid.JPEGExtended12Bit and geom.bits_stored > 8:
         if plugins.has_plugin(syntax, "pylibjpeg"):
-            return DecodedFrame(run_isolated(plugins.decode, syntax, pixel_data, geom))
-        return DecodedFrame(run_isolated(gdcm.decode, syntax, frame, geom))
-    return DecodedFrame(run_isolated(plugins.decode, syntax, pixel_data, geom))
+            return DecodedFrame(
+                run_isolated(plugins.decode, syntax, pixel_data, geom, options=options)
+            )
+        return DecodedFrame(run_isolated(gdcm.decode, syntax, frame, geom, options=options))
+    return DecodedFrame(run_isolated(plugins.decode, syntax, pixel_data, geom, options=options))

@@ -12,7 +12,7 @@ from pydicom.uid import UID
 from shared.dicom.codecs import jpeg, plugins
 from shared.dicom.codecs.base import DecodedFrame, PixelGeometry
 from shared.dicom.errors import UnsupportedDicomError
-from shared.dicom.isolate import run_isolated
+from shared.dicom.isolate import DecodeOptions, run_isolated
 
 __all__ = ["SYNTAXES", "check", "decode"]
 
@@ -30,6 +30,7 @@ def decode(
     geom: PixelGeometry,
     *,
     target: tuple[int, int] | None,
+    options: DecodeOptions,
 ) -> DecodedFrame:
     sof = jpeg.read_sof(frame)
     if sof is not None and sof[1] < 8:
@@ -37,4 +38,4 @@ def decode(
             "JPEG-LS images with fewer than 8 bits per sample are not supported."
         )
     geom = jpeg.decoder_geometry(frame, geom)
-    return DecodedFrame(run_isolated(plugins.decode, syntax, pixel_data, geom))
+    return DecodedFrame(run_isolated(plugins.decode, syntax, pixel_data, geom, options=options))

@@ -14,6 +14,7 @@ from pydicom.uid import UID
 from shared.dicom.codecs import plugins
 from shared.dicom.codecs.base import DecodedFrame, PixelGeometry
 from shared.dicom.errors import NotDicomError
+from shared.dicom.isolate import DecodeOptions
 
 __all__ = ["SYNTAXES", "check", "decode", "sniff"]
 
@@ -44,5 +45,7 @@ def decode(
     geom: PixelGeometry,
     *,
     target: tuple[int, int] | None,
+    options: DecodeOptions,
 ) -> DecodedFrame:
+    """In this process (`options` does not apply): these decoders never abort."""
     return DecodedFrame(plugins.decode(syntax, pixel_data, geom))
