@@ -116,8 +116,28 @@ def read_header(parsed: ParsedDicom) -> ImageHeader:
 
 
 def _read_geometry(ds: Dataset) -> tuple[PixelGeometry, list[str]]:
-    """Image Pixel module -> PixelGeometry, refusing what we cannot analyse (before decoding)."""
+    """Image Pixel module -> PixelGeometry, refusing what we cannot analyse (before decoding).
+
+    The checks run in a fixed order (pixels, colour, frames, size, bits), so a
+    file with several problems always gets the same refusal.
+    """
     notes: list[str] = []
+    _require_pixel_data(ds)
+    photometric = _greyscale_photometric(ds, notes)
+    rows, columns = _single_frame_size(ds)
+    bits_allocated, bits_stored, signed = _sample_format(ds, notes)
+    geometry = PixelGeometry(
+        rows=rows,
+        columns=columns,
+        bits_allocated=bits_allocated,
+        bits_stored=bits_stored,
+        signed=signed,
+        photometric=photometric,
+    )
+    return geometry, notes
+
+
+def _require_pixel_data(ds: Dataset) -> None:
     if "PixelData" not in ds:
         if "FloatPixelData" in ds or "DoubleFloatPixelData" in ds:
             raise UnsupportedDicomError(
@@ -127,6 +147,10 @@ def _read_geometry(ds: Dataset) -> tuple[PixelGeometry, list[str]]:
             "The DICOM file has no Pixel Data: it is not an image (a report, a structured "
             "document or a presentation state?). Send the radiograph itself."
         )
+
+
+def _greyscale_photometric(ds: Dataset, notes: list[str]) -> str:
+    """MONOCHROME1 or MONOCHROME2 (assumed when missing); colour and palette are refused."""
     samples = int_value(element_value(ds, "SamplesPerPixel"))
     samples = 1 if samples is None else samples
     photometric = text_value(ds, "PhotometricInterpretation")
@@ -147,7 +171,11 @@ def _read_geometry(ds: Dataset) -> tuple[PixelGeometry, list[str]]:
             "The image's Photometric Interpretation is not MONOCHROME1 or MONOCHROME2; "
             "only greyscale radiographs are analysed."
         )
+    return photometric
 
+
+def _single_frame_size(ds: Dataset) -> tuple[int, int]:
+    """(Rows, Columns) of a single-frame image of at most MAX_PIXELS."""
     frames = int_value(element_value(ds, "NumberOfFrames"))
     frames = 1 if frames is None or frames < 1 else frames
     if frames > 1:
@@ -165,7 +193,11 @@ def _read_geometry(ds: Dataset) -> tuple[PixelGeometry, list[str]]:
             f"The image is {columns}x{rows} pixels, more than the "
             f"{MAX_PIXELS // 1_000_000} megapixels this service accepts."
         )
+    return rows, columns
 
+
+def _sample_format(ds: Dataset, notes: list[str]) -> tuple[int, int, bool]:
+    """(Bits Allocated, Bits Stored, signed) of a sample, refusing depths we cannot read."""
     bits_allocated = int_value(element_value(ds, "BitsAllocated"))
     if bits_allocated is None:
         raise UnsupportedDicomError("Bits Allocated is missing, so the pixels cannot be read.")
@@ -186,16 +218,7 @@ def _read_geometry(ds: Dataset) -> tuple[PixelGeometry, list[str]]:
     representation = 0 if representation is None else representation
     if representation not in (0, 1):
         raise NotDicomError("Pixel Representation is neither 0 nor 1; the header is damaged.")
-
-    geometry = PixelGeometry(
-        rows=rows,
-        columns=columns,
-        bits_allocated=bits_allocated,
-        bits_stored=bits_stored,
-        signed=representation == 1,
-        photometric=photometric,
-    )
-    return geometry, notes
+    return bits_allocated, bits_stored, representation == 1
 
 
 def _read_pixel_data(ds: Dataset, *, big_endian: bool) -> PixelData:
