@@ -21,7 +21,14 @@ from gateway import phi, render
 from gateway.audit import AuditFacts, AuditLog
 from gateway.fusion import Box, apply_fusion, boxes_from_outputs, diagnose, to_original
 from gateway.metrics import GatewayMetrics
-from gateway.upstream import InferResult, ModelClient, UpstreamError, UpstreamTimeoutError
+from gateway.upstream import (
+    MAX_CONNECTIONS,
+    MAX_KEEPALIVE_CONNECTIONS,
+    InferResult,
+    ModelClient,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
 from shared import contract, dicom
 from shared.contract import ClassifierFacts, DetectorFacts, ServedFacts
 from shared.schemas import (
@@ -59,7 +66,9 @@ class Gateway:
     def create(cls, settings: Settings, metrics: GatewayMetrics | None = None) -> Gateway:
         metrics = metrics or GatewayMetrics()
         http = httpx.AsyncClient(
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=50)
+            limits=httpx.Limits(
+                max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS
+            )
         )
         workers = settings.decode_workers or os.cpu_count() or 1
         token = settings.internal_token.get_secret_value() if settings.internal_token else None

@@ -34,6 +34,11 @@ EJECT_SECONDS = 5.0
 DNS_REFRESH_SECONDS = 10.0
 DNS_PREFIX = "dns+"
 CONNECT_TIMEOUT_S = 2.0
+# One pool for every model call of a gateway: far above what admission lets in at once
+# (MAX_INFLIGHT_UPLOADS=32 uploads x 2 services, plus one retry each), so the pool never
+# queues an admitted upload; idle keep-alive connections beyond 50 are closed.
+MAX_CONNECTIONS = 200
+MAX_KEEPALIVE_CONNECTIONS = 50
 # Observer of every attempt: (service, outcome, seconds). Outcomes: ok, timeout,
 # unreachable, unavailable (503), error (other status), malformed.
 AttemptObserver = Callable[[str, str, float], None]

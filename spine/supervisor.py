@@ -22,7 +22,12 @@ import httpx
 
 READY_TIMEOUT_S = 600.0
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
-STOP_GRACE_S = 25.0  # uvicorn's own graceful shutdown is 20 s
+# uvicorn's graceful shutdown (spine/cli.py passes it): how long in-flight requests may
+# finish after SIGTERM. The supervisor waits a little longer before it kills, so that
+# uvicorn's own drain always ends first.
+UVICORN_GRACE_S = 20
+STOP_GRACE_S = UVICORN_GRACE_S + 5.0
+STABLE_AFTER_S = 60.0  # a child up this long has its restart backoff reset
 _PR_SET_PDEATHSIG = 1
 
 
@@ -160,7 +165,7 @@ def supervise(children: list[Child], stop_requested: list[bool]) -> None:
                 child.restarts += 1
                 child.start()
                 print(f"[spine] {child.name} restarted (restart #{child.restarts})", flush=True)
-            elif time.monotonic() - child.started_at > 60:
+            elif time.monotonic() - child.started_at > STABLE_AFTER_S:
                 child.restarts = 0  # stable again: reset the backoff
         time.sleep(0.5)
 

@@ -52,6 +52,10 @@ from shared.settings import Settings, get_settings
 log = logging.getLogger(__name__)
 
 # Probes and scrapes stay open when INTERNAL_TOKEN is set (kubelet and Prometheus).
+# Deadline of one infer call when the caller sends no ``timeout`` parameter (the gateway
+# always sends its own, UPSTREAM_TIMEOUT_S = 60 s by default, which then wins): twice that,
+# so a direct OIP caller gets a 504 rather than waiting forever on a stuck queue.
+DEFAULT_INFER_DEADLINE_S = 120.0
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 MIN_IMAGE_SIDE = 8
@@ -282,7 +286,7 @@ def create_model_app(
     max_batch_size: int,
     max_delay_ms: float,
     max_queue_size: int,
-    request_timeout_s: float = 120.0,
+    request_timeout_s: float = DEFAULT_INFER_DEADLINE_S,
     settings: Settings | None = None,
 ) -> FastAPI:
     """The KServe v2 REST app (with Triton's binary tensor extension) around ``model``.
