@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from shared.paths import prepare_ultralytics_env
+
 
 @dataclass
 class _Member:
@@ -50,7 +52,7 @@ class OriginalPipeline:
     """Models loaded once at start (as the original did); everything else per request."""
 
     def __init__(self, model_dir: Path, device: str = "cpu") -> None:
-        os.environ.setdefault("YOLO_OFFLINE", "1")
+        prepare_ultralytics_env()
         import torch
         from ultralytics import YOLO
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -48,11 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
-    from spine.bundles import cache_dir, demo_bundle_dir, ensure_demo_bundle
+    from spine.bundles import demo_bundle_dir, ensure_demo_bundle
     from training.demo_bundle import DEMO_SEED, build_demo_bundle
-
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_CONFIG_DIR", str(cache_dir() / "ultralytics"))
     if args.seed == DEMO_SEED:
         parser.error("the test seed must differ from the demo bundle's training seed")
     built = args.rebuild or not (demo_bundle_dir() / "manifest.yaml").is_file()

@@ -150,12 +150,13 @@ OUTPUTS = {
 async def _drive(url: str, model: str, batch: int, seconds: float, in_flight: int = 2) -> float:
     """Images/s of requests carrying ``batch`` images each, ``in_flight`` at a time."""
     from shared import oip
+    from shared.settings import Settings
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(batch, 1, *CANONICAL), dtype=np.uint8)
     body, headers = oip.encode_request({contract.IMAGE.name: images}, outputs=OUTPUTS[model])
-    token = os.environ.get("INTERNAL_TOKEN")
-    if token:
+    secret = Settings().internal_token
+    if token := secret.get_secret_value() if secret is not None else "":
         headers = {**headers, "Authorization": f"Bearer {token}"}
     done = 0
     async with httpx.AsyncClient(timeout=600) as client:

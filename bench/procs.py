@@ -129,7 +129,7 @@ def start_baseline(model_dir: Path, log_dir: Path, device: str = "cpu") -> Proc:
     port = free_port()
     argv = [sys.executable, "-m", "bench.baseline", "--model-dir", str(model_dir),
             "--port", str(port), "--device", device]
-    env = {**os.environ, "YOLO_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return _spawn("baseline", argv, env, f"http://127.0.0.1:{port}", "/health", log_dir)
 
 

@@ -82,11 +82,9 @@ def bench_bundle(model_dir: Path | None, yolo: str) -> Path:
     built once under ``$SPINE_CACHE_DIR/bundles``. Speed does not depend on the weights."""
     if model_dir is not None:
         return model_dir
-    from spine.bundles import cache_dir
+    from shared.paths import cache_root
 
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_CONFIG_DIR", str(cache_dir() / "ultralytics"))
-    target = cache_dir() / "bundles" / f"bench-untrained-seed0-{yolo}"
+    target = cache_root() / "bundles" / f"bench-untrained-seed0-{yolo}"
     with file_lock(hidden_lock_path(target)):
         if not (target / "manifest.yaml").is_file():
             from training.untrained_bundle import build_untrained_bundle

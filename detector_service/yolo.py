@@ -10,7 +10,6 @@ decoded ``[N, 4 + classes, anchors]`` predictions that NMS reads) and exported a
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from shared.paths import prepare_ultralytics_env
 
 PAD_VALUE = 114 / 255.0
 
@@ -84,16 +85,9 @@ def unletterbox_boxes(
     return out
 
 
-def _offline_ultralytics() -> None:
-    """Ultralytics must never reach the network or write outside a writable config dir."""
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_CONFIG_DIR", str(Path.home() / ".cache" / "spine" / "ultralytics"))
-    Path(os.environ["YOLO_CONFIG_DIR"]).mkdir(parents=True, exist_ok=True)
-
-
 def load_yolo(path: Path, num_classes: int | None = None) -> tuple[nn.Module, dict[int, str]]:
     """An Ultralytics ``.pt`` (class names from the checkpoint) or a YOLO ``.yaml``."""
-    _offline_ultralytics()
+    prepare_ultralytics_env()
     from ultralytics.nn.tasks import DetectionModel, load_checkpoint
 
     if path.suffix in (".yaml", ".yml"):

@@ -22,6 +22,13 @@ class FusionMode(StrEnum):
     SEED = "seed"  # the original app: no boxes at all when Normal
 
 
+class DefaultBundle(StrEnum):
+    """What the model services serve without ``MODEL_DIR``."""
+
+    DEMO = "demo"  # trained on synthetic phantoms on first use (minutes), then cached
+    UNTRAINED = "untrained"  # the real architectures with random weights (seconds)
+
+
 class PhiSetting(StrEnum):
     PSEUDONYMIZE = "pseudonymize"
     PASSTHROUGH = "passthrough"
@@ -43,18 +50,30 @@ class Settings(BaseSettings):
 
     # --- gateway ---
     max_content_length: int = Field(64 * 1024 * 1024, description="Largest upload in bytes (413)")
-    canonical_long_side: int = Field(1024, ge=64, le=8192)
-    annotate_long_side: int = Field(1024, ge=64, le=8192)
+    canonical_long_side: int = Field(
+        1024, ge=64, le=8192, description="Long side of the canonical image sent to the models"
+    )
+    annotate_long_side: int = Field(
+        1024, ge=64, le=8192, description="Long side of the annotated PNG"
+    )
     classifier_urls: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["http://127.0.0.1:8001"]
+        default_factory=lambda: ["http://127.0.0.1:8001"],
+        description="Classifier replicas, comma-separated; dns+http://name:port = every address",
     )
     detector_urls: Annotated[list[str], NoDecode] = Field(
-        default_factory=lambda: ["http://127.0.0.1:8002"]
+        default_factory=lambda: ["http://127.0.0.1:8002"],
+        description="Detector replicas, comma-separated; dns+http://name:port = every address",
     )
     upstream_timeout_s: float = Field(60.0, gt=0, description="Deadline for one model call")
-    fusion_mode: FusionMode = FusionMode.PAPER
-    fusion_normal_min_confidence: float = Field(0.5, ge=0, le=1)
-    phi_mode: PhiSetting = PhiSetting.PSEUDONYMIZE
+    fusion_mode: FusionMode = Field(
+        FusionMode.PAPER, description="paper (Normal keeps confident boxes) or seed (no boxes)"
+    )
+    fusion_normal_min_confidence: float = Field(
+        0.5, ge=0, le=1, description="paper mode: least box confidence kept on a Normal image"
+    )
+    phi_mode: PhiSetting = Field(
+        PhiSetting.PSEUDONYMIZE, description="pseudonymize, passthrough or redact patient fields"
+    )
     pseudonym_secret: str = Field(
         "change-me", description="HMAC key for patient_id pseudonyms; set it in production"
     )
@@ -97,10 +116,12 @@ class Settings(BaseSettings):
 
     # --- model services ---
     model_dir: Path | None = Field(None, description="Model bundle folder; None = demo bundle")
-    model_device: str = Field("auto", pattern="^(auto|cpu|cuda(:[0-9]+)?)$")
-    max_batch_size: int = Field(8, ge=1, le=512)
-    max_delay_ms: float = Field(5.0, ge=0)
-    max_queue_size: int = Field(64, ge=1)
+    model_device: str = Field(
+        "auto", pattern="^(auto|cpu|cuda(:[0-9]+)?)$", description="auto, cpu, cuda or cuda:N"
+    )
+    max_batch_size: int = Field(8, ge=1, le=512, description="Largest dynamic batch")
+    max_delay_ms: float = Field(5.0, ge=0, description="Longest wait for a batch to fill")
+    max_queue_size: int = Field(64, ge=1, description="Images waiting per model; full = 503")
     torch_threads: int = Field(0, ge=0, description="torch intra-op threads; 0 = torch default")
     model_backend: str = Field(
         "auto", pattern="^(auto|torch|onnx)$",
@@ -116,8 +137,36 @@ class Settings(BaseSettings):
     )
     onnx_opset: int = Field(18, ge=13, le=23, description="opset of the cached ONNX exports")
     spine_cache_dir: Path | None = Field(
-        None, description="cache root (built bundles, ONNX exports); None = ~/.cache/spine"
+        None, description="cache root (built bundles, ONNX exports, samples, Ultralytics "
+        "config: shared.paths.cache_root); None = ~/.cache/spine",
     )
+    spine_default_bundle: DefaultBundle = Field(
+        DefaultBundle.DEMO, description="bundle served without MODEL_DIR: demo or untrained"
+    )
+    yolo_config_dir: Path | None = Field(
+        None, description="Ultralytics' settings folder (read by Ultralytics itself); "
+        "None = <cache root>/ultralytics",
+    )
+
+    # --- the `spine` command: defaults of its options (the options win) ---
+    spine_host: str = Field("127.0.0.1", description="address the services of `spine` bind")
+    gateway_port: int = Field(8000, ge=1, le=65535, description="gateway port of `spine serve`")
+    classifier_port: int = Field(
+        8001, ge=1, le=65535, description="classifier port of `spine serve`"
+    )
+    detector_port: int = Field(8002, ge=1, le=65535, description="detector port of `spine serve`")
+    port: int | None = Field(
+        None, ge=1, le=65535,
+        description="port of `spine gateway|classifier|detector` run alone; None = 8000/8001/8002",
+    )
+    spine_api_key: SecretStr | None = Field(
+        None, description="API key `spine bench --gateway` sends (X-API-Key)"
+    )
+
+    @field_validator("spine_default_bundle", mode="before")
+    @classmethod
+    def _lower_bundle(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("classifier_urls", "detector_urls", mode="before")
     @classmethod

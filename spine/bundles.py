@@ -9,28 +9,24 @@ Both are labelled as not medical everywhere.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 from shared.filelock import file_lock, hidden_lock_path
+from shared.paths import cache_root
+from shared.settings import DefaultBundle, Settings
 
 UNTRAINED_SEED = 0
 
 
-def cache_dir() -> Path:
-    """``$SPINE_CACHE_DIR`` or ``~/.cache/spine``: built bundles and the YOLO config dir."""
-    return Path(os.environ.get("SPINE_CACHE_DIR", Path.home() / ".cache" / "spine"))
-
-
 def untrained_bundle_dir() -> Path:
-    return cache_dir() / "bundles" / f"untrained-seed{UNTRAINED_SEED}"
+    return cache_root() / "bundles" / f"untrained-seed{UNTRAINED_SEED}"
 
 
 def demo_bundle_dir() -> Path:
     from training.demo_bundle import DEMO_RECIPE, DEMO_SEED
 
-    return cache_dir() / "bundles" / f"demo-seed{DEMO_SEED}-r{DEMO_RECIPE}"
+    return cache_root() / "bundles" / f"demo-seed{DEMO_SEED}-r{DEMO_RECIPE}"
 
 
 def _ensure(target: Path, build: Callable[[Path], object], what: str, echo: bool) -> Path:
@@ -67,9 +63,6 @@ def ensure_demo_bundle(echo: bool = True) -> Path:
 
 def ensure_default_bundle(echo: bool = True) -> Path:
     """The bundle served without ``--model-dir`` (``SPINE_DEFAULT_BUNDLE``: demo|untrained)."""
-    choice = os.environ.get("SPINE_DEFAULT_BUNDLE", "demo").lower()
-    if choice == "untrained":
+    if Settings().spine_default_bundle is DefaultBundle.UNTRAINED:
         return ensure_untrained_bundle(echo)
-    if choice != "demo":
-        raise SystemExit(f"SPINE_DEFAULT_BUNDLE must be 'demo' or 'untrained', not {choice!r}")
     return ensure_demo_bundle(echo)

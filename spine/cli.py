@@ -6,6 +6,25 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Any
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, except where there is none to show
+    (an unset option, an off flag): those help texts say what happens without them."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.default is False:
+            return action.help or ""
+        return super()._get_help_string(action) or ""
+
+
+class Parser(argparse.ArgumentParser):
+    """The ``spine`` parser and all its subcommands share :class:`HelpFormatter`."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def _run_uvicorn(service: str, factory: str, host: str, port: int) -> int:
@@ -13,12 +32,13 @@ def _run_uvicorn(service: str, factory: str, host: str, port: int) -> int:
 
     from shared.logging import configure_logging
     from shared.settings import get_settings
+    from spine.supervisor import UVICORN_GRACE_S
 
     settings = get_settings()
     configure_logging(service, settings.log_level, settings.log_json)
     uvicorn.run(
         factory, factory=True, host=host, port=port, log_config=None,
-        timeout_graceful_shutdown=20, access_log=False,
+        timeout_graceful_shutdown=UVICORN_GRACE_S, access_log=False,
         # h11 refuses a request whose headers exceed this before any app code runs.
         h11_max_incomplete_event_size=settings.max_header_bytes,
     )
@@ -27,11 +47,10 @@ def _run_uvicorn(service: str, factory: str, host: str, port: int) -> int:
 
 def _ensure_model_dir(args: argparse.Namespace) -> Path:
     """``--model-dir`` / ``MODEL_DIR``, else the default bundle (built on first use)."""
-    from spine.bundles import cache_dir, ensure_default_bundle
+    from shared.settings import Settings
+    from spine.bundles import ensure_default_bundle
 
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_CONFIG_DIR", str(cache_dir() / "ultralytics"))
-    chosen = getattr(args, "model_dir", None) or os.environ.get("MODEL_DIR")
+    chosen = getattr(args, "model_dir", None) or Settings().model_dir
     if chosen:
         path = Path(chosen).expanduser().resolve()
         if not path.is_dir():
@@ -65,19 +84,30 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return _run_uvicorn("gateway", "gateway.app:create_app", args.host, args.port)
 
 
+MODEL_DIR_HELP = (
+    "model bundle folder (env MODEL_DIR); without it the SPINE_DEFAULT_BUNDLE bundle "
+    "(demo: trained on phantoms on first use), built once under SPINE_CACHE_DIR"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="spine", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    from shared.settings import Settings
+
+    settings = Settings()  # defaults of the options below come from the environment
+    parser = Parser(prog="spine", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     serve = sub.add_parser("serve", help="start gateway + classifier + detector on this machine")
-    serve.add_argument("--model-dir", help="model bundle folder (env MODEL_DIR); default: demo")
-    serve.add_argument("--host", default=os.environ.get("SPINE_HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("GATEWAY_PORT", 8000)))
-    serve.add_argument("--classifier-port", type=int,
-                       default=int(os.environ.get("CLASSIFIER_PORT", 8001)))
-    serve.add_argument("--detector-port", type=int,
-                       default=int(os.environ.get("DETECTOR_PORT", 8002)))
-    serve.add_argument("--device", choices=["auto", "cpu", "cuda"], help="env MODEL_DEVICE")
+    serve.add_argument("--model-dir", help=MODEL_DIR_HELP)
+    serve.add_argument("--host", default=settings.spine_host, help="address (env SPINE_HOST)")
+    serve.add_argument("--port", type=int, default=settings.gateway_port,
+                       help="gateway port (env GATEWAY_PORT)")
+    serve.add_argument("--classifier-port", type=int, default=settings.classifier_port,
+                       help="classifier port (env CLASSIFIER_PORT)")
+    serve.add_argument("--detector-port", type=int, default=settings.detector_port,
+                       help="detector port (env DETECTOR_PORT)")
+    serve.add_argument("--device", choices=["auto", "cpu", "cuda"],
+                       help="device of both model services; without it MODEL_DEVICE (auto)")
     serve.set_defaults(func=cmd_serve)
 
     for name, port, helptext in (
@@ -86,10 +116,11 @@ def build_parser() -> argparse.ArgumentParser:
         ("detector", 8002, "the YOLO detector (OIP v2)"),
     ):
         one = sub.add_parser(name, help=f"run {helptext} alone")
-        one.add_argument("--host", default=os.environ.get("SPINE_HOST", "127.0.0.1"))
-        one.add_argument("--port", type=int, default=int(os.environ.get("PORT", port)))
+        one.add_argument("--host", default=settings.spine_host, help="address (env SPINE_HOST)")
+        one.add_argument("--port", type=int, default=settings.port or port,
+                         help="port (env PORT)")
         if name != "gateway":
-            one.add_argument("--model-dir", help="model bundle folder (env MODEL_DIR)")
+            one.add_argument("--model-dir", help=MODEL_DIR_HELP)
             one.set_defaults(func=cmd_model_service)
         else:
             one.set_defaults(func=cmd_gateway)
@@ -103,7 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from pydantic import ValidationError
+
+    try:
+        parser = build_parser()  # reads Settings: a bad variable fails here, named
+    except ValidationError as exc:
+        sys.exit(f"spine: invalid configuration in the environment:\n{exc}")
+    args = parser.parse_args(argv)
     return int(args.func(args) or 0)
 
 

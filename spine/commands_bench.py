@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -44,6 +43,13 @@ def _variant(text: str) -> tuple[str, dict[str, str]]:
     return name, env
 
 
+def _env_api_key() -> str | None:
+    from shared.settings import Settings
+
+    key = Settings().spine_api_key
+    return key.get_secret_value() if key is not None else None
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from bench.runner import BenchConfig, Variant, run_bench
 
@@ -60,7 +66,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         kinds=tuple(args.inputs.split(",")),
         annotate=not args.no_annotate,
         gateway_url=args.gateway,
-        api_key=args.api_key or os.environ.get("SPINE_API_KEY"),
+        api_key=args.api_key or _env_api_key(),
         classifier_url=args.classifier_url,
         detector_url=args.detector_url,
         baseline=not args.no_baseline,

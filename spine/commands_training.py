@@ -3,16 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
-
-
-def _offline() -> None:
-    from spine.bundles import cache_dir
-
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_CONFIG_DIR", str(cache_dir() / "ultralytics"))
 
 
 def cmd_phantoms(args: argparse.Namespace) -> int:
@@ -24,7 +16,6 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    _offline()
     from shared.bundle import load_manifest
     from training.canonical import canonical_images, labelled_images
     from training.datasets import load_vindr, split_train_val
@@ -65,7 +56,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    _offline()
     from training.evaluate import evaluate
 
     report = evaluate(
@@ -84,7 +74,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_demo_bundle(args: argparse.Namespace) -> int:
-    _offline()
     from spine.bundles import ensure_demo_bundle
 
     if args.out:

@@ -7,7 +7,6 @@ Ultralytics' own trainer does the rest; ``best.pt`` carries the seven class name
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from shared.paths import prepare_ultralytics_env
 from training.canonical import CanonicalEntry
 from training.datasets import CLASS_NAMES, ImageRecord
 
@@ -96,7 +96,7 @@ def epochs_done(bundle_dir: Path) -> int:
 
 def train_detector(data_yaml: Path, bundle_dir: Path, config: DetectorTrainConfig) -> Path:
     """Train (or resume) and copy ``best.pt`` into the bundle; returns its path."""
-    os.environ.setdefault("YOLO_OFFLINE", "1")
+    prepare_ultralytics_env()
     from ultralytics import YOLO
 
     run_root = bundle_dir / ".train" / "detector"

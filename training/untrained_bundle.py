@@ -7,7 +7,6 @@ seed, and ``kind: untrained`` in its manifest so every response says it means no
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 import yaml
 
 from shared.bundle import DEFAULT_MANIFEST, BundleKind
+from shared.paths import prepare_ultralytics_env
 from training.datasets import CLASS_NAMES as VINDR_CLASSES
 
 
@@ -35,7 +35,7 @@ def save_classifier_checkpoint(model: torch.nn.Module, path: Path, epoch: int = 
 
 def save_yolo_checkpoint(yaml_name: str, path: Path, class_names: tuple[str, ...]) -> None:
     """An Ultralytics ``best.pt`` built from a model yaml (no download), with class names."""
-    os.environ.setdefault("YOLO_OFFLINE", "1")
+    prepare_ultralytics_env()
     from ultralytics import YOLO
     from ultralytics.nn.tasks import DetectionModel
 

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from shared.filelock import file_lock
+from shared.paths import cache_root
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -66,16 +67,9 @@ class OnnxLoadReport:
     seconds: float
 
 
-def cache_root(configured: Path | None) -> Path:
-    """``SPINE_CACHE_DIR`` (settings or env), else ``~/.cache/spine``."""
-    if configured is not None:
-        return Path(configured).expanduser()
-    env = os.environ.get("SPINE_CACHE_DIR")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "spine"
-
-
-def onnx_cache_dir(configured: Path | None) -> Path:
-    return cache_root(configured) / "onnx"
+def onnx_cache_dir(settings: Settings) -> Path:
+    """``<cache root>/onnx`` (the one cache root: :func:`shared.paths.cache_root`)."""
+    return cache_root(settings) / "onnx"
 
 
 def cache_path(cache_dir: Path, name: str, sha256: str, input_size: int, opset: int) -> Path:
@@ -274,7 +268,7 @@ def options_from_settings(settings: Settings, torch_threads: int = 0) -> OnnxOpt
     ask for more threads than there are cores.
     """
     return OnnxOptions(
-        cache_dir=onnx_cache_dir(settings.spine_cache_dir),
+        cache_dir=onnx_cache_dir(settings),
         opset=settings.onnx_opset,
         threads=settings.ort_threads or torch_threads or settings.torch_threads,
     )
