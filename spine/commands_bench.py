@@ -97,14 +97,14 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bench.add_argument("--requests", type=int, default=16,
                        help="measured requests per system and level (at least the level)")
     bench.add_argument("--warmup", type=int, default=0,
-                       help="unmeasured requests per system first (0 = one per input file)")
+                       help="unmeasured requests per system first; 0 = one per input file")
     bench.add_argument("--model-dir", help="bundle for both sides; default: untrained real archs")
     bench.add_argument("--yolo", default="yolo11n",
                        choices=["yolo11n", "yolo11s", "yolo11m", "yolo11l"],
                        help="detector of the default bundle (the original's best.pt is a YOLO11l)")
     bench.add_argument("--inputs", default="j2k,raw", help="upload kinds: j2k, raw")
     bench.add_argument("--image-size", type=_size, default=(2455, 1606), metavar="ROWSxCOLS",
-                       help="pixels of the uploads (default: VinDr-SpineXR's 2455x1606)")
+                       help="pixels of the uploads (VinDr-SpineXR's size)")
     bench.add_argument("--no-annotate", action="store_true",
                        help="ask our gateway for no annotated image (the original always drew one)")
     bench.add_argument("--gateway", help="benchmark a running gateway instead of starting ours")

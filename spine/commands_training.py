@@ -88,37 +88,45 @@ def cmd_demo_bundle(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     """Add this module's subcommands to the ``spine`` parser."""
     phantoms = sub.add_parser("phantoms", help="write synthetic spine radiographs + VinDr CSV")
-    phantoms.add_argument("--out", required=True)
-    phantoms.add_argument("--count", type=int, default=100)
-    phantoms.add_argument("--seed", type=int, default=0)
-    phantoms.add_argument("--split", default="train", choices=["train", "test"])
+    phantoms.add_argument("--out", required=True, help="dataset folder (VinDr-SpineXR layout)")
+    phantoms.add_argument("--count", type=int, default=100, help="number of images")
+    phantoms.add_argument("--seed", type=int, default=0,
+                          help="output is a function of (seed, split, index)")
+    phantoms.add_argument("--split", default="train", choices=["train", "test"],
+                          help="writes <split>_images/ and annotations/<split>.csv")
     phantoms.set_defaults(func=cmd_phantoms)
 
     train = sub.add_parser("train", help="train the classifier members or the detector")
-    train.add_argument("what", choices=["classifier", "detector"])
+    train.add_argument("what", choices=["classifier", "detector"], help="which models to train")
     train.add_argument("--data", required=True, help="VinDr-SpineXR layout (train split)")
     train.add_argument("--out", required=True, help="bundle folder (created/updated)")
-    train.add_argument("--epochs", type=int, default=8)
-    train.add_argument("--batch-size", type=int, default=16)
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--val-fraction", type=float, default=0.2)
+    train.add_argument("--epochs", type=int, default=8, help="training epochs")
+    train.add_argument("--batch-size", type=int, default=16, help="images per step")
+    train.add_argument("--seed", type=int, default=0, help="seed of the split and the training")
+    train.add_argument("--val-fraction", type=float, default=0.2,
+                       help="share of studies held out to choose weights and threshold")
     train.add_argument(
         "--members-from-manifest",
         action="store_true",
         help="train the members the bundle's manifest names (default: demo archs)",
     )
     train.add_argument("--yolo", default="yolo11n.yaml", help="Ultralytics model yaml")
-    train.add_argument("--imgsz", type=int, default=640)
+    train.add_argument("--imgsz", type=int, default=640, help="detector input size (pixels)")
     train.set_defaults(func=cmd_train)
 
     evaluate = sub.add_parser("evaluate", help="metrics of a bundle on a labelled set")
-    evaluate.add_argument("--data", required=True)
+    evaluate.add_argument("--data", required=True, help="VinDr-SpineXR layout (real or phantoms)")
     source = evaluate.add_mutually_exclusive_group(required=True)
     source.add_argument("--gateway", help="URL of a running gateway")
     source.add_argument("--model-dir", help="bundle folder, run in-process")
-    evaluate.add_argument("--out", required=True)
-    evaluate.add_argument("--split", default="test")
-    evaluate.add_argument("--concurrency", type=int, default=4)
+    evaluate.add_argument("--out", required=True, help="report folder (created)")
+    evaluate.add_argument(
+        "--split",
+        help="annotations/<split>.csv to evaluate; without it: test if present, else the "
+        "only split there is",
+    )
+    evaluate.add_argument("--concurrency", type=int, default=4,
+                          help="uploads in flight (with --gateway)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     demo = sub.add_parser("demo-bundle", help="build (or find) the demo bundle")

@@ -201,6 +201,34 @@ def read_annotations_csv(path: Path, images_dir: Path, suffix: str = ".dicom") -
     return list(records.values())
 
 
+DEFAULT_EVAL_SPLIT = "test"
+
+
+def available_splits(root: Path) -> list[str]:
+    """The splits with an annotation CSV: ``root/annotations/<split>.csv``, sorted."""
+    return sorted(p.stem for p in (Path(root) / "annotations").glob("*.csv"))
+
+
+def choose_split(root: Path, split: str | None = None) -> str:
+    """``split`` if given; else ``test`` if present, else the only split there is.
+
+    ``spine phantoms`` writes ``train`` by default, so a folder made by it has one split
+    and evaluating it needs no ``--split``; where several exist and none is ``test``,
+    the error names them instead of guessing.
+    """
+    if split is not None:
+        return split
+    present = available_splits(root)
+    if DEFAULT_EVAL_SPLIT in present or not present:
+        return DEFAULT_EVAL_SPLIT  # none at all: load_vindr says what is missing
+    if len(present) == 1:
+        return present[0]
+    raise FileNotFoundError(
+        f"{Path(root) / 'annotations'} has several splits ({', '.join(present)}) and no "
+        f"{DEFAULT_EVAL_SPLIT}.csv; choose one with --split"
+    )
+
+
 def load_vindr(root: Path, split: str, check_files: bool = True) -> list[ImageRecord]:
     """Read `root/annotations/<split>.csv` and point each record at `<split>_images/<id>.dicom`.
 
@@ -210,7 +238,9 @@ def load_vindr(root: Path, split: str, check_files: bool = True) -> list[ImageRe
     root = Path(root)
     csv_path = root / "annotations" / f"{split}.csv"
     if not csv_path.is_file():
-        raise FileNotFoundError(f"no annotation file {csv_path}")
+        present = available_splits(root)
+        there = f"splits present: {', '.join(present)}" if present else "no split present"
+        raise FileNotFoundError(f"no annotation file {csv_path} ({there})")
     records = read_annotations_csv(csv_path, root / f"{split}_images")
     if check_files:
         missing = [r.path for r in records if not r.path.is_file()]

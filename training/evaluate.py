@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from shared.geometry import canonical_to_original
-from training.datasets import CLASS_NAMES, ImageRecord, load_vindr
+from training.datasets import CLASS_NAMES, ImageRecord, choose_split, load_vindr
 from training.metrics import (
     binary_metrics_at,
     bootstrap_auc_ci,
@@ -262,18 +262,22 @@ def evaluate(
     data_dir: Path,
     out: Path,
     *,
-    split: str = "test",
+    split: str | None = None,
     gateway: str | None = None,
     model_dir: Path | None = None,
     concurrency: int = 4,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Predict every image of ``split``, write the CSVs, report.json, figures and report.md."""
+    """Predict every image of ``split``, write the CSVs, report.json, figures and report.md.
+
+    Without ``split``: ``test`` if present, else the only split of ``data_dir``
+    (:func:`training.datasets.choose_split`).
+    """
     from training.plots import save_detection_pr_png, save_pr_png, save_roc_png
 
     if (gateway is None) == (model_dir is None):
         raise ValueError("give exactly one of gateway or model_dir")
-    records = load_vindr(data_dir, split)
+    records = load_vindr(data_dir, choose_split(data_dir, split))
     if gateway is not None:
         predictions = asyncio.run(_predict_via_gateway(records, gateway, concurrency, progress))
     else:

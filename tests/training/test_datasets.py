@@ -12,6 +12,7 @@ from training.datasets import (
     Box,
     ImageRecord,
     canonical_lesion_type,
+    choose_split,
     load_vindr,
     read_annotations_csv,
     split_train_val,
@@ -150,3 +151,37 @@ def test_split_is_stratified_grouped_and_seeded() -> None:
     assert split_train_val(records, 0.0, seed=5) == (records, [])
     with pytest.raises(ValueError):
         split_train_val(records, 1.0, seed=5)
+
+
+def test_evaluate_uses_the_only_split_present(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`spine phantoms --out X` (train) then `spine evaluate --data X`: no --split needed."""
+    import training.evaluate as evaluation
+
+    root = _vindr_tree(tmp_path / "vindr")
+    (root / "annotations" / "test.csv").unlink()
+    seen: list[list[str]] = []
+
+    async def fake_predict(records: list, *_args: object) -> list:
+        seen.append([r.image_id for r in records])
+        raise KeyboardInterrupt  # stop before any report: the split is what is tested
+
+    monkeypatch.setattr(evaluation, "_predict_via_gateway", fake_predict)
+    with pytest.raises(KeyboardInterrupt):
+        evaluation.evaluate(root, tmp_path / "out", gateway="http://127.0.0.1:9")
+    assert seen == [["img_a", "img_b", "img_c", "img_d", "img_e"]]
+    assert choose_split(root) == "train"
+    with pytest.raises(FileNotFoundError, match=r"test\.csv \(splits present: train\)"):
+        load_vindr(root, "test")
+
+
+def test_evaluate_names_the_splits_when_it_cannot_choose(tmp_path: Path) -> None:
+    from training.evaluate import evaluate
+
+    root = _vindr_tree(tmp_path / "vindr")
+    assert choose_split(root) == "test"  # test present: the default, as before
+    (root / "annotations" / "test.csv").rename(root / "annotations" / "val.csv")
+    with pytest.raises(FileNotFoundError, match=r"several splits \(train, val\).*--split"):
+        evaluate(root, tmp_path / "out", gateway="http://127.0.0.1:9")
+    assert choose_split(root, "val") == "val"

@@ -1,0 +1,45 @@
+"""The `spine` command reads well: every option explains itself and shows its default."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from spine.cli import build_parser, main
+
+
+def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def test_every_option_has_help_showing_its_default() -> None:
+    commands = _subparsers(build_parser())
+    assert {"serve", "gateway", "phantoms", "evaluate", "bench"} <= set(commands)
+    for name, parser in commands.items():
+        text = parser.format_help()
+        for action in parser._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            label = f"spine {name} {action.dest}"
+            assert action.help, f"{label} has no help"
+            if action.default not in (None, False) and action.option_strings:
+                assert f"(default: {action.default})" in " ".join(text.split()), label
+
+
+def test_defaults_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_PORT", "9000")
+    monkeypatch.setenv("SPINE_HOST", "0.0.0.0")
+    args = build_parser().parse_args(["serve"])
+    assert (args.host, args.port, args.classifier_port) == ("0.0.0.0", 9000, 8001)
+    monkeypatch.setenv("PORT", "9100")
+    assert build_parser().parse_args(["detector"]).port == 9100
+
+
+def test_a_bad_variable_is_named_without_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_PORT", "eighty")
+    with pytest.raises(SystemExit, match="gateway_port"):
+        main(["serve"])
