@@ -29,7 +29,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench import metrics
+from bench import service_counters
 from bench.procs import Proc, free_port, wait_ready
 from bench.runner import bench_bundle
 from shared import contract
@@ -193,9 +193,9 @@ def service_rates(model_dir: Path, batches: list[int], precision: str, device: s
             wait_ready([proc])
             out[name] = {}
             for batch in batches:
-                before = metrics.scrape(proc.url)
+                before = service_counters.scrape(proc.url)
                 rate = asyncio.run(_drive(proc.url, model, batch, seconds))
-                run = metrics.difference(before, metrics.scrape(proc.url))
+                run = service_counters.difference(before, service_counters.scrape(proc.url))
                 out[name][batch] = (rate, run.mean_batch if run else None)
         finally:
             proc.stop()

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import metrics, report
+from bench import report, service_counters
 from bench.dicoms import Upload, bench_uploads
 from bench.loadgen import load
 from bench.procs import Proc, RssSampler, peak_rss_mb, start_baseline, start_ours, wait_ready
@@ -155,7 +155,7 @@ def _params(target: _Target, annotate: bool) -> dict[str, str]:
 
 def _measure(target: _Target, uploads: list[Upload], concurrency: int,
              config: BenchConfig) -> RunSummary:
-    before = {name: metrics.scrape(url) for name, url in target.model_urls.items()}
+    before = {name: service_counters.scrape(url) for name, url in target.model_urls.items()}
     load_before = os.getloadavg()[0]
     with RssSampler({proc.name: proc.pid for proc in target.procs}) as sampler:
         result = load(
@@ -167,7 +167,8 @@ def _measure(target: _Target, uploads: list[Upload], concurrency: int,
     summary.rss_mb = dict(sampler.peaks)
     summary.load_before, summary.load_after = load_before, os.getloadavg()[0]
     for name, url in target.model_urls.items():
-        summary.services[name] = metrics.difference(before[name], metrics.scrape(url))
+        after = service_counters.scrape(url)
+        summary.services[name] = service_counters.difference(before[name], after)
     return summary
 
 

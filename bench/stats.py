@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from bench.loadgen import LoadResult
-from bench.metrics import ServiceRun
+from bench.service_counters import ServiceRun
 
 STAGES = ("decode", "classify", "detect", "merge", "render", "total")
 

@@ -11,8 +11,8 @@ import pytest
 
 from bench.baseline import file_from_multipart
 from bench.loadgen import LoadResult, Sample
-from bench.metrics import difference, parse_counters
 from bench.report import ratio_table, render
+from bench.service_counters import difference, parse_counters
 from bench.stats import summarise
 
 REPO = Path(__file__).resolve().parents[2]
