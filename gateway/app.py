@@ -25,6 +25,7 @@ from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from gateway import samples
 from gateway.admission import AdmissionMiddleware
 from gateway.analysis import Gateway, analyze, bundle_summary, decode, decode_options
 from gateway.audit import AuditFacts
@@ -408,6 +409,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             return error_response(404, "the web page is not installed; use /docs")
         return FileResponse(page, headers={"Cache-Control": "no-cache"})
 
+    app.include_router(samples.router)
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 

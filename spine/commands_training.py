@@ -1,4 +1,4 @@
-"""`spine phantoms | train | evaluate | demo-bundle`: data, training and evaluation."""
+"""`spine phantoms | samples | train | evaluate | demo-bundle`: data, training, evaluation."""
 
 from __future__ import annotations
 
@@ -12,6 +12,18 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
 
     out = generate_phantoms(Path(args.out), args.count, args.seed, args.split)
     print(f"wrote {args.count} phantoms to {out}")
+    return 0
+
+
+def cmd_samples(args: argparse.Namespace) -> int:
+    from training.samples import SYNTHETIC_NOTE, write_samples
+
+    out = Path(args.out)
+    for sample in write_samples(out):
+        kinds = ", ".join(sorted({f.lesion_type for f in sample.findings}))
+        print(f"{out / sample.file}  {sample.label}" + (f" ({kinds})" if kinds else ""))
+    print(f"truth: {out / 'truth.json'}. {SYNTHETIC_NOTE}")
+    print(f"try one: curl -F \"file=@{out / sample.file}\" http://127.0.0.1:8000/upload")
     return 0
 
 
@@ -95,6 +107,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     phantoms.add_argument("--split", default="train", choices=["train", "test"],
                           help="writes <split>_images/ and annotations/<split>.csv")
     phantoms.set_defaults(func=cmd_phantoms)
+
+    samples = sub.add_parser(
+        "samples", help="write 4 synthetic sample DICOMs (2 normal, 2 abnormal) + truth.json"
+    )
+    samples.add_argument("--out", default="samples", help="folder (created)")
+    samples.set_defaults(func=cmd_samples)
 
     train = sub.add_parser("train", help="train the classifier members or the detector")
     train.add_argument("what", choices=["classifier", "detector"], help="which models to train")

@@ -4,6 +4,7 @@ import { ApiError, fetchHealth, getApiKey, setApiKey, uploadDicom } from "./api.
 import { announce, clear, h } from "./dom.js";
 import { bytes } from "./format.js";
 import { isDemoResult, renderResult } from "./result.js";
+import { initSamples } from "./samples.js";
 
 const MAX_PARALLEL = 2;
 
@@ -242,6 +243,13 @@ dom.dropzone.addEventListener("click", () => dom.input.click());
 dom.input.addEventListener("change", () => {
   addFiles(dom.input.files);
   dom.input.value = ""; // choosing the same file again fires change again
+});
+
+initSamples({
+  container: document.getElementById("samples"),
+  list: document.getElementById("samples-list"),
+  note: document.getElementById("samples-note"),
+  onFile: (file) => addFiles([file]),
 });
 
 let dragDepth = 0;

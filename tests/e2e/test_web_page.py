@@ -568,6 +568,28 @@ def test_keyboard_reaches_the_file_chooser(
     assert page.errors.unexpected() == []
 
 
+def test_try_a_sample_analyses_a_synthetic_phantom_from_the_gateway(
+    stack: Any, page: Any, artifacts: Path
+) -> None:
+    """No DICOM at hand: one click loads a sample from the gateway and analyses it."""
+    open_page(page, stack.gateway)
+    samples = page.locator("[data-testid=samples]")
+    samples.wait_for(state="visible")
+    assert "synthetic" in samples.inner_text().lower()
+    assert "not patient images" in samples.inner_text()
+    buttons = page.locator("[data-testid=try-sample]")
+    assert buttons.count() == 4
+    choice = page.get_by_role("button", name="Try the synthetic abnormal sample abnormal-1")
+    choice.click()
+    page.wait_for_selector(".card[data-state=done]", timeout=120_000)
+    card = page.locator(".card").first
+    assert card.locator(".card__title").inner_text() == "synthetic-abnormal-1.dcm"
+    assert card.locator("[data-testid=diagnosis]").inner_text() in ("Normal", "Abnormal")
+    assert card.locator(".viewer__image").is_visible()
+    page.screenshot(path=str(artifacts / "12-try-a-sample.png"))
+    assert page.errors.unexpected() == []
+
+
 def test_classification_only_result_from_an_untrained_bundle(
     untrained_slow_detector_gateway: str, page: Any, spine_dicom: Path, artifacts: Path
 ) -> None:

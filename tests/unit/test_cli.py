@@ -18,7 +18,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 def test_every_option_has_help_showing_its_default() -> None:
     commands = _subparsers(build_parser())
-    assert {"serve", "gateway", "phantoms", "evaluate", "bench"} <= set(commands)
+    assert {"serve", "gateway", "phantoms", "evaluate", "samples", "bench"} <= set(commands)
     for name, parser in commands.items():
         text = parser.format_help()
         for action in parser._actions:
