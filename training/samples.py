@@ -2,9 +2,10 @@
 
 ``spine samples --out DIR`` and the gateway's ``GET /samples`` both come from here: the
 first :data:`SAMPLE_COUNT` phantoms of seed :data:`SAMPLE_SEED`, split ``sample``.
-Nothing else uses that seed (the demo bundle trains on 20261128, the test sets use 7 and
-99, ``spine phantoms`` defaults to 0) and the split name enters every phantom's random
-stream and ids, so a sample is never an image the demo bundle was trained or tested on.
+Nothing else uses that seed (docs/DEMO_BUNDLE.md lists the seeds: the demo bundle trains
+on 20261128, the quality test sets are 1, 2, 7 and 2027, the smoke test 99, ``spine
+phantoms`` defaults to 0) and the split name enters every phantom's random stream and
+ids, so a sample is never an image the demo bundle was trained, tested or tuned on.
 They are synthetic phantoms, not patient images. Torch-free (numpy, OpenCV, pydicom).
 """
 
