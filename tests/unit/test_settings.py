@@ -16,13 +16,7 @@ PRODUCT = ("gateway", "shared", "spine", "classifier_service", "detector_service
            "bench", "scripts")
 # Reading the environment is Settings' job; shared/paths.py only writes Ultralytics' variables.
 ENV_READ = re.compile(r"os\.environ\.get\(|os\.getenv\(|os\.environ\[[^\]]+\](?!\s*=)")
-READERS_ALLOWED = {
-    "shared/settings.py",
-    "shared/paths.py",
-    # DICOM_ISOLATE_DECODERS / DICOM_DECODE_TIMEOUT_S become Settings fields with the
-    # DICOM package's own change (issue 11 item 5); drop this line when they do.
-    "shared/dicom/isolate.py",
-}
+READERS_ALLOWED = {"shared/settings.py", "shared/paths.py"}
 
 
 def _documented() -> set[str]:
