@@ -8,9 +8,9 @@ gateway-wide concurrency (503): each answer says when to come back (``Retry-Afte
 
 from __future__ import annotations
 
-from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import ConcurrencyLimiter, TokenBucketLimiter, retry_after_header
 from gateway.security import ApiKeys
+from gateway.telemetry import GatewayMetrics
 from shared.logging import request_id_var
 from shared.observability import ASGIApp, Receive, Scope, Send, send_json
 

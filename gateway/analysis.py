@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from gateway import phi, render
+from gateway import phi
+from gateway.annotate import draw_boxes, png_data_uri
 from gateway.audit import AuditFacts, AuditLog
 from gateway.fusion import Box, apply_fusion, boxes_from_outputs, diagnose, to_original
-from gateway.metrics import GatewayMetrics
+from gateway.telemetry import GatewayMetrics
 from gateway.upstream import (
     MAX_CONNECTIONS,
     MAX_KEEPALIVE_CONNECTIONS,
@@ -212,14 +213,14 @@ async def analyze(
     if annotate:
         annotated = await asyncio.get_running_loop().run_in_executor(
             gateway.decode_pool,
-            lambda: render.png_data_uri(
-                render.annotate(canonical.pixels, canonical_boxes, settings.annotate_long_side)
+            lambda: png_data_uri(
+                draw_boxes(canonical.pixels, canonical_boxes, settings.annotate_long_side)
             ),
         )
         response.annotated_image = annotated
     if include_canonical:
         response.canonical_image = await asyncio.get_running_loop().run_in_executor(
-            gateway.decode_pool, render.png_data_uri, canonical.pixels
+            gateway.decode_pool, png_data_uri, canonical.pixels
         )
     finished = time.perf_counter()
     response.timings_ms = Timings(

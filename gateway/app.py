@@ -29,9 +29,9 @@ from gateway import samples
 from gateway.admission import AdmissionMiddleware
 from gateway.analysis import Gateway, analyze, bundle_summary, decode, decode_options
 from gateway.audit import AuditFacts
-from gateway.metrics import GatewayMetrics
 from gateway.ratelimit import ConcurrencyLimiter, TokenBucketLimiter
 from gateway.security import ApiKeys, docs_page, security_headers
+from gateway.telemetry import GatewayMetrics
 from gateway.upload import UploadError, read_file_field
 from gateway.upstream import UpstreamError
 from shared import dicom

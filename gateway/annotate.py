@@ -1,4 +1,8 @@
-"""The annotated image: boxes drawn on the canonical image, PNG, bounded size."""
+"""The annotated image: boxes drawn on the canonical image, PNG, bounded size.
+
+Not to be confused with PS3.14 rendering (``shared.dicom.render``), which turns stored
+pixels into the canonical image; this draws the findings on top of that image.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ PALETTE = (
 )
 
 
-def annotate(pixels: np.ndarray, boxes: list[Box], long_side: int) -> np.ndarray:
+def draw_boxes(pixels: np.ndarray, boxes: list[Box], long_side: int) -> np.ndarray:
     """Colour image with the canonical-space ``boxes`` drawn, long side <= ``long_side``."""
     height, width = pixels.shape
     scale = min(1.0, long_side / max(height, width))
