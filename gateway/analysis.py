@@ -304,7 +304,7 @@ def merge(
         detections=detections,
         metadata=DicomSummary(
             patient_id=phi.public_patient_id(
-                metadata.patient_id, phi.PhiMode(settings.phi_mode.value), settings.pseudonym_secret
+                metadata.patient_id, settings.phi_mode, settings.pseudonym_secret
             ),
             study_date=metadata.study_date,
             modality=metadata.modality,

@@ -10,8 +10,6 @@ checkpoint hashes, and how long it took. The sink is its own: a file
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import logging
 import logging.handlers
@@ -20,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from gateway.phi import keyed_digest
 from shared.schemas import UploadResponse
 
 AUDIT_LOGGER = "spine.audit"
@@ -37,7 +36,7 @@ def uid_hash(secret: str, uid: str | None) -> str | None:
     """HMAC-SHA256 of a DICOM UID, 32 hex digits; domain-separated from patient pseudonyms."""
     if not uid:
         return None
-    return hmac.new(secret.encode(), b"dicom-uid:" + uid.encode(), hashlib.sha256).hexdigest()[:32]
+    return keyed_digest(secret, uid, hex_digits=32, domain=b"dicom-uid:")
 
 
 class AuditLog:

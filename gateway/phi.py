@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from enum import StrEnum
 
-__all__ = ["PSEUDONYM_PREFIX", "PhiMode", "public_patient_id"]
+from shared.settings import PhiMode
+
+__all__ = ["PSEUDONYM_PREFIX", "keyed_digest", "public_patient_id"]
 
 PSEUDONYM_PREFIX = "anon-"
+PATIENT_ID_HEX_DIGITS = 16
 
 
-class PhiMode(StrEnum):
-    """How the response reports the patient ID (set by the operator)."""
+def keyed_digest(secret: str, value: str, *, hex_digits: int, domain: bytes = b"") -> str:
+    """The first ``hex_digits`` hex digits of HMAC-SHA256(secret, ``domain`` + value).
 
-    PSEUDONYMIZE = "pseudonymize"
-    PASSTHROUGH = "passthrough"
-    REDACT = "redact"
+    ``domain`` keeps pseudonyms of different kinds apart (a UID and a patient ID
+    with the same text get unrelated digests).
+    """
+    message = domain + value.encode("utf-8")
+    return hmac.new(secret.encode("utf-8"), message, hashlib.sha256).hexdigest()[:hex_digits]
 
 
 def public_patient_id(raw: str | None, mode: PhiMode, secret: str) -> str | None:
@@ -39,5 +43,4 @@ def public_patient_id(raw: str | None, mode: PhiMode, secret: str) -> str | None
         return raw
     if not secret:
         raise ValueError("pseudonymisation needs a non-empty secret")
-    digest = hmac.new(secret.encode("utf-8"), raw.encode("utf-8"), hashlib.sha256).hexdigest()
-    return PSEUDONYM_PREFIX + digest[:16]
+    return PSEUDONYM_PREFIX + keyed_digest(secret, raw, hex_digits=PATIENT_ID_HEX_DIGITS)

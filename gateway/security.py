@@ -29,10 +29,6 @@ PAGE_CSP = (
 )
 
 
-def sha256_hex(value: str) -> str:
-    return hashlib.sha256(value.encode("utf-8")).hexdigest()
-
-
 class ApiKeys:
     """Which configured key (by id) a request carries, if any."""
 

@@ -29,7 +29,9 @@ class DefaultBundle(StrEnum):
     UNTRAINED = "untrained"  # the real architectures with random weights (seconds)
 
 
-class PhiSetting(StrEnum):
+class PhiMode(StrEnum):
+    """How a response reports the patient ID (``PHI_MODE``, set by the operator)."""
+
     PSEUDONYMIZE = "pseudonymize"
     PASSTHROUGH = "passthrough"
     REDACT = "redact"
@@ -71,8 +73,8 @@ class Settings(BaseSettings):
     fusion_normal_min_confidence: float = Field(
         0.5, ge=0, le=1, description="paper mode: least box confidence kept on a Normal image"
     )
-    phi_mode: PhiSetting = Field(
-        PhiSetting.PSEUDONYMIZE, description="pseudonymize, passthrough or redact patient fields"
+    phi_mode: PhiMode = Field(
+        PhiMode.PSEUDONYMIZE, description="pseudonymize, passthrough or redact patient fields"
     )
     pseudonym_secret: str = Field(
         "change-me", description="HMAC key for patient_id pseudonyms; set it in production"

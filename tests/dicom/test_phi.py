@@ -13,8 +13,9 @@ import pytest
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 
-from gateway.phi import PhiMode, public_patient_id
+from gateway.phi import public_patient_id
 from shared import dicom
+from shared.settings import PhiMode
 from tests.dicom import hostile
 from tests.dicom.corpus import SENTINEL_BIRTH, SENTINEL_ID, SENTINEL_NAME, SENTINELS, to_bytes
 
