@@ -202,7 +202,7 @@ async def analyze(
     if isinstance(detected, InferResult):
         detector_result = detected
     else:
-        problem = str(detected) if isinstance(detected, UpstreamError) else repr(detected)
+        problem = detected.problem if isinstance(detected, UpstreamError) else repr(detected)
         warnings.append(f"Detection unavailable ({problem}); classification only.")
         log.warning("detector unavailable: %s", problem)
 

@@ -29,17 +29,16 @@ from gateway import samples
 from gateway.admission import AdmissionMiddleware
 from gateway.analysis import Gateway, analyze, bundle_summary, decode, decode_options
 from gateway.audit import AuditFacts
-from gateway.ratelimit import ConcurrencyLimiter, TokenBucketLimiter
+from gateway.ratelimit import ConcurrencyLimiter, TokenBucketLimiter, retry_after_header
 from gateway.security import ApiKeys, docs_page, security_headers
 from gateway.telemetry import GatewayMetrics
 from gateway.upload import UploadError, read_file_field
-from gateway.upstream import UpstreamError
 from shared import dicom
 from shared.contract import ServedFacts, demo_warning
+from shared.errors import ServiceError
 from shared.logging import request_id_var
 from shared.observability import (
     REQUEST_ID_HEADER,
-    ClientDisconnectedError,
     RequestContextMiddleware,
     unless_disconnected,
 )
@@ -57,8 +56,10 @@ EXPOSED_HEADERS = [
 ]
 
 
-class DeadlineError(Exception):
+class DeadlineError(ServiceError):
     """The request's deadline passed before the answer was ready (504)."""
+
+    status_code = 504
 
 UPLOAD_BODY = {
     "requestBody": {
@@ -114,7 +115,9 @@ async def _within(work: Awaitable[T], request: Request, seconds: float) -> T:
         async with asyncio.timeout(seconds):
             return await unless_disconnected(work, request.receive)
     except TimeoutError as exc:
-        raise DeadlineError(f"no answer within the {seconds:g} s deadline") from exc
+        raise DeadlineError(
+            f"no answer within the {seconds:g} s deadline; no diagnosis was made"
+        ) from exc
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -206,10 +209,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 )
         except TimeoutError as exc:
             raise UploadError(
-                408, f"the upload was not received within {settings.upload_timeout_s:g} s"
+                f"the upload was not received within {settings.upload_timeout_s:g} s",
+                status_code=408,
             ) from exc
         if not data:
-            raise UploadError(400, "the uploaded file is empty")
+            raise UploadError("the uploaded file is empty")
         return data
 
     def _audit(
@@ -229,25 +233,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.exception("audit log write failed")
 
     def _failure(
-        request: Request, event: str, facts: AuditFacts, started: float, exc: Exception
+        request: Request, event: str, facts: AuditFacts, started: float, exc: ServiceError
     ) -> JSONResponse:
         """The error answer (and audit line) for every way an analysis can fail."""
-        headers: dict[str, str] | None = None
-        if isinstance(exc, UploadError | dicom.DicomError):
-            status, message = exc.status_code, exc.message
-        elif isinstance(exc, UpstreamError):
-            status, message = exc.status_code, f"{exc}; no diagnosis was made"
-            if status == 503:
-                headers = {"Retry-After": str(exc.retry_after_s)}
-        elif isinstance(exc, DeadlineError):
-            status, message = 504, f"{exc}; no diagnosis was made"
-        else:  # ClientDisconnectedError: nobody reads this answer
-            status, message = 499, "client closed the request"
+        headers = None
+        if exc.retry_after_s is not None:
+            headers = {"Retry-After": retry_after_header(exc.retry_after_s)}
         if event == "analysis":
-            result = {499: "cancelled"}.get(status, "error")
+            result = "cancelled" if exc.status_code == 499 else "error"
             _gateway(request).metrics.analyses.labels(result).inc()
-        _audit(request, event, status, facts, started, error=message)
-        return error_response(status, message, headers)
+        _audit(request, event, exc.status_code, facts, started, error=exc.message)
+        return error_response(exc.status_code, exc.message, headers)
 
     @app.post(
         "/upload",
@@ -282,9 +278,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 request,
                 settings.request_timeout_s,
             )
-        except (
-            UploadError, dicom.DicomError, UpstreamError, DeadlineError, ClientDisconnectedError
-        ) as exc:
+        except ServiceError as exc:
             return _failure(request, "analysis", facts, started, exc)
         _gateway(request).metrics.analyses.labels(
             "partial" if result.detections is None else "complete"
@@ -315,7 +309,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             canonical, metadata = await _within(
                 decode(_gateway(request), data), request, settings.request_timeout_s
             )
-        except (UploadError, dicom.DicomError, DeadlineError, ClientDisconnectedError) as exc:
+        except ServiceError as exc:
             return _failure(request, "preview", facts, started, exc)
         facts.study_instance_uid = metadata.study_instance_uid
         facts.sop_instance_uid = metadata.sop_instance_uid

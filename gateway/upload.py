@@ -12,22 +12,23 @@ from collections.abc import AsyncIterator
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from shared.errors import ServiceError
+
 # Room for the multipart boundaries and part headers around the file itself.
 ENVELOPE_BYTES = 64 * 1024
 
 
-class UploadError(Exception):
-    """A request body we will not read; ``status_code`` is 400, 413 or 415."""
+class UploadError(ServiceError):
+    """A request body we will not read: 400 unless said otherwise (408, 413, 415)."""
 
-    def __init__(self, status_code: int, message: str) -> None:
-        super().__init__(message)
-        self.status_code = status_code
-        self.message = message
+    status_code = 400
 
 
 def _too_large(limit: int) -> UploadError:
     megabytes = limit // (1024 * 1024)
-    return UploadError(413, f"upload exceeds the {megabytes} MB limit (MAX_CONTENT_LENGTH)")
+    return UploadError(
+        f"upload exceeds the {megabytes} MB limit (MAX_CONTENT_LENGTH)", status_code=413
+    )
 
 
 async def read_file_field(
@@ -42,17 +43,18 @@ async def read_file_field(
         try:
             declared = int(content_length)
         except ValueError as exc:
-            raise UploadError(400, "invalid Content-Length header") from exc
+            raise UploadError("invalid Content-Length header") from exc
         if declared > limit + ENVELOPE_BYTES:
             raise _too_large(limit)
     media_type, options = parse_options_header(content_type or "")
     if media_type != b"multipart/form-data":
         raise UploadError(
-            415, "send the DICOM as multipart/form-data with the file in the field 'file'"
+            "send the DICOM as multipart/form-data with the file in the field 'file'",
+            status_code=415,
         )
     boundary = options.get(b"boundary")
     if not boundary:
-        raise UploadError(400, "multipart body without a boundary")
+        raise UploadError("multipart body without a boundary")
 
     parts: list[dict[str, object]] = []
     current: dict[str, object] = {}
@@ -109,7 +111,7 @@ async def read_file_field(
     except UploadError:
         raise
     except Exception as exc:  # noqa: BLE001 - python-multipart raises several types
-        raise UploadError(400, f"malformed multipart body: {exc}") from exc
+        raise UploadError(f"malformed multipart body: {exc}") from exc
 
     for part in parts:
         headers = part["headers"]
@@ -120,4 +122,4 @@ async def read_file_field(
             data = part["data"]
             assert isinstance(data, bytearray)
             return bytes(data), filename.decode("utf-8", "replace") if filename else None
-    raise UploadError(400, f"no file in the multipart field {field_name!r}")
+    raise UploadError(f"no file in the multipart field {field_name!r}")

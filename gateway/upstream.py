@@ -27,6 +27,7 @@ import httpx
 import numpy as np
 
 from shared import contract, oip
+from shared.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,10 @@ CONNECT_TIMEOUT_S = 2.0
 # queues an admitted upload; idle keep-alive connections beyond 50 are closed.
 MAX_CONNECTIONS = 200
 MAX_KEEPALIVE_CONNECTIONS = 50
+# Retry advice for the gateway's client when no replica could answer: a replica that
+# answered 503 (loading or overloaded) is worth asking again soon; an unreachable one is not.
+RETRY_AFTER_BUSY_S = 1
+RETRY_AFTER_UNREACHABLE_S = 5
 # Observer of every attempt: (service, outcome, seconds). Outcomes: ok, timeout,
 # unreachable, unavailable (503), error (other status), malformed.
 AttemptObserver = Callable[[str, str, float], None]
@@ -46,23 +51,32 @@ AttemptObserver = Callable[[str, str, float], None]
 F = TypeVar("F", bound=contract.ServedFacts)
 
 
-class UpstreamError(RuntimeError):
-    """A model service could not answer; ``status_code`` is what the gateway returns."""
+class UpstreamError(ServiceError):
+    """A model service could not answer (503, retry in 5 s unless said otherwise).
+
+    ``problem`` says what went wrong ("detector service: ..."), for logs and for the
+    warning of a response that goes on without the detector; ``message`` is the answer
+    to a request that ends here: without the classifier no diagnosis is made.
+    """
 
     status_code = 503
+    retry_after_s = RETRY_AFTER_UNREACHABLE_S
 
-    def __init__(self, service: str, message: str, retry_after_s: int = 5) -> None:
-        super().__init__(f"{service} service: {message}")
+    def __init__(self, service: str, problem: str, *, retry_after_s: float | None = None) -> None:
         self.service = service
-        self.retry_after_s = retry_after_s
+        self.problem = f"{service} service: {problem}"
+        super().__init__(f"{self.problem}; no diagnosis was made", retry_after_s=retry_after_s)
 
 
 class UpstreamUnavailableError(UpstreamError):
-    status_code = 503
+    """No replica of the service could take the call (503 with the client's retry advice)."""
 
 
 class UpstreamTimeoutError(UpstreamError):
+    """The service did not answer in time (504; asking again at once would not help)."""
+
     status_code = 504
+    retry_after_s = None
 
 
 @dataclass
@@ -167,6 +181,7 @@ class ModelClient(Generic[F]):
         await self._refresh_dns()
         tried: set[str] = set()
         last_problem = "no replica available"
+        retry_after_s = RETRY_AFTER_UNREACHABLE_S
         started = time.perf_counter()
         for _attempt in range(min(2, len(self.replicas))):
             replica = self._pick(tried)
@@ -191,6 +206,7 @@ class ModelClient(Generic[F]):
             except httpx.ConnectTimeout:
                 replica.ejected_until = time.monotonic() + EJECT_SECONDS
                 last_problem = "a replica did not accept the connection in time"
+                retry_after_s = RETRY_AFTER_UNREACHABLE_S
                 log.warning("%s replica %s: connect timeout; ejected", self.service, replica.url)
                 self._note("unreachable", attempt_started)
                 continue
@@ -202,6 +218,7 @@ class ModelClient(Generic[F]):
             except httpx.TransportError as exc:
                 replica.ejected_until = time.monotonic() + EJECT_SECONDS
                 last_problem = f"cannot reach a replica ({type(exc).__name__})"
+                retry_after_s = RETRY_AFTER_UNREACHABLE_S
                 log.warning(
                     "%s replica %s unreachable (%s); ejected",
                     self.service, replica.url, type(exc).__name__,
@@ -213,6 +230,7 @@ class ModelClient(Generic[F]):
                 pause = _retry_after(response.headers.get("Retry-After"), EJECT_SECONDS)
                 replica.ejected_until = time.monotonic() + pause
                 last_problem = "not ready or overloaded"
+                retry_after_s = RETRY_AFTER_BUSY_S
                 log.warning("%s replica %s answered 503; ejected for %.1f s",
                             self.service, replica.url, pause)
                 self._note("unavailable", attempt_started)
@@ -237,8 +255,7 @@ class ModelClient(Generic[F]):
                 elapsed_ms=(time.perf_counter() - started) * 1000,
                 replica=replica.url,
             )
-        retry_after = 1 if "overloaded" in last_problem else 5
-        raise UpstreamUnavailableError(self.service, last_problem, retry_after)
+        raise UpstreamUnavailableError(self.service, last_problem, retry_after_s=retry_after_s)
 
     def _decode(
         self, response: httpx.Response, outputs: list[str]

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from shared.errors import ServiceError
 from shared.logging import request_id_var
 
 log = logging.getLogger("spine.http")
@@ -86,8 +87,10 @@ async def send_json(
     await send({"type": "http.response.body", "body": payload})
 
 
-class ClientDisconnectedError(Exception):
-    """The caller closed the connection before the answer was ready."""
+class ClientDisconnectedError(ServiceError):
+    """The caller closed the connection before the answer was ready (499: nobody reads it)."""
+
+    status_code = 499
 
 
 async def until_disconnect(receive: Receive) -> None:
@@ -118,7 +121,7 @@ async def unless_disconnected(work: Awaitable[T], receive: Receive) -> T:
         await asyncio.wait({task})
         if not task.cancelled():
             task.exception()  # retrieved: nobody will read it now
-        raise ClientDisconnectedError("client closed the connection")
+        raise ClientDisconnectedError("client closed the request")
     return task.result()
 
 
