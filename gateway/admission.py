@@ -8,10 +8,10 @@ gateway-wide concurrency (503): each answer says when to come back (``Retry-Afte
 
 from __future__ import annotations
 
+from gateway.errors import error_body
 from gateway.ratelimit import ConcurrencyLimiter, TokenBucketLimiter, retry_after_header
 from gateway.security import ApiKeys
 from gateway.telemetry import GatewayMetrics
-from shared.logging import request_id_var
 from shared.observability import ASGIApp, Receive, Scope, Send, send_json
 
 PROTECTED_PATHS = frozenset({"/upload", "/preview"})
@@ -42,8 +42,7 @@ class AdmissionMiddleware:
         self, send: Send, status: int, reason: str, message: str, headers: list[tuple[str, str]]
     ) -> None:
         self.metrics.rejections.labels(reason).inc()
-        body = {"status": "error", "message": message, "request_id": request_id_var.get()}
-        await send_json(send, status, body, headers)
+        await send_json(send, status, error_body(status, message), headers)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (

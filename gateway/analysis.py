@@ -1,7 +1,8 @@
-"""One upload, end to end: decode once, ask both models at the same time, merge.
+"""One upload, end to end: decode once, ask both models at the same time, fuse, draw.
 
 Plain async functions over a :class:`Gateway` (the clients and settings), so the route
-stays thin and the logic is testable without HTTP.
+stays thin and the logic is testable without HTTP. The result is :class:`Findings`, in
+canonical pixels; :mod:`gateway.response` turns it into the ``/upload`` JSON.
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ import functools
 import logging
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import httpx
+import numpy as np
 
-from gateway import phi
 from gateway.annotate import draw_boxes, png_data_uri
 from gateway.audit import AuditFacts, AuditLog
-from gateway.fusion import Box, apply_fusion, boxes_from_outputs, diagnose, to_original
+from gateway.fusion import Box, Diagnosis, apply_fusion, boxes_from_outputs, diagnose
 from gateway.telemetry import GatewayMetrics
 from gateway.upstream import (
     MAX_CONNECTIONS,
@@ -31,19 +34,12 @@ from gateway.upstream import (
     UpstreamTimeoutError,
 )
 from shared import contract, dicom
-from shared.contract import ClassifierFacts, DetectorFacts, ServedFacts
-from shared.schemas import (
-    BundleSummary,
-    Detection,
-    DicomSummary,
-    FusionInfo,
-    ImageGeometry,
-    Timings,
-    UploadResponse,
-)
+from shared.contract import ClassifierFacts, DetectorFacts
+from shared.schemas import Timings
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 # Of the request's deadline, this much is kept for merging and rendering after the models:
 # a detector that is slow gets cut off early enough to still answer 200 with a warning.
@@ -126,17 +122,31 @@ async def decode(gateway: Gateway, data: bytes) -> tuple[dicom.CanonicalImage, d
         gateway.metrics.decode_seconds.observe(time.perf_counter() - started)
 
 
-def bundle_summary(classifier: ServedFacts, detector: ServedFacts | None) -> BundleSummary:
-    """The bundle as both services report it (checkpoints of both, by path)."""
-    checkpoints = dict(classifier.checkpoints)
-    if detector is not None:
-        checkpoints.update(detector.checkpoints)
-    return BundleSummary(
-        name=classifier.name,
-        kind=classifier.kind.value,  # type: ignore[arg-type]
-        demo=classifier.demo,
-        checkpoints=checkpoints,
-    )
+@dataclass(frozen=True)
+class Fused:
+    """The call and the boxes that survive fusion with it (canonical pixels)."""
+
+    diagnosis: Diagnosis
+    confidence: float
+    probability: float
+    boxes: list[Box] | None  # None: the detector did not answer
+    suppressed: int
+
+
+@dataclass(frozen=True)
+class Findings:
+    """Everything one analysis found, for the response builder."""
+
+    request_id: str
+    fused: Fused
+    canonical: dicom.CanonicalImage
+    metadata: dicom.DicomMetadata
+    classified: InferResult[ClassifierFacts]
+    detected: InferResult[DetectorFacts] | None
+    annotated_image: str | None
+    canonical_image: str | None
+    warnings: list[str]
+    timings: Timings
 
 
 async def analyze(
@@ -148,13 +158,12 @@ async def analyze(
     include_canonical: bool = False,
     deadline: float | None = None,
     facts: AuditFacts | None = None,
-) -> UploadResponse:
+) -> Findings:
     """The whole ``/upload`` pipeline; raises DicomError or UpstreamError for the route.
 
     ``deadline`` (``time.monotonic()``) bounds both model calls; ``facts`` receives the
     image's UIDs for the audit line.
     """
-    settings = gateway.settings
     started = time.perf_counter()
     canonical, metadata = await decode(gateway, data)
     decoded = time.perf_counter()
@@ -162,24 +171,81 @@ async def analyze(
         facts.study_instance_uid = metadata.study_instance_uid
         facts.sop_instance_uid = metadata.sop_instance_uid
 
-    image = canonical.pixels[None, None]  # [1, 1, H, W] uint8
     model_deadline = None if deadline is None else deadline - RENDER_RESERVE_S
-    classify = asyncio.ensure_future(
-        gateway.classifier.infer(
-            {contract.IMAGE.name: image}, contract.names(contract.CLASSIFIER_OUTPUTS),
-            request_id, model_deadline,
+    classified, answer = await infer_both(gateway, canonical.pixels, request_id, model_deadline)
+    inferred = time.perf_counter()
+    warnings = list(canonical.warnings)
+    detected = answer if isinstance(answer, InferResult) else None
+    if not isinstance(answer, InferResult):
+        warnings.append(_detection_warning(answer))
+
+    fused = fuse(gateway.settings, classified, detected)
+    merged = time.perf_counter()
+    annotated_image = None
+    if annotate:
+        annotated_image = await _in_pool(
+            gateway, lambda: png_data_uri(draw_boxes(
+                canonical.pixels, fused.boxes or [], gateway.settings.annotate_long_side
+            ))
         )
+    canonical_image = None
+    if include_canonical:
+        canonical_image = await _in_pool(gateway, lambda: png_data_uri(canonical.pixels))
+    finished = time.perf_counter()
+
+    findings = Findings(
+        request_id=request_id,
+        fused=fused,
+        canonical=canonical,
+        metadata=metadata,
+        classified=classified,
+        detected=detected,
+        annotated_image=annotated_image,
+        canonical_image=canonical_image,
+        warnings=warnings,
+        timings=Timings(
+            decode=round((decoded - started) * 1000, 2),
+            classify=round(classified.elapsed_ms, 2),
+            detect=round(detected.elapsed_ms, 2) if detected else None,
+            merge=round((merged - inferred) * 1000, 2),
+            render=round((finished - merged) * 1000, 2),
+            total=round((finished - started) * 1000, 2),
+        ),
     )
-    detect = asyncio.ensure_future(
-        gateway.detector.infer(
-            {contract.IMAGE.name: image}, contract.names(contract.DETECTOR_OUTPUTS),
-            request_id, model_deadline,
-        )
+    log.info(
+        "analysed upload",
+        extra={
+            "diagnosis": fused.diagnosis,
+            "abnormal_probability": round(fused.probability, 4),
+            "detections": None if fused.boxes is None else len(fused.boxes),
+            "bundle": classified.facts.name,
+            "demo": classified.facts.demo,
+            "total_ms": findings.timings.total,
+        },
     )
+    return findings
+
+
+async def infer_both(
+    gateway: Gateway, pixels: np.ndarray, request_id: str, deadline: float | None
+) -> tuple[InferResult[ClassifierFacts], InferResult[DetectorFacts] | Exception]:
+    """Both models at once: the classifier's answer, and the detector's or its failure.
+
+    Without the classifier there is no diagnosis: its failure stops the detector and
+    is raised (as an :class:`UpstreamError`). A detector failure is returned instead,
+    since the answer can go on with classification only.
+    """
+    image = pixels[None, None]  # [1, 1, H, W] uint8
+    inputs = {contract.IMAGE.name: image}
+    classify = asyncio.ensure_future(gateway.classifier.infer(
+        inputs, contract.names(contract.CLASSIFIER_OUTPUTS), request_id, deadline
+    ))
+    detect = asyncio.ensure_future(gateway.detector.infer(
+        inputs, contract.names(contract.DETECTOR_OUTPUTS), request_id, deadline
+    ))
     try:
         classified = await classify
     except BaseException as exc:
-        # No diagnosis without the classifier: stop the detector and answer now.
         detect.cancel()
         await asyncio.wait({detect})
         if not detect.cancelled():
@@ -190,150 +256,39 @@ async def analyze(
             raise UpstreamTimeoutError("classifier", "no answer in time") from exc
         raise UpstreamError("classifier", f"unexpected failure: {exc!r}") from exc
     try:
-        detected: InferResult[DetectorFacts] | BaseException = await detect
+        detected: InferResult[DetectorFacts] | Exception = await detect
     except asyncio.CancelledError:
         raise
     except Exception as exc:  # noqa: BLE001 - any detector failure degrades to a warning
         detected = exc
-    inferred = time.perf_counter()
-
-    warnings = list(canonical.warnings)
-    detector_result: InferResult[DetectorFacts] | None = None
-    if isinstance(detected, InferResult):
-        detector_result = detected
-    else:
-        problem = detected.problem if isinstance(detected, UpstreamError) else repr(detected)
-        warnings.append(f"Detection unavailable ({problem}); classification only.")
-        log.warning("detector unavailable: %s", problem)
-
-    response, canonical_boxes = merge(
-        gateway, canonical, metadata, classified, detector_result, warnings, request_id
-    )
-    merged = time.perf_counter()
-    if annotate:
-        annotated = await asyncio.get_running_loop().run_in_executor(
-            gateway.decode_pool,
-            lambda: png_data_uri(
-                draw_boxes(canonical.pixels, canonical_boxes, settings.annotate_long_side)
-            ),
-        )
-        response.annotated_image = annotated
-    if include_canonical:
-        response.canonical_image = await asyncio.get_running_loop().run_in_executor(
-            gateway.decode_pool, png_data_uri, canonical.pixels
-        )
-    finished = time.perf_counter()
-    response.timings_ms = Timings(
-        decode=round((decoded - started) * 1000, 2),
-        classify=round(classified.elapsed_ms, 2),
-        detect=round(detector_result.elapsed_ms, 2) if detector_result else None,
-        merge=round((merged - inferred) * 1000, 2),
-        render=round((finished - merged) * 1000, 2),
-        total=round((finished - started) * 1000, 2),
-    )
-    log.info(
-        "analysed upload",
-        extra={
-            "diagnosis": response.diagnosis,
-            "abnormal_probability": round(response.abnormal_probability, 4),
-            "detections": None if response.detections is None else len(response.detections),
-            "bundle": response.model_bundle.name,
-            "demo": response.demo,
-            "total_ms": response.timings_ms.total,
-        },
-    )
-    return response
+    return classified, detected
 
 
-def merge(
-    gateway: Gateway,
-    canonical: dicom.CanonicalImage,
-    metadata: dicom.DicomMetadata,
+def _detection_warning(failure: Exception) -> str:
+    problem = failure.problem if isinstance(failure, UpstreamError) else repr(failure)
+    log.warning("detector unavailable: %s", problem)
+    return f"Detection unavailable ({problem}); classification only."
+
+
+def fuse(
+    settings: Settings,
     classified: InferResult[ClassifierFacts],
     detected: InferResult[DetectorFacts] | None,
-    warnings: list[str],
-    request_id: str,
-) -> tuple[UploadResponse, list[Box]]:
-    """Build the response (without timings/annotation) and the boxes to draw."""
-    settings = gateway.settings
-    facts = classified.facts
+) -> Fused:
+    """The classifier's call in words, and the detector's boxes as fusion with it keeps them."""
     probability = float(classified.outputs[contract.ABNORMAL_PROBABILITY.name][0, 0])
-    members = classified.outputs[contract.MEMBER_PROBABILITIES.name][0]
     # The classifier made the call (next to its threshold); it is read, never recomputed.
     abnormal = bool(classified.outputs[contract.ABNORMAL.name][0, 0])
     diagnosis, confidence = diagnose(abnormal, probability)
-
-    bundle = bundle_summary(facts, detected.facts if detected else None)
-    if (text := facts.demo_warning) is not None:
-        warnings.insert(0, text)
-
-    detections: list[Detection] | None = None
-    drawn: list[Box] = []
-    suppressed = 0
-    if detected is not None:
-        canonical_boxes = boxes_from_outputs(detected.outputs, detected.facts.class_names)
-        drawn, suppressed = apply_fusion(
-            canonical_boxes, diagnosis, settings.fusion_mode, settings.fusion_normal_min_confidence
-        )
-        detections = [
-            Detection(
-                class_name=box.class_name,
-                class_id=box.class_id,
-                confidence=round(box.confidence, 4),
-                bbox=[round(v, 1) for v in (box.x1, box.y1, box.x2, box.y2)],
-            )
-            for box in (
-                to_original(
-                    b, canonical.scale_x, canonical.scale_y,
-                    canonical.original_columns, canonical.original_rows,
-                )
-                for b in drawn
-            )
-        ]
-
-    height, width = canonical.pixels.shape
-    response = UploadResponse(
-        diagnosis=diagnosis,
-        confidence=round(confidence, 6),
-        abnormal_probability=round(probability, 6),
-        threshold=facts.threshold,
-        ensemble_prediction={
-            n: round(float(p), 6) for n, p in zip(facts.members, members, strict=False)
-        },
-        ensemble_weights=dict(zip(facts.members, facts.weights, strict=False)),
-        detections=detections,
-        metadata=DicomSummary(
-            patient_id=phi.public_patient_id(
-                metadata.patient_id, settings.phi_mode, settings.pseudonym_secret
-            ),
-            study_date=metadata.study_date,
-            modality=metadata.modality,
-            rows=metadata.rows,
-            columns=metadata.columns,
-            photometric_interpretation=metadata.photometric_interpretation,
-            transfer_syntax_uid=metadata.transfer_syntax_uid,
-            transfer_syntax=metadata.transfer_syntax_name,
-            bits_stored=metadata.bits_stored,
-        ),
-        annotated_image=None,
-        image=ImageGeometry(
-            original_width=canonical.original_columns,
-            original_height=canonical.original_rows,
-            canonical_width=width,
-            canonical_height=height,
-            scale_x=canonical.scale_x,
-            scale_y=canonical.scale_y,
-        ),
-        fusion=FusionInfo(
-            mode=settings.fusion_mode.value,  # type: ignore[arg-type]
-            detector_threshold=detected.facts.conf if detected else None,
-            normal_min_confidence=settings.fusion_normal_min_confidence,
-            boxes_suppressed=suppressed,
-        ),
-        model_bundle=bundle,
-        demo=bundle.demo,
-        timings_ms=Timings(decode=0, classify=0, detect=None, merge=0, render=0, total=0),
-        request_id=request_id,
-        warnings=warnings,
+    if detected is None:
+        return Fused(diagnosis, confidence, probability, None, 0)
+    boxes, suppressed = apply_fusion(
+        boxes_from_outputs(detected.outputs, detected.facts.class_names), diagnosis,
+        settings.fusion_mode, settings.fusion_normal_min_confidence,
     )
-    return response, drawn
+    return Fused(diagnosis, confidence, probability, boxes, suppressed)
+
+
+async def _in_pool(gateway: Gateway, work: Callable[[], T]) -> T:
+    """CPU work (PNG encoding) in the decode pool, off the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(gateway.decode_pool, work)

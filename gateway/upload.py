@@ -8,6 +8,7 @@ refused at once, and the stream is cut off as soon as it passes the limit.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -29,6 +30,26 @@ def _too_large(limit: int) -> UploadError:
     return UploadError(
         f"upload exceeds the {megabytes} MB limit (MAX_CONTENT_LENGTH)", status_code=413
     )
+
+
+async def receive_upload(
+    content_type: str | None,
+    content_length: str | None,
+    body: AsyncIterator[bytes],
+    limit: int,
+    timeout_s: float,
+) -> bytes:
+    """The uploaded file's bytes, received within ``timeout_s`` (408) and not empty (400)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            data, _filename = await read_file_field(content_type, content_length, body, limit)
+    except TimeoutError as exc:
+        raise UploadError(
+            f"the upload was not received within {timeout_s:g} s", status_code=408
+        ) from exc
+    if not data:
+        raise UploadError("the uploaded file is empty")
+    return data
 
 
 async def read_file_field(

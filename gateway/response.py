@@ -1,0 +1,131 @@
+"""The answers of ``/upload`` and ``/preview``, built once from what the analysis found.
+
+The pipeline (:mod:`gateway.analysis`) works in canonical pixels; the answer speaks in
+the original image's pixels, names the model bundle, and shows the patient only as
+``PHI_MODE`` allows.
+"""
+
+from __future__ import annotations
+
+from gateway import phi
+from gateway.analysis import Findings
+from gateway.fusion import Box, to_original
+from shared import contract, dicom
+from shared.contract import ServedFacts
+from shared.schemas import (
+    BundleSummary,
+    Detection,
+    DicomSummary,
+    FusionInfo,
+    ImageGeometry,
+    UploadResponse,
+)
+from shared.settings import Settings
+
+
+def upload_response(findings: Findings, settings: Settings) -> UploadResponse:
+    """The ``/upload`` JSON of one finished analysis."""
+    facts = findings.classified.facts
+    detected = findings.detected
+    fused = findings.fused
+    members = findings.classified.outputs[contract.MEMBER_PROBABILITIES.name][0]
+    bundle = bundle_summary(facts, detected.facts if detected else None)
+    return UploadResponse(
+        diagnosis=fused.diagnosis,
+        confidence=round(fused.confidence, 6),
+        abnormal_probability=round(fused.probability, 6),
+        threshold=facts.threshold,
+        ensemble_prediction={
+            n: round(float(p), 6) for n, p in zip(facts.members, members, strict=False)
+        },
+        ensemble_weights=dict(zip(facts.members, facts.weights, strict=False)),
+        detections=None if fused.boxes is None
+        else [_detection(box, findings.canonical) for box in fused.boxes],
+        metadata=dicom_summary(findings.metadata, settings),
+        annotated_image=findings.annotated_image,
+        canonical_image=findings.canonical_image,
+        image=image_geometry(findings.canonical),
+        fusion=FusionInfo(
+            mode=settings.fusion_mode.value,  # type: ignore[arg-type]
+            detector_threshold=detected.facts.conf if detected else None,
+            normal_min_confidence=settings.fusion_normal_min_confidence,
+            boxes_suppressed=fused.suppressed,
+        ),
+        model_bundle=bundle,
+        demo=bundle.demo,
+        timings_ms=findings.timings,
+        request_id=findings.request_id,
+        warnings=([facts.demo_warning] if facts.demo_warning else []) + findings.warnings,
+    )
+
+
+def _detection(box: Box, canonical: dicom.CanonicalImage) -> Detection:
+    """A fused box (canonical pixels) as the answer reports it (original pixels)."""
+    original = to_original(
+        box, canonical.scale_x, canonical.scale_y,
+        canonical.original_columns, canonical.original_rows,
+    )
+    return Detection(
+        class_name=original.class_name,
+        class_id=original.class_id,
+        confidence=round(original.confidence, 4),
+        bbox=[round(v, 1) for v in (original.x1, original.y1, original.x2, original.y2)],
+    )
+
+
+def dicom_summary(metadata: dicom.DicomMetadata, settings: Settings) -> DicomSummary:
+    """The image's metadata, with the patient ID as ``PHI_MODE`` allows."""
+    return DicomSummary(
+        patient_id=phi.public_patient_id(
+            metadata.patient_id, settings.phi_mode, settings.pseudonym_secret
+        ),
+        study_date=metadata.study_date,
+        modality=metadata.modality,
+        rows=metadata.rows,
+        columns=metadata.columns,
+        photometric_interpretation=metadata.photometric_interpretation,
+        transfer_syntax_uid=metadata.transfer_syntax_uid,
+        transfer_syntax=metadata.transfer_syntax_name,
+        bits_stored=metadata.bits_stored,
+    )
+
+
+def image_geometry(canonical: dicom.CanonicalImage) -> ImageGeometry:
+    height, width = canonical.pixels.shape
+    return ImageGeometry(
+        original_width=canonical.original_columns,
+        original_height=canonical.original_rows,
+        canonical_width=width,
+        canonical_height=height,
+        scale_x=canonical.scale_x,
+        scale_y=canonical.scale_y,
+    )
+
+
+def preview_headers(canonical: dicom.CanonicalImage) -> dict[str, str]:
+    """``/preview``'s geometry headers (its body is the canonical PNG)."""
+    height, width = canonical.pixels.shape
+    headers = {
+        "X-Original-Width": str(canonical.original_columns),
+        "X-Original-Height": str(canonical.original_rows),
+        "X-Canonical-Width": str(width),
+        "X-Canonical-Height": str(height),
+        "X-Scale-X": repr(canonical.scale_x),
+        "X-Scale-Y": repr(canonical.scale_y),
+    }
+    if canonical.warnings:
+        headers["X-Warnings"] = " | ".join(canonical.warnings)[:1000]
+    return headers
+
+
+def bundle_summary(classifier: ServedFacts, detector: ServedFacts | None) -> BundleSummary:
+    """The bundle as both services report it (checkpoints of both, by path)."""
+    checkpoints = dict(classifier.checkpoints)
+    if detector is not None:
+        checkpoints.update(detector.checkpoints)
+    return BundleSummary(
+        name=classifier.name,
+        kind=classifier.kind.value,  # type: ignore[arg-type]
+        demo=classifier.demo,
+        checkpoints=checkpoints,
+    )
