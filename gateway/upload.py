@@ -60,6 +60,18 @@ async def read_file_field(
     field_name: str = "file",
 ) -> tuple[bytes, str | None]:
     """``(file bytes, client filename)`` of the multipart field ``field_name``."""
+    boundary = _boundary(content_type, content_length, limit)
+    parts = await _read_parts(boundary, body, limit)
+    for headers, data in parts:
+        _, disposition = parse_options_header(headers.get(b"content-disposition", b""))
+        if disposition.get(b"name") == field_name.encode():
+            filename = disposition.get(b"filename")
+            return bytes(data), filename.decode("utf-8", "replace") if filename else None
+    raise UploadError(f"no file in the multipart field {field_name!r}")
+
+
+def _boundary(content_type: str | None, content_length: str | None, limit: int) -> bytes:
+    """The multipart boundary, after refusing what the headers alone show is unwanted."""
     if content_length is not None:
         try:
             declared = int(content_length)
@@ -76,39 +88,41 @@ async def read_file_field(
     boundary = options.get(b"boundary")
     if not boundary:
         raise UploadError("multipart body without a boundary")
+    return boundary
 
-    parts: list[dict[str, object]] = []
-    current: dict[str, object] = {}
+
+async def _read_parts(
+    boundary: bytes, body: AsyncIterator[bytes], limit: int
+) -> list[tuple[dict[bytes, bytes], bytearray]]:
+    """Every part of the body as ``(headers, data)``, in memory, cut off past ``limit``."""
+    parts: list[tuple[dict[bytes, bytes], bytearray]] = []
+    headers: dict[bytes, bytes] = {}
+    data = bytearray()
     header_field = bytearray()
     header_value = bytearray()
 
     def on_part_begin() -> None:
-        current.clear()
-        current["headers"] = {}
-        current["data"] = bytearray()
+        nonlocal headers, data
+        headers, data = {}, bytearray()
 
-    def on_header_field(data: bytes, start: int, end: int) -> None:
-        header_field.extend(data[start:end])
+    def on_header_field(chunk: bytes, start: int, end: int) -> None:
+        header_field.extend(chunk[start:end])
 
-    def on_header_value(data: bytes, start: int, end: int) -> None:
-        header_value.extend(data[start:end])
+    def on_header_value(chunk: bytes, start: int, end: int) -> None:
+        header_value.extend(chunk[start:end])
 
     def on_header_end() -> None:
-        headers = current["headers"]
-        assert isinstance(headers, dict)
         headers[bytes(header_field).lower()] = bytes(header_value)
         header_field.clear()
         header_value.clear()
 
-    def on_part_data(data: bytes, start: int, end: int) -> None:
-        buffer = current["data"]
-        assert isinstance(buffer, bytearray)
-        buffer.extend(data[start:end])
-        if len(buffer) > limit:
+    def on_part_data(chunk: bytes, start: int, end: int) -> None:
+        data.extend(chunk[start:end])
+        if len(data) > limit:
             raise _too_large(limit)
 
     def on_part_end() -> None:
-        parts.append(dict(current))
+        parts.append((headers, data))
 
     parser = MultipartParser(
         boundary,
@@ -133,14 +147,4 @@ async def read_file_field(
         raise
     except Exception as exc:  # noqa: BLE001 - python-multipart raises several types
         raise UploadError(f"malformed multipart body: {exc}") from exc
-
-    for part in parts:
-        headers = part["headers"]
-        assert isinstance(headers, dict)
-        _, disposition = parse_options_header(headers.get(b"content-disposition", b""))
-        if disposition.get(b"name") == field_name.encode():
-            filename = disposition.get(b"filename")
-            data = part["data"]
-            assert isinstance(data, bytearray)
-            return bytes(data), filename.decode("utf-8", "replace") if filename else None
-    raise UploadError(f"no file in the multipart field {field_name!r}")
+    return parts
