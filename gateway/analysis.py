@@ -181,16 +181,9 @@ async def analyze(
 
     fused = fuse(gateway.settings, classified, detected)
     merged = time.perf_counter()
-    annotated_image = None
-    if annotate:
-        annotated_image = await _in_pool(
-            gateway, lambda: png_data_uri(draw_boxes(
-                canonical.pixels, fused.boxes or [], gateway.settings.annotate_long_side
-            ))
-        )
-    canonical_image = None
-    if include_canonical:
-        canonical_image = await _in_pool(gateway, lambda: png_data_uri(canonical.pixels))
+    annotated_image, canonical_image = await draw(
+        gateway, canonical, fused.boxes or [], annotate=annotate, canonical=include_canonical
+    )
     finished = time.perf_counter()
 
     findings = Findings(
@@ -212,17 +205,7 @@ async def analyze(
             total=round((finished - started) * 1000, 2),
         ),
     )
-    log.info(
-        "analysed upload",
-        extra={
-            "diagnosis": fused.diagnosis,
-            "abnormal_probability": round(fused.probability, 4),
-            "detections": None if fused.boxes is None else len(fused.boxes),
-            "bundle": classified.facts.name,
-            "demo": classified.facts.demo,
-            "total_ms": findings.timings.total,
-        },
-    )
+    _log(findings)
     return findings
 
 
@@ -289,6 +272,40 @@ def fuse(
     return Fused(diagnosis, confidence, probability, boxes, suppressed)
 
 
+async def draw(
+    gateway: Gateway,
+    image: dicom.CanonicalImage,
+    boxes: list[Box],
+    *,
+    annotate: bool,
+    canonical: bool,
+) -> tuple[str | None, str | None]:
+    """The PNG data URIs asked for: the annotated image and the canonical image (or None)."""
+    annotated_uri = canonical_uri = None
+    if annotate:
+        annotated_uri = await _in_pool(gateway, lambda: png_data_uri(
+            draw_boxes(image.pixels, boxes, gateway.settings.annotate_long_side)
+        ))
+    if canonical:
+        canonical_uri = await _in_pool(gateway, lambda: png_data_uri(image.pixels))
+    return annotated_uri, canonical_uri
+
+
 async def _in_pool(gateway: Gateway, work: Callable[[], T]) -> T:
     """CPU work (PNG encoding) in the decode pool, off the event loop."""
     return await asyncio.get_running_loop().run_in_executor(gateway.decode_pool, work)
+
+
+def _log(findings: Findings) -> None:
+    fused, facts = findings.fused, findings.classified.facts
+    log.info(
+        "analysed upload",
+        extra={
+            "diagnosis": fused.diagnosis,
+            "abnormal_probability": round(fused.probability, 4),
+            "detections": None if fused.boxes is None else len(fused.boxes),
+            "bundle": facts.name,
+            "demo": facts.demo,
+            "total_ms": findings.timings.total,
+        },
+    )

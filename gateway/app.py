@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +88,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     metrics = GatewayMetrics()
     api_keys = ApiKeys(settings.api_keys_sha256)
+    app = FastAPI(
+        title="Spine lesion service",
+        version="0.1.0",
+        description=(
+            "Classifies a spine radiograph (DICOM) as Normal/Abnormal with a weighted ensemble "
+            "and localises lesions with YOLO. **For research only: not a medical device.**"
+        ),
+        lifespan=_lifespan(settings, metrics, api_keys),
+        docs_url=None,  # served below with its own CSP
+        redoc_url=None,  # would need fonts and scripts from two more hosts
+    )
+    app.state.metrics = metrics
+    _add_middleware(app, settings, metrics, api_keys)
+    if api_keys.enabled:
+        _document_api_keys(app)
+    register_error_handlers(app)
+    app.include_router(router)
+    app.include_router(samples.router)
+    if STATIC_DIR.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    return app
+
+
+def _lifespan(
+    settings: Settings, metrics: GatewayMetrics, api_keys: ApiKeys
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Start-up and shut-down: the model clients, decode pool and audit log of one app."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -104,18 +131,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         await gateway.close()
 
-    app = FastAPI(
-        title="Spine lesion service",
-        version="0.1.0",
-        description=(
-            "Classifies a spine radiograph (DICOM) as Normal/Abnormal with a weighted ensemble "
-            "and localises lesions with YOLO. **For research only: not a medical device.**"
-        ),
-        lifespan=lifespan,
-        docs_url=None,  # served below with its own CSP
-        redoc_url=None,  # would need fonts and scripts from two more hosts
-    )
-    app.state.metrics = metrics
+    return lifespan
+
+
+def _add_middleware(
+    app: FastAPI, settings: Settings, metrics: GatewayMetrics, api_keys: ApiKeys
+) -> None:
     # add_middleware puts each one outside the previous: admission innermost.
     app.add_middleware(
         AdmissionMiddleware,
@@ -142,14 +163,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         error_body=error_body,
         max_header_bytes=settings.max_header_bytes,
     )
-    if api_keys.enabled:
-        _document_api_keys(app)
-    register_error_handlers(app)
-    app.include_router(router)
-    app.include_router(samples.router)
-    if STATIC_DIR.is_dir():
-        app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
-    return app
 
 
 def _gateway(request: Request) -> Gateway:
