@@ -39,7 +39,7 @@ from gateway.errors import (
 from gateway.health import check_ready, health_report
 from gateway.ratelimit import ConcurrencyLimiter, TokenBucketLimiter
 from gateway.response import preview_headers, upload_response
-from gateway.security import ApiKeys, docs_page, security_headers
+from gateway.security import ApiKeys, docs_page, document_api_keys, security_headers
 from gateway.telemetry import GatewayMetrics
 from gateway.upload import receive_upload
 from shared import dicom
@@ -102,7 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.metrics = metrics
     _add_middleware(app, settings, metrics, api_keys)
     if api_keys.enabled:
-        _document_api_keys(app)
+        document_api_keys(app)
     register_error_handlers(app)
     app.include_router(router)
     app.include_router(samples.router)
@@ -328,30 +328,3 @@ async def index() -> Response:
     if not page.is_file():
         return error_response(404, "the web page is not installed; use /docs")
     return FileResponse(page, headers={"Cache-Control": "no-cache"})
-
-
-def _document_api_keys(app: FastAPI) -> None:
-    """Declare the API key schemes in OpenAPI, so Swagger's "Authorize" button sends one."""
-    from gateway.admission import PROTECTED_PATHS
-
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = build()
-            schema.setdefault("components", {})["securitySchemes"] = {
-                "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
-                "BearerKey": {"type": "http", "scheme": "bearer"},
-            }
-            for path in PROTECTED_PATHS:
-                for operation in schema.get("paths", {}).get(path, {}).values():
-                    operation["security"] = [{"ApiKeyHeader": []}, {"BearerKey": []}]
-                    operation.setdefault("responses", {})["401"] = {
-                        "description": "No valid API key",
-                        "content": {"application/json": {
-                            "schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
-                    }
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]

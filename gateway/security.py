@@ -15,7 +15,9 @@ import hashlib
 import hmac
 import re
 from collections.abc import Iterable
+from typing import Any
 
+from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
@@ -102,3 +104,30 @@ def docs_page(openapi_url: str, title: str) -> HTMLResponse:
         "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     )
     return HTMLResponse(html, headers={"Content-Security-Policy": csp})
+
+
+def document_api_keys(app: FastAPI) -> None:
+    """Declare the API key schemes in OpenAPI, so Swagger's "Authorize" button sends one."""
+    from gateway.admission import PROTECTED_PATHS
+
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {})["securitySchemes"] = {
+                "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+                "BearerKey": {"type": "http", "scheme": "bearer"},
+            }
+            for path in PROTECTED_PATHS:
+                for operation in schema.get("paths", {}).get(path, {}).values():
+                    operation["security"] = [{"ApiKeyHeader": []}, {"BearerKey": []}]
+                    operation.setdefault("responses", {})["401"] = {
+                        "description": "No valid API key",
+                        "content": {"application/json": {
+                            "schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+                    }
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
