@@ -57,6 +57,7 @@ class Gateway:
     decode_pool: ThreadPoolExecutor
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     audit: AuditLog | None = None
+    # Transfer syntax -> whether this install can decode it (probed once, for /health).
     decodable: dict[str, bool] = field(default_factory=dict)
 
     @classmethod
@@ -87,6 +88,7 @@ class Gateway:
             decode_pool=ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode"),
             metrics=metrics,
             audit=AuditLog(settings.audit_log_path, settings.pseudonym_secret, settings.audit_log),
+            decodable=dicom.decodable_transfer_syntaxes(decode_options(settings)),
         )
 
     async def close(self) -> None:

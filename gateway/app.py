@@ -26,7 +26,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gateway import samples
 from gateway.admission import AdmissionMiddleware
-from gateway.analysis import Gateway, analyze, decode, decode_options
+from gateway.analysis import Gateway, analyze, decode
 from gateway.audit import AuditFacts
 from gateway.deadline import within
 from gateway.errors import (
@@ -119,7 +119,6 @@ def _lifespan(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gateway = Gateway.create(settings, metrics)
-        gateway.decodable = dicom.decodable_transfer_syntaxes(decode_options(settings))
         app.state.gateway = gateway
         missing = [name for name, ok in gateway.decodable.items() if not ok]
         log.info("gateway up; transfer syntaxes without a decoder: %s", missing or "none")
