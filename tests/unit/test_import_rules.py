@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,3 +63,16 @@ def test_gateway_loads_no_ml_stack() -> None:
     assert result.returncode == 0, result.stderr
     loaded = json.loads(result.stdout.strip().splitlines()[-1])
     assert loaded == [], f"the gateway loaded {loaded}"
+
+
+def test_every_torch_free_shared_module_is_under_contract() -> None:
+    """A new module in shared/ (outside shared/serving) joins the no-ML-stack contract."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    ml_free = next(
+        c for c in config["contracts"] if "torch" in c.get("forbidden_modules", [])
+    )["source_modules"]
+    shared = ROOT / "shared"
+    present = {f"shared.{p.stem}" for p in shared.glob("*.py") if p.stem != "__init__"}
+    present |= {f"shared.{p.parent.name}" for p in shared.glob("*/__init__.py")}
+    missing = present - {"shared.serving"} - set(ml_free)
+    assert not missing, f"add {sorted(missing)} to the contract in pyproject.toml"
