@@ -27,7 +27,7 @@ from pydicom.encaps import generate_frames
 from pydicom.uid import UID
 
 from shared.dicom.codecs import j2k, jpeg, jpegls, native, rle
-from shared.dicom.codecs.base import CompressedBackend, DecodedFrame, PixelGeometry
+from shared.dicom.codecs.base import CompressedBackend, DecodedFrame, FrameRequest, PixelGeometry
 from shared.dicom.errors import DicomError, NotDicomError, UnsupportedDicomError
 from shared.dicom.isolate import DecodeOptions
 
@@ -114,7 +114,7 @@ def decode_frame(
     backend.check(syntax, frame, geom)
     try:
         decoded = backend.decode(
-            syntax, pixel_data, frame, geom, target=j2k_target, options=options
+            FrameRequest(syntax, pixel_data, frame, geom, target=j2k_target, options=options)
         )
     except DicomError:
         raise

@@ -18,7 +18,7 @@ from pydicom.uid import UID
 from shared.dicom.errors import NotDicomError
 from shared.dicom.isolate import DecodeOptions
 
-__all__ = ["CompressedBackend", "DecodedFrame", "PixelGeometry", "check_size"]
+__all__ = ["CompressedBackend", "DecodedFrame", "FrameRequest", "PixelGeometry", "check_size"]
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,18 @@ class DecodedFrame:
     reduce: int = 0  # JPEG 2000 resolution levels skipped (0 = full resolution)
 
 
+@dataclass(frozen=True)
+class FrameRequest:
+    """What a compressed backend decodes: frame 0 of one transfer syntax, and how."""
+
+    syntax: UID
+    pixel_data: bytes  # the whole encapsulated Pixel Data element
+    frame: bytes  # frame 0's codestream
+    geom: PixelGeometry
+    target: tuple[int, int] | None  # canonical (width, height) a reduced decode must cover
+    options: DecodeOptions
+
+
 class CompressedBackend(Protocol):
     """The interface of a compressed-syntax backend module."""
 
@@ -49,17 +61,8 @@ class CompressedBackend(Protocol):
     def check(self, syntax: UID, frame: bytes, geom: PixelGeometry) -> None:
         """Refuse a codestream whose own header disagrees with the DICOM header."""
 
-    def decode(
-        self,
-        syntax: UID,
-        pixel_data: bytes,
-        frame: bytes,
-        geom: PixelGeometry,
-        *,
-        target: tuple[int, int] | None,
-        options: DecodeOptions,
-    ) -> DecodedFrame:
-        """Decode frame 0 (`frame` is it, `pixel_data` the whole encapsulated element)."""
+    def decode(self, request: FrameRequest) -> DecodedFrame:
+        """Decode frame 0 of the request."""
 
 
 def check_size(rows: int, cols: int, geom: PixelGeometry) -> None:

@@ -14,9 +14,9 @@ from pydicom import uid as pduid
 from pydicom.uid import UID
 
 from shared.dicom.codecs import openjpeg, plugins
-from shared.dicom.codecs.base import DecodedFrame, PixelGeometry, check_size
+from shared.dicom.codecs.base import DecodedFrame, FrameRequest, PixelGeometry, check_size
 from shared.dicom.errors import NotDicomError, UnsupportedDicomError
-from shared.dicom.isolate import DecodeOptions, run_isolated
+from shared.dicom.isolate import run_isolated
 
 __all__ = ["SYNTAXES", "check", "decode", "read_siz", "reduce_factor", "sniff"]
 
@@ -87,16 +87,9 @@ def reduce_factor(rows: int, columns: int, target: tuple[int, int], levels: int)
     return reduce
 
 
-def decode(
-    syntax: UID,
-    pixel_data: bytes,
-    frame: bytes,
-    geom: PixelGeometry,
-    *,
-    target: tuple[int, int] | None,
-    options: DecodeOptions,
-) -> DecodedFrame:
+def decode(request: FrameRequest) -> DecodedFrame:
     """OpenJPEG (reduced when `target` allows it), falling back to pydicom's plugins."""
+    frame, geom, target = request.frame, request.geom, request.target
     siz = read_siz(frame)
     reduce = 0
     if target is not None and siz is not None:
@@ -114,4 +107,7 @@ def decode(
                 raise
             arr = openjpeg.decode(frame, expected_size=(geom.rows, geom.columns))
             return DecodedFrame(arr, 0)
-    return DecodedFrame(run_isolated(plugins.decode, syntax, pixel_data, geom, options=options), 0)
+    decoded = run_isolated(
+        plugins.decode, request.syntax, request.pixel_data, geom, options=request.options
+    )
+    return DecodedFrame(decoded, 0)

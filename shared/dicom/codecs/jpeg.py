@@ -15,9 +15,9 @@ from pydicom import uid as pduid
 from pydicom.uid import UID
 
 from shared.dicom.codecs import gdcm, plugins
-from shared.dicom.codecs.base import DecodedFrame, PixelGeometry, check_size
+from shared.dicom.codecs.base import DecodedFrame, FrameRequest, PixelGeometry, check_size
 from shared.dicom.errors import NotDicomError, UnsupportedDicomError
-from shared.dicom.isolate import DecodeOptions, run_isolated
+from shared.dicom.isolate import run_isolated
 
 __all__ = ["SYNTAXES", "check", "decode", "decoder_geometry", "read_sof"]
 
@@ -121,21 +121,14 @@ def decoder_geometry(frame: bytes, geom: PixelGeometry) -> PixelGeometry:
     )
 
 
-def decode(
-    syntax: UID,
-    pixel_data: bytes,
-    frame: bytes,
-    geom: PixelGeometry,
-    *,
-    target: tuple[int, int] | None,
-    options: DecodeOptions,
-) -> DecodedFrame:
+def decode(request: FrameRequest) -> DecodedFrame:
     """Decode in a worker process: pydicom's plugins, or GDCM itself for 12-bit Extended."""
-    geom = decoder_geometry(frame, geom)
-    if syntax == pduid.JPEGExtended12Bit and geom.bits_stored > 8:
-        if plugins.has_plugin(syntax, "pylibjpeg"):
-            return DecodedFrame(
-                run_isolated(plugins.decode, syntax, pixel_data, geom, options=options)
-            )
-        return DecodedFrame(run_isolated(gdcm.decode, syntax, frame, geom, options=options))
-    return DecodedFrame(run_isolated(plugins.decode, syntax, pixel_data, geom, options=options))
+    syntax, options = request.syntax, request.options
+    geom = decoder_geometry(request.frame, request.geom)
+    if syntax == pduid.JPEGExtended12Bit and geom.bits_stored > 8 and not plugins.has_plugin(
+        syntax, "pylibjpeg"
+    ):
+        return DecodedFrame(run_isolated(gdcm.decode, syntax, request.frame, geom, options=options))
+    return DecodedFrame(
+        run_isolated(plugins.decode, syntax, request.pixel_data, geom, options=options)
+    )

@@ -10,9 +10,9 @@ from pydicom import uid as pduid
 from pydicom.uid import UID
 
 from shared.dicom.codecs import jpeg, plugins
-from shared.dicom.codecs.base import DecodedFrame, PixelGeometry
+from shared.dicom.codecs.base import DecodedFrame, FrameRequest, PixelGeometry
 from shared.dicom.errors import UnsupportedDicomError
-from shared.dicom.isolate import DecodeOptions, run_isolated
+from shared.dicom.isolate import run_isolated
 
 __all__ = ["SYNTAXES", "check", "decode"]
 
@@ -23,19 +23,15 @@ def check(syntax: UID, frame: bytes, geom: PixelGeometry) -> None:
     jpeg.check(syntax, frame, geom)
 
 
-def decode(
-    syntax: UID,
-    pixel_data: bytes,
-    frame: bytes,
-    geom: PixelGeometry,
-    *,
-    target: tuple[int, int] | None,
-    options: DecodeOptions,
-) -> DecodedFrame:
-    sof = jpeg.read_sof(frame)
+def decode(request: FrameRequest) -> DecodedFrame:
+    sof = jpeg.read_sof(request.frame)
     if sof is not None and sof[1] < 8:
         raise UnsupportedDicomError(
             "JPEG-LS images with fewer than 8 bits per sample are not supported."
         )
-    geom = jpeg.decoder_geometry(frame, geom)
-    return DecodedFrame(run_isolated(plugins.decode, syntax, pixel_data, geom, options=options))
+    geom = jpeg.decoder_geometry(request.frame, request.geom)
+    return DecodedFrame(
+        run_isolated(
+            plugins.decode, request.syntax, request.pixel_data, geom, options=request.options
+        )
+    )

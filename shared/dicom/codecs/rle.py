@@ -12,9 +12,8 @@ from pydicom import uid as pduid
 from pydicom.uid import UID
 
 from shared.dicom.codecs import plugins
-from shared.dicom.codecs.base import DecodedFrame, PixelGeometry
+from shared.dicom.codecs.base import DecodedFrame, FrameRequest, PixelGeometry
 from shared.dicom.errors import NotDicomError
-from shared.dicom.isolate import DecodeOptions
 
 __all__ = ["SYNTAXES", "check", "decode", "sniff"]
 
@@ -38,14 +37,6 @@ def check(syntax: UID, frame: bytes, geom: PixelGeometry) -> None:
         raise NotDicomError("The RLE frame does not have one segment per byte of a sample.")
 
 
-def decode(
-    syntax: UID,
-    pixel_data: bytes,
-    frame: bytes,
-    geom: PixelGeometry,
-    *,
-    target: tuple[int, int] | None,
-    options: DecodeOptions,
-) -> DecodedFrame:
+def decode(request: FrameRequest) -> DecodedFrame:
     """In this process (`options` does not apply): these decoders never abort."""
-    return DecodedFrame(plugins.decode(syntax, pixel_data, geom))
+    return DecodedFrame(plugins.decode(request.syntax, request.pixel_data, request.geom))
