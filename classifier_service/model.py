@@ -12,7 +12,6 @@ names it per member. Tensor names and facts: :mod:`shared.contract`.
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import numpy as np
 
@@ -21,23 +20,13 @@ from shared import contract, oip
 from shared.serving.device import configure_torch, resolve_device
 from shared.serving.lifecycle import BundleModel
 from shared.serving.onnx_runtime import choose_backend, options_from_settings
-from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 class ClassifierModel(BundleModel):
     name = contract.CLASSIFIER_MODEL
-
-    def __init__(
-        self,
-        model_dir: Path,
-        device: str = "auto",
-        torch_threads: int = 0,
-        settings: Settings | None = None,
-    ) -> None:
-        super().__init__(model_dir, device, torch_threads, settings)
-        self.ensemble: Ensemble | None = None
+    ensemble: Ensemble | None = None  # set by load()
 
     def load(self) -> None:
         device = resolve_device(self.device_setting)

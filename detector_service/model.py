@@ -13,7 +13,9 @@ Tensor names and facts: :mod:`shared.contract`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import torch
@@ -29,7 +31,7 @@ from detector_service.yolo import (
     unletterbox_boxes,
 )
 from shared import contract, oip
-from shared.bundle import resolve_checkpoint, sha256_file
+from shared.bundle import DetectorSpec, resolve_checkpoint, sha256_file
 from shared.serving.device import configure_torch, resolve_device
 from shared.serving.dtypes import compute_dtype
 from shared.serving.lifecycle import BundleModel
@@ -40,30 +42,24 @@ from shared.serving.onnx_runtime import (
     release_freed_memory,
     try_onnx,
 )
-from shared.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 class DetectorModel(BundleModel):
     name = contract.DETECTOR_MODEL
+    # Set by load(); these are the values before it.
+    network: nn.Module | None = None
+    onnx: OnnxRunner | None = None
+    class_names: Mapping[int, str] = MappingProxyType({})
+    device = torch.device("cpu")
+    dtype = torch.float32
+    end2end = False
+    sha256 = ""
 
-    def __init__(
-        self,
-        model_dir: Path,
-        device: str = "auto",
-        torch_threads: int = 0,
-        settings: Settings | None = None,
-    ) -> None:
-        super().__init__(model_dir, device, torch_threads, settings)
-        self.spec = self.manifest.detector
-        self.network: nn.Module | None = None
-        self.onnx: OnnxRunner | None = None
-        self.class_names: dict[int, str] = {}
-        self.device = torch.device("cpu")
-        self.dtype = torch.float32
-        self.end2end = False
-        self.sha256 = ""
+    @property
+    def spec(self) -> DetectorSpec:
+        return self.manifest.detector
 
     @property
     def backend(self) -> str:
