@@ -8,7 +8,7 @@ DCMTK (dcmconv, dcmcrle, dcmcjpeg, dcmcjpls), GDCM (gdcmconv) and OpenJPH
 service (DCMTK for JPEG/JPEG-LS/RLE, GDCM for JPEG 2000, OpenJPH for HTJ2K)
 so a decoder bug cannot hide in both sides of a comparison.
 
-Also used by ``scripts/make_dicom_corpus.py`` (write the corpus to a folder,
+Also used by ``tests/dicom/make_corpus.py`` (write the corpus to a folder,
 regenerate ``shared/dicom/probes.py``).
 """
 

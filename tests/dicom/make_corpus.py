@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Write the DICOM test corpus to a folder, or regenerate shared/dicom/probes.py.
 
-    python scripts/make_dicom_corpus.py corpus-out/          # every source x encoding
-    python scripts/make_dicom_corpus.py --probes             # rewrite shared/dicom/probes.py
+    python -m tests.dicom.make_corpus corpus-out/      # every source x encoding
+    python -m tests.dicom.make_corpus --probes         # rewrite shared/dicom/probes.py
 
 The corpus is what tests/dicom builds in its fixtures (nothing binary is
 committed); writing it out is for looking at files by hand or feeding other
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import base64
-import sys
 import tempfile
 import textwrap
 from pathlib import Path
@@ -25,11 +24,10 @@ import numpy as np
 import pydicom
 from pydicom.encaps import generate_frames
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from shared.dicom.probes import PROBE_SIZE, gradient
+from tests.dicom.corpus import ENCODINGS, Corpus, base_dataset, convert
 
-from shared.dicom.probes import PROBE_SIZE, gradient  # noqa: E402
-from tests.dicom.corpus import ENCODINGS, Corpus, base_dataset, convert  # noqa: E402
+ROOT = Path(__file__).resolve().parents[2]
 
 # encoding key -> (bits stored of the probe image, tolerance in stored units)
 _PROBE_PLAN: dict[str, tuple[int, int]] = {
@@ -78,18 +76,14 @@ def make_probes() -> str:
             assert uid == ENCODINGS[key].uid, (key, uid)
             b64 = base64.b64encode(frame).decode("ascii")
             wrapped = "\n".join(f'            "{line}"' for line in textwrap.wrap(b64, 80))
-            uids = [uid]
-            if key == "htj2k_lossless":  # OpenJPH's default progression order is RPCL
-                uids.append("1.2.840.10008.1.2.4.202")
-            entries += [
-                f'    "{u}": Probe(  # {key}\n'
+            entries.append(
+                f'    "{uid}": Probe(  # {key}\n'
                 f"        bits_allocated={int(ds.BitsAllocated)},\n"
                 f"        bits_stored={bits},\n"
                 f"        tolerance={tolerance},\n"
                 f"        frame_b64=(\n{wrapped}\n        ),\n"
                 f"    ),"
-                for u in uids
-            ]
+            )
     return "\n".join(entries)
 
 
