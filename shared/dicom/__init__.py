@@ -10,19 +10,37 @@ implementation detail (tests of internals may import the submodules).
 """
 
 from shared.dicom.decode import CanonicalImage, decode_dicom, encode_png
-from shared.dicom.errors import DicomError, NotDicomError, UnsupportedDicomError
+from shared.dicom.errors import (
+    DicomError,
+    NotDicomError,
+    NotSelectedError,
+    UnsupportedDicomError,
+)
 from shared.dicom.header import DicomMetadata
 from shared.dicom.isolate import DecodeOptions
 from shared.dicom.probes import decodable_transfer_syntaxes
+from shared.dicom.selection import (
+    InvalidRulesError,
+    Selection,
+    SelectionRules,
+    load_rules,
+    select,
+)
 
 __all__ = [
     "CanonicalImage",
     "DecodeOptions",
     "DicomError",
     "DicomMetadata",
+    "InvalidRulesError",
     "NotDicomError",
+    "NotSelectedError",
+    "Selection",
+    "SelectionRules",
     "UnsupportedDicomError",
     "decodable_transfer_syntaxes",
     "decode_dicom",
     "encode_png",
+    "load_rules",
+    "select",
 ]

@@ -10,6 +10,8 @@ bytes of one upload go through the modules in this order:
    greyscale only, one frame, at most 100 megapixels, the transfer syntax
    (declared, or inferred from the encoding or the codestream:
    :mod:`shared.dicom.syntax`), the PS3.14 rendering elements, the metadata;
+   then, when the caller passes rules, :mod:`shared.dicom.selection` decides
+   whether it is a spine radiograph we analyse (still before any pixel);
 3. :mod:`shared.dicom.codecs`: decode frame 0 with the backend of its transfer
    syntax, after checking pixel data length / codestream header (GDCM, which
    can abort on a corrupt codestream, runs in worker processes:
@@ -43,6 +45,7 @@ from shared.dicom.header import DicomMetadata, read_header
 from shared.dicom.isolate import DecodeOptions
 from shared.dicom.parse import parse_dicom
 from shared.dicom.render import canonical_size, render, resize_to
+from shared.dicom.selection import Selection, SelectionRules, require_selected
 
 __all__ = ["WARN_REDUCED_J2K", "CanonicalImage", "decode_dicom", "encode_png"]
 
@@ -62,6 +65,7 @@ class CanonicalImage:
     scale_x: float  # canonical width / original width
     scale_y: float  # canonical height / original height
     warnings: tuple[str, ...]
+    selection: Selection | None = None  # which input selection rule accepted it (or None)
 
 
 def decode_dicom(
@@ -70,6 +74,7 @@ def decode_dicom(
     *,
     reduced_j2k: bool = False,
     options: DecodeOptions = DecodeOptions(),
+    selection: SelectionRules | None = None,
 ) -> tuple[CanonicalImage, DicomMetadata]:
     """Parse once, render once. Raises DicomError subclasses for every bad input.
 
@@ -94,6 +99,7 @@ def decode_dicom(
     if long_side < 1:
         raise ValueError("long_side must be at least 1")
     header = read_header(parse_dicom(data))
+    selected = None if selection is None else require_selected(header, selection)
     geometry, pixel_data = header.geometry, header.pixel_data
     size = canonical_size(geometry.rows, geometry.columns, long_side)
     decoded = decode_frame(
@@ -114,7 +120,10 @@ def decode_dicom(
         original_columns=geometry.columns,
         scale_x=size[0] / geometry.columns,
         scale_y=size[1] / geometry.rows,
-        warnings=(*header.notes, *reduced, *render_warnings),
+        warnings=(
+            *header.notes, *reduced, *render_warnings, *(selected.warnings if selected else ()),
+        ),
+        selection=selected,
     )
     return canonical, header.metadata
 

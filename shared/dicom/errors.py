@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from shared.errors import ServiceError
 
-__all__ = ["DicomError", "NotDicomError", "UnsupportedDicomError"]
+__all__ = ["DicomError", "NotDicomError", "NotSelectedError", "UnsupportedDicomError"]
 
 
 class DicomError(ServiceError):
@@ -31,3 +31,17 @@ class UnsupportedDicomError(DicomError):
     """Valid DICOM that this service cannot analyse: no pixels, colour, multi-frame... (422)."""
 
     status_code = 422
+
+
+class NotSelectedError(UnsupportedDicomError):
+    """Refused by the input selection rules: not a spine radiograph we analyse (422).
+
+    The message starts "not a spine radiograph:" and names the rule and what it
+    matched (a body-part term or code, a SOP Class, a size), never a description.
+    """
+
+    status_code = 422
+
+    def __init__(self, message: str, *, rule: str) -> None:
+        super().__init__(message)
+        self.rule = rule

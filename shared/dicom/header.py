@@ -35,7 +35,15 @@ from shared.dicom.parse import ParsedDicom
 from shared.dicom.render import LINEAR, LINEAR_EXACT, SIGMOID, Lut, RenderSpec, Window
 from shared.dicom.syntax import resolve_syntax, syntax_name
 
-__all__ = ["MAX_PIXELS", "DicomMetadata", "ImageHeader", "PixelData", "read_header"]
+__all__ = [
+    "MAX_PIXELS",
+    "DicomMetadata",
+    "Examination",
+    "ImageHeader",
+    "PixelData",
+    "read_examination",
+    "read_header",
+]
 
 # Refuse images larger than this before decoding (100 megapixels).
 MAX_PIXELS = 100_000_000
@@ -82,6 +90,28 @@ class PixelData:
 
 
 @dataclass(frozen=True)
+class Examination:
+    """What the header says the image is, for input selection (:mod:`shared.dicom.selection`).
+
+    Raw header text: the descriptions are free text and may hold anything, so never
+    quote them whole in a message (selection names the matched keyword only).
+    ``anatomic_codes`` are the (coding scheme, code value) pairs of Anatomic Region
+    Sequence.
+    """
+
+    sop_class_uid: str | None
+    modality: str | None
+    body_part_examined: str | None
+    study_description: str | None
+    series_description: str | None
+    protocol_name: str | None
+    view_position: str | None
+    anatomic_codes: tuple[tuple[str, str], ...]
+    rows: int | None
+    columns: int | None
+
+
+@dataclass(frozen=True)
 class ImageHeader:
     """Everything decoding and rendering need from the header, read and validated once."""
 
@@ -91,6 +121,7 @@ class ImageHeader:
     render: RenderSpec  # PS3.14 modality LUT, VOI, inversion, padding (+ its own notes)
     metadata: DicomMetadata
     notes: tuple[str, ...]  # header problems worked around (image module, transfer syntax)
+    examination: Examination  # what the image says it shows (input selection)
 
 
 def read_header(parsed: ParsedDicom) -> ImageHeader:
@@ -109,6 +140,7 @@ def read_header(parsed: ParsedDicom) -> ImageHeader:
         render=_read_render_spec(ds, geometry, little_endian),
         metadata=_read_metadata(ds, geometry, syntax),
         notes=(*notes, *syntax_notes),
+        examination=read_examination(ds),
     )
 
 
@@ -257,6 +289,56 @@ def _read_metadata(ds: Dataset, geometry: PixelGeometry, syntax: UID) -> DicomMe
         study_instance_uid=text_value(ds, "StudyInstanceUID"),
         sop_instance_uid=text_value(ds, "SOPInstanceUID"),
     )
+
+
+# ------------------------------------------------------------- examination
+
+# Longest text read for selection (LO is 64 characters; a hostile file may hold more).
+_MAX_TEXT = 1024
+# Anatomic Region Sequence items read (one is usual).
+_MAX_CODES = 8
+
+
+def read_examination(ds: Dataset) -> Examination:
+    """The elements input selection decides on; every one may be absent."""
+
+    def text(source: Dataset | None, keyword: str) -> str | None:
+        value = text_value(source, keyword) if source is not None else None
+        return value[:_MAX_TEXT] if value else None
+
+    # (a file without SOP Class UID in its dataset may still name it in its file meta)
+    sop_class = text(ds, "SOPClassUID") or text(
+        getattr(ds, "file_meta", None), "MediaStorageSOPClassUID"
+    )
+    return Examination(
+        sop_class_uid=sop_class,
+        modality=text(ds, "Modality"),
+        body_part_examined=text(ds, "BodyPartExamined"),
+        study_description=text(ds, "StudyDescription"),
+        series_description=text(ds, "SeriesDescription"),
+        protocol_name=text(ds, "ProtocolName"),
+        view_position=text(ds, "ViewPosition"),
+        anatomic_codes=_anatomic_codes(ds),
+        rows=int_value(element_value(ds, "Rows")),
+        columns=int_value(element_value(ds, "Columns")),
+    )
+
+
+def _anatomic_codes(ds: Dataset) -> tuple[tuple[str, str], ...]:
+    """(scheme, value) of each readable Anatomic Region Sequence item."""
+    sequence = element_value(ds, "AnatomicRegionSequence")
+    codes: list[tuple[str, str]] = []
+    try:
+        items = list(sequence)[:_MAX_CODES] if sequence is not None else []
+    except Exception:
+        return ()
+    for item in items:
+        if not isinstance(item, Dataset):
+            continue
+        scheme, value = text_value(item, "CodingSchemeDesignator"), text_value(item, "CodeValue")
+        if scheme and value:
+            codes.append((scheme[:64].upper(), value[:64]))
+    return tuple(codes)
 
 
 # ------------------------------------------------------------ render spec
