@@ -59,6 +59,8 @@ class Gateway:
     audit: AuditLog | None = None
     # Transfer syntax -> whether this install can decode it (probed once, for /health).
     decodable: dict[str, bool] = field(default_factory=dict)
+    # Input selection rules (read once; None = INPUT_SELECTION=off).
+    selection: dicom.SelectionRules | None = None
 
     @classmethod
     def create(cls, settings: Settings, metrics: GatewayMetrics | None = None) -> Gateway:
@@ -89,6 +91,7 @@ class Gateway:
             metrics=metrics,
             audit=AuditLog(settings.audit_log_path, settings.pseudonym_secret, settings.audit_log),
             decodable=dicom.decodable_transfer_syntaxes(decode_options(settings)),
+            selection=selection_rules(settings),
         )
 
     async def close(self) -> None:
@@ -106,9 +109,19 @@ def decode_options(settings: Settings) -> dicom.DecodeOptions:
     )
 
 
+def selection_rules(settings: Settings) -> dicom.SelectionRules | None:
+    """The input selection rules (``INPUT_SELECTION_RULES``), or None when ``INPUT_SELECTION``
+    is off. A rules file that does not load stops the start (InvalidRulesError)."""
+    if not settings.input_selection:
+        return None
+    return dicom.load_rules(settings.input_selection_rules)
+
+
 async def decode(gateway: Gateway, data: bytes) -> tuple[dicom.CanonicalImage, dicom.DicomMetadata]:
     """DICOM bytes -> canonical image, in the decode pool (never on the event loop).
 
+    The input selection rules run on the header first: what they refuse is a 422
+    (``dicom.NotSelectedError``) before any pixel is decoded, for /upload and /preview.
     The call runs in a copy of this context so its log lines carry the request id.
     """
     loop = asyncio.get_running_loop()
@@ -117,7 +130,7 @@ async def decode(gateway: Gateway, data: bytes) -> tuple[dicom.CanonicalImage, d
     try:
         work = functools.partial(
             dicom.decode_dicom, data, gateway.settings.canonical_long_side,
-            options=decode_options(gateway.settings),
+            options=decode_options(gateway.settings), selection=gateway.selection,
         )
         return await loop.run_in_executor(gateway.decode_pool, context.run, work)
     finally:

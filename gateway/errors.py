@@ -30,7 +30,8 @@ ERROR_DESCRIPTIONS = {
     408: "The upload was not received within UPLOAD_TIMEOUT_S",
     413: "Upload larger than MAX_CONTENT_LENGTH",
     415: "Not multipart/form-data",
-    422: "Valid DICOM that cannot be analysed (no pixels, colour, multi-frame, ...)",
+    422: "Valid DICOM that cannot be analysed (no pixels, colour, multi-frame, ...) or that "
+    "the input selection rules refuse ('not a spine radiograph: ...')",
     429: "Rate limit or concurrent uploads per caller exceeded (see Retry-After)",
     503: "A model service or the gateway is unavailable or at capacity (see Retry-After)",
     504: "No answer within the deadline (REQUEST_TIMEOUT_S / UPSTREAM_TIMEOUT_S)",

@@ -18,6 +18,7 @@ from shared.schemas import (
     DicomSummary,
     FusionInfo,
     ImageGeometry,
+    InputSelection,
     UploadResponse,
 )
 from shared.settings import Settings
@@ -56,6 +57,16 @@ def upload_response(findings: Findings, settings: Settings) -> UploadResponse:
         timings_ms=findings.timings,
         request_id=findings.request_id,
         warnings=([facts.demo_warning] if facts.demo_warning else []) + findings.warnings,
+        input_selection=input_selection(findings.canonical.selection),
+    )
+
+
+def input_selection(selection: dicom.Selection | None) -> InputSelection | None:
+    """The rule that accepted the image (None: INPUT_SELECTION=off)."""
+    if selection is None:
+        return None
+    return InputSelection(
+        rule=selection.rule, accepted_by=selection.reason, warnings=list(selection.warnings)
     )
 
 

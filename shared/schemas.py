@@ -80,6 +80,20 @@ class FusionInfo(BaseModel):
     boxes_suppressed: int = Field(description="Detector boxes hidden by the fusion rule")
 
 
+class InputSelection(BaseModel):
+    """Which input selection rule accepted the image (README "Input selection")."""
+
+    rule: str = Field(
+        description="The deciding rule: body_part (a spine term or code) or "
+        "body_part_not_stated (no body part in the header: accepted with a warning)"
+    )
+    accepted_by: str = Field(
+        description="What the rule matched, e.g. 'BodyPartExamined is LSPINE' (a listed "
+        "keyword or code, never a description's text)"
+    )
+    warnings: list[str] = Field(description="Also in the answer's warnings")
+
+
 class UploadResponse(BaseModel):
     status: Literal["success"] = "success"
     diagnosis: Literal["Normal", "Abnormal"]
@@ -109,6 +123,10 @@ class UploadResponse(BaseModel):
     timings_ms: Timings
     request_id: str
     warnings: list[str]
+    input_selection: InputSelection | None = Field(
+        None, description="The input selection rule that accepted the image; null when "
+        "INPUT_SELECTION=off"
+    )
 
 
 class ServiceHealth(BaseModel):

@@ -165,6 +165,16 @@ class Settings(BaseSettings):
         None, description="API key `spine bench --gateway` sends (X-API-Key)"
     )
 
+    # --- gateway: input selection (README "Input selection"; shared/dicom/selection.py) ---
+    input_selection: bool = Field(
+        True, description="on = refuse (422) what the input selection rules say is not a "
+        "spine radiograph, before decoding; off = analyse every decodable image",
+    )
+    input_selection_rules: Path | None = Field(
+        None, description="YAML file merged over the shipped rules "
+        "(shared/dicom/selection_default.yaml); None = the shipped rules",
+    )
+
     @field_validator("spine_default_bundle", mode="before")
     @classmethod
     def _lower_bundle(cls, value: object) -> object:

@@ -29,9 +29,14 @@ def make_dicom(
     patient_id: str = "TEST-PATIENT-0001",
     patient_name: str = "Test^Patient",
     modality: str = "DX",
+    body_part: str | None = "LSPINE",
     extra: dict[str, object] | None = None,
 ) -> bytes:
-    """A valid single-frame grey DICOM (Part 10 file) as bytes."""
+    """A valid single-frame grey DICOM (Part 10 file) as bytes: a lumbar spine DX by default.
+
+    ``body_part`` is BodyPartExamined (None leaves it out); a modality other than DX
+    makes a Secondary Capture.
+    """
     attributes: dict[str, object] = {
         "StudyInstanceUID": generate_uid(entropy_srcs=[patient_id, "study"]),
         "SeriesInstanceUID": generate_uid(entropy_srcs=[patient_id, "series"]),
@@ -40,6 +45,7 @@ def make_dicom(
         "PatientBirthDate": "19700101",
         "StudyDate": datetime.date(2026, 1, 28).strftime("%Y%m%d"),
         "Modality": modality,
+        **({"BodyPartExamined": body_part} if body_part else {}),
         **(extra or {}),
     }
     return file_bytes(xray_dataset(
