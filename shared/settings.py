@@ -29,6 +29,15 @@ class DefaultBundle(StrEnum):
     UNTRAINED = "untrained"  # the real architectures with random weights (seconds)
 
 
+class StudyDateMode(StrEnum):
+    """How much of the study date a response shows (``STUDY_DATE_MODE``)."""
+
+    AUTO = "auto"  # by PHI_MODE: redact omits it, pseudonymize keeps the year
+    FULL = "full"
+    YEAR = "year"
+    OMIT = "omit"
+
+
 class PhiMode(StrEnum):
     """How a response reports the patient ID (``PHI_MODE``, set by the operator)."""
 
@@ -175,6 +184,44 @@ class Settings(BaseSettings):
         "(shared/dicom/selection_default.yaml); None = the shipped rules",
     )
 
+    # --- lockdown: exposed services, slow clients, multipart, secrets and PHI (issue 12) ---
+    model_max_images_per_request: int | None = Field(
+        None, ge=1, description="Images (batch dimension N) in one infer request (413); "
+        "None = MAX_BATCH_SIZE",
+    )
+    model_max_body_bytes: int | None = Field(
+        None, ge=1024, description="Largest infer request body in bytes (413); None = "
+        "MODEL_MAX_IMAGES_PER_REQUEST x 16 MiB (a 4096 x 4096 UINT8 image) + 1 MiB",
+    )
+    model_body_timeout_s: float = Field(
+        30.0, gt=0, description="Time a model service waits for one whole infer body (408)"
+    )
+    http_header_timeout_s: float = Field(
+        10.0, gt=0, description="Time to send a request's headers; the connection is closed "
+        "after it (every service)",
+    )
+    http_body_idle_timeout_s: float = Field(
+        10.0, gt=0, description="Longest wait for the next chunk of a request body (408)"
+    )
+    http_max_connections: int = Field(
+        512, ge=0, description="Open connections + requests per process; beyond it uvicorn "
+        "answers 503 (every service); 0 = unlimited",
+    )
+    multipart_max_parts: int = Field(
+        4, ge=1, description="Parts in one multipart upload (400)"
+    )
+    multipart_max_part_header_bytes: int = Field(
+        8192, ge=256, description="Headers of one multipart part, in bytes (400)"
+    )
+    study_date_mode: StudyDateMode = Field(
+        StudyDateMode.AUTO, description="study_date in responses: auto (omitted under "
+        "PHI_MODE=redact, the year under pseudonymize, full under passthrough), full, year, omit",
+    )
+    operator_keys_sha256: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, description="'id:sha256hex,...' keys that see /health details "
+        "(replica URLs, bundle paths and hashes); empty = nobody",
+    )
+
     @field_validator("spine_default_bundle", mode="before")
     @classmethod
     def _lower_bundle(cls, value: object) -> object:
@@ -190,7 +237,7 @@ class Settings(BaseSettings):
     def _parse_origins(cls, value: object) -> object:
         return _split_urls(value)
 
-    @field_validator("api_keys_sha256", mode="before")
+    @field_validator("api_keys_sha256", "operator_keys_sha256", mode="before")
     @classmethod
     def _parse_api_keys(cls, value: object) -> object:
         """``id1:hex,id2:hex`` -> ``{id: hex}`` (ids name callers in logs, never the key)."""
