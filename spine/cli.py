@@ -30,17 +30,25 @@ class Parser(argparse.ArgumentParser):
 def _run_uvicorn(service: str, factory: str, host: str, port: int) -> int:
     import uvicorn
 
+    from shared.lockdown import exposure_problems, refusal_message
     from shared.logging import configure_logging
     from shared.settings import get_settings
+    from spine.guarded_http import protocol_with_header_timeout
     from spine.supervisor import UVICORN_GRACE_S
 
     settings = get_settings()
+    if problems := exposure_problems(service, host, settings):
+        sys.exit(refusal_message(service, host, problems))
     configure_logging(service, settings.log_level, settings.log_json)
     uvicorn.run(
         factory, factory=True, host=host, port=port, log_config=None,
         timeout_graceful_shutdown=UVICORN_GRACE_S, access_log=False,
         # h11 refuses a request whose headers exceed this before any app code runs.
         h11_max_incomplete_event_size=settings.max_header_bytes,
+        # Slow clients: headers within HTTP_HEADER_TIMEOUT_S, and a bounded number of
+        # connections + requests (beyond it uvicorn answers 503 at once).
+        http=protocol_with_header_timeout(settings.http_header_timeout_s),
+        limit_concurrency=settings.http_max_connections or None,
     )
     return 0
 
@@ -63,7 +71,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from spine.supervisor import build_children, serve
 
     model_dir = _ensure_model_dir(args)
-    env = dict(os.environ)
+    from spine.secrets import lock_children_env
+
+    env = lock_children_env(dict(os.environ), args.host)
     if args.device:
         env["MODEL_DEVICE"] = args.device
     children = build_children(
