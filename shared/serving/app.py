@@ -13,10 +13,10 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from fastapi import APIRouter, FastAPI, Request
@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.datastructures import Headers
 
 from shared import contract, oip
+from shared.bodies import BodyRefusedError, read_capped
 from shared.observability import (
     ASGIApp,
     ClientDisconnectedError,
@@ -42,6 +43,7 @@ from shared.serving.errors import (
     ModelFailedError,
     ModelNotReadyError,
     QueueFullError,
+    RequestTooLargeError,
     ServingError,
     UnknownModelError,
 )
@@ -59,7 +61,33 @@ DEFAULT_INFER_DEADLINE_S = 120.0
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 MIN_IMAGE_SIDE = 8
+# MODEL_MAX_BODY_BYTES by default: N images of 4096 x 4096 UINT8 (binary tensor data)
+# plus room for the JSON header.
+DEFAULT_IMAGE_BYTES = 4096 * 4096
+BODY_ENVELOPE_BYTES = 1024 * 1024
 
+
+@dataclass(frozen=True)
+class BodyLimits:
+    """What one infer request may cost before a byte of it reaches the model."""
+
+    max_images: int = 8
+    max_bytes: int = 8 * DEFAULT_IMAGE_BYTES + BODY_ENVELOPE_BYTES
+    timeout_s: float = 30.0
+    idle_timeout_s: float = 10.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BodyLimits:
+        images = settings.model_max_images_per_request or settings.max_batch_size
+        return cls(
+            max_images=images,
+            max_bytes=settings.model_max_body_bytes
+            or images * DEFAULT_IMAGE_BYTES + BODY_ENVELOPE_BYTES,
+            timeout_s=settings.model_body_timeout_s,
+            idle_timeout_s=settings.http_body_idle_timeout_s,
+        )
+
+T = TypeVar("T")
 Batcher = DynamicBatcher[np.ndarray, dict[str, np.ndarray]]
 router = APIRouter()
 
@@ -73,6 +101,7 @@ class Served:
     batcher: Batcher
     metrics: ModelMetrics
     request_timeout_s: float
+    limits: BodyLimits = BodyLimits()
 
     def check_name(self, name: str) -> None:
         if name != self.model.name:
@@ -86,6 +115,27 @@ class Served:
             raise ModelNotReadyError(f"model {self.model.name} is not ready")
         if self.batcher.queue_depth >= self.batcher.max_queue_size:
             raise QueueFullError("inference queue is full")
+
+    def admit_images(self, count: int) -> None:
+        """Refuse a request over the batch limit, or one the queue has no room for."""
+        if count > self.limits.max_images:
+            raise RequestTooLargeError(
+                f"{count} images in one request; the limit is {self.limits.max_images} "
+                "(MODEL_MAX_IMAGES_PER_REQUEST)"
+            )
+        if self.batcher.queue_depth + count > self.batcher.max_queue_size:
+            raise QueueFullError("inference queue is full")
+
+    async def read_body(self, request: Request) -> bytes:
+        """The body under MODEL_MAX_BODY_BYTES and MODEL_BODY_TIMEOUT_S, read chunk by chunk."""
+        try:
+            return await read_capped(
+                request.stream(), request.headers.get("content-length"),
+                limit=self.limits.max_bytes, setting="MODEL_MAX_BODY_BYTES",
+                idle_timeout_s=self.limits.idle_timeout_s, total_timeout_s=self.limits.timeout_s,
+            )
+        except BodyRefusedError as exc:
+            raise RequestTooLargeError(exc.message, status_code=exc.status_code) from exc
 
 
 def _served(request: Request) -> Served:
@@ -137,7 +187,7 @@ async def _run(
     """Every image through the batcher; dropped if the caller goes away meanwhile."""
     try:
         results = await unless_disconnected(
-            asyncio.gather(*(served.batcher.submit(image, deadline=deadline) for image in images)),
+            _all_or_none([served.batcher.submit(image, deadline=deadline) for image in images]),
             receive,
         )
     except ClientDisconnectedError as exc:
@@ -147,8 +197,22 @@ async def _run(
         raise  # queue full, deadline passed
     except Exception as exc:  # noqa: BLE001 - a model failure is a real server error
         log.exception("inference failed")
-        raise ModelFailedError(f"inference failed: {type(exc).__name__}: {exc}") from exc
+        raise ModelFailedError("inference failed; the request id identifies it in the log") from exc
     return list(results)
+
+
+async def _all_or_none(work: list[Awaitable[T]]) -> list[T]:
+    """Await all; on the first failure (or cancellation) cancel the rest, so the images
+    of a request that has already failed are dropped from the queue, not computed."""
+    tasks = [asyncio.ensure_future(item) for item in work]
+    try:
+        return list(await asyncio.gather(*tasks))
+    finally:
+        for task in tasks:
+            if not task.done():
+                task.cancel()
+            elif not task.cancelled():
+                task.exception()  # retrieved: only the first failure is reported
 
 
 def _requested(
@@ -206,7 +270,8 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
     served.check_name(name)
     served.admit()
     started = time.perf_counter()
-    infer_request, images = read_images(request.headers, await request.body())
+    infer_request, images = read_images(request.headers, await served.read_body(request))
+    served.admit_images(len(images))
     budget = served.request_timeout_s
     if (caller_s := _caller_timeout_s(infer_request.parameters)) is not None:
         budget = min(budget, caller_s)
@@ -303,7 +368,9 @@ def create_model_app(
         on_batch=metrics.observe_batch,
     )
     app = FastAPI(title=title, version="1", lifespan=_lifespan(model, batcher))
-    app.state.served = Served(title, model, batcher, metrics, request_timeout_s)
+    app.state.served = Served(
+        title, model, batcher, metrics, request_timeout_s, BodyLimits.from_settings(settings)
+    )
     app.include_router(router)
     app.add_exception_handler(ServingError, refuse)
     token = settings.internal_token.get_secret_value() if settings.internal_token else ""

@@ -29,6 +29,13 @@ class InputError(ServingError):
     reason = "bad_request"
 
 
+class RequestTooLargeError(ServingError):
+    """The body or its batch dimension is over the server's limit (413), or too slow (408)."""
+
+    status_code = 413
+    reason = "too_large"
+
+
 class ModelNotReadyError(ServingError):
     """The model is still loading (or failed to): come back later."""
 
