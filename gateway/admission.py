@@ -1,9 +1,12 @@
-"""Who may start an analysis, how often, and how many at once: before any body is read.
+"""Who may start an analysis, how often, and how many at once.
 
 An ASGI middleware in front of the routes that do work (``POST /upload``,
-``POST /preview``), so a refused caller costs no upload bandwidth, no memory and no
-decode. Order: API key (401), per-caller rate (429), per-caller concurrency (429),
-gateway-wide concurrency (503): each answer says when to come back (``Retry-After``).
+``POST /preview``). Before any body is read, so a refused caller costs no upload
+bandwidth, no memory and no decode: API key (401), per-caller rate (429), per-caller
+concurrency (429). The gateway-wide slot (503) is taken only once the whole body has
+arrived: a slow or stalled upload holds its caller's slots, never everyone's, so
+clients trickling bodies cannot turn every other caller away. Each answer says when
+to come back (``Retry-After``).
 """
 
 from __future__ import annotations
@@ -12,9 +15,17 @@ from gateway.errors import error_body
 from gateway.ratelimit import ConcurrencyLimiter, TokenBucketLimiter, retry_after_header
 from gateway.security import ApiKeys
 from gateway.telemetry import GatewayMetrics
-from shared.observability import ASGIApp, Receive, Scope, Send, send_json
+from shared.errors import ServiceError
+from shared.observability import ASGIApp, Message, Receive, Scope, Send, send_json
 
 PROTECTED_PATHS = frozenset({"/upload", "/preview"})
+
+
+class AtCapacityError(ServiceError):
+    """Every gateway-wide slot is taken (503): raised to the route as its body completes."""
+
+    status_code = 503
+    retry_after_s = 1
 
 
 def client_address(scope: Scope) -> str:
@@ -70,23 +81,30 @@ class AdmissionMiddleware:
                 [("Retry-After", retry_after_header(wait))],
             )
             return
-        refused = self.slots.try_acquire(caller)
-        if refused == "caller":
+        if not self.slots.try_acquire_caller(caller):
             await self._refuse(
                 send, 429, "client_concurrency",
                 f"too many uploads in progress from this caller (limit {self.slots.per_caller})",
                 [("Retry-After", "1")],
             )
             return
-        if refused == "total":
-            await self._refuse(
-                send, 503, "overloaded", "the gateway is at capacity; retry shortly",
-                [("Retry-After", "1")],
-            )
-            return
-        self.metrics.uploads_in_flight.inc()
+        holding = [False]
+
+        async def receive_then_admit() -> Message:
+            message = await receive()
+            if (message["type"] == "http.request" and not message.get("more_body", False)
+                    and not holding[0]):
+                if not self.slots.try_acquire_total():
+                    self.metrics.rejections.labels("overloaded").inc()
+                    raise AtCapacityError("the gateway is at capacity; retry shortly")
+                holding[0] = True
+                self.metrics.uploads_in_flight.inc()
+            return message
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive_then_admit, send)
         finally:
-            self.slots.release(caller)
-            self.metrics.uploads_in_flight.dec()
+            self.slots.release_caller(caller)
+            if holding[0]:
+                self.slots.release_total()
+                self.metrics.uploads_in_flight.dec()

@@ -52,7 +52,12 @@ def retry_after_header(seconds: float) -> str:
 
 
 class ConcurrencyLimiter:
-    """At most ``per_caller`` requests in flight per caller and ``total`` in all (0 = none)."""
+    """At most ``per_caller`` requests in flight per caller and ``total`` in all (0 = none).
+
+    The two are held separately: the admission takes a caller's slot before the body and
+    the gateway-wide one only once the body has arrived, so callers trickling bodies hold
+    their own slots, never everyone's (``try_acquire`` takes both at once).
+    """
 
     def __init__(self, per_caller: int, total: int) -> None:
         self.per_caller = per_caller
@@ -64,17 +69,34 @@ class ConcurrencyLimiter:
         """None if admitted, else why not: ``"caller"`` or ``"total"``."""
         if self.total and self.in_flight >= self.total:
             return "total"
-        held = self._by_caller.get(caller, 0)
-        if self.per_caller and held >= self.per_caller:
+        if not self.try_acquire_caller(caller):
             return "caller"
-        self._by_caller[caller] = held + 1
         self.in_flight += 1
         return None
 
     def release(self, caller: str) -> None:
+        self.release_caller(caller)
+        self.release_total()
+
+    def try_acquire_caller(self, caller: str) -> bool:
+        held = self._by_caller.get(caller, 0)
+        if self.per_caller and held >= self.per_caller:
+            return False
+        self._by_caller[caller] = held + 1
+        return True
+
+    def release_caller(self, caller: str) -> None:
         held = self._by_caller.get(caller, 0) - 1
         if held > 0:
             self._by_caller[caller] = held
         else:
             self._by_caller.pop(caller, None)
+
+    def try_acquire_total(self) -> bool:
+        if self.total and self.in_flight >= self.total:
+            return False
+        self.in_flight += 1
+        return True
+
+    def release_total(self) -> None:
         self.in_flight = max(0, self.in_flight - 1)
