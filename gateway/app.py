@@ -36,12 +36,12 @@ from gateway.errors import (
     register_error_handlers,
     service_error_response,
 )
-from gateway.health import check_ready, health_report
+from gateway.health import check_ready, health_report, public_health
 from gateway.ratelimit import ConcurrencyLimiter, TokenBucketLimiter
 from gateway.response import preview_headers, upload_response
 from gateway.security import ApiKeys, docs_page, document_api_keys, security_headers
 from gateway.telemetry import GatewayMetrics
-from gateway.upload import receive_upload
+from gateway.upload import MultipartLimits, receive_upload
 from shared import dicom
 from shared.errors import ServiceError
 from shared.logging import request_id_var
@@ -100,6 +100,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,  # would need fonts and scripts from two more hosts
     )
     app.state.metrics = metrics
+    app.state.operator_keys = ApiKeys(settings.operator_keys_sha256)  # /health details
     _add_middleware(app, settings, metrics, api_keys)
     if api_keys.enabled:
         document_api_keys(app)
@@ -176,6 +177,11 @@ async def _read_upload(request: Request) -> bytes:
         request.stream(),
         settings.max_content_length,
         settings.upload_timeout_s,
+        MultipartLimits(
+            max_parts=settings.multipart_max_parts,
+            max_part_header_bytes=settings.multipart_max_part_header_bytes,
+            idle_timeout_s=settings.http_body_idle_timeout_s,
+        ),
     )
 
 
@@ -287,7 +293,11 @@ async def preview(request: Request) -> Response:
 
 @router.get("/health", response_model=HealthResponse, tags=["health"], summary="Service health")
 async def health(request: Request) -> HealthResponse:
-    return await health_report(_gateway(request))
+    gateway = _gateway(request)
+    report = await health_report(gateway)
+    if request.app.state.operator_keys.identify(request.headers.raw) is None:
+        return public_health(report)  # no replica URLs, bundle paths or hashes
+    return report
 
 
 @router.get("/livez", tags=["health"], summary="Liveness: the process answers")

@@ -2,7 +2,9 @@
 
 Healthy: both services have a ready replica; degraded: only the classifier (uploads
 get classification without boxes); unhealthy: no classifier, so no diagnosis.
-Readiness (for a load balancer) needs the classifier only.
+Readiness (for a load balancer) needs the classifier only. Replica URLs, bundle paths
+and checkpoint hashes are for operators (``OPERATOR_KEYS_SHA256``): everyone else gets
+:func:`public_health`.
 """
 
 from __future__ import annotations
@@ -78,6 +80,14 @@ async def health_report(gateway: Gateway) -> HealthResponse:
         warnings=warnings,
         decodable_transfer_syntaxes=gateway.decodable,
     )
+
+
+def public_health(report: HealthResponse) -> HealthResponse:
+    """``report`` without what maps the deployment: per service only whether it is ready."""
+    return report.model_copy(update={
+        "services": {name: ServiceHealth(ready=s.ready, replicas={})
+                     for name, s in report.services.items()},
+    })
 
 
 async def check_ready(gateway: Gateway) -> None:

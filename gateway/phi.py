@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from shared.settings import PhiMode
+from shared.settings import PhiMode, StudyDateMode
 
-__all__ = ["PSEUDONYM_PREFIX", "keyed_digest", "public_patient_id"]
+__all__ = ["PSEUDONYM_PREFIX", "keyed_digest", "public_patient_id", "public_study_date"]
 
 PSEUDONYM_PREFIX = "anon-"
 PATIENT_ID_HEX_DIGITS = 16
@@ -44,3 +44,30 @@ def public_patient_id(raw: str | None, mode: PhiMode, secret: str) -> str | None
     if not secret:
         raise ValueError("pseudonymisation needs a non-empty secret")
     return PSEUDONYM_PREFIX + keyed_digest(secret, raw, hex_digits=PATIENT_ID_HEX_DIGITS)
+
+
+def study_date_mode(mode: StudyDateMode, phi_mode: PhiMode) -> StudyDateMode:
+    """``auto`` resolved by PHI_MODE: redact omits the date, pseudonymize keeps the year."""
+    if mode is not StudyDateMode.AUTO:
+        return mode
+    return {
+        PhiMode.REDACT: StudyDateMode.OMIT,
+        PhiMode.PSEUDONYMIZE: StudyDateMode.YEAR,
+        PhiMode.PASSTHROUGH: StudyDateMode.FULL,
+    }[PhiMode(phi_mode)]
+
+
+def public_study_date(raw: str | None, mode: StudyDateMode, phi_mode: PhiMode) -> str | None:
+    """The study date (DICOM DA, ``YYYYMMDD``) as the response may show it.
+
+    A full date joined with other facts narrows a patient down; the year is enough
+    for most research questions. ``year`` gives the first four digits (None if the
+    value does not start with a year); ``omit`` gives None.
+    """
+    chosen = study_date_mode(StudyDateMode(mode), phi_mode)
+    if not raw or chosen is StudyDateMode.OMIT:
+        return None
+    if chosen is StudyDateMode.YEAR:
+        year = raw.strip()[:4]
+        return year if len(year) == 4 and year.isdigit() else None
+    return raw

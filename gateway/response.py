@@ -90,7 +90,9 @@ def dicom_summary(metadata: dicom.DicomMetadata, settings: Settings) -> DicomSum
         patient_id=phi.public_patient_id(
             metadata.patient_id, settings.phi_mode, settings.pseudonym_secret
         ),
-        study_date=metadata.study_date,
+        study_date=phi.public_study_date(
+            metadata.study_date, settings.study_date_mode, settings.phi_mode
+        ),
         modality=metadata.modality,
         rows=metadata.rows,
         columns=metadata.columns,

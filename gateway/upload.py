@@ -3,20 +3,36 @@
 Starlette's form parser spools uploads over 1 MB to a temporary file; DICOMs carry PHI
 and must never touch the disk, and a huge body must be refused before it is read whole.
 So the gateway streams the body itself: a declared Content-Length over the limit is
-refused at once, and the stream is cut off as soon as it passes the limit.
+refused at once, and the stream is cut off as soon as it passes the limit. The parser is
+incremental and bounded too: at most ``MULTIPART_MAX_PARTS`` parts with at most
+``MULTIPART_MAX_PART_HEADER_BYTES`` of headers each, only the file field's bytes are
+kept (other parts are skipped as they stream by), and a body that stalls for
+``HTTP_BODY_IDLE_TIMEOUT_S`` is refused (408).
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from shared.bodies import BodyRefusedError, capped_chunks
 from shared.errors import ServiceError
 
 # Room for the multipart boundaries and part headers around the file itself.
 ENVELOPE_BYTES = 64 * 1024
+MAX_PART_HEADERS = 16
+
+
+@dataclass(frozen=True)
+class MultipartLimits:
+    """How much of a multipart body the gateway reads besides the file itself."""
+
+    max_parts: int = 4
+    max_part_header_bytes: int = 8192
+    idle_timeout_s: float = 10.0
 
 
 class UploadError(ServiceError):
@@ -38,11 +54,14 @@ async def receive_upload(
     body: AsyncIterator[bytes],
     limit: int,
     timeout_s: float,
+    limits: MultipartLimits = MultipartLimits(),
 ) -> bytes:
     """The uploaded file's bytes, received within ``timeout_s`` (408) and not empty (400)."""
     try:
         async with asyncio.timeout(timeout_s):
-            data, _filename = await read_file_field(content_type, content_length, body, limit)
+            data, _filename = await read_file_field(
+                content_type, content_length, body, limit, limits=limits
+            )
     except TimeoutError as exc:
         raise UploadError(
             f"the upload was not received within {timeout_s:g} s", status_code=408
@@ -58,16 +77,14 @@ async def read_file_field(
     body: AsyncIterator[bytes],
     limit: int,
     field_name: str = "file",
+    limits: MultipartLimits = MultipartLimits(),
 ) -> tuple[bytes, str | None]:
     """``(file bytes, client filename)`` of the multipart field ``field_name``."""
     boundary = _boundary(content_type, content_length, limit)
-    parts = await _read_parts(boundary, body, limit)
-    for headers, data in parts:
-        _, disposition = parse_options_header(headers.get(b"content-disposition", b""))
-        if disposition.get(b"name") == field_name.encode():
-            filename = disposition.get(b"filename")
-            return bytes(data), filename.decode("utf-8", "replace") if filename else None
-    raise UploadError(f"no file in the multipart field {field_name!r}")
+    found = await _read_field(boundary, body, limit, field_name.encode(), limits)
+    if found is None:
+        raise UploadError(f"no file in the multipart field {field_name!r}")
+    return found
 
 
 def _boundary(content_type: str | None, content_length: str | None, limit: int) -> bytes:
@@ -91,60 +108,110 @@ def _boundary(content_type: str | None, content_length: str | None, limit: int) 
     return boundary
 
 
-async def _read_parts(
-    boundary: bytes, body: AsyncIterator[bytes], limit: int
-) -> list[tuple[dict[bytes, bytes], bytearray]]:
-    """Every part of the body as ``(headers, data)``, in memory, cut off past ``limit``."""
-    parts: list[tuple[dict[bytes, bytes], bytearray]] = []
-    headers: dict[bytes, bytes] = {}
-    data = bytearray()
-    header_field = bytearray()
-    header_value = bytearray()
+class _FieldReader:
+    """python-multipart callbacks that keep only the first part named ``field``."""
 
-    def on_part_begin() -> None:
-        nonlocal headers, data
-        headers, data = {}, bytearray()
+    def __init__(self, field: bytes, limit: int, limits: MultipartLimits) -> None:
+        self.field = field
+        self.limit = limit
+        self.limits = limits
+        self.parts = 0
+        self.header_bytes = 0
+        self.header_count = 0
+        self.header_field = bytearray()
+        self.header_value = bytearray()
+        self.disposition = b""
+        self.keeping = False
+        self.data = bytearray()
+        self.found: tuple[bytes, str | None] | None = None
 
-    def on_header_field(chunk: bytes, start: int, end: int) -> None:
-        header_field.extend(chunk[start:end])
+    def callbacks(self) -> dict[str, object]:
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+        }
 
-    def on_header_value(chunk: bytes, start: int, end: int) -> None:
-        header_value.extend(chunk[start:end])
+    def on_part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > self.limits.max_parts:
+            raise UploadError(
+                f"more than {self.limits.max_parts} multipart parts (MULTIPART_MAX_PARTS)"
+            )
+        self.header_bytes = self.header_count = 0
+        self.disposition = b""
+        self.keeping = False
 
-    def on_header_end() -> None:
-        headers[bytes(header_field).lower()] = bytes(header_value)
-        header_field.clear()
-        header_value.clear()
+    def _count_header_bytes(self, size: int) -> None:
+        self.header_bytes += size
+        if self.header_bytes > self.limits.max_part_header_bytes:
+            raise UploadError(
+                f"multipart part headers over {self.limits.max_part_header_bytes} bytes "
+                "(MULTIPART_MAX_PART_HEADER_BYTES)"
+            )
 
-    def on_part_data(chunk: bytes, start: int, end: int) -> None:
-        data.extend(chunk[start:end])
-        if len(data) > limit:
-            raise _too_large(limit)
+    def on_header_field(self, chunk: bytes, start: int, end: int) -> None:
+        self._count_header_bytes(end - start)
+        self.header_field.extend(chunk[start:end])
 
-    def on_part_end() -> None:
-        parts.append((headers, data))
+    def on_header_value(self, chunk: bytes, start: int, end: int) -> None:
+        self._count_header_bytes(end - start)
+        self.header_value.extend(chunk[start:end])
 
-    parser = MultipartParser(
-        boundary,
-        {
-            "on_part_begin": on_part_begin,
-            "on_header_field": on_header_field,
-            "on_header_value": on_header_value,
-            "on_header_end": on_header_end,
-            "on_part_data": on_part_data,
-            "on_part_end": on_part_end,
-        },
-    )
-    received = 0
+    def on_header_end(self) -> None:
+        self.header_count += 1
+        if self.header_count > MAX_PART_HEADERS:
+            raise UploadError(f"more than {MAX_PART_HEADERS} headers in a multipart part")
+        if bytes(self.header_field).lower() == b"content-disposition":
+            self.disposition = bytes(self.header_value)
+        self.header_field.clear()
+        self.header_value.clear()
+
+    def on_headers_finished(self) -> None:
+        _, options = parse_options_header(self.disposition)
+        self.keeping = self.found is None and options.get(b"name") == self.field
+        if self.keeping:
+            filename = options.get(b"filename")
+            self.found = (b"", filename.decode("utf-8", "replace") if filename else None)
+
+    def on_part_data(self, chunk: bytes, start: int, end: int) -> None:
+        if not self.keeping:
+            return  # another field: skipped as it streams by, never stored
+        self.data.extend(chunk[start:end])
+        if len(self.data) > self.limit:
+            raise _too_large(self.limit)
+
+    def on_part_end(self) -> None:
+        if self.keeping and self.found is not None:
+            self.found = (bytes(self.data), self.found[1])
+            self.data = bytearray()
+        self.keeping = False
+
+
+async def _read_field(
+    boundary: bytes, body: AsyncIterator[bytes], limit: int, field: bytes,
+    limits: MultipartLimits,
+) -> tuple[bytes, str | None] | None:
+    """The first part named ``field`` as ``(data, filename)``, cut off past ``limit``."""
+    reader = _FieldReader(field, limit, limits)
+    parser = MultipartParser(boundary, reader.callbacks())  # type: ignore[arg-type]
     try:
-        async for chunk in body:
-            received += len(chunk)
-            if received > limit + ENVELOPE_BYTES:
-                raise _too_large(limit)
+        async for chunk in capped_chunks(
+            body, limit=limit + ENVELOPE_BYTES, setting="MAX_CONTENT_LENGTH",
+            idle_timeout_s=limits.idle_timeout_s,
+        ):
             parser.write(chunk)
         parser.finalize()
-    except UploadError:
-        raise
+    except BodyRefusedError as exc:
+        if exc.status_code == 413:
+            raise _too_large(limit) from exc
+        raise UploadError(exc.message, status_code=exc.status_code) from exc
+    except ServiceError:
+        raise  # ours, or the admission's "at capacity" raised as the body completes
     except Exception as exc:  # noqa: BLE001 - python-multipart raises several types
         raise UploadError(f"malformed multipart body: {exc}") from exc
-    return parts
+    return reader.found

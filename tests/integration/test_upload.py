@@ -55,7 +55,7 @@ def test_upload_returns_the_documented_json(stack, mono1_j2k: bytes, tiny_bundle
     assert set(body["ensemble_prediction"]) == {"densenet121", "resnet50", "efficientnetv2"}
     assert isinstance(body["detections"], list)
     assert body["metadata"]["modality"] == "DX"
-    assert body["metadata"]["study_date"] == "20260128"
+    assert body["metadata"]["study_date"] == "2026"  # pseudonymize: the year only
     assert body["metadata"]["rows"] == 1500 and body["metadata"]["columns"] == 1000
     assert body["metadata"]["photometric_interpretation"] == "MONOCHROME1"
     assert body["metadata"]["transfer_syntax_uid"] == JPEG2000Lossless
