@@ -26,6 +26,7 @@ import pytest
 from shared import contract, oip
 from tests.integration.stack import REPO, Service, base_env, free_port, start_service, wait_ready
 from tests.ops.conftest import INTERNAL_TOKEN, GatewayFactory
+from tests.ops.load import record
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -60,8 +61,10 @@ def test_a_model_service_without_a_token_refuses_a_public_bind(
     env.pop("INTERNAL_TOKEN", None)
     started = time.perf_counter()
     code, output = _start_public("classifier", env)
+    elapsed = time.perf_counter() - started
+    record("lockdown-public-bind", {"exit_code": code, "seconds": round(elapsed, 3)})
     assert code != 0 and "INTERNAL_TOKEN is not set" in output, output
-    assert time.perf_counter() - started < 30
+    assert elapsed < 30
     env["INTERNAL_TOKEN"] = "short"
     code, output = _start_public("detector", env)
     assert code != 0 and "INTERNAL_TOKEN is shorter than" in output, output
@@ -141,8 +144,10 @@ def test_a_declared_gigabyte_body_is_refused_at_once(guarded_classifier: Service
     sock = _raw_request(guarded_classifier.url, _infer_head(guarded_classifier.url, 1 << 30, 100),
                         b"{" + b" " * 4095)
     status, data = _status_of(sock)
+    elapsed = time.perf_counter() - started
+    record("lockdown-gigabyte-body", {"status": status, "seconds": round(elapsed, 3)})
     assert status == 413 and b"MODEL_MAX_BODY_BYTES" in data, data[:400]
-    assert time.perf_counter() - started < 2
+    assert elapsed < 2
 
 
 def test_a_thousand_images_in_one_request_are_refused(guarded_classifier: Service) -> None:
@@ -153,6 +158,7 @@ def test_a_thousand_images_in_one_request_are_refused(guarded_classifier: Servic
     response = httpx.post(guarded_classifier.url + INFER_PATH, content=body, timeout=30,
                           headers={**headers, "Authorization": f"Bearer {INTERNAL_TOKEN}"})
     elapsed = time.perf_counter() - started
+    record("lockdown-n1000", {"status": response.status_code, "seconds": round(elapsed, 3)})
     assert response.status_code == 413, response.text
     assert "MODEL_MAX_IMAGES_PER_REQUEST" in response.json()["error"]
     assert elapsed < 2
@@ -178,8 +184,10 @@ def test_a_trickled_body_is_cut_off_at_the_read_deadline(guarded_classifier: Ser
         status, data = _status_of(sock)
     finally:
         stop.set()
+    elapsed = time.perf_counter() - started
+    record("lockdown-trickled-infer", {"status": status, "seconds": round(elapsed, 3)})
     assert status == 408, data[:400]
-    assert time.perf_counter() - started < BODY_TIMEOUT_S + 3
+    assert elapsed < BODY_TIMEOUT_S + 3
 
 
 # ---------------------------------------------------------------- slow clients, multipart
@@ -222,6 +230,7 @@ def test_slow_clients_on_every_slot_do_not_starve_a_normal_upload(
         stop.set()
         for sock in sockets:
             sock.close()
+    record("lockdown-slow-clients", {"status": response.status_code, "seconds": round(elapsed, 3)})
     assert response.status_code == 200, response.text
     assert elapsed < 20
 
@@ -248,6 +257,7 @@ def test_headers_sent_byte_by_byte_are_cut_off(start_gateway: GatewayFactory) ->
             closed = False
         closed_after = time.perf_counter() - started if closed else None
     sock.close()
+    record("lockdown-slow-headers", {"closed_after_s": closed_after and round(closed_after, 3)})
     assert closed_after is not None and closed_after < 6, closed_after
 
 
@@ -265,6 +275,8 @@ def test_a_hundred_thousand_empty_parts_are_refused_fast(
     response = httpx.post(f"{gateway.url}/upload", content=body, timeout=60,
                           headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
     elapsed = time.perf_counter() - started
+    record("lockdown-multipart-bomb", {"status": response.status_code,
+                                       "seconds": round(elapsed, 3)})
     assert response.status_code == 400, response.text
     assert "MULTIPART_MAX_PARTS" in response.json()["message"]
     assert elapsed < 1.0

@@ -107,11 +107,45 @@ def _hold_slot(url: str, seconds: float, **headers: str) -> threading.Thread:
     return thread
 
 
+@pytest.fixture()
+def silent_classifier() -> Iterator[str]:
+    """A "classifier" that accepts connections and never answers: analyses wait on it."""
+    import socket
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(64)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    thread.join()
+    for sock in held:
+        sock.close()
+    server.close()
+
+
 def test_gateway_wide_upload_limit_answers_503_at_once(
-    start_gateway: GatewayFactory, dicom_bytes: bytes
+    start_gateway: GatewayFactory, dicom_bytes: bytes, silent_classifier: str
 ) -> None:
-    gateway = start_gateway("busy", MAX_INFLIGHT_UPLOADS="1", MAX_UPLOADS_PER_CLIENT="0")
-    holder = _hold_slot(gateway.url, 2.0)
+    """The slot is an analysis in progress (its body arrived): the next body gets 503."""
+    gateway = start_gateway("busy", MAX_INFLIGHT_UPLOADS="1", MAX_UPLOADS_PER_CLIENT="0",
+                            CLASSIFIER_URLS=silent_classifier, CLASSIFIER_TIMEOUT_S="3")
+    holder = threading.Thread(target=lambda: httpx.post(
+        f"{gateway.url}/upload", files={"file": ("x.dcm", dicom_bytes)}, timeout=30))
+    holder.start()
+    time.sleep(1.0)  # the first upload is decoded and waiting on the classifier
     started = time.perf_counter()
     response = httpx.post(f"{gateway.url}/upload", files={"file": ("x.dcm", dicom_bytes)})
     elapsed = time.perf_counter() - started
