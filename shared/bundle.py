@@ -4,6 +4,12 @@ The default manifest describes the original system's folder layout, so a user ca
 the services at the folder they already have (``ensemble output/...``,
 ``detection output/yolo11/weights/best.pt``) with no configuration. A ``manifest.yaml``
 in the folder overrides any field. Torch-free: the gateway and the CLI read this too.
+
+A bundle is data, never code: every checkpoint path must stay inside the bundle folder
+(no absolute path, no ``..``, no symlink that leads out), and a checkpoint may be pinned
+by ``sha256:``. ``allow_unsafe_pickle_sha256:`` is the operator's explicit trust in one
+exact file whose pickle needs more than the safe allow-list (see
+:mod:`shared.serving.safe_load`); prefer ``spine convert-checkpoint``.
 """
 
 from __future__ import annotations
@@ -14,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 MANIFEST_NAMES = ("manifest.yaml", "manifest.yml")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+SHA256_PATTERN = r"^[0-9a-fA-F]{64}$"
 
 
 class BundleKind(StrEnum):
@@ -29,7 +36,37 @@ class BundleKind(StrEnum):
     UNTRAINED = "untrained"  # random weights: proves the plumbing, predicts nothing
 
 
-class MemberSpec(BaseModel):
+def _relative_inside(value: str) -> str:
+    """Refuse what could name a file outside the bundle folder, before any file is read."""
+    path = Path(value)
+    if not value or path.is_absolute() or value.startswith(("/", "\\")):
+        raise ValueError(f"{value!r} must be a path relative to the bundle folder")
+    if ".." in path.parts or ".." in Path(value.replace("\\", "/")).parts:
+        raise ValueError(f"{value!r} must not contain '..': it must stay inside the bundle folder")
+    return value
+
+
+class CheckpointPins(BaseModel):
+    """Optional integrity and trust settings shared by every checkpoint entry."""
+
+    sha256: str | None = Field(
+        None, pattern=SHA256_PATTERN,
+        description="If set, the checkpoint's sha256 must match or it is refused at load",
+    )
+    allow_unsafe_pickle_sha256: str | None = Field(
+        None, pattern=SHA256_PATTERN,
+        description="Operator trust in this exact file (by sha256): load its full pickle even "
+        "if it needs globals outside the safe allow-list. It RUNS CODE from the file; prefer "
+        "`spine convert-checkpoint`",
+    )
+
+    @field_validator("sha256", "allow_unsafe_pickle_sha256")
+    @classmethod
+    def _lower(cls, value: str | None) -> str | None:
+        return value.lower() if value else value
+
+
+class MemberSpec(CheckpointPins):
     """One classifier of the ensemble."""
 
     name: str = Field(description="Key in the response's ensemble_prediction")
@@ -40,6 +77,11 @@ class MemberSpec(BaseModel):
     num_classes: int = Field(1, description="1 = one logit + sigmoid")
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _inside_bundle(cls, value: str) -> str:
+        return _relative_inside(value)
 
 
 class ClassifierSpec(BaseModel):
@@ -56,12 +98,17 @@ class ClassifierSpec(BaseModel):
         return self
 
 
-class DetectorSpec(BaseModel):
+class DetectorSpec(CheckpointPins):
     checkpoint: str = Field(description="Ultralytics .pt (or a YOLO .yaml), relative path")
     image_size: int = Field(640, gt=0, le=4096)
     conf: float = Field(0.25, ge=0, le=1)
     iou: float = Field(0.7, ge=0, le=1)
     max_det: int = Field(300, ge=1, le=10000)
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _inside_bundle(cls, value: str) -> str:
+        return _relative_inside(value)
 
 
 class BundleManifest(BaseModel):
@@ -70,6 +117,15 @@ class BundleManifest(BaseModel):
     description: str = ""
     classifier: ClassifierSpec
     detector: DetectorSpec
+
+    def checkpoint_entries(self) -> list[tuple[str, CheckpointPins, str]]:
+        """``(manifest field, spec, relative path)`` for every checkpoint the bundle names."""
+        entries: list[tuple[str, CheckpointPins, str]] = [
+            (f"classifier.members[{index}].checkpoint", member, member.checkpoint)
+            for index, member in enumerate(self.classifier.members)
+        ]
+        entries.append(("detector.checkpoint", self.detector, self.detector.checkpoint))
+        return entries
 
 
 DEFAULT_MANIFEST: dict[str, Any] = {
@@ -150,17 +206,67 @@ def load_manifest(model_dir: Path) -> BundleManifest:
             raise BundleError(f"{path}: the manifest must be a YAML mapping")
         data = _deep_merge(DEFAULT_MANIFEST, override)
     try:
-        return BundleManifest.model_validate(data)
+        manifest = BundleManifest.model_validate(data)
     except ValidationError as exc:
         raise BundleError(f"{path or model_dir}: invalid manifest: {exc}") from exc
+    for field, _spec, relative in manifest.checkpoint_entries():
+        confined_path(model_dir, relative, field)
+    return manifest
 
 
-def resolve_checkpoint(model_dir: Path, relative: str) -> Path:
-    """The checkpoint's absolute path, or a clear error naming what is missing."""
+def confined_path(model_dir: Path, relative: str, field: str = "checkpoint") -> Path:
+    """``model_dir / relative`` resolved (symlinks followed), refused unless it stays inside.
+
+    Lexical checks (absolute, ``..``) come first so the message says what was written;
+    then the resolved path must lie under the resolved folder, which catches symlinks
+    (of the file or of any folder on the way) that lead out.
+    """
+    try:
+        _relative_inside(relative)
+    except ValueError as exc:
+        raise BundleError(f"manifest field {field}: {exc}") from exc
+    root = model_dir.resolve()
     path = (model_dir / relative).resolve()
-    if not path.is_file():
-        raise BundleError(f"checkpoint {relative!r} not found in model folder {model_dir}")
+    if not path.is_relative_to(root):
+        raise BundleError(
+            f"manifest field {field}: {relative!r} resolves to {path}, outside the bundle "
+            f"folder {root} (a symlink that leads out is refused)"
+        )
     return path
+
+
+def resolve_checkpoint(model_dir: Path, relative: str, field: str = "checkpoint") -> Path:
+    """The checkpoint's absolute path inside the bundle, or a clear error naming the field."""
+    path = confined_path(model_dir, relative, field)
+    if not path.is_file():
+        raise BundleError(
+            f"checkpoint {relative!r} ({field}) not found in model folder {model_dir}"
+        )
+    return path
+
+
+def check_pins(path: Path, pins: CheckpointPins, field: str = "checkpoint") -> tuple[str, bool]:
+    """``(sha256, trusted)``: the pinned ``sha256`` must match; ``trusted`` is true when
+    ``allow_unsafe_pickle_sha256`` names this exact file (a different file is refused)."""
+    actual = verify_sha256(path, pins.sha256, field)
+    trust = pins.allow_unsafe_pickle_sha256
+    if trust and trust != actual:
+        raise BundleError(
+            f"{path}: allow_unsafe_pickle_sha256 for manifest field {field} is {trust}, but "
+            f"the file has {actual}: the trust was given to another file; refusing to load it"
+        )
+    return actual, bool(trust)
+
+
+def verify_sha256(path: Path, expected: str | None, field: str = "checkpoint") -> str:
+    """The file's sha256; refused if the manifest pins another one."""
+    actual = sha256_file(path)
+    if expected and actual != expected.lower():
+        raise BundleError(
+            f"{path}: sha256 mismatch for manifest field {field}: the manifest pins "
+            f"{expected.lower()}, the file has {actual}; refusing to load it"
+        )
+    return actual
 
 
 def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
