@@ -3,20 +3,23 @@
 Accepted: the original's ``{'epoch', 'model_state_dict', 'optimizer_state_dict', ...}``,
 ``state_dict``, ``model``, ``state_dict_ema`` (timm's EMA), a bare state dict or a whole
 pickled module; keys prefixed ``module.`` (DataParallel) or ``_orig_mod.`` (torch.compile);
-fp16 tensors. A checkpoint that does not fit its architecture is a start-up error naming
-the file: never a silent partial load that would serve random layers.
+fp16 tensors; ``spine convert-checkpoint`` output. A checkpoint that does not fit its
+architecture is a start-up error naming the file: never a silent partial load that would
+serve random layers. Reading is :func:`shared.serving.safe_load.safe_load`
+(``weights_only=True`` and an allow-list): a pickle that needs anything else is refused.
 """
 
 from __future__ import annotations
 
 import logging
-import pickle
 from collections.abc import Mapping
 from pathlib import Path
 
 import timm
 import torch
 from torch import nn
+
+from shared.serving.safe_load import CLASSIFIER, UnreadableCheckpointError, load_checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -28,22 +31,18 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be loaded into its declared architecture."""
 
 
-def read_checkpoint(path: Path) -> object:
-    """``torch.load`` on CPU; tensors-only first, full unpickling only as a fallback.
+def read_checkpoint(path: Path, *, trusted: bool = False) -> object:
+    """``torch.load(weights_only=True)`` on CPU with the classifier allow-list.
 
-    The fallback exists because real training scripts store numpy scalars or argparse
-    namespaces next to the weights; the bundle folder is the operator's own.
+    Numpy scalars, ``argparse.Namespace`` and the like that training scripts store next
+    to the weights are on the list; anything else raises
+    :class:`~shared.serving.safe_load.UnsafeCheckpointError` unless ``trusted`` (the
+    manifest's ``allow_unsafe_pickle_sha256`` names this exact file).
     """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        log.warning("checkpoint %s holds non-tensor objects; loading it fully", path.name)
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise CheckpointError(f"{path}: not a readable torch checkpoint: {exc}") from exc
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # noqa: BLE001 - any unpickling failure means the same thing
-        raise CheckpointError(f"{path}: not a readable torch checkpoint: {exc}") from exc
+        return load_checkpoint_file(path, CLASSIFIER, trusted=trusted)
+    except UnreadableCheckpointError as exc:
+        raise CheckpointError(str(exc)) from exc
 
 
 def _is_state_dict(value: object) -> bool:
@@ -98,10 +97,13 @@ def build_model(arch: str, num_classes: int) -> nn.Module:
         raise CheckpointError(f"unknown timm architecture {arch!r}: {exc}") from exc
 
 
-def load_classifier(path: Path, arch: str, num_classes: int) -> nn.Module:
+def load_classifier(
+    path: Path, arch: str, num_classes: int, *, trusted: bool = False
+) -> nn.Module:
     """``arch`` with the checkpoint's weights, strictly: every key and shape must match."""
     model = build_model(arch, num_classes)
-    state_dict = strip_prefixes(extract_state_dict(read_checkpoint(path), path))
+    checkpoint = read_checkpoint(path, trusted=trusted)
+    state_dict = strip_prefixes(extract_state_dict(checkpoint, path))
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
     unexpected = sorted(set(state_dict) - set(expected))

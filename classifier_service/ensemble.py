@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from classifier_service.checkpoints import load_classifier
-from shared.bundle import ClassifierSpec, MemberSpec, resolve_checkpoint, sha256_file
+from shared.bundle import ClassifierSpec, MemberSpec, check_pins, resolve_checkpoint
 from shared.serving.dtypes import compute_dtype
 from shared.serving.onnx_runtime import OnnxOptions, OnnxRunner, release_freed_memory, try_onnx
 
@@ -130,10 +130,14 @@ class Ensemble:
         self.device = device
         self.dtype = compute_dtype(device, precision)
         self.members: list[Member] = []
-        for member_spec in spec.members:
-            path = resolve_checkpoint(model_dir, member_spec.checkpoint)
-            model = load_classifier(path, member_spec.arch, member_spec.num_classes)
-            member = Member(member_spec, model, path, sha256_file(path))
+        for index, member_spec in enumerate(spec.members):
+            field = f"classifier.members[{index}].checkpoint"
+            path = resolve_checkpoint(model_dir, member_spec.checkpoint, field)
+            sha256, trusted = check_pins(path, member_spec, field)
+            model = load_classifier(
+                path, member_spec.arch, member_spec.num_classes, trusted=trusted
+            )
+            member = Member(member_spec, model, path, sha256)
             if backend == "onnx" and onnx_options is not None:
                 member.onnx = self._export(member, onnx_options)
             if member.onnx is not None:

@@ -31,7 +31,7 @@ from detector_service.yolo import (
     unletterbox_boxes,
 )
 from shared import contract, oip
-from shared.bundle import DetectorSpec, resolve_checkpoint, sha256_file
+from shared.bundle import DetectorSpec, check_pins, resolve_checkpoint
 from shared.serving.device import configure_torch, resolve_device
 from shared.serving.dtypes import compute_dtype
 from shared.serving.lifecycle import BundleModel
@@ -68,9 +68,9 @@ class DetectorModel(BundleModel):
     def load(self) -> None:
         self.device = resolve_device(self.device_setting)
         configure_torch(self.device, self.torch_threads)
-        path = resolve_checkpoint(self.model_dir, self.spec.checkpoint)
-        network, self.class_names = load_yolo(path)
-        self.sha256 = sha256_file(path)
+        path = resolve_checkpoint(self.model_dir, self.spec.checkpoint, "detector.checkpoint")
+        self.sha256, trusted = check_pins(path, self.spec, "detector.checkpoint")
+        network, self.class_names = load_yolo(path, trusted=trusted)
         self.end2end = bool(getattr(network, "end2end", False))
         network = network.float()
         if hasattr(network, "fuse"):

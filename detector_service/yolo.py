@@ -4,6 +4,8 @@ The letterbox reproduces Ultralytics' own (ratio-preserving resize with bilinear
 interpolation, centred padding of grey 114, the same rounding), so a checkpoint trained
 with Ultralytics sees the same input here; but it runs batched on the device instead of
 per image in numpy. Ultralytics is imported lazily and never allowed to download.
+Checkpoints load as data (:mod:`shared.serving.safe_load`, the Ultralytics allow-list),
+never through Ultralytics' own loader, which unpickles in full.
 For ONNX Runtime the network is wrapped by :class:`RawOutput` (one tensor out, the
 decoded ``[N, 4 + classes, anchors]`` predictions that NMS reads) and exported as is.
 """
@@ -19,6 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.paths import prepare_ultralytics_env
+from shared.serving.safe_load import (
+    ULTRALYTICS,
+    UnreadableCheckpointError,
+    load_checkpoint_file,
+)
 
 PAD_VALUE = 114 / 255.0
 
@@ -85,10 +92,18 @@ def unletterbox_boxes(
     return out
 
 
-def load_yolo(path: Path, num_classes: int | None = None) -> tuple[nn.Module, dict[int, str]]:
-    """An Ultralytics ``.pt`` (class names from the checkpoint) or a YOLO ``.yaml``."""
+def load_yolo(
+    path: Path, num_classes: int | None = None, *, trusted: bool = False
+) -> tuple[nn.Module, dict[int, str]]:
+    """An Ultralytics ``.pt`` (class names from the checkpoint) or a YOLO ``.yaml``.
+
+    A ``.pt`` is read with ``weights_only=True`` and the Ultralytics allow-list, then
+    made ready the way Ultralytics' ``load_checkpoint`` does (EMA preferred, FP32, the
+    default args attached, ``inplace`` set). ``trusted``: the manifest's
+    ``allow_unsafe_pickle_sha256`` names this exact file.
+    """
     prepare_ultralytics_env()
-    from ultralytics.nn.tasks import DetectionModel, load_checkpoint
+    from ultralytics.nn.tasks import DetectionModel
 
     if path.suffix in (".yaml", ".yml"):
         try:
@@ -99,17 +114,53 @@ def load_yolo(path: Path, num_classes: int | None = None) -> tuple[nn.Module, di
         if not path.is_file():
             raise DetectorLoadError(f"detector checkpoint {path} not found")
         try:
-            model, _ = load_checkpoint(str(path), device=torch.device("cpu"), fuse=False)
-        except Exception as exc:  # noqa: BLE001
-            raise DetectorLoadError(
-                f"{path}: not a loadable Ultralytics checkpoint: {exc}"
-            ) from exc
+            checkpoint = load_checkpoint_file(path, ULTRALYTICS, trusted=trusted)
+        except UnreadableCheckpointError as exc:
+            raise DetectorLoadError(str(exc)) from exc
+        model = network_from_checkpoint(checkpoint, path)
     names = getattr(model, "names", None)
     if isinstance(names, list):
         names = dict(enumerate(names))
     if not isinstance(names, dict) or not names:
         raise DetectorLoadError(f"{path}: the checkpoint carries no class names")
     return model.eval(), {int(key): str(value) for key, value in names.items()}
+
+
+def network_from_checkpoint(checkpoint: object, path: Path) -> nn.Module:
+    """The detection network inside an unpickled Ultralytics (or converted) checkpoint."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+    from ultralytics.nn.tasks import DetectionModel, guess_model_task
+
+    if not isinstance(checkpoint, dict):
+        raise DetectorLoadError(f"{path}: not an Ultralytics checkpoint (a {type(checkpoint)})")
+    if "ultralytics_yaml" in checkpoint:  # written by `spine convert-checkpoint`
+        names = checkpoint.get("names") or {}
+        try:
+            model = DetectionModel(
+                cfg=dict(checkpoint["ultralytics_yaml"]), nc=len(names) or None, verbose=False
+            )
+            model.load_state_dict(checkpoint["model_state_dict"], strict=True)
+        except Exception as exc:  # noqa: BLE001
+            raise DetectorLoadError(f"{path}: converted checkpoint does not load: {exc}") from exc
+        model.names = {int(k): str(v) for k, v in names.items()}
+        return model.float().eval()
+    candidate = checkpoint.get("ema") or checkpoint.get("model")
+    if not isinstance(candidate, nn.Module):
+        raise DetectorLoadError(f"{path}: the checkpoint holds no Ultralytics model")
+    if checkpoint.get("modelopt"):
+        raise DetectorLoadError(f"{path}: quantization-aware (QAT) checkpoints are not served")
+    model = candidate.float()
+    model.args = {**DEFAULT_CFG_DICT, **(checkpoint.get("train_args") or {})}
+    model.pt_path = str(path)
+    model.task = getattr(model, "task", guess_model_task(model))
+    if not hasattr(model, "stride"):
+        model.stride = torch.tensor([32.0])
+    for module in model.modules():
+        if hasattr(module, "inplace"):
+            module.inplace = True
+        elif isinstance(module, nn.Upsample) and not hasattr(module, "recompute_scale_factor"):
+            module.recompute_scale_factor = None
+    return model.eval()
 
 
 class RawOutput(nn.Module):
