@@ -8,6 +8,24 @@ checkpoint's sha256, the input size and the opset, and its outputs are compared 
 PyTorch's on every load (a batch of 2, which also proves the dynamic batch axis). A file
 that fails to export, to load or to match is never served: the caller keeps PyTorch.
 
+Cache integrity: the cache file name is derivable from the checkpoint sha256 that
+``/health`` publishes, so whoever can write the cache folder could plant a graph. Two
+checks stop that:
+
+- every entry is signed: the export records the sha256 of the ``.onnx`` bytes, bound to
+  the entry's name, in its ``.json`` sidecar with an HMAC-SHA256 under a per-install key
+  (``<cache root>/keys/onnx-cache.key``: 32 random bytes, mode 0600 in a 0700 folder,
+  never published, outside the ``onnx/`` folder so that folder can be shared). An entry
+  whose signature is missing or wrong is exported again; the session is built from the
+  very bytes that were hashed (no swap between check and use).
+- the equality check runs on inputs drawn at random at load time (the callers'
+  ``check_images``), not on fixed public inputs, so a graph that imitates the model only
+  on known inputs fails. (It cannot catch a graph that differs only on a secret trigger:
+  that is the signature's job.)
+
+Replicas sharing a cache take one file lock per entry (:mod:`shared.filelock`); the
+``.onnx`` and its sidecar are written to staging names and renamed into place.
+
 Model services only (imports torch and onnxruntime); the gateway never imports this.
 """
 
@@ -15,10 +33,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import hmac
 import json
 import logging
 import os
 import re
+import secrets
+import stat
 import time
 import warnings
 from collections.abc import Callable
@@ -40,6 +61,8 @@ log = logging.getLogger(__name__)
 EXPORT_FORMAT = 1
 INPUT_NAME = "input"
 OUTPUT_NAME = "output"
+KEY_NAME = "onnx-cache.key"
+KEY_BYTES = 32
 
 
 class OnnxBackendError(RuntimeError):
@@ -55,6 +78,11 @@ class OnnxOptions:
     threads: int = 0  # intra-op threads; 0 = ONNX Runtime's default (all physical cores)
     rtol: float = 1e-3
     atol: float = 1e-3
+    key_file: Path | None = None  # default: <cache_dir>/../keys/onnx-cache.key
+
+    @property
+    def key_path(self) -> Path:
+        return self.key_file or self.cache_dir.parent / "keys" / KEY_NAME
 
 
 @dataclass(frozen=True)
@@ -115,7 +143,65 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int
     os.replace(staging, path)
 
 
-def create_session(path: Path, threads: int):  # type: ignore[no-untyped-def]
+def _key_is_private(path: Path) -> bool:
+    info = path.lstat()
+    return (
+        stat.S_ISREG(info.st_mode)
+        and info.st_uid == os.getuid()
+        and not info.st_mode & 0o077
+        and info.st_size == KEY_BYTES
+    )
+
+
+def signing_key(path: Path) -> bytes:
+    """The per-install HMAC key, created (0600, atomically, once across replicas) if absent.
+
+    A key that is not a private regular file of ours (a symlink, readable by others, the
+    wrong size) is replaced by a new one: entries signed with it are exported again.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with file_lock(path.with_name(f".{path.name}.lock")):
+        if path.exists() or path.is_symlink():
+            if _key_is_private(path):
+                return path.read_bytes()
+            log.warning("ONNX cache key %s is not a private file of this user; replacing it", path)
+        staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        staging.unlink(missing_ok=True)
+        fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, key := secrets.token_bytes(KEY_BYTES))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(staging, path)
+        return key
+
+
+def entry_signature(key: bytes, path: Path, onnx_sha256: str) -> str:
+    """HMAC over the entry's name (which encodes checkpoint, size, opset) and its bytes' hash."""
+    message = f"{EXPORT_FORMAT}\n{path.name}\n{onnx_sha256}".encode()
+    return hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def sidecar_path(path: Path) -> Path:
+    return path.with_suffix(".json")
+
+
+def read_signed(path: Path, key: bytes) -> bytes | None:
+    """The entry's bytes if its sidecar's signature matches them, else ``None``."""
+    try:
+        data = path.read_bytes()
+        record = json.loads(sidecar_path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    signature = record.get("signature") if isinstance(record, dict) else None
+    expected = entry_signature(key, path, hashlib.sha256(data).hexdigest())
+    if not isinstance(signature, str) or not hmac.compare_digest(signature, expected):
+        return None
+    return data
+
+
+def create_session(path: Path | bytes, threads: int):  # type: ignore[no-untyped-def]
     """A CPU session with bounded threads that sleep when idle.
 
     Spinning intra-op threads would burn the core the other model service needs; one
@@ -131,7 +217,8 @@ def create_session(path: Path, threads: int):  # type: ignore[no-untyped-def]
         options.intra_op_num_threads = threads
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model = path if isinstance(path, bytes) else str(path)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 class OnnxRunner:
@@ -186,7 +273,10 @@ def _verify(
 
 
 def _write_sidecar(path: Path, report: dict[str, object]) -> None:
-    path.with_suffix(".json").write_text(json.dumps(report, indent=2, sort_keys=True))
+    target = sidecar_path(path)
+    staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    staging.write_text(json.dumps(report, indent=2, sort_keys=True))
+    os.replace(staging, target)
 
 
 def load_or_export(
@@ -206,27 +296,37 @@ def load_or_export(
     not match raises :class:`OnnxBackendError`.
     """
     started = time.perf_counter()
+    key = signing_key(options.key_path)
     with file_lock(path.with_name(path.name + ".lock")):  # replicas export once
         exported = False
         for attempt in (0, 1):
-            if not path.is_file():
+            data = read_signed(path, key) if path.is_file() else None
+            if data is None:
+                if path.is_file():
+                    log.warning("cached ONNX file %s is unsigned or altered; exporting it again",
+                                path)
                 export_onnx(module, check[:1], path, options.opset)
                 exported = True
+                data = path.read_bytes()
             try:
-                runner = OnnxRunner(create_session(path, options.threads), path)
+                runner = OnnxRunner(create_session(data, options.threads), path)
                 diff = _verify(module, runner, check, options, transform)
             except Exception as exc:
                 if exported or attempt == 1:
                     path.unlink(missing_ok=True)
+                    sidecar_path(path).unlink(missing_ok=True)
                     raise OnnxBackendError(f"{path.name}: {exc}") from exc
                 log.warning("cached ONNX file %s is unusable (%s); exporting it again", path, exc)
                 path.unlink(missing_ok=True)
                 continue
             break
         if exported:
+            onnx_sha256 = hashlib.sha256(data).hexdigest()
             _write_sidecar(path, {
                 **(facts or {}), "opset": options.opset, "torch": torch.__version__,
                 "export_format": EXPORT_FORMAT, "max_abs_diff": diff,
+                "onnx_sha256": onnx_sha256,
+                "signature": entry_signature(key, path, onnx_sha256),
             })
     report = OnnxLoadReport(path, exported, diff, time.perf_counter() - started)
     return runner, report
@@ -269,6 +369,7 @@ def options_from_settings(settings: Settings, torch_threads: int = 0) -> OnnxOpt
     """
     return OnnxOptions(
         cache_dir=onnx_cache_dir(settings),
+        key_file=cache_root(settings) / "keys" / KEY_NAME,
         opset=settings.onnx_opset,
         threads=settings.ort_threads or torch_threads or settings.torch_threads,
     )

@@ -174,3 +174,87 @@ def test_backend_choice() -> None:
     assert choose_backend("torch", cpu) == "torch"
     assert choose_backend("auto", cuda) == "torch"
     assert choose_backend("onnx", cuda) == "torch"
+
+
+class _Backdoored(nn.Module):
+    """The real model, except when the first pixel is a trigger value: what a planted graph
+    that passes an equality check on ordinary inputs looks like."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        trigger = (x[:, :1, :1, :1].mean(dim=(1, 2, 3)) > 0.999).float()[:, None]
+        return self.inner(x) + 100.0 * trigger
+
+
+def _plant(module: nn.Module, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx_runtime.export_onnx(_Backdoored(module).eval(), torch.rand(1, 3, 16, 16), path, 18)
+
+
+def _triggered(runner) -> float:  # type: ignore[no-untyped-def]
+    x = torch.rand(1, 3, 16, 16)
+    x[:, :, 0, 0] = 1.0
+    return float(runner(x).abs().max())
+
+
+@pytest.mark.parametrize("sidecar", ["none", "copied"])
+def test_a_planted_graph_is_never_served(tmp_path: Path, sidecar: str) -> None:
+    """The file name is derivable from public facts; a graph written there by someone else
+    (no sidecar, or the sidecar of a genuine entry copied next to it) is exported again."""
+    module, check = _Small().eval(), torch.rand(2, 3, 16, 16)
+    path = cache_path(tmp_path / "onnx", "small", "ab" * 32, 16, 18)
+    options = OnnxOptions(cache_dir=tmp_path / "onnx", threads=1)
+    if sidecar == "copied":
+        load_or_export(module, check, path, options)  # a genuine, signed entry
+        genuine_sidecar = path.with_suffix(".json").read_text()
+        _plant(module, path)
+        path.with_suffix(".json").write_text(genuine_sidecar)
+    else:
+        _plant(module, path)
+    runner, report = load_or_export(module, check, path, options)
+    assert report.exported
+    assert _triggered(runner) < 10  # the real model's output, not the backdoor's +100
+    _, again = load_or_export(module, check, path, options)
+    assert not again.exported  # the fresh, signed export is reused
+
+
+def test_the_signing_key_is_private_and_replaced_when_exposed(tmp_path: Path) -> None:
+    module, check = _Small().eval(), torch.rand(2, 3, 16, 16)
+    options = OnnxOptions(cache_dir=tmp_path / "onnx", threads=1)
+    path = cache_path(options.cache_dir, "small", "ab" * 32, 16, 18)
+    load_or_export(module, check, path, options)
+    key = options.key_path
+    assert key == tmp_path / "keys" / "onnx-cache.key"
+    assert (key.stat().st_mode & 0o777, key.parent.stat().st_mode & 0o777) == (0o600, 0o700)
+    old = key.read_bytes()
+    key.chmod(0o644)  # readable by others: no longer a secret
+    _, report = load_or_export(module, check, path, options)
+    assert report.exported and key.read_bytes() != old and key.stat().st_mode & 0o777 == 0o600
+
+
+def test_equality_check_inputs_are_drawn_at_load_time() -> None:
+    from classifier_service.ensemble import check_images as classifier_images
+    from detector_service.yolo import check_images as detector_images
+
+    for draw in (classifier_images, detector_images):
+        first, second = draw(), draw()
+        assert not all(np.array_equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+def test_replicas_exporting_the_same_entry_at_once_stay_consistent(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    module = _Small().eval()
+    options = OnnxOptions(cache_dir=tmp_path / "onnx", threads=1)
+    path = cache_path(options.cache_dir, "small", "ef" * 32, 16, 18)
+    with ThreadPoolExecutor(3) as pool:
+        reports = [f.result()[1] for f in [
+            pool.submit(load_or_export, module, torch.rand(2, 3, 16, 16), path, options)
+            for _ in range(3)
+        ]]
+    assert sum(report.exported for report in reports) == 1
+    names = sorted(p.name for p in options.cache_dir.iterdir() if not p.name.endswith(".lock"))
+    assert names == sorted([path.name, path.with_suffix(".json").name])  # no staging left
