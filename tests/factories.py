@@ -17,7 +17,21 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from bench.dicoms import radiograph_pixels
 from shared.dicom.writer import DX_FOR_PRESENTATION, SECONDARY_CAPTURE, file_bytes, xray_dataset
 
-__all__ = ["make_dicom", "radiograph_pixels", "write_tiny_bundle"]
+__all__ = ["TouchMarker", "make_dicom", "radiograph_pixels", "write_tiny_bundle"]
+
+
+class TouchMarker:
+    """A hostile pickle payload: unpickling it in full runs ``touch MARKER`` (``os.system``).
+
+    Saved with ``torch.save`` inside a checkpoint, it proves a loader never executes a
+    bundle: the marker file must never appear.
+    """
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.system, (f"touch {self.marker}",))
 
 
 def make_dicom(

@@ -34,6 +34,7 @@ from torch import nn
 from classifier_service.checkpoints import build_model
 from classifier_service.ensemble import normalise, probability_from_logits, resize_square
 from shared.bundle import ClassifierSpec, MemberSpec, manifest_path
+from shared.serving.safe_load import safe_load
 from training.canonical import CanonicalEntry, LabelledImages
 from training.metrics import roc_auc, youden_threshold
 
@@ -175,7 +176,7 @@ def train_member(
     last_path = bundle_dir / ".train" / member.name / "last.pth"
     start_epoch, best_auc = 0, -1.0
     if last_path.is_file():  # resume
-        state = torch.load(last_path, map_location="cpu", weights_only=False)
+        state = safe_load(last_path)  # weights_only=True + the benign allow-list
         model.load_state_dict(state["model_state_dict"])
         lesion_head.load_state_dict(state["lesion_head_state_dict"])
         optimizer.load_state_dict(state["optimizer_state_dict"])

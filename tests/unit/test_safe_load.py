@@ -25,19 +25,10 @@ from shared.serving.safe_load import (
     allowed_entries,
     safe_load,
 )
+from tests.factories import TouchMarker
 
 ARCH = "resnet10t"
 REPO = Path(__file__).resolve().parents[2]
-
-
-class TouchMarker:
-    """A pickle payload: unpickling it runs ``touch MARKER`` through ``os.system``."""
-
-    def __init__(self, marker: Path) -> None:
-        self.marker = marker
-
-    def __reduce__(self):  # type: ignore[no-untyped-def]
-        return (os.system, (f"touch {self.marker}",))
 
 
 class ExecMarker:
