@@ -32,6 +32,7 @@ import importlib
 import logging
 import pathlib
 import pickle
+import re
 import threading
 import types
 from collections.abc import Mapping
@@ -236,20 +237,26 @@ def safe_load(path: Path, policy: ModulePolicy = WEIGHTS_ONLY) -> object:
         with _LOAD_LOCK, torch.serialization.safe_globals(entries):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        detail = unpickler_detail(exc)
+        if not re.search(r"global|reduce|allowlist|Can only", detail, re.IGNORECASE):
+            raise UnreadableCheckpointError(
+                f"{path}: not a readable torch checkpoint: {detail}"
+            ) from exc
         raise UnsafeCheckpointError(
             f"{path}: refused to load: the restricted unpickler stopped at a global outside "
-            f"the {policy.name} allow-list ({_first_line(exc)}). {REMEDY}."
+            f"the {policy.name} allow-list ({detail}). {REMEDY}."
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
         raise UnreadableCheckpointError(f"{path}: not a readable torch checkpoint: {exc}") from exc
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    for line in text.splitlines():
-        if "GLOBAL" in line or "global" in line:
-            return line.strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+def unpickler_detail(exc: BaseException) -> str:
+    """The restricted unpickler's own reason, without torch's generic advice around it
+    (which suggests loading without the restriction: exactly what must not be done here)."""
+    text = str(exc)
+    match = re.search(r"WeightsUnpickler error:\s*(.*?)(?:\n\s*\n|$)", text, re.DOTALL)
+    detail = (match.group(1) if match else text).strip()
+    return " ".join(detail.split())[:500] or type(exc).__name__
 
 
 def load_checkpoint_file(path: Path, policy: ModulePolicy, *, trusted: bool = False) -> object:

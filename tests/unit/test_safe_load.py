@@ -88,11 +88,16 @@ def test_original_checkpoint_with_numpy_and_namespace_loads(reference, tmp_path:
     assert loaded["args"].output == PurePosixPath("ensemble output/x")  # pure: no file methods
 
 
-@pytest.mark.parametrize("payload", [TouchMarker, ExecMarker])
-def test_hostile_pth_is_refused_and_runs_nothing(payload, reference, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("payload", "zipfile"), [(TouchMarker, True), (ExecMarker, True), (TouchMarker, False)]
+)
+def test_hostile_pth_is_refused_and_runs_nothing(
+    payload, zipfile: bool, reference, tmp_path: Path
+) -> None:
     marker = tmp_path / "MARKER"
     path = tmp_path / "model_best.pth"
-    torch.save({"model_state_dict": reference.state_dict(), "x": payload(marker)}, path)
+    torch.save({"model_state_dict": reference.state_dict(), "x": payload(marker)}, path,
+               _use_new_zipfile_serialization=zipfile)  # False: the legacy format
     with pytest.raises(UnsafeCheckpointError) as caught:
         load_classifier(path, ARCH, 1)
     message = str(caught.value)
