@@ -16,6 +16,15 @@ restricted unpickler; the only globals it may name beyond torch's own tensors ar
   not pass, and :data:`DENIED_ROOTS` / :data:`DENIED_NAMES` are refused before anything is
   imported.
 
+Allowing a class to torch's unpickler also lets a pickle *call* it (the ``REDUCE``
+opcode) with arguments of its choosing, and some constructors act: Ultralytics'
+``DetectionModel(cfg)`` ``eval``s the cfg's activation string and downloads a cfg URL.
+``torch.save`` rebuilds a network's modules with ``NEWOBJ`` (``cls.__new__``, no
+constructor) and ``BUILD`` (``__setstate__``), never ``REDUCE``, so
+:func:`called_globals` walks the pickle's opcodes (statically, nothing runs) and a
+checkpoint that calls a policy class is refused. The benign data types may be called:
+their constructors only make a value.
+
 Anything else is refused at start-up by :class:`UnsafeCheckpointError`, naming the file,
 the globals and the two ways out: ``spine convert-checkpoint IN OUT`` (once, on purpose),
 or ``allow_unsafe_pickle_sha256:`` in the manifest for that exact file.
@@ -32,9 +41,12 @@ import importlib
 import logging
 import pathlib
 import pickle
+import pickletools
 import re
 import threading
 import types
+import zipfile
+from _compat_pickle import IMPORT_MAPPING, NAME_MAPPING
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,12 +200,82 @@ def _admit(name: str, policy: ModulePolicy) -> Any | None:
     return obj
 
 
-def checkpoint_globals(path: Path) -> list[str]:
-    """The globals the pickle names beyond torch's defaults (a static scan, nothing runs)."""
+def _data_pickle(path: Path) -> bytes | None:
+    """The main pickle of a zip-format torch checkpoint (``<archive>/data.pkl``)."""
     try:
-        return sorted(torch.serialization.get_unsafe_globals_in_checkpoint(str(path)))
-    except Exception:  # noqa: BLE001 - legacy format or garbage: torch.load decides below
-        return []
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("/data.pkl") or n == "data.pkl"]
+            return archive.read(names[0]) if names else None
+    except (zipfile.BadZipFile, OSError, KeyError):
+        return None
+
+
+def scan_pickle(data: bytes) -> tuple[set[str], set[str]]:
+    """``(every global named, the globals applied by REDUCE)``: a static walk, nothing runs.
+
+    A small stack machine over :mod:`pickletools`' opcode table: ``GLOBAL`` pushes its
+    name, the memo opcodes store and fetch, every other opcode pops and pushes what the
+    table says; at ``REDUCE`` the callable is the item under the argument tuple.
+    """
+    mark = object()
+    stack: list[object] = []
+    memo: dict[int, object] = {}
+    called: set[str] = set()
+    named: set[str] = set()
+    try:
+        for op, arg, _pos in pickletools.genops(data):
+            name = op.name
+            if name == "GLOBAL":
+                module, _, attr = str(arg).partition(" ")
+                module, attr = _python3_name(module, attr)
+                named.add(f"{module}.{attr}")
+                stack.append(f"{module}.{attr}")
+                continue
+            if name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[int(arg)] = stack[-1] if stack else None
+                continue
+            if name == "MEMOIZE":
+                memo[len(memo)] = stack[-1] if stack else None
+                continue
+            if name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo.get(int(arg)))
+                continue
+            if name == "REDUCE" and len(stack) >= 2 and isinstance(stack[-2], str):
+                called.add(stack[-2])
+            if name in ("NEWOBJ_EX", "OBJ", "INST") or name == "STACK_GLOBAL":
+                called.add(f"<{name}>")  # torch's unpickler refuses these; so do we
+            before = op.stack_before
+            if pickletools.markobject in before:
+                while stack and stack[-1] is not mark:
+                    stack.pop()
+                if stack:
+                    stack.pop()
+                for _ in range(before.index(pickletools.markobject)):
+                    if stack:
+                        stack.pop()
+            else:
+                for _ in before:
+                    if stack:
+                        stack.pop()
+            for item in op.stack_after:
+                stack.append(mark if item is pickletools.markobject else None)
+    except Exception:  # noqa: BLE001 - malformed: torch.load refuses it with its own error
+        called.add("<malformed pickle>")
+    return named, called
+
+
+def _python3_name(module: str, attr: str) -> tuple[str, str]:
+    """Protocol-2 pickles name ``builtins`` ``__builtin__``; map like torch's reader does."""
+    if (module, attr) in NAME_MAPPING:
+        return NAME_MAPPING[(module, attr)]
+    return IMPORT_MAPPING.get(module, module), attr
+
+
+def torch_default_globals() -> set[str]:
+    """Names torch's own restricted unpickler allows (tensor rebuilds, dtypes, ...)."""
+    from torch import _weights_only_unpickler
+
+    return set(_weights_only_unpickler._get_allowed_globals())
 
 
 def allowed_entries(names: list[str], policy: ModulePolicy) -> tuple[list[Any], list[str]]:
@@ -226,8 +308,18 @@ def safe_load(path: Path, policy: ModulePolicy = WEIGHTS_ONLY) -> object:
     when the pickle needs anything else, and :class:`UnreadableCheckpointError` when the
     file is not a torch checkpoint. Nothing of a refused pickle is ever executed.
     """
-    names = checkpoint_globals(path)
-    entries, refused = allowed_entries(names, policy)
+    data = _data_pickle(path)
+    if data is None:  # legacy format or garbage: data types only, never a class
+        entries, refused = [(obj, key) for key, obj in BENIGN_GLOBALS.items()], []
+    else:
+        named, called = scan_pickle(data)
+        torch_own = torch_default_globals()
+        entries, refused = allowed_entries(sorted(named - torch_own), policy)
+        refused += sorted(
+            f"{name} (called with arguments, not rebuilt)"
+            for name in called - torch_own - set(BENIGN_GLOBALS)
+            if name not in refused
+        )
     if refused:
         raise UnsafeCheckpointError(
             f"{path}: refused to load: its pickle names globals outside the {policy.name} "

@@ -225,3 +225,28 @@ def test_product_code_never_unpickles_in_full() -> None:
             if "weights_only=False" in path.read_text():
                 found.append(str(path.relative_to(REPO)))
     assert found == ["shared/serving/convert.py"]
+
+
+def test_an_allowed_class_called_as_a_function_is_refused(tmp_path: Path) -> None:
+    """Allowing ``DetectionModel`` must not let a pickle call its constructor, whose cfg
+    ``activation`` string Ultralytics evaluates: REDUCE on a policy class is refused."""
+    from shared.paths import prepare_ultralytics_env
+
+    prepare_ultralytics_env()
+    from ultralytics.nn.tasks import DetectionModel, yaml_model_load
+
+    from detector_service.yolo import load_yolo
+
+    marker = tmp_path / "MARKER"
+    cfg = yaml_model_load("yolo11n.yaml")
+    cfg["activation"] = f"__import__('os').system('touch {marker}') or __import__('torch').nn.SiLU()"
+
+    class CallsTheConstructor:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (DetectionModel, (cfg,))
+
+    path = tmp_path / "best.pt"
+    torch.save({"model": CallsTheConstructor()}, path)
+    with pytest.raises(UnsafeCheckpointError, match=r"DetectionModel \(called with arguments"):
+        load_yolo(path)
+    assert not marker.exists()
