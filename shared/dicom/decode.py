@@ -35,7 +35,7 @@ trained on greyscale radiographs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -44,7 +44,7 @@ from shared.dicom.codecs import decode_frame
 from shared.dicom.header import DicomMetadata, read_header
 from shared.dicom.isolate import DecodeOptions
 from shared.dicom.parse import parse_dicom
-from shared.dicom.render import canonical_size, render, resize_to
+from shared.dicom.render import canonical_size, display_window, render, resize_to
 from shared.dicom.selection import Selection, SelectionRules, require_selected
 
 __all__ = ["WARN_REDUCED_J2K", "CanonicalImage", "decode_dicom", "encode_png"]
@@ -125,7 +125,14 @@ def decode_dicom(
         ),
         selection=selected,
     )
-    return canonical, header.metadata
+    metadata = header.metadata
+    if metadata.source is not None:  # the window a presentation state shows (see source.py)
+        window, exact = display_window(decoded.pixels, header.render)
+        source = replace(
+            metadata.source, window=window, window_exact=exact, invert=header.render.invert
+        )
+        metadata = replace(metadata, source=source)
+    return canonical, metadata
 
 
 def encode_png(pixels: np.ndarray) -> bytes:

@@ -33,6 +33,7 @@ from shared.dicom.elements import (
 from shared.dicom.errors import NotDicomError, UnsupportedDicomError
 from shared.dicom.parse import ParsedDicom
 from shared.dicom.render import LINEAR, LINEAR_EXACT, SIGMOID, Lut, RenderSpec, Window
+from shared.dicom.source import SourceImage, read_source
 from shared.dicom.syntax import resolve_syntax, syntax_name
 
 __all__ = [
@@ -77,6 +78,8 @@ class DicomMetadata:
     bits_stored: int
     study_instance_uid: str | None
     sop_instance_uid: str | None
+    # What a DICOM result (SR, presentation state) needs from the image (holds PHI).
+    source: SourceImage | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -133,12 +136,13 @@ def read_header(parsed: ParsedDicom) -> ImageHeader:
     syntax, syntax_notes = resolve_syntax(
         ds, parsed.transfer_syntax, pixel_data.encapsulated, pixel_data.value
     )
+    render = _read_render_spec(ds, geometry, little_endian)
     return ImageHeader(
         geometry=geometry,
         transfer_syntax=syntax,
         pixel_data=pixel_data,
-        render=_read_render_spec(ds, geometry, little_endian),
-        metadata=_read_metadata(ds, geometry, syntax),
+        render=render,
+        metadata=_read_metadata(ds, geometry, syntax, render),
         notes=(*notes, *syntax_notes),
         examination=read_examination(ds),
     )
@@ -275,7 +279,9 @@ def _read_pixel_data(ds: Dataset, *, big_endian: bool) -> PixelData:
 # ---------------------------------------------------------------- metadata
 
 
-def _read_metadata(ds: Dataset, geometry: PixelGeometry, syntax: UID) -> DicomMetadata:
+def _read_metadata(
+    ds: Dataset, geometry: PixelGeometry, syntax: UID, render: RenderSpec
+) -> DicomMetadata:
     return DicomMetadata(
         patient_id=text_value(ds, "PatientID"),
         study_date=text_value(ds, "StudyDate"),
@@ -288,6 +294,10 @@ def _read_metadata(ds: Dataset, geometry: PixelGeometry, syntax: UID) -> DicomMe
         bits_stored=geometry.bits_stored,
         study_instance_uid=text_value(ds, "StudyInstanceUID"),
         sop_instance_uid=text_value(ds, "SOPInstanceUID"),
+        source=read_source(
+            ds, geometry.rows, geometry.columns, geometry.photometric,
+            render.slope, render.intercept,
+        ),
     )
 
 

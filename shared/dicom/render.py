@@ -35,6 +35,7 @@ __all__ = [
     "RenderSpec",
     "Window",
     "canonical_size",
+    "display_window",
     "render",
     "resize_to",
     "stored_domain",
@@ -331,3 +332,40 @@ def render(
             return out, tuple(warnings + more)
     out, more = _render_lut(pixels, spec)
     return out, tuple(warnings + more)
+
+
+# ------------------------------------------------------------ display window
+
+
+def display_window(pixels: np.ndarray, spec: RenderSpec) -> tuple[Window | None, bool]:
+    """The LINEAR window over modality values that :func:`render` effectively applied.
+
+    For a presentation state that shows the image as the models saw it. ``render`` maps
+    the VOI output min-max onto 0..255; for no VOI or a LINEAR window that is one linear
+    window from the lowest to the highest modality value it kept (inside the file's
+    window, when there is one). ``(window, exact)``: ``exact`` is False where a VOI LUT,
+    a SIGMOID window or a Modality LUT can only be approximated by that window; the
+    window is None when no pixel is left (all padding, a single grey).
+    """
+    if pixels.ndim != 2 or pixels.size == 0:
+        return None, False
+    index, bits = _to_index(pixels)
+    stored = _index_to_stored(bits, spec)
+    valid = _histogram(index, 1 << bits) & ~_is_padding(stored, spec)
+    if not valid.any():
+        return None, False
+    values = _modality(stored, spec)[valid]
+    lo, hi = float(values.min()), float(values.max())
+    exact = spec.voi_lut is None and spec.modality_lut is None
+    window = spec.window
+    if window is not None and spec.voi_lut is None:
+        if window.function == SIGMOID:
+            return window, False
+        w_lo, w_hi = window.bounds()
+        inside_lo, inside_hi = max(lo, w_lo), min(hi, w_hi)
+        if (inside_hi - inside_lo) >= _MISS_FRACTION * (w_hi - w_lo):  # render used it
+            lo, hi = inside_lo, inside_hi
+    if hi <= lo:
+        return None, False
+    # LINEAR (PS3.3 C.11.2.1.2): output 0 at c - 0.5 - (w-1)/2, 1 at c - 0.5 + (w-1)/2.
+    return Window(center=(lo + hi + 1.0) / 2.0, width=hi - lo + 1.0, function=LINEAR), exact

@@ -1,0 +1,157 @@
+"""The Comprehensive 3D SR (TID 1500 Measurement Report) of one analysis.
+
+Content, top down: the observer is the algorithm (a device named after the bundle); one
+measurement group (TID 1501) for the whole image with the finding Normal/Abnormal, the
+ensemble probability, the decision threshold and each member's probability; one planar
+ROI group (TID 1410) per returned box, a closed POLYLINE in the original image's pixels
+referencing the source image, with its coded finding type and the detection confidence;
+every group names the algorithm (bundle name, kind, checkpoint sha256s, our version).
+The intended-use text (and DEMO / UNTRAINED) is a TEXT item of the report and the series
+description. The document is UNVERIFIED and not complete (no person has signed it).
+"""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+from pydicom.sr.codedict import codes as dcm_codes
+from pydicom.sr.coding import Code
+from pydicom.uid import generate_uid
+
+from shared.dicom.results import codes
+from shared.dicom.results.common import (
+    MANUFACTURER,
+    SR_SERIES_NUMBER,
+    ResultUids,
+    coding_schemes,
+    rectangle,
+    reference_dataset,
+    series_description,
+)
+from shared.dicom.results.model import AnalysisResult
+from shared.dicom.source import SourceImage
+
+
+def algorithm(result: AnalysisResult) -> hd.sr.AlgorithmIdentification:
+    """The bundle as TID 4019 Algorithm Identification: name, kind, checkpoints, version."""
+    parameters = [
+        f"bundle kind: {result.bundle_kind}", f"software: {MANUFACTURER} {result.version}"
+    ]
+    if result.fusion_mode:
+        parameters.append(f"fusion rule: {result.fusion_mode}")
+    parameters += [f"sha256 {path}: {sha}" for path, sha in sorted(result.checkpoints.items())]
+    return hd.sr.AlgorithmIdentification(
+        name=result.bundle_name[:64], version=result.version, parameters=parameters,
+        manufacturer=MANUFACTURER,
+    )
+
+
+def member(result: AnalysisResult, name: str) -> hd.sr.AlgorithmIdentification:
+    """One ensemble member ("bundle/member"), for its probability."""
+    return hd.sr.AlgorithmIdentification(
+        name=f"{result.bundle_name}/{name}"[:64], version=result.version, manufacturer=MANUFACTURER
+    )
+
+
+def _measurement(
+    name: Code, value: float, algorithm_id: hd.sr.AlgorithmIdentification | None = None
+) -> hd.sr.Measurement:
+    return hd.sr.Measurement(
+        name=name, value=round(float(value), 6), unit=codes.NO_UNITS, algorithm_id=algorithm_id
+    )
+
+
+def _image_group(
+    source: SourceImage, result: AnalysisResult
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    measurements = [
+        _measurement(codes.ABNORMAL_PROBABILITY, result.abnormal_probability),
+        _measurement(codes.DECISION_THRESHOLD, result.threshold),
+        *(
+            _measurement(codes.MEMBER_PROBABILITY, p, member(result, m))
+            for m, p in result.members.items()
+        ),
+    ]
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=generate_uid(), identifier="Image-level finding"
+        ),
+        finding_type=codes.WHOLE_IMAGE,
+        algorithm_id=algorithm(result),
+        measurements=measurements,
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(codes.FINDING, codes.DIAGNOSIS_VALUES[result.diagnosis])
+        ],
+        source_images=[
+            hd.sr.SourceImageForMeasurementGroup(source.sop_class_uid, source.sop_instance_uid)
+        ],
+    )
+
+
+def _box_groups(
+    source: SourceImage, result: AnalysisResult
+) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+    groups = []
+    for number, box in enumerate(result.boxes or (), start=1):
+        region = hd.sr.ImageRegion(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=np.array(rectangle(box.bbox), dtype=np.float64),
+            source_image=hd.sr.SourceImageForRegion(
+                source.sop_class_uid, source.sop_instance_uid  # type: ignore[arg-type]
+            ),
+        )
+        groups.append(
+            hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=generate_uid(), identifier=f"Detection {number}: {box.class_name}"[:64]
+                ),
+                referenced_region=region,
+                finding_type=codes.finding_type(box.class_name),
+                finding_category=codes.LESION,
+                algorithm_id=algorithm(result),
+                measurements=[_measurement(codes.DETECTION_CONFIDENCE, box.confidence)],
+            )
+        )
+    return groups
+
+
+def build_sr(
+    source: SourceImage, result: AnalysisResult, uids: ResultUids
+) -> hd.sr.Comprehensive3DSR:
+    """The SR dataset (raises ResultWriteError when the source lacks its UIDs)."""
+    evidence = reference_dataset(source)
+    observer = hd.sr.ObserverContext(
+        observer_type=dcm_codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=generate_uid(entropy_srcs=[MANUFACTURER, result.bundle_name]),
+            name=result.bundle_name[:64],
+            manufacturer_name=MANUFACTURER,
+            model_name=result.bundle_kind,
+        ),
+    )
+    report = hd.sr.MeasurementReport(
+        observation_context=hd.sr.ObservationContext(observer_device_context=observer),
+        procedure_reported=codes.PROCEDURE,
+        imaging_measurements=[_image_group(source, result), *_box_groups(source, result)],
+    )
+    root = report[0]
+    root.ContentSequence.append(
+        hd.sr.TextContentItem(
+            name=codes.DISCLAIMER, value=result.disclaimer,
+            relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+        )
+    )
+    return hd.sr.Comprehensive3DSR(
+        evidence=[evidence],
+        content=root,
+        series_instance_uid=uids.sr_series,
+        series_number=SR_SERIES_NUMBER,
+        sop_instance_uid=uids.sr_instance,
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=False,
+        is_final=False,
+        is_verified=False,
+        series_description=series_description(result, "SR"),
+        coding_schemes=coding_schemes(),
+    )
