@@ -21,8 +21,8 @@ def private(value: str, meaning: str) -> Code:
     return Code(value, PRIVATE_SCHEME, meaning)
 
 
-# Image-level finding: (DCM 121071 "Finding") = SNOMED Normal / Abnormal.
-FINDING = codes.DCM.Finding
+# Image-level finding: the image's measurement group's "Finding" (DCM 121071) is
+# SNOMED Normal / Abnormal.
 NORMAL = codes.SCT.Normal  # 17621005
 ABNORMAL = codes.SCT.Abnormal  # 263654008
 DIAGNOSIS_VALUES = {"Normal": NORMAL, "Abnormal": ABNORMAL}
@@ -38,9 +38,8 @@ DETECTION_CONFIDENCE = private("DETCONF", "Detection confidence")
 DISCLAIMER = private("DISCLAIMER", "Intended use statement")
 BUNDLE_KIND = private("BUNDLEKIND", "Model bundle kind")
 
-# Procedure reported and the whole image as the measurement group's subject.
+# Procedure reported.
 PROCEDURE = private("SPINEXR-AI", "Automated analysis of a spine radiograph")
-WHOLE_IMAGE = private("WHOLEIMAGE", "Whole image assessment")
 LESION = codes.SCT.Lesion  # 52988006: finding category of every box
 
 # VinDr-SpineXR class name -> finding type.

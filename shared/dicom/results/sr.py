@@ -46,10 +46,16 @@ def algorithm(result: AnalysisResult) -> hd.sr.AlgorithmIdentification:
     )
 
 
-def member(result: AnalysisResult, name: str) -> hd.sr.AlgorithmIdentification:
-    """One ensemble member ("bundle/member"), for its probability."""
+def short_algorithm(
+    result: AnalysisResult, name: str | None = None
+) -> hd.sr.AlgorithmIdentification:
+    """Name and version only: for the boxes and members (the image group has the rest).
+
+    Repeating the checkpoints in every group would make the tree, and highdicom's
+    copying and evidence search over it, several times larger (about 30 ms a box).
+    """
     return hd.sr.AlgorithmIdentification(
-        name=f"{result.bundle_name}/{name}"[:64], version=result.version, manufacturer=MANUFACTURER
+        name=(name or result.bundle_name)[:64], version=result.version
     )
 
 
@@ -68,7 +74,9 @@ def _image_group(
         _measurement(codes.ABNORMAL_PROBABILITY, result.abnormal_probability),
         _measurement(codes.DECISION_THRESHOLD, result.threshold),
         *(
-            _measurement(codes.MEMBER_PROBABILITY, p, member(result, m))
+            _measurement(
+                codes.MEMBER_PROBABILITY, p, short_algorithm(result, f"{result.bundle_name}/{m}")
+            )
             for m, p in result.members.items()
         ),
     ]
@@ -76,12 +84,10 @@ def _image_group(
         tracking_identifier=hd.sr.TrackingIdentifier(
             uid=generate_uid(), identifier="Image-level finding"
         ),
-        finding_type=codes.WHOLE_IMAGE,
+        # TID 1501 "Finding" (DCM 121071) of the whole image: SNOMED Normal / Abnormal
+        finding_type=codes.DIAGNOSIS_VALUES[result.diagnosis],
         algorithm_id=algorithm(result),
         measurements=measurements,
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(codes.FINDING, codes.DIAGNOSIS_VALUES[result.diagnosis])
-        ],
         source_images=[
             hd.sr.SourceImageForMeasurementGroup(source.sop_class_uid, source.sop_instance_uid)
         ],
@@ -92,6 +98,7 @@ def _box_groups(
     source: SourceImage, result: AnalysisResult
 ) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
     groups = []
+    algorithm_id = short_algorithm(result)
     for number, box in enumerate(result.boxes or (), start=1):
         region = hd.sr.ImageRegion(
             graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
@@ -108,7 +115,7 @@ def _box_groups(
                 referenced_region=region,
                 finding_type=codes.finding_type(box.class_name),
                 finding_category=codes.LESION,
-                algorithm_id=algorithm(result),
+                algorithm_id=algorithm_id,
                 measurements=[_measurement(codes.DETECTION_CONFIDENCE, box.confidence)],
             )
         )
