@@ -24,9 +24,9 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import samples
+from gateway import dicom_out, samples
 from gateway.admission import AdmissionMiddleware
-from gateway.analysis import Gateway, analyze, decode
+from gateway.analysis import Findings, Gateway, analyze, decode
 from gateway.audit import AuditFacts
 from gateway.deadline import within
 from gateway.errors import (
@@ -229,6 +229,16 @@ async def upload(
         False, description="Also return the canonical image the models saw (no boxes)"
     ),
 ) -> Any:
+    analysed = await _analyse(request, annotate=annotate, canonical_image=canonical_image)
+    if isinstance(analysed, Response):
+        return analysed
+    return JSONResponse(analysed[1].model_dump(by_alias=True))
+
+
+async def _analyse(
+    request: Request, *, annotate: bool, canonical_image: bool
+) -> tuple[Findings, UploadResponse] | Response:
+    """One audited analysis: its findings and JSON, or the error answer."""
     gateway = _gateway(request)
     timeout_s = gateway.settings.request_timeout_s
     started = time.perf_counter()
@@ -253,7 +263,50 @@ async def upload(
     result = upload_response(findings, gateway.settings)
     gateway.metrics.analyses.labels("partial" if result.detections is None else "complete").inc()
     _audit(request, "analysis", 200, facts, started, result=result)
-    return JSONResponse(result.model_dump(by_alias=True))
+    return findings, result
+
+
+@router.post(
+    "/upload/dicom",
+    response_class=Response,
+    responses={
+        200: {
+            "content": {
+                dicom_out.MULTIPART: {"schema": {"type": "string", "format": "binary"}},
+                dicom_out.DICOM: {"schema": {"type": "string", "format": "binary"}},
+            },
+            "description": "multipart/related: the Comprehensive 3D SR (TID 1500), the "
+            "Grayscale Softcopy Presentation State (each application/dicom, Content-ID "
+            "<sr> / <gsps>) and the /upload JSON (application/json, <analysis>). With "
+            "parts=sr or parts=gsps and `Accept: application/dicom`, that one object "
+            "alone. Server-Timing: dicom;dur=<ms spent writing the objects>.",
+        },
+        **error_responses(*ANALYSIS_ERRORS),
+    },
+    openapi_extra=UPLOAD_BODY,
+    summary="Analyse one radiograph and answer with DICOM SR + presentation state",
+    tags=["analysis"],
+)
+async def upload_dicom(
+    request: Request,
+    parts: dicom_out.Parts = Query(
+        dicom_out.Parts.ALL, description="all (SR + GSPS), sr or gsps"
+    ),
+) -> Response:
+    analysed = await _analyse(request, annotate=False, canonical_image=False)
+    if isinstance(analysed, Response):
+        return analysed
+    findings, result = analysed
+    try:
+        answer = await dicom_out.dicom_answer(
+            _gateway(request), findings, result, parts, request.headers.get("accept")
+        )
+    except ServiceError as exc:
+        return service_error_response(exc)
+    headers = {"Server-Timing": f"dicom;dur={answer.write_ms:.1f}"}
+    if answer.filename:
+        headers["Content-Disposition"] = f'attachment; filename="{answer.filename}"'
+    return Response(answer.body, media_type=answer.media_type, headers=headers)
 
 
 @router.post(

@@ -38,6 +38,13 @@ class StudyDateMode(StrEnum):
     OMIT = "omit"
 
 
+class ResultPatientMode(StrEnum):
+    """What DICOM results (SR, presentation state) say about the patient."""
+
+    COPY = "copy"
+    PSEUDONYMIZE = "pseudonymize"
+
+
 class PhiMode(StrEnum):
     """How a response reports the patient ID (``PHI_MODE``, set by the operator)."""
 
@@ -220,6 +227,13 @@ class Settings(BaseSettings):
     operator_keys_sha256: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict, description="'id:sha256hex,...' keys that see /health details "
         "(replica URLs, bundle paths and hashes); empty = nobody",
+    )
+
+    # --- DICOM results (issue 13): POST /upload/dicom, spine evaluate --dicom-out
+    dicom_result_patient: ResultPatientMode = Field(
+        ResultPatientMode.COPY,
+        description="Patient module of DICOM results: copy (the source's, so results land "
+        "in the patient's own study) or pseudonymize (PatientID/Name -> keyed pseudonym)",
     )
 
     @field_validator("spine_default_bundle", mode="before")
