@@ -1,6 +1,7 @@
 // The gateway's HTTP API, as used by the page.
 
 export const UPLOAD_URL = "/upload?annotate=false&canonical_image=true";
+export const DICOM_SR_URL = "/upload/dicom?parts=sr";
 
 const API_KEY_STORAGE = "spine-lesion-service.api-key";
 let memoryKey = ""; // used when session storage is unavailable
@@ -101,6 +102,28 @@ export function uploadDicom(file, { onProgress, onSent, timeoutMs = 300000 } = {
     xhr.send(form);
   });
   return { promise, abort: () => xhr.abort() };
+}
+
+/** POST /upload/dicom?parts=sr: the file's DICOM SR as a Blob, or throws ApiError. */
+export async function downloadDicomSr(file) {
+  const form = new FormData();
+  form.append("file", file, file.name);
+  const headers = { Accept: "application/dicom" };
+  const key = getApiKey() || memoryKey;
+  if (key) headers["X-API-Key"] = key;
+  let response;
+  try {
+    response = await fetch(DICOM_SR_URL, { method: "POST", body: form, headers });
+  } catch {
+    throw new ApiError("Network error: the gateway could not be reached.", { kind: "network" });
+  }
+  if (!response.ok) {
+    const body = parseJson(await response.text());
+    const message = (body && typeof body.message === "string" && body.message)
+      || STATUS_TEXT[response.status] || `The gateway answered HTTP ${response.status}.`;
+    throw new ApiError(message, { status: response.status });
+  }
+  return response.blob();
 }
 
 /** GET /health; resolves to the JSON body, or throws ApiError. */

@@ -109,7 +109,7 @@ class Job {
   showResult(result) {
     const refocus = this.focusWillBeLost();
     this.result = result;
-    this.view = renderResult(result, this.file.name);
+    this.view = renderResult(result, this.file.name, { file: this.file });
     this.body.replaceChildren(this.view.element);
     const seconds = result.timings_ms && typeof result.timings_ms.total === "number"
       ? ` in ${(result.timings_ms.total / 1000).toFixed(2)} s` : "";

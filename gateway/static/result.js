@@ -1,6 +1,7 @@
 // One analysed file: diagnosis, ensemble members, image with detections, metadata, bundle.
 // Every value from the server is inserted as text (see dom.js).
 
+import { downloadDicomSr } from "./api.js";
 import { h, announce } from "./dom.js";
 import { classColor, dicomDate, ms, percent, prob } from "./format.js";
 import { createViewer } from "./viewer.js";
@@ -44,8 +45,9 @@ export function isDemoResult(result) {
  * Build the result view. Returns {element, destroy}.
  * @param {object} result  the /upload JSON
  * @param {string} fileName the local file name (for labels)
+ * @param {{file?: File}} [options] the uploaded file, for "Download DICOM SR"
  */
-export function renderResult(result, fileName) {
+export function renderResult(result, fileName, { file = null } = {}) {
   const uid = `r${++resultCount}`;
   const threshold = num(result.threshold) ?? 0.5;
   const probability = num(result.abnormal_probability);
@@ -141,7 +143,7 @@ export function renderResult(result, fileName) {
 
   const details = h("div", { class: "result__details" }, [
     metadataSection(result.metadata),
-    bundleSection(result),
+    bundleSection(result, file),
   ]);
 
   const element = h("div", { class: "result", dataset: { diagnosis } }, [
@@ -387,7 +389,7 @@ function metadataSection(metadata) {
   ]);
 }
 
-function bundleSection(result) {
+function bundleSection(result, file) {
   const bundle = result.model_bundle || {};
   const fusion = result.fusion || {};
   const timings = result.timings_ms || {};
@@ -433,8 +435,43 @@ function bundleSection(result) {
       h("summary", { text: `Checkpoints (${entries.length}) with sha256` }),
       checkpointList,
     ]) : null,
-    h("div", { class: "panel-box__actions" }, [download]),
+    h("div", { class: "panel-box__actions" }, [download, file ? dicomSrButton(result, file) : null]),
   ]);
+}
+
+/** "Download DICOM SR": the same file through /upload/dicom?parts=sr (one bare SR object). */
+function dicomSrButton(result, file) {
+  const button = h("button", {
+    type: "button",
+    class: "btn btn--ghost btn--small",
+    text: "Download DICOM SR",
+    title: "A TID 1500 Structured Report of this result, for a PACS or viewer (re-analyses the file)",
+    onclick: async () => {
+      button.disabled = true;
+      button.textContent = "Writing DICOM SR…";
+      try {
+        const blob = await downloadDicomSr(file);
+        saveBlob(blob, `${str(result.request_id) || "result"}-sr.dcm`);
+        announce("DICOM SR downloaded.");
+      } catch (error) {
+        announce(`DICOM SR failed: ${error.message}`);
+        button.title = error.message;
+      } finally {
+        button.disabled = false;
+        button.textContent = "Download DICOM SR";
+      }
+    },
+  });
+  return button;
+}
+
+function saveBlob(blob, name) {
+  const url = URL.createObjectURL(blob);
+  const link = h("a", { href: url, download: name });
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
 }
 
 function downloadJson(result) {
