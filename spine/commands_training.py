@@ -77,6 +77,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         gateway=args.gateway,
         model_dir=Path(args.model_dir) if args.model_dir else None,
         concurrency=args.concurrency,
+        dicom_out=Path(args.dicom_out) if args.dicom_out else None,
     )
     print(
         f"AUROC {report['auroc']:.4f}  mAP50 {report['map50']:.4f}  mAP50-95 "
@@ -145,6 +146,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     )
     evaluate.add_argument("--concurrency", type=int, default=4,
                           help="uploads in flight (with --gateway)")
+    evaluate.add_argument(
+        "--dicom-out",
+        help="also write each image's DICOM SR + presentation state here "
+        "(<image_id>.sr.dcm, <image_id>.gsps.dcm; via /upload/dicom with --gateway)",
+    )
     evaluate.set_defaults(func=cmd_evaluate)
 
     demo = sub.add_parser("demo-bundle", help="build (or find) the demo bundle")

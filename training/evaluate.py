@@ -6,12 +6,20 @@ folder (``--model-dir``: the same decoder and model classes, raw detector boxes)
 way the report holds AUROC with a bootstrap CI, F1/sensitivity/specificity at the
 bundle's threshold and at the Youden threshold, per-member AUROC, COCO mAP50 and
 mAP50-95 with per-class AP50, plus ROC/PR figures and a markdown summary.
+
+With ``dicom_out`` (``--dicom-out DIR``) every image also gets its DICOM results in that
+folder (``<image_id>.sr.dcm``, ``<image_id>.gsps.dcm``): through a gateway they are what
+``POST /upload/dicom`` answers (its JSON part is the prediction: no second inference);
+in-process they come from the same writer, :mod:`shared.dicom.results` (training may not
+import the gateway), fed with the raw predictions.
 """
 
 from __future__ import annotations
 
 import asyncio
 import csv
+import email.parser
+import email.policy
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -51,8 +59,27 @@ class PredictionSet:
     items: list[Prediction]
 
 
+def split_dicom_answer(content_type: str, body: bytes) -> dict[str, bytes]:
+    """A ``/upload/dicom`` multipart/related answer -> {Content-ID: part bytes}."""
+    head = f"Content-Type: {content_type}\r\n\r\n".encode()
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart():
+        raise ValueError("the answer is not multipart")
+    return {
+        str(part["Content-ID"]).strip("<>"): part.get_payload(decode=True)
+        for part in message.iter_parts()
+    }
+
+
+def _write_dicom_parts(out: Path, image_id: str, parts: dict[str, bytes]) -> None:
+    for name in ("sr", "gsps"):
+        if parts.get(name) is not None:
+            (out / f"{image_id}.{name}.dcm").write_bytes(parts[name])
+
+
 async def _predict_via_gateway(
-    records: list[ImageRecord], gateway: str, concurrency: int, progress: bool
+    records: list[ImageRecord], gateway: str, concurrency: int, progress: bool,
+    dicom_out: Path | None = None,
 ) -> PredictionSet:
     import httpx
     from tqdm import tqdm
@@ -62,14 +89,20 @@ async def _predict_via_gateway(
     meta: dict[str, Any] = {}
 
     async def one(client: httpx.AsyncClient, record: ImageRecord) -> Prediction:
+        route, params = ("/upload/dicom", {}) if dicom_out else ("/upload", {"annotate": "false"})
         async with semaphore:
             response = await client.post(
-                f"{gateway.rstrip('/')}/upload",
-                params={"annotate": "false"},
+                f"{gateway.rstrip('/')}{route}",
+                params=params,
                 files={"file": (record.path.name, record.path.read_bytes(), "application/dicom")},
             )
         bar.update()
-        body = response.json()
+        if response.status_code == 200 and dicom_out is not None:
+            parts = split_dicom_answer(response.headers["content-type"], response.content)
+            _write_dicom_parts(dicom_out, record.image_id, parts)
+            body = json.loads(parts["analysis"])
+        else:
+            body = response.json()
         if response.status_code != 200:
             raise RuntimeError(
                 f"{record.image_id}: HTTP {response.status_code}: {body.get('message')}"
@@ -93,7 +126,7 @@ async def _predict_via_gateway(
 
 
 def _predict_in_process(
-    records: list[ImageRecord], model_dir: Path, progress: bool
+    records: list[ImageRecord], model_dir: Path, progress: bool, dicom_out: Path | None = None
 ) -> PredictionSet:
     from tqdm import tqdm
 
@@ -108,7 +141,7 @@ def _predict_in_process(
     names = classifier.ensemble.member_names if classifier.ensemble else []
     items = []
     for record in tqdm(records, desc="evaluate", unit="img", disable=not progress):
-        canonical, _ = decode_dicom(record.path.read_bytes())
+        canonical, metadata = decode_dicom(record.path.read_bytes())
         scored = classifier.predict_batch([canonical.pixels])[0]
         found = detector.predict_batch([canonical.pixels])[0]
         detections = []
@@ -127,20 +160,48 @@ def _predict_in_process(
                     ),
                 )
             )
-        items.append(
-            Prediction(
-                record.image_id,
-                float(scored["abnormal_probability"][0]),
-                dict(zip(names, (float(p) for p in scored["member_probabilities"]), strict=True)),
-                detections,
-            )
+        prediction = Prediction(
+            record.image_id,
+            float(scored["abnormal_probability"][0]),
+            dict(zip(names, (float(p) for p in scored["member_probabilities"]), strict=True)),
+            detections,
         )
+        items.append(prediction)
+        if dicom_out is not None and metadata.source is not None:
+            _write_in_process_results(dicom_out, prediction, metadata.source, classifier, detector)
     return PredictionSet(
         classifier.manifest.classifier.threshold,
         classifier.manifest.name,
         classifier.manifest.kind.value != "user",
         items,
     )
+
+
+def _write_in_process_results(
+    out: Path, prediction: Prediction, source: Any, classifier: Any, detector: Any
+) -> None:
+    """SR + GSPS of one in-process prediction (raw detector boxes: no fusion rule)."""
+    from shared.dicom.results import AnalysisResult, ResultBox, write_results
+
+    facts = classifier.facts()
+    checkpoints = {**facts.checkpoints, **detector.facts().checkpoints}
+    abnormal = prediction.abnormal_probability > facts.threshold
+    result = AnalysisResult(
+        diagnosis="Abnormal" if abnormal else "Normal",
+        abnormal_probability=prediction.abnormal_probability,
+        threshold=facts.threshold,
+        members=prediction.members,
+        boxes=tuple(
+            ResultBox(name, score, tuple(round(v, 1) for v in box))  # type: ignore[arg-type]
+            for name, score, box in prediction.detections
+        ),
+        bundle_name=facts.name,
+        bundle_kind=facts.kind.value,
+        checkpoints=checkpoints,
+        fusion_mode="none (in-process evaluation: raw detector boxes)",
+    )
+    written = write_results(source, result)
+    _write_dicom_parts(out, prediction.image_id, {"sr": written.sr, "gsps": written.gsps})
 
 
 def _write_csvs(out: Path, predictions: PredictionSet) -> None:
@@ -267,8 +328,11 @@ def evaluate(
     model_dir: Path | None = None,
     concurrency: int = 4,
     progress: bool = True,
+    dicom_out: Path | None = None,
 ) -> dict[str, Any]:
     """Predict every image of ``split``, write the CSVs, report.json, figures and report.md.
+
+    ``dicom_out``: also write each image's SR and presentation state there.
 
     Without ``split``: ``test`` if present, else the only split of ``data_dir``
     (:func:`training.datasets.choose_split`).
@@ -278,10 +342,16 @@ def evaluate(
     if (gateway is None) == (model_dir is None):
         raise ValueError("give exactly one of gateway or model_dir")
     records = load_vindr(data_dir, choose_split(data_dir, split))
+    if dicom_out is not None:
+        dicom_out.mkdir(parents=True, exist_ok=True)
     if gateway is not None:
-        predictions = asyncio.run(_predict_via_gateway(records, gateway, concurrency, progress))
+        predictions = asyncio.run(
+            _predict_via_gateway(records, gateway, concurrency, progress, dicom_out)
+        )
     else:
-        predictions = _predict_in_process(records, model_dir, progress)  # type: ignore[arg-type]
+        predictions = _predict_in_process(
+            records, model_dir, progress, dicom_out  # type: ignore[arg-type]
+        )
     out.mkdir(parents=True, exist_ok=True)
     _write_csvs(out, predictions)
     report = compute_report(records, predictions)
