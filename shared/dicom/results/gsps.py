@@ -32,11 +32,17 @@ LABEL_HEIGHT_FRACTION = 0.03  # a label's box above its rectangle, as a share of
 def _label_box(
     bbox: tuple[float, float, float, float], rows: int, columns: int
 ) -> tuple[float, float, float, float]:
-    """Where a label goes: a strip just above the box (below its top when at the edge)."""
+    """Where a label goes: a strip just above the box (inside it at the top edge).
+
+    Always a box of positive size inside the image, even for a box clipped flat
+    against an edge (the in-process evaluation keeps those).
+    """
     x1, y1, x2, _ = bbox
-    height = max(8.0, rows * LABEL_HEIGHT_FRACTION)
-    top = y1 - height if y1 - height >= 0 else y1
-    return (x1, top, min(float(columns), max(x2, x1 + 1.0)), min(float(rows), top + height))
+    height = min(max(8.0, rows * LABEL_HEIGHT_FRACTION), float(rows))
+    top = y1 - height if y1 - height >= 0 else min(y1, rows - height)
+    right = min(float(columns), max(x2, x1 + 1.0))
+    left = max(0.0, min(x1, right - 1.0))
+    return (left, top, right, top + height)
 
 
 def _summary(result: AnalysisResult) -> str:
