@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # System tools the tests use to build their DICOM corpus from real converters:
 # DCMTK (dcmcjpeg, dcmcjpls, dcmcrle, dcmconv), GDCM (gdcmconv --j2k) and OpenJPH
-# (ojph_compress, HTJ2K); and Debian's Chromium for the browser tests (Playwright drives
+# (ojph_compress, HTJ2K); dicom3tools (dciodvfy: validates our SR and presentation state);
+# and Debian's Chromium for the browser tests (Playwright drives
 # it; it never downloads a browser). Installs what is missing when run as root; exits 1
 # when something is still missing, so `make test` cannot go green having checked little
 # (pytest run directly skips those tests locally; under CI=1 they fail).
@@ -9,6 +10,7 @@ set -euo pipefail
 missing() {
   local out=()
   command -v dcmcjpeg >/dev/null 2>&1 || out+=(dcmtk)
+  command -v dciodvfy >/dev/null 2>&1 || out+=(dicom3tools)
   command -v gdcmconv >/dev/null 2>&1 || out+=(libgdcm-tools)
   command -v ojph_compress >/dev/null 2>&1 || out+=(openjph-tools)
   [ -x "${E2E_CHROMIUM:-/usr/bin/chromium}" ] || out+=(chromium)

@@ -19,6 +19,8 @@ DEBIAN_PACKAGES: dict[str, str] = {
     **dict.fromkeys(
         ("dcmconv", "dcmcrle", "dcmdrle", "dcmcjpeg", "dcmdjpeg", "dcmcjpls", "dcmdjpls"), "dcmtk"
     ),
+    "dsrdump": "dcmtk",
+    "dciodvfy": "dicom3tools",
     "gdcmconv": "libgdcm-tools",
     "ojph_compress": "openjph-tools",
     "ojph_expand": "openjph-tools",

@@ -307,6 +307,25 @@ def test_result_shows_diagnosis_members_and_filterable_boxes(
     assert page.errors.unexpected() == []
 
 
+def test_download_dicom_sr_saves_the_structured_report(
+    stack: Any, page: Any, spine_dicom: Path, api_result: dict[str, Any]
+) -> None:
+    import pydicom
+
+    open_page(page, stack.gateway)
+    page.set_input_files("#file-input", str(spine_dicom))
+    page.wait_for_selector(".card[data-state=done]", timeout=60_000)
+    button = page.locator(".card").first.get_by_role("button", name="Download DICOM SR")
+    with page.expect_download() as download:
+        button.click()
+    assert download.value.suggested_filename.endswith("-sr.dcm")
+    sr = pydicom.dcmread(download.value.path())
+    assert sr.Modality == "SR" and sr.VerificationFlag == "UNVERIFIED"
+    source = pydicom.dcmread(spine_dicom)
+    assert sr.StudyInstanceUID == source.StudyInstanceUID
+    assert not page.errors.unexpected()
+
+
 def test_each_file_shows_upload_progress_then_analysing(
     stack: Any, page: Any, spine_dicom: Path, tmp_path: Path, artifacts: Path
 ) -> None:
