@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Self
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared import oip
@@ -55,6 +56,24 @@ class TensorSpec:
     datatype: str
     shape: tuple[int, ...]
 
+    def check(self, array: np.ndarray, *, rows: int, columns: int | None = None) -> None:
+        """ContractError unless ``array`` has this datatype and shape, ``rows`` rows first.
+
+        ``columns`` pins a variable last axis (the member count), as in :meth:`metadata`.
+        """
+        datatype = oip.datatype_of(array)
+        if datatype != self.datatype:
+            raise ContractError(f"{self.name}: datatype {datatype}, not {self.datatype}")
+        wanted = list(self.shape)
+        wanted[0] = rows
+        if columns is not None:
+            wanted[-1] = columns
+        actual = list(array.shape)
+        if len(actual) != len(wanted) or any(
+            w not in (-1, a) for w, a in zip(wanted, actual, strict=True)
+        ):
+            raise ContractError(f"{self.name}: shape {actual}, not {wanted} (-1: any)")
+
     def metadata(self, *, columns: int | None = None) -> oip.TensorMetadata:
         """OIP tensor metadata; ``columns`` pins a variable last axis (member count)."""
         shape = list(self.shape)
@@ -85,7 +104,8 @@ def names(specs: tuple[TensorSpec, ...]) -> list[str]:
 
 
 class ContractError(ValueError):
-    """Parameters that lack a fact the contract promises, or carry it ill-typed."""
+    """Parameters or tensors that break the contract: a fact missing or ill-typed, a
+    tensor of the wrong shape, datatype or range."""
 
 
 def _is_structured(annotation: Any) -> bool:
@@ -170,3 +190,74 @@ class DetectorFacts(ServedFacts):
     max_det: int = Field(ge=1)
     image_size: int = Field(gt=0)
     backend: str
+
+
+# How far outside the canonical image a box edge may be (float rounding of the mapping back
+# from the letterboxed input), in canonical pixels.
+BOX_TOLERANCE_PX = 1.0
+
+
+def _probabilities(name: str, values: np.ndarray) -> None:
+    if not np.all(np.isfinite(values)):
+        raise ContractError(f"{name}: not finite (NaN or infinity)")
+    if values.size and (values.min() < 0 or values.max() > 1):
+        raise ContractError(f"{name}: outside [0, 1] ({values.min():.4g} .. {values.max():.4g})")
+
+
+def check_classifier_outputs(
+    outputs: Mapping[str, np.ndarray], facts: ClassifierFacts, *, images: int
+) -> None:
+    """ContractError unless the classifier's answer for ``images`` images is usable as is:
+    one finite probability in [0, 1] per image and member, and one decision per image."""
+    for spec in CLASSIFIER_OUTPUTS:
+        if spec.name not in outputs:
+            raise ContractError(f"{spec.name}: missing from the answer")
+    ABNORMAL_PROBABILITY.check(outputs[ABNORMAL_PROBABILITY.name], rows=images)
+    MEMBER_PROBABILITIES.check(
+        outputs[MEMBER_PROBABILITIES.name], rows=images, columns=len(facts.members)
+    )
+    ABNORMAL.check(outputs[ABNORMAL.name], rows=images)
+    _probabilities(ABNORMAL_PROBABILITY.name, outputs[ABNORMAL_PROBABILITY.name])
+    _probabilities(MEMBER_PROBABILITIES.name, outputs[MEMBER_PROBABILITIES.name])
+
+
+def check_detector_outputs(
+    outputs: Mapping[str, np.ndarray], facts: DetectorFacts, *, images: int,
+    height: int, width: int,
+) -> None:
+    """ContractError unless the detector's answer for ``images`` images of ``height`` x
+    ``width`` canonical pixels is usable: per image a count within the padded rows and
+    ``max_det``, and for each counted row a finite box with x1 <= x2 and y1 <= y2 inside
+    the image, a score in [0, 1] and a known class id."""
+    for spec in DETECTOR_OUTPUTS:
+        if spec.name not in outputs:
+            raise ContractError(f"{spec.name}: missing from the answer")
+    counts = outputs[NUM_DETECTIONS.name]
+    boxes = outputs[DETECTION_BOXES.name]
+    NUM_DETECTIONS.check(counts, rows=images)
+    DETECTION_BOXES.check(boxes, rows=images)
+    width_k = boxes.shape[1]
+    DETECTION_SCORES.check(outputs[DETECTION_SCORES.name], rows=images, columns=width_k)
+    DETECTION_CLASSES.check(outputs[DETECTION_CLASSES.name], rows=images, columns=width_k)
+    known = set(facts.class_names)
+    for index in range(images):
+        count = int(counts[index, 0])
+        if not 0 <= count <= min(width_k, facts.max_det):
+            raise ContractError(
+                f"{NUM_DETECTIONS.name}: {count} boxes, {width_k} rows, max_det {facts.max_det}"
+            )
+        kept = boxes[index, :count]
+        if not np.all(np.isfinite(kept)):
+            raise ContractError(f"{DETECTION_BOXES.name}: not finite (NaN or infinity)")
+        x1, y1, x2, y2 = (kept[:, axis] for axis in range(4))
+        if np.any(x1 > x2) or np.any(y1 > y2):
+            raise ContractError(f"{DETECTION_BOXES.name}: a box with x1 > x2 or y1 > y2")
+        low, high_x, high_y = -BOX_TOLERANCE_PX, width + BOX_TOLERANCE_PX, height + BOX_TOLERANCE_PX
+        if count and (
+            min(x1.min(), y1.min()) < low or x2.max() > high_x or y2.max() > high_y
+        ):
+            raise ContractError(f"{DETECTION_BOXES.name}: a box outside the {width}x{height} image")
+        _probabilities(DETECTION_SCORES.name, outputs[DETECTION_SCORES.name][index, :count])
+        unknown = {int(c) for c in outputs[DETECTION_CLASSES.name][index, :count]} - known
+        if unknown:
+            raise ContractError(f"{DETECTION_CLASSES.name}: unknown class ids {sorted(unknown)}")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from shared.bundle import BundleKind
@@ -12,6 +13,8 @@ from shared.contract import (
     ContractError,
     DetectorFacts,
     ServedFacts,
+    check_classifier_outputs,
+    check_detector_outputs,
     demo_warning,
 )
 
@@ -97,3 +100,81 @@ def test_one_demo_warning_per_kind() -> None:
         "UNTRAINED model bundle (random weights): these results are meaningless."
     )
     assert _classifier().demo_warning == demo_warning(BundleKind.DEMO)
+
+
+def _classifier_outputs() -> dict[str, np.ndarray]:
+    return {
+        "abnormal_probability": np.array([[0.7]], np.float32),
+        "member_probabilities": np.array([[0.6, 0.8]], np.float32),
+        "abnormal": np.array([[True]]),
+    }
+
+
+def _detector_outputs() -> dict[str, np.ndarray]:
+    boxes = np.zeros((1, 3, 4), np.float32)
+    boxes[0, 0] = [10, 20, 50, 60]
+    return {
+        "num_detections": np.array([[1]], np.int32),
+        "detection_boxes": boxes,
+        "detection_scores": np.array([[0.9, 0, 0]], np.float32),
+        "detection_classes": np.array([[2, -1, -1]], np.int32),
+    }
+
+
+def test_valid_answers_pass_the_checks() -> None:
+    check_classifier_outputs(_classifier_outputs(), _classifier(), images=1)
+    check_detector_outputs(_detector_outputs(), _detector(), images=1, height=100, width=80)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "match"),
+    [
+        ("abnormal_probability", np.array([[np.nan]], np.float32), "not finite"),
+        ("abnormal_probability", np.array([[1.5]], np.float32), r"outside \[0, 1\]"),
+        ("abnormal_probability", np.array([[0.5, 0.5]], np.float32), "shape"),
+        ("abnormal_probability", np.array([[0.5]], np.float64), "datatype FP64"),
+        ("member_probabilities", np.array([[0.5]], np.float32), "shape"),
+        ("abnormal", np.array([[1.0]], np.float32), "datatype"),
+        ("abnormal", None, "missing"),
+    ],
+)
+def test_classifier_garbage_is_named(name: str, value: np.ndarray | None, match: str) -> None:
+    outputs = _classifier_outputs()
+    if value is None:
+        del outputs[name]
+    else:
+        outputs[name] = value
+    with pytest.raises(ContractError, match=match):
+        check_classifier_outputs(outputs, _classifier(), images=1)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda o: o["detection_boxes"].__setitem__((0, 0, 2), np.inf), "not finite"),
+        (lambda o: o["detection_boxes"].__setitem__((0, 0, 0), 70), "x1 > x2"),
+        (lambda o: o["detection_boxes"].__setitem__((0, 0, 3), 500), "outside"),
+        (lambda o: o["detection_scores"].__setitem__((0, 0), 1.01), r"outside \[0, 1\]"),
+        (lambda o: o["detection_classes"].__setitem__((0, 0), 5), "unknown class"),
+        (lambda o: o["num_detections"].__setitem__((0, 0), 4), "boxes"),
+        (lambda o: o.__setitem__("detection_boxes", np.zeros((1, 3, 3), np.float32)), "shape"),
+    ],
+)
+def test_detector_garbage_is_named(change: object, match: str) -> None:
+    outputs = _detector_outputs()
+    change(outputs)  # type: ignore[operator]
+    with pytest.raises(ContractError, match=match):
+        check_detector_outputs(outputs, _detector(), images=1, height=100, width=80)
+
+
+def test_padding_rows_are_not_checked() -> None:
+    outputs = _detector_outputs()
+    outputs["detection_boxes"][0, 2] = np.nan  # past num_detections: padding
+    check_detector_outputs(outputs, _detector(), images=1, height=100, width=80)
+
+
+def test_a_missing_threshold_is_never_defaulted() -> None:
+    parameters = _classifier().to_parameters()
+    del parameters["threshold"]
+    with pytest.raises(ContractError, match="threshold"):
+        ClassifierFacts.from_parameters(parameters)
