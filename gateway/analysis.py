@@ -13,7 +13,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -28,6 +28,7 @@ from gateway.telemetry import GatewayMetrics
 from gateway.upstream import (
     MAX_CONNECTIONS,
     MAX_KEEPALIVE_CONNECTIONS,
+    READINESS_STALE_INTERVALS,
     InferResult,
     ModelClient,
     UpstreamError,
@@ -61,6 +62,7 @@ class Gateway:
     decodable: dict[str, bool] = field(default_factory=dict)
     # Input selection rules (read once; None = INPUT_SELECTION=off).
     selection: dicom.SelectionRules | None = None
+    _poller: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     @classmethod
     def create(cls, settings: Settings, metrics: GatewayMetrics | None = None) -> Gateway:
@@ -72,6 +74,10 @@ class Gateway:
         )
         workers = settings.decode_workers or os.cpu_count() or 1
         token = settings.internal_token.get_secret_value() if settings.internal_token else None
+        breaker = {
+            "breaker_failures": settings.breaker_failures,
+            "breaker_cooldown_s": settings.breaker_cooldown_s,
+        }
         return cls(
             settings=settings,
             http=http,
@@ -79,13 +85,13 @@ class Gateway:
                 "classifier", contract.CLASSIFIER_MODEL, settings.classifier_urls, http,
                 settings.classifier_timeout_s or settings.upstream_timeout_s,
                 token=token or None, observe=metrics.observe_attempt,
-                facts_type=ClassifierFacts,
+                facts_type=ClassifierFacts, check=check_classifier_answer, **breaker,
             ),
             detector=ModelClient(
                 "detector", contract.DETECTOR_MODEL, settings.detector_urls, http,
                 settings.detector_timeout_s or settings.upstream_timeout_s,
                 token=token or None, observe=metrics.observe_attempt,
-                facts_type=DetectorFacts,
+                facts_type=DetectorFacts, check=check_detector_answer, **breaker,
             ),
             decode_pool=ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode"),
             metrics=metrics,
@@ -94,11 +100,56 @@ class Gateway:
             selection=selection_rules(settings),
         )
 
+    async def start(self) -> None:
+        """Poll readiness once (``/readyz`` never answers from nothing), then keep polling."""
+        await self.poll_readiness()
+        self._poller = asyncio.create_task(self._poll_forever(), name="readiness-poller")
+
+    async def poll_readiness(self) -> None:
+        timeout_s = self.settings.readiness_timeout_s
+        await asyncio.gather(
+            self.classifier.poll_readiness(timeout_s), self.detector.poll_readiness(timeout_s)
+        )
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.readiness_interval_s)
+            try:
+                await self.poll_readiness()
+            except Exception:  # noqa: BLE001 - a failed poll leaves the cache to go stale
+                log.exception("readiness poll failed")
+
+    @property
+    def readiness_max_age_s(self) -> float:
+        """Cached readiness older than this means the poller stopped: not ready."""
+        settings = self.settings
+        return READINESS_STALE_INTERVALS * settings.readiness_interval_s + (
+            settings.readiness_timeout_s
+        )
+
     async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
         await self.http.aclose()
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
         if self.audit is not None:
             self.audit.close()
+
+
+def check_classifier_answer(
+    outputs: Mapping[str, np.ndarray], facts: ClassifierFacts, inputs: Mapping[str, np.ndarray]
+) -> None:
+    """The classifier's answer fits the images sent (ContractError otherwise)."""
+    contract.check_classifier_outputs(outputs, facts, images=inputs[contract.IMAGE.name].shape[0])
+
+
+def check_detector_answer(
+    outputs: Mapping[str, np.ndarray], facts: DetectorFacts, inputs: Mapping[str, np.ndarray]
+) -> None:
+    """The detector's answer fits the images sent, boxes inside them (ContractError otherwise)."""
+    images, _, height, width = inputs[contract.IMAGE.name].shape
+    contract.check_detector_outputs(outputs, facts, images=images, height=height, width=width)
 
 
 def decode_options(settings: Settings) -> dicom.DecodeOptions:

@@ -121,6 +121,7 @@ def _lifespan(
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         gateway = Gateway.create(settings, metrics)
         app.state.gateway = gateway
+        await gateway.start()
         missing = [name for name, ok in gateway.decodable.items() if not ok]
         log.info("gateway up; transfer syntaxes without a decoder: %s", missing or "none")
         log.info(

@@ -2,9 +2,10 @@
 
 Healthy: both services have a ready replica; degraded: only the classifier (uploads
 get classification without boxes); unhealthy: no classifier, so no diagnosis.
-Readiness (for a load balancer) needs the classifier only. Replica URLs, bundle paths
-and checkpoint hashes are for operators (``OPERATOR_KEYS_SHA256``): everyone else gets
-:func:`public_health`.
+Readiness (for a load balancer) needs the classifier only, and is answered from cached
+replica state (a background poll every ``READINESS_INTERVAL_S`` and the breaker).
+Replica URLs, bundle paths and checkpoint hashes are for operators
+(``OPERATOR_KEYS_SHA256``): everyone else gets :func:`public_health`.
 """
 
 from __future__ import annotations
@@ -91,7 +92,11 @@ def public_health(report: HealthResponse) -> HealthResponse:
 
 
 async def check_ready(gateway: Gateway) -> None:
-    """Return if the classifier has a ready replica, else raise :class:`NotReadyError`."""
-    replicas = await gateway.classifier.replica_readiness()
+    """Return if the classifier has a ready replica, else raise :class:`NotReadyError`.
+
+    Read from the state the gateway's poller and circuit breaker keep (no call is made):
+    the answer takes microseconds even while a replica hangs.
+    """
+    replicas = gateway.classifier.cached_readiness(gateway.readiness_max_age_s)
     if not any(replicas.values()):
         raise NotReadyError("classifier service not ready")

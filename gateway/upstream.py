@@ -1,12 +1,27 @@
-"""OIP clients for the model services: replicas, timeouts, one retry elsewhere.
+"""OIP clients for the model services: replicas, timeouts, a circuit breaker, checks.
 
 Each model service may run as several replicas (a list of URLs). A call goes to the
-replica with the fewest requests in flight; a replica that refuses connections or
-answers 503 is ejected for a while and the (idempotent) infer is retried once on
-another. Read timeouts are not retried: the caller's deadline is already spent.
+replica with the fewest requests in flight. A replica that refuses connections is
+ejected at once; one that answers 5xx, times out or answers something the contract
+forbids is ejected after ``breaker_failures`` such calls in a row. An ejected replica
+rests ``breaker_cooldown_s`` (a 503's own ``Retry-After``, if shorter), then gets one
+trial call (half-open): success puts it back, failure ejects it again. A refused
+connection, a 503 or a 5xx is retried once on another replica (infer is idempotent);
+timeouts are not (the caller's deadline is spent). With every replica ejected the call
+fails at once instead of waiting on a broken replica.
+
 Every call is bounded by the service's timeout and by the request's deadline, whichever
 comes first, and tells the model server how long it may take (Triton's ``timeout``
 parameter), so the server drops the image instead of computing an answer nobody reads.
+
+An answer is used only after ``check`` (shared.contract's tensor and range checks) and the
+facts decoding have passed: a bad answer is an :class:`UpstreamInvalidAnswerError` (502),
+never a 500 and never a defaulted fact. What a replica said goes to the log under the
+request id; the client's message is generic.
+
+Readiness (``/readyz``) is read from :attr:`ModelClient.readiness`, which
+:meth:`ModelClient.poll_readiness` refreshes in the background (``gateway.analysis``):
+a probe never waits on a hanging replica.
 
 A URL written ``dns+http://name:port`` stands for every address ``name`` resolves to
 (re-resolved every few seconds): with ``docker compose --scale classifier=3`` or a
@@ -19,7 +34,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
@@ -31,10 +46,14 @@ from shared.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
-EJECT_SECONDS = 5.0
 DNS_REFRESH_SECONDS = 10.0
 DNS_PREFIX = "dns+"
 CONNECT_TIMEOUT_S = 2.0
+# Defaults of the breaker (the gateway passes BREAKER_FAILURES / BREAKER_COOLDOWN_S).
+BREAKER_FAILURES = 3
+BREAKER_COOLDOWN_S = 10.0
+# Readiness older than this many poll intervals counts as unknown (not ready).
+READINESS_STALE_INTERVALS = 3
 # One pool for every model call of a gateway: far above what admission lets in at once
 # (MAX_INFLIGHT_UPLOADS=32 uploads x 2 services, plus one retry each), so the pool never
 # queues an admitted upload; idle keep-alive connections beyond 50 are closed.
@@ -45,10 +64,13 @@ MAX_KEEPALIVE_CONNECTIONS = 50
 RETRY_AFTER_BUSY_S = 1
 RETRY_AFTER_UNREACHABLE_S = 5
 # Observer of every attempt: (service, outcome, seconds). Outcomes: ok, timeout,
-# unreachable, unavailable (503), error (other status), malformed.
+# unreachable, unavailable (503), error (other status), malformed (failed the checks),
+# ejected (every replica ejected: not attempted).
 AttemptObserver = Callable[[str, str, float], None]
 # The facts a model's infer responses carry (shared.contract), decoded on arrival.
 F = TypeVar("F", bound=contract.ServedFacts)
+# Checks an answer (outputs, facts, the request's inputs); raises ContractError/OipError.
+AnswerCheck = Callable[[Mapping[str, np.ndarray], F, Mapping[str, np.ndarray]], None]
 
 
 class UpstreamError(ServiceError):
@@ -56,7 +78,8 @@ class UpstreamError(ServiceError):
 
     ``problem`` says what went wrong ("detector service: ..."), for logs and for the
     warning of a response that goes on without the detector; ``message`` is the answer
-    to a request that ends here: without the classifier no diagnosis is made.
+    to a request that ends here: without the classifier no diagnosis is made. Neither
+    quotes what a replica said (that goes to the log only).
     """
 
     status_code = 503
@@ -79,14 +102,38 @@ class UpstreamTimeoutError(UpstreamError):
     retry_after_s = None
 
 
+class UpstreamBadGatewayError(UpstreamError):
+    """The service failed the call (5xx other than 503/504, or refused it): 502."""
+
+    status_code = 502
+    retry_after_s = None
+
+
+class UpstreamInvalidAnswerError(UpstreamBadGatewayError):
+    """The service answered something the contract forbids (502): nothing of it is used."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__(service, "its answer failed validation")
+
+
 @dataclass
 class Replica:
+    """One replica and its breaker: closed (in use), open (resting), half-open (on trial)."""
+
     url: str
     outstanding: int = 0
+    failures: int = 0  # consecutive failed calls
     ejected_until: float = 0.0
+    tripped: bool = False  # ejected by the breaker: the next call after the rest is a trial
+    trial: bool = False  # a trial call is in flight (half-open): nobody else is sent
 
     def available(self, now: float) -> bool:
-        return now >= self.ejected_until
+        return now >= self.ejected_until and not self.trial
+
+    def state(self, now: float) -> str:
+        if now < self.ejected_until:
+            return "open"
+        return "half-open" if self.tripped else "closed"
 
 
 @dataclass
@@ -99,7 +146,8 @@ class InferResult(Generic[F]):
 
 @dataclass
 class ModelClient(Generic[F]):
-    """Calls one model (by OIP name) on any of its replicas; ``facts_type`` decodes its answers."""
+    """Calls one model (by OIP name) on any of its replicas; ``facts_type`` decodes its
+    answers and ``check`` vets their tensors before anyone reads them."""
 
     service: str
     model_name: str
@@ -107,9 +155,15 @@ class ModelClient(Generic[F]):
     http: httpx.AsyncClient
     timeout_s: float
     facts_type: type[F] = field(kw_only=True)
+    check: AnswerCheck[F] | None = field(default=None, kw_only=True)
     token: str | None = None
     observe: AttemptObserver | None = None
+    breaker_failures: int = field(default=BREAKER_FAILURES, kw_only=True)
+    breaker_cooldown_s: float = field(default=BREAKER_COOLDOWN_S, kw_only=True)
     replicas: list[Replica] = field(init=False)
+    # Cached readiness (url -> ready) and when it was polled (time.monotonic()).
+    readiness: dict[str, bool] = field(init=False, default_factory=dict)
+    readiness_at: float = field(init=False, default=float("-inf"))
     _resolved_at: float = field(init=False, default=float("-inf"))
 
     def __post_init__(self) -> None:
@@ -143,11 +197,53 @@ class ModelClient(Generic[F]):
             self.replicas = [known.get(url) or Replica(url) for url in dict.fromkeys(wanted)]
 
     def _pick(self, exclude: set[str]) -> Replica | None:
+        """A replica whose rest is over (its trial call) first, else the least busy one not
+        ejected; None when every replica rests or is on trial."""
         now = time.monotonic()
         candidates = [r for r in self.replicas if r.url not in exclude and r.available(now)]
-        if not candidates:  # every replica ejected: try the least recently ejected anyway
-            candidates = [r for r in self.replicas if r.url not in exclude]
-        return min(candidates, key=lambda r: (r.outstanding, r.ejected_until), default=None)
+        chosen = min(candidates, key=lambda r: (not r.tripped, r.outstanding), default=None)
+        if chosen is not None and chosen.tripped:
+            chosen.trial = True  # half-open: this call decides
+            log.info("%s replica %s: trial call after its rest", self.service, chosen.url)
+        return chosen
+
+    def _succeeded(self, replica: Replica) -> None:
+        if replica.tripped:
+            log.warning("%s replica %s answered its trial call; back in use",
+                        self.service, replica.url)
+        replica.failures = 0
+        replica.tripped = replica.trial = False
+
+    def _failed(self, replica: Replica, why: str, *, at_once: bool = False,
+                rest_s: float | None = None) -> None:
+        """Count a failed call; eject the replica at ``breaker_failures`` in a row (or now)."""
+        replica.failures += 1
+        was_trial, replica.trial = replica.trial, False
+        now = time.monotonic()
+        if at_once or was_trial or replica.failures >= self.breaker_failures:
+            replica.tripped = True
+            rest = self.breaker_cooldown_s
+            replica.ejected_until = max(replica.ejected_until, now + rest)
+            log.warning(
+                "%s replica %s ejected for %.3g s after %d failed call(s) in a row (%s)",
+                self.service, replica.url, rest, replica.failures, why,
+            )
+        elif rest_s is not None:  # a 503: out of the rotation for as long as it asks
+            replica.ejected_until = max(replica.ejected_until, now + rest_s)
+            log.warning("%s replica %s: %s; paused for %.3g s",
+                        self.service, replica.url, why, rest_s)
+        else:
+            log.warning("%s replica %s: %s (%d in a row)",
+                        self.service, replica.url, why, replica.failures)
+
+    def _release(self, replica: Replica) -> None:
+        """A trial call that ended without a verdict (cancelled): the next call may try."""
+        replica.trial = False
+
+    def _retry_after_ejected(self) -> float:
+        now = time.monotonic()
+        waits = [r.ejected_until - now for r in self.replicas if r.ejected_until > now]
+        return max(1.0, min(waits, default=RETRY_AFTER_UNREACHABLE_S))
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -180,115 +276,150 @@ class ModelClient(Generic[F]):
         """Outputs of one infer; ``deadline`` is a ``time.monotonic()`` time or None."""
         await self._refresh_dns()
         tried: set[str] = set()
-        last_problem = "no replica available"
-        retry_after_s = RETRY_AFTER_UNREACHABLE_S
+        last: UpstreamError | None = None
         started = time.perf_counter()
         for _attempt in range(min(2, len(self.replicas))):
-            replica = self._pick(tried)
-            if replica is None:
-                break
             budget = self.timeout_s
             if deadline is not None:
                 budget = min(budget, deadline - time.monotonic())
             if budget <= 0.01:
                 self._note("timeout", started)
                 raise UpstreamTimeoutError(self.service, "the request's deadline has passed")
+            replica = self._pick(tried)
+            if replica is None:
+                break
             tried.add(replica.url)
-            # Triton's "timeout" parameter (us): the server drops the image past it.
-            body, headers = oip.encode_request(
-                inputs, outputs=outputs, request_id=request_id,
-                parameters={contract.TIMEOUT_PARAMETER: int(budget * 1e6)},
-            )
-            headers.update({"X-Request-ID": request_id, **self._headers()})
-            attempt_started = time.perf_counter()
             try:
-                response = await self._post(replica, body, headers, budget)
-            except httpx.ConnectTimeout:
-                replica.ejected_until = time.monotonic() + EJECT_SECONDS
-                last_problem = "a replica did not accept the connection in time"
-                retry_after_s = RETRY_AFTER_UNREACHABLE_S
-                log.warning("%s replica %s: connect timeout; ejected", self.service, replica.url)
-                self._note("unreachable", attempt_started)
+                result = await self._attempt(replica, inputs, outputs, request_id, budget)
+            except _Retry as retry:
+                last = retry.error
                 continue
-            except httpx.TimeoutException as exc:
-                self._note("timeout", attempt_started)
-                raise UpstreamTimeoutError(
-                    self.service, f"no answer within {budget:.3g} s"
-                ) from exc
-            except httpx.TransportError as exc:
-                replica.ejected_until = time.monotonic() + EJECT_SECONDS
-                last_problem = f"cannot reach a replica ({type(exc).__name__})"
-                retry_after_s = RETRY_AFTER_UNREACHABLE_S
-                log.warning(
-                    "%s replica %s unreachable (%s); ejected",
-                    self.service, replica.url, type(exc).__name__,
-                )
-                self._note("unreachable", attempt_started)
-                continue
-            if response.status_code == 503:
-                # Overloaded or loading: out of the rotation for as long as it asks.
-                pause = _retry_after(response.headers.get("Retry-After"), EJECT_SECONDS)
-                replica.ejected_until = time.monotonic() + pause
-                last_problem = "not ready or overloaded"
-                retry_after_s = RETRY_AFTER_BUSY_S
-                log.warning("%s replica %s answered 503; ejected for %.1f s",
-                            self.service, replica.url, pause)
-                self._note("unavailable", attempt_started)
-                continue
-            if response.status_code != 200:
-                # The replica's own message stays in our log (under this request's id):
-                # it may name files, classes or devices, none of the client's business.
-                log.warning("%s replica %s answered HTTP %d: %s", self.service, replica.url,
-                            response.status_code, _error_text(response))
-            if response.status_code == 504:
-                self._note("timeout", attempt_started)
-                raise UpstreamTimeoutError(self.service, "timed out")
-            if response.status_code != 200:
-                self._note("error", attempt_started)
-                raise UpstreamError(self.service, f"HTTP {response.status_code}")
-            try:
-                tensors, facts = self._decode(response, outputs)
-            except (oip.OipError, ValueError) as exc:  # contract.ContractError included
-                self._note("malformed", attempt_started)
-                raise UpstreamError(self.service, f"malformed response: {exc}") from exc
-            self._note("ok", attempt_started)
-            return InferResult(
-                outputs=tensors,
-                facts=facts,
-                elapsed_ms=(time.perf_counter() - started) * 1000,
-                replica=replica.url,
+            finally:
+                self._release(replica)
+            result.elapsed_ms = (time.perf_counter() - started) * 1000
+            return result
+        if last is None:  # nothing was tried: every replica rests
+            self._note("ejected", started)
+            raise UpstreamUnavailableError(
+                self.service, "every replica is ejected after failing",
+                retry_after_s=self._retry_after_ejected(),
             )
-        raise UpstreamUnavailableError(self.service, last_problem, retry_after_s=retry_after_s)
+        raise last
+
+    async def _attempt(
+        self, replica: Replica, inputs: dict[str, np.ndarray], outputs: list[str],
+        request_id: str, budget: float,
+    ) -> InferResult[F]:
+        """One call to one replica: its result, :class:`_Retry` (try another), or an error."""
+        # Triton's "timeout" parameter (us): the server drops the image past it.
+        body, headers = oip.encode_request(
+            inputs, outputs=outputs, request_id=request_id,
+            parameters={contract.TIMEOUT_PARAMETER: int(budget * 1e6)},
+        )
+        headers.update({"X-Request-ID": request_id, **self._headers()})
+        started = time.perf_counter()
+        try:
+            response = await self._post(replica, body, headers, budget)
+        except httpx.ConnectTimeout as exc:
+            self._failed(replica, "connect timeout", at_once=True)
+            self._note("unreachable", started)
+            raise _Retry(UpstreamUnavailableError(
+                self.service, "a replica did not accept the connection in time"
+            )) from exc
+        except httpx.TimeoutException as exc:
+            if budget >= self.timeout_s:  # its own timeout, not the request's deadline
+                self._failed(replica, f"no answer within {budget:.3g} s")
+            self._note("timeout", started)
+            raise UpstreamTimeoutError(self.service, f"no answer within {budget:.3g} s") from exc
+        except httpx.TransportError as exc:
+            self._failed(replica, f"unreachable ({type(exc).__name__})", at_once=True)
+            self._note("unreachable", started)
+            raise _Retry(UpstreamUnavailableError(
+                self.service, f"cannot reach a replica ({type(exc).__name__})"
+            )) from exc
+        status = response.status_code
+        if status == 503:
+            pause = _retry_after(response.headers.get("Retry-After"), self.breaker_cooldown_s)
+            self._failed(replica, "answered 503", rest_s=pause)
+            self._note("unavailable", started)
+            raise _Retry(UpstreamUnavailableError(
+                self.service, "not ready or overloaded", retry_after_s=RETRY_AFTER_BUSY_S
+            ))
+        if status == 504:
+            self._failed(replica, "answered 504")
+            self._note("timeout", started)
+            raise UpstreamTimeoutError(self.service, "timed out")
+        if status != 200:
+            log.warning("%s replica %s answered HTTP %d: %s",
+                        self.service, replica.url, status, _error_text(response))
+            self._note("error", started)
+            error = UpstreamBadGatewayError(self.service, f"a replica failed (HTTP {status})")
+            if status < 500:  # it refused our call: another replica would too
+                raise error
+            self._failed(replica, f"answered {status}")
+            raise _Retry(error)
+        try:
+            tensors, facts = self._decode(response, outputs, inputs)
+        except (oip.OipError, ValueError) as exc:  # contract.ContractError included
+            log.warning("%s replica %s: invalid answer: %s", self.service, replica.url, exc)
+            self._failed(replica, "invalid answer")
+            self._note("malformed", started)
+            raise _Retry(UpstreamInvalidAnswerError(self.service)) from exc
+        self._succeeded(replica)
+        self._note("ok", started)
+        return InferResult(outputs=tensors, facts=facts, elapsed_ms=0.0, replica=replica.url)
 
     def _decode(
-        self, response: httpx.Response, outputs: list[str]
+        self, response: httpx.Response, outputs: list[str], inputs: Mapping[str, np.ndarray]
     ) -> tuple[dict[str, np.ndarray], F]:
-        """The asked-for tensors and the model's facts, or OipError/ContractError."""
+        """The asked-for tensors and the model's facts, checked; or OipError/ContractError."""
         header_length = response.headers.get(oip.HEADER_LENGTH)
-        decoded, tensors = oip.decode_response(
-            response.content, int(header_length) if header_length else None
-        )
+        try:
+            length = int(header_length) if header_length else None
+        except ValueError as exc:
+            raise oip.OipError(f"{oip.HEADER_LENGTH} is not a number") from exc
+        decoded, tensors = oip.decode_response(response.content, length)
         missing = [name for name in outputs if name not in tensors]
         if missing:
             raise oip.OipError(f"outputs {missing} missing from the answer")
-        return tensors, self.facts_type.from_parameters(decoded.parameters)
+        facts = self.facts_type.from_parameters(decoded.parameters)
+        if self.check is not None:
+            self.check(tensors, facts, inputs)
+        return tensors, facts
 
-    async def replica_readiness(self) -> dict[str, bool]:
-        """``url -> ready`` for every replica, asked concurrently with a short timeout."""
+    async def poll_readiness(self, timeout_s: float) -> dict[str, bool]:
+        """Ask every replica at once whether it is ready; the answer is also cached."""
 
         async def ready(replica: Replica) -> bool:
             try:
-                response = await self.http.get(
-                    f"{replica.url}/v2/models/{self.model_name}/ready",
-                    timeout=2.0, headers=self._headers(),
-                )
-            except httpx.HTTPError:
+                async with asyncio.timeout(timeout_s):  # the whole call, however it trickles
+                    response = await self.http.get(
+                        f"{replica.url}/v2/models/{self.model_name}/ready",
+                        timeout=timeout_s, headers=self._headers(),
+                    )
+            except (httpx.HTTPError, TimeoutError):
                 return False
             return response.status_code == 200
 
         await self._refresh_dns()
-        states = await asyncio.gather(*(ready(replica) for replica in self.replicas))
-        return {replica.url: state for replica, state in zip(self.replicas, states, strict=True)}
+        replicas = list(self.replicas)
+        states = await asyncio.gather(*(ready(replica) for replica in replicas))
+        self.readiness = {r.url: state for r, state in zip(replicas, states, strict=True)}
+        self.readiness_at = time.monotonic()
+        return dict(self.readiness)
+
+    def cached_readiness(self, max_age_s: float) -> dict[str, bool]:
+        """``url -> ready`` from the last poll: a replica the breaker rests is not ready,
+        and a poll older than ``max_age_s`` (the poller stopped) knows nothing."""
+        now = time.monotonic()
+        if now - self.readiness_at > max_age_s:
+            return {replica.url: False for replica in self.replicas}
+        resting = {r.url for r in self.replicas if r.state(now) == "open"}
+        return {url: ready and url not in resting for url, ready in self.readiness.items()}
+
+    async def replica_readiness(self, timeout_s: float = 2.0) -> dict[str, bool]:
+        """``url -> ready`` for every replica, asked now (``/health``)."""
+        return await self.poll_readiness(timeout_s)
 
     async def model_parameters(self) -> dict[str, Any] | None:
         """The metadata ``parameters`` (bundle facts) of the first replica that answers."""
@@ -301,8 +432,19 @@ class ModelClient(Generic[F]):
             except httpx.HTTPError:
                 continue
             if response.status_code == 200:
-                return response.json().get("parameters", {})
+                try:
+                    return dict(response.json().get("parameters", {}))
+                except (ValueError, AttributeError, TypeError):
+                    continue
         return None
+
+
+class _Retry(Exception):  # noqa: N818 - control flow, never raised out of ModelClient
+    """This replica failed in a way another replica may not: try the next one."""
+
+    def __init__(self, error: UpstreamError) -> None:
+        super().__init__(error.problem)
+        self.error = error
 
 
 def _retry_after(value: str | None, ceiling: float) -> float:
@@ -314,7 +456,8 @@ def _retry_after(value: str | None, ceiling: float) -> float:
 
 
 def _error_text(response: httpx.Response) -> str:
+    """What a replica said (for the log only), cut short."""
     try:
         return str(response.json().get("error", response.text))[:300]
-    except ValueError:
+    except (ValueError, AttributeError):
         return response.text[:300]

@@ -236,6 +236,21 @@ class Settings(BaseSettings):
         "in the patient's own study) or pseudonymize (PatientID/Name -> keyed pseudonym)",
     )
 
+    # --- upstream trust (issue 12 item 7): circuit breaker, cached readiness ---
+    breaker_failures: int = Field(
+        3, ge=1,
+        description="failed calls in a row (5xx, timeout, invalid answer) that eject a replica",
+    )
+    breaker_cooldown_s: float = Field(
+        10.0, gt=0, description="rest of an ejected replica before one trial call (half-open)"
+    )
+    readiness_interval_s: float = Field(
+        2.0, gt=0, description="how often the gateway polls its replicas' readiness (/readyz)"
+    )
+    readiness_timeout_s: float = Field(
+        0.8, gt=0, le=5, description="longest one readiness poll of one replica may take"
+    )
+
     @field_validator("spine_default_bundle", mode="before")
     @classmethod
     def _lower_bundle(cls, value: object) -> object:

@@ -85,6 +85,26 @@ def test_services_deployments_probes_and_gpus(manifests) -> None:
     assert gateway_env["DETECTOR_URLS"] == "dns+http://detector:8002"
 
 
+def test_probe_timeouts_fit_what_the_probes_can_take(manifests) -> None:
+    """Kubernetes' default probe timeout is 1 s: /readyz must answer well within the one set.
+
+    The gateway's /readyz reads cached state; the slowest it can take is a first answer
+    while nothing is cached yet, bounded by READINESS_TIMEOUT_S.
+    """
+    from shared.settings import Settings
+
+    _, docs = manifests
+    deployments = by_kind(docs, "Deployment")
+    for name, deployment in deployments.items():
+        container = deployment["spec"]["template"]["spec"]["containers"][0]
+        for probe in ("readinessProbe", "livenessProbe"):
+            timeout = container[probe].get("timeoutSeconds", 1)
+            assert timeout >= 2, (name, probe, timeout)
+    gateway = deployments["gateway"]["spec"]["template"]["spec"]["containers"][0]
+    assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert gateway["readinessProbe"]["timeoutSeconds"] >= 2 * Settings().readiness_timeout_s
+
+
 def test_one_autoscaler_per_model_service(manifests) -> None:
     _, docs = manifests
     hpas = by_kind(docs, "HorizontalPodAutoscaler")
