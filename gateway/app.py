@@ -4,9 +4,10 @@ One upload: :mod:`gateway.upload` reads the body, :mod:`gateway.analysis` decode
 asks the models, :mod:`gateway.response` builds the JSON; a failure becomes its answer
 in :mod:`gateway.errors`; :mod:`gateway.health` aggregates the model services' health.
 Around the routes, outermost first: request context (request id, security headers,
-header limits, metrics, access log), CORS (only with an allow-list), admission (API
-key, rate and concurrency limits), then FastAPI. Each analysis has a deadline
-(``REQUEST_TIMEOUT_S``) and stops when its client disconnects (:mod:`gateway.deadline`).
+header limits, metrics, access log), the refusal audit (:mod:`gateway.audit`), CORS
+(only with an allow-list), admission (API key, rate and concurrency limits), then FastAPI.
+Each analysis has a deadline (``REQUEST_TIMEOUT_S``) and stops when its client
+disconnects (:mod:`gateway.deadline`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from gateway import dicom_out, samples
 from gateway.admission import AdmissionMiddleware
 from gateway.analysis import Findings, Gateway, analyze, decode
-from gateway.audit import AuditFacts
+from gateway.audit import AuditFacts, AuditLog, RefusalAuditMiddleware, mark_audited
 from gateway.deadline import within
 from gateway.errors import (
     error_body,
@@ -157,6 +158,7 @@ def _add_middleware(
             allow_credentials=False,
             max_age=600,
         )
+    app.add_middleware(RefusalAuditMiddleware, audit=_audit_log)
     app.add_middleware(
         RequestContextMiddleware,
         metrics=metrics.http,
@@ -164,6 +166,12 @@ def _add_middleware(
         error_body=error_body,
         max_header_bytes=settings.max_header_bytes,
     )
+
+
+def _audit_log(scope: dict[str, Any]) -> AuditLog | None:
+    """The audit log of the app serving ``scope`` (None before start-up)."""
+    gateway = getattr(scope["app"].state, "gateway", None)
+    return gateway.audit if gateway is not None else None
 
 
 def _gateway(request: Request) -> Gateway:
@@ -191,6 +199,7 @@ def _audit(
     result: UploadResponse | None = None, error: str | None = None,
 ) -> None:
     audit = _gateway(request).audit
+    mark_audited(request.scope)
     if audit is None:
         return
     try:
