@@ -21,7 +21,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.middleware.cors import CORSMiddleware
-from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -40,7 +40,14 @@ from gateway.errors import (
 from gateway.health import check_ready, health_report, public_health
 from gateway.ratelimit import ConcurrencyLimiter, TokenBucketLimiter
 from gateway.response import preview_headers, upload_response
-from gateway.security import ApiKeys, docs_page, document_api_keys, security_headers
+from gateway.security import (
+    SWAGGER_ASSETS,
+    ApiKeys,
+    docs_page,
+    document_api_keys,
+    security_headers,
+    swagger_assets_dir,
+)
 from gateway.telemetry import GatewayMetrics
 from gateway.upload import MultipartLimits, receive_upload
 from shared import dicom
@@ -110,6 +117,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(samples.router)
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
+    if (swagger := swagger_assets_dir()) is not None:
+        app.mount(SWAGGER_ASSETS, StaticFiles(directory=swagger), name="swagger-ui")
     return app
 
 
@@ -389,8 +398,10 @@ async def prometheus_metrics(request: Request) -> Response:
 
 
 @router.get("/docs", include_in_schema=False)
-async def swagger_ui(request: Request) -> HTMLResponse:
+async def swagger_ui(request: Request) -> Response:
     app = request.app
+    if swagger_assets_dir() is None:
+        return error_response(404, "Swagger UI is not installed (pip install fastapi-offline)")
     return docs_page(app.openapi_url or "/openapi.json", f"{app.title} - Swagger UI")
 
 

@@ -4,8 +4,9 @@ Keys are configured as sha256 digests (``API_KEYS_SHA256="id:hex,..."``), so the
 configuration, an environment dump or a leaked manifest never holds a usable key; the
 id names the caller in logs and the audit log. Security headers go on every response;
 the Content Security Policy is strict for the web page (which loads only its own files
-and shows images as data: URIs) and relaxed only for ``/docs``, whose Swagger UI comes
-from a CDN and starts from one inline script, allowed by its hash.
+and shows images as data: URIs) and relaxed only for ``/docs``: Swagger UI, served by the
+gateway itself from the pinned ``fastapi-offline`` package (no CDN, no third-party
+host), starts from one inline script, allowed by its hash.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import importlib.util
 import re
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -22,7 +25,12 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
 API_KEY_HEADER = b"x-api-key"
-SWAGGER_CDN = "https://cdn.jsdelivr.net"
+# The PyPI package (pinned in requirements/constraints.txt) whose Swagger UI files we serve,
+# and where (a StaticFiles mount in gateway.app).
+SWAGGER_PACKAGE = "fastapi_offline"
+SWAGGER_ASSETS = "/docs/assets"
+# Paths whose answers are the same for everyone: browsers may cache them.
+CACHEABLE_PREFIXES = ("/static/", f"{SWAGGER_ASSETS}/")
 
 PAGE_CSP = (
     "default-src 'self'; img-src 'self' data: blob:; style-src 'self'; script-src 'self'; "
@@ -70,7 +78,7 @@ def security_headers(path: str, hsts_seconds: int = 0) -> list[tuple[str, str]]:
         ("Cross-Origin-Opener-Policy", "same-origin"),
         ("Cross-Origin-Resource-Policy", "same-origin"),
     ]
-    if not path.startswith("/static/"):
+    if not path.startswith(CACHEABLE_PREFIXES):
         # Results describe a patient's image: no shared or browser cache may keep them.
         headers.append(("Cache-Control", "no-store"))
     if hsts_seconds:
@@ -86,11 +94,27 @@ def _inline_script_hashes(html: str) -> list[str]:
     ]
 
 
+def swagger_assets_dir() -> Path | None:
+    """The folder of Swagger UI's files in the pinned ``fastapi-offline`` package, if installed.
+
+    Only its static files are used (found without importing it): Swagger UI 5, which
+    renders OpenAPI 3.1 (``swagger-ui-bundle``'s 4.x cannot).
+    """
+    spec = importlib.util.find_spec(SWAGGER_PACKAGE)
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        folder = Path(location) / "static"
+        if (folder / "swagger-ui-bundle.js").is_file():
+            return folder
+    return None
+
+
 def docs_page(openapi_url: str, title: str) -> HTMLResponse:
-    """Swagger UI with a CSP that allows exactly its CDN files and its own inline script."""
+    """Swagger UI from our own files, with a CSP that allows them and its one inline script."""
     page = get_swagger_ui_html(
         openapi_url=openapi_url,
         title=title,
+        swagger_js_url=f"{SWAGGER_ASSETS}/swagger-ui-bundle.js",
+        swagger_css_url=f"{SWAGGER_ASSETS}/swagger-ui.css",
         swagger_favicon_url="/static/favicon.svg",
         # No badge from the public validator (a third-party request with our schema URL).
         swagger_ui_parameters={"validatorUrl": None, "persistAuthorization": False},
@@ -98,8 +122,8 @@ def docs_page(openapi_url: str, title: str) -> HTMLResponse:
     html = bytes(page.body).decode()
     inline = " ".join(_inline_script_hashes(html))
     csp = (
-        f"default-src 'self'; script-src 'self' {SWAGGER_CDN} {inline}; "
-        f"style-src 'self' {SWAGGER_CDN} 'unsafe-inline'; img-src 'self' data:; "
+        f"default-src 'self'; script-src 'self' {inline}; "
+        "style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
         "font-src 'self' data:; connect-src 'self'; worker-src 'self' blob:; object-src 'none'; "
         "base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
     )

@@ -70,8 +70,12 @@ def test_security_headers_and_docs_csp() -> None:
     assert page["Cache-Control"] == "no-store"
     assert "Cache-Control" not in dict(security_headers("/static/app.js"))
     assert "Strict-Transport-Security" not in page
-    docs = docs_page("/openapi.json", "t").headers["content-security-policy"]
-    assert "https://cdn.jsdelivr.net 'sha256-" in docs and "unsafe-eval" not in docs
+    docs_html = docs_page("/openapi.json", "t")
+    docs = docs_html.headers["content-security-policy"]
+    assert "script-src 'self' 'sha256-" in docs and "unsafe-eval" not in docs
+    assert "http" not in docs  # no external host, no CDN
+    assert "cdn" not in bytes(docs_html.body).decode().lower()
+    assert "Cache-Control" not in dict(security_headers("/docs/assets/swagger-ui.css"))
 
 
 def test_uid_hash_is_keyed_and_stable() -> None:
@@ -154,3 +158,66 @@ def test_gpu_memory_gauges_read_torch_cuda_when_present(monkeypatch: pytest.Monk
         'nv_gpu_memory_total_bytes{gpu_uuid="GPU-abc"}': 80 * 2**30,
         'spine_gpu_memory_allocated_bytes{gpu_uuid="GPU-abc"}': 7 * 2**30,
     }
+
+
+def _asgi_call(app, path: str = "/upload") -> list[dict]:
+    """Run one request through an ASGI app; the messages it sent."""
+    import asyncio
+
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": path, "headers": [],
+             "client": ("10.1.2.3", 5555), "state": {"key_id": "lab"}}
+    asyncio.run(app(scope, receive, send))
+    return sent
+
+
+def test_refusals_and_unexpected_failures_are_audited_once(tmp_path) -> None:
+    import json
+
+    from gateway.audit import RefusalAuditMiddleware, mark_audited
+    from gateway.errors import error_body
+    from shared.logging import request_id_var
+    from shared.observability import send_json
+
+    log = AuditLog(tmp_path / "audit.jsonl", "secret")
+
+    async def refuse(scope, receive, send) -> None:
+        await send_json(send, 429, error_body(429, "rate limit exceeded"))
+
+    async def crash(scope, receive, send) -> None:
+        raise RuntimeError("PID-SENTINEL in an exception text")
+
+    async def audited_route(scope, receive, send) -> None:
+        mark_audited(scope)
+        await send_json(send, 413, error_body(413, "too large"))
+
+    async def probe(scope, receive, send) -> None:
+        await send_json(send, 503, error_body(503, "not ready"))
+
+    token = request_id_var.set("rid-1")
+    try:
+        _asgi_call(RefusalAuditMiddleware(refuse, audit=lambda scope: log))
+        with pytest.raises(RuntimeError):
+            _asgi_call(RefusalAuditMiddleware(crash, audit=lambda scope: log))
+        _asgi_call(RefusalAuditMiddleware(audited_route, audit=lambda scope: log))
+        _asgi_call(RefusalAuditMiddleware(probe, audit=lambda scope: log), path="/readyz")
+        _asgi_call(RefusalAuditMiddleware(refuse, audit=lambda scope: log), path="/PID-SENTINEL")
+    finally:
+        request_id_var.reset(token)
+    log.close()
+    lines = [json.loads(line) for line in (tmp_path / "audit.jsonl").read_text().splitlines()]
+    assert [(e["event"], e["status"]) for e in lines] == [
+        ("refused", 429), ("failure", 500), ("refused", 429)
+    ]
+    assert lines[0]["request_id"] == "rid-1" and lines[0]["key_id"] == "lab"
+    assert lines[0]["error"] == "rate limit exceeded" and lines[0]["client"] == "10.1.2.3"
+    assert lines[1]["error"] == "unexpected failure"
+    assert lines[2]["route"] == "unmatched"  # a path the app does not serve is not written
+    assert "PID-SENTINEL" not in (tmp_path / "audit.jsonl").read_text()
