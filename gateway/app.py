@@ -66,7 +66,7 @@ EXPOSED_HEADERS = [
     "X-Canonical-Width", "X-Canonical-Height", "X-Scale-X", "X-Scale-Y", "X-Warnings",
 ]
 # The statuses an analysis route may answer besides 200.
-ANALYSIS_ERRORS = (400, 408, 413, 415, 422, 429, 503, 504)
+ANALYSIS_ERRORS = (400, 408, 413, 415, 422, 429, 502, 503, 504)
 
 UPLOAD_BODY = {
     "requestBody": {

@@ -33,6 +33,7 @@ ERROR_DESCRIPTIONS = {
     422: "Valid DICOM that cannot be analysed (no pixels, colour, multi-frame, ...) or that "
     "the input selection rules refuse ('not a spine radiograph: ...')",
     429: "Rate limit or concurrent uploads per caller exceeded (see Retry-After)",
+    502: "A model service failed or gave an answer that failed validation (no diagnosis)",
     503: "A model service or the gateway is unavailable or at capacity (see Retry-After)",
     504: "No answer within the deadline (REQUEST_TIMEOUT_S / UPSTREAM_TIMEOUT_S)",
 }

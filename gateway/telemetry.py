@@ -28,7 +28,7 @@ class GatewayMetrics:
         self.upstream_attempts = Counter(
             "spine_upstream_requests_total",
             "Attempts at a model service by outcome (ok, timeout, unreachable, unavailable, "
-            "error, malformed)",
+            "error, malformed, ejected)",
             ["service", "outcome"], registry=self.registry,
         )
         self.analyses = Counter(
