@@ -9,7 +9,7 @@ This module is the one public facade; everything else in the package is an
 implementation detail (tests of internals may import the submodules).
 """
 
-from shared.dicom.decode import CanonicalImage, decode_dicom, encode_png
+from shared.dicom.decode import CanonicalImage, ImageFacts, decode_dicom, encode_png, inspect_dicom
 from shared.dicom.errors import (
     DicomError,
     NotDicomError,
@@ -17,7 +17,8 @@ from shared.dicom.errors import (
     UnsupportedDicomError,
 )
 from shared.dicom.header import DicomMetadata
-from shared.dicom.isolate import DecodeOptions
+from shared.dicom.isolate import DecodeOptions, available_cpus
+from shared.dicom.limits import DecodeLimits, DicomLimitError
 from shared.dicom.probes import decodable_transfer_syntaxes
 from shared.dicom.selection import (
     InvalidRulesError,
@@ -29,18 +30,23 @@ from shared.dicom.selection import (
 
 __all__ = [
     "CanonicalImage",
+    "DecodeLimits",
     "DecodeOptions",
     "DicomError",
+    "DicomLimitError",
     "DicomMetadata",
+    "ImageFacts",
     "InvalidRulesError",
     "NotDicomError",
     "NotSelectedError",
     "Selection",
     "SelectionRules",
     "UnsupportedDicomError",
+    "available_cpus",
     "decodable_transfer_syntaxes",
     "decode_dicom",
     "encode_png",
+    "inspect_dicom",
     "load_rules",
     "select",
 ]

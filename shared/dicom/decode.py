@@ -4,10 +4,12 @@
 bytes of one upload go through the modules in this order:
 
 1. :mod:`shared.dicom.parse`: parse defensively: foreign files, missing file
-   meta, Deflated bodies with a size bound, truncation;
+   meta, Deflated bodies with a size bound, truncation; before pydicom builds
+   anything, :mod:`shared.dicom.limits` walks the bytes and refuses a file
+   past a cap (elements, sequence items, depth, fragments, element length);
 2. :mod:`shared.dicom.header`: read and validate the header once into an
    :class:`~shared.dicom.header.ImageHeader`, before touching pixels:
-   greyscale only, one frame, at most 100 megapixels, the transfer syntax
+   greyscale only, one frame, at most ``MAX_PIXELS``, the transfer syntax
    (declared, or inferred from the encoding or the codestream:
    :mod:`shared.dicom.syntax`), the PS3.14 rendering elements, the metadata;
    then, when the caller passes rules, :mod:`shared.dicom.selection` decides
@@ -40,14 +42,24 @@ from dataclasses import dataclass, replace
 import cv2
 import numpy as np
 
-from shared.dicom.codecs import decode_frame
-from shared.dicom.header import DicomMetadata, read_header
-from shared.dicom.isolate import DecodeOptions
+from shared.dicom.codecs import decode_frame, native
+from shared.dicom.header import DicomMetadata, ImageHeader, read_header
+from shared.dicom.isolate import DecodeOptions, run_isolated
+from shared.dicom.limits import check_pixels, decode_bytes
 from shared.dicom.parse import parse_dicom
 from shared.dicom.render import canonical_size, display_window, render, resize_to
 from shared.dicom.selection import Selection, SelectionRules, require_selected
 
-__all__ = ["WARN_REDUCED_J2K", "CanonicalImage", "decode_dicom", "encode_png"]
+__all__ = [
+    "WARN_REDUCED_J2K",
+    "CanonicalImage",
+    "ImageFacts",
+    "decode_dicom",
+    "decode_local",
+    "encode_png",
+    "inspect_dicom",
+    "inspect_local",
+]
 
 WARN_REDUCED_J2K = (
     "The JPEG 2000 image was decoded at reduced resolution (fast path); grey levels may "
@@ -68,6 +80,62 @@ class CanonicalImage:
     selection: Selection | None = None  # which input selection rule accepted it (or None)
 
 
+@dataclass(frozen=True)
+class ImageFacts:
+    """What the gateway learns of an upload before its pixels are decoded (for the budget)."""
+
+    rows: int
+    columns: int
+    bits_allocated: int
+    transfer_syntax_uid: str
+
+    @property
+    def decode_bytes(self) -> int:
+        """Peak memory decoding and rendering this image costs (the decode-memory budget)."""
+        return decode_bytes(self.rows, self.columns)
+
+
+def _read(data: bytes, options: DecodeOptions) -> ImageHeader:
+    """Parse (after the prescan) and read the header; refuse an image over MAX_PIXELS.
+
+    Native Pixel Data shorter than the declared image is reported first as the
+    damage it is (400), as the native decoder would (it costs nothing to check).
+    """
+    header = read_header(parse_dicom(data, options.limits))
+    if header.transfer_syntax in native.SYNTAXES and not header.pixel_data.encapsulated:
+        native.check_length(header.pixel_data.value, header.geometry)
+    check_pixels(header.geometry.rows, header.geometry.columns, options.limits)
+    return header
+
+
+def inspect_dicom(
+    data: bytes,
+    *,
+    options: DecodeOptions = DecodeOptions(),
+    selection: SelectionRules | None = None,
+) -> ImageFacts:
+    """Every header check of :func:`decode_dicom`, no pixel decoded: refusals come from here.
+
+    With ``options.isolate`` it runs in a worker process, like the decode.
+    """
+    if options.isolate:
+        return run_isolated(inspect_local, data, options.in_worker(), selection, options=options)
+    return inspect_local(data, options, selection)
+
+
+def inspect_local(
+    data: bytes, options: DecodeOptions, selection: SelectionRules | None = None
+) -> ImageFacts:
+    """:func:`inspect_dicom` in this process (what a worker runs)."""
+    header = _read(data, options)
+    if selection is not None:
+        require_selected(header, selection)
+    geometry = header.geometry
+    return ImageFacts(
+        geometry.rows, geometry.columns, geometry.bits_allocated, str(header.transfer_syntax)
+    )
+
+
 def decode_dicom(
     data: bytes,
     long_side: int = 1024,
@@ -83,8 +151,9 @@ def decode_dicom(
     what is not DICOM or is damaged (truncated, inconsistent), and with 422
     (:class:`UnsupportedDicomError`) valid DICOM we cannot analyse: no Pixel
     Data, colour or palette colour, multi-frame (NumberOfFrames > 1; we do not
-    pick a frame for the user), more than 100 megapixels, an unsupported
-    transfer syntax or bit depth.
+    pick a frame for the user), an unsupported transfer syntax or bit depth,
+    or past a cap (:class:`~shared.dicom.limits.DecodeLimits`: more than
+    ``MAX_PIXELS``, too many elements, items or fragments...).
 
     ``reduced_j2k`` lets JPEG 2000 decode at the lowest resolution level that
     still covers the canonical size (about 2-4x faster on a radiograph), at the
@@ -92,13 +161,32 @@ def decode_dicom(
     ~0.5 on average and more at sharp edges (the wavelet low-pass is not an
     area average). Off by default: train/serve parity comes first.
 
-    ``options`` says how crash-prone decoders run (worker processes and their
-    timeout); the gateway passes its ``DICOM_ISOLATE_DECODERS`` and
-    ``DICOM_DECODE_TIMEOUT_S`` settings, other callers keep the safe default.
+    ``options`` says where the work runs and under which caps: the gateway
+    passes ``isolate=True`` (everything in a memory-limited worker process
+    with a deadline) and its limits; other callers keep the in-process
+    default, where only crash-prone decoders run in workers. Past a cap of
+    ``options.limits`` the refusal is a :class:`~shared.dicom.limits.DicomLimitError`
+    (422) naming the setting.
     """
     if long_side < 1:
         raise ValueError("long_side must be at least 1")
-    header = read_header(parse_dicom(data))
+    if options.isolate:
+        return run_isolated(
+            decode_local, data, long_side, reduced_j2k, options.in_worker(), selection,
+            options=options,
+        )
+    return decode_local(data, long_side, reduced_j2k, options, selection)
+
+
+def decode_local(
+    data: bytes,
+    long_side: int,
+    reduced_j2k: bool,
+    options: DecodeOptions,
+    selection: SelectionRules | None = None,
+) -> tuple[CanonicalImage, DicomMetadata]:
+    """:func:`decode_dicom` in this process (what a worker runs)."""
+    header = _read(data, options)
     selected = None if selection is None else require_selected(header, selection)
     geometry, pixel_data = header.geometry, header.pixel_data
     size = canonical_size(geometry.rows, geometry.columns, long_side)

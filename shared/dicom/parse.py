@@ -29,11 +29,9 @@ from pydicom.uid import (
 )
 
 from shared.dicom.errors import NotDicomError, UnsupportedDicomError
+from shared.dicom.limits import DecodeLimits, DicomLimitError, prescan
 
-__all__ = ["MAX_INFLATED_BYTES", "ParsedDicom", "parse_dicom"]
-
-# A Deflated body may inflate to at most this: 100 MP at 16 bits plus headers.
-MAX_INFLATED_BYTES = 256 * 1024 * 1024
+__all__ = ["ParsedDicom", "parse_dicom"]
 
 _PIXEL_DATA_LE = b"\xe0\x7f\x10\x00"
 _PIXEL_DATA_BE = b"\x7f\xe0\x00\x10"
@@ -91,14 +89,15 @@ def _foreign_kind(data: bytes) -> str | None:
     return None
 
 
-def _scan_file_meta(data: bytes) -> tuple[int, str | None]:
+def _scan_file_meta(data: bytes, max_elements: int) -> tuple[int, str | None]:
     """Walk the group 0002 elements after 'DICM'; return (end offset, transfer syntax).
 
     File meta is always Explicit VR Little Endian. We need the transfer syntax
     before pydicom reads the body (to bound a Deflated body ourselves) and the
-    offset where the body starts. Malformed meta returns what was found so far.
+    offset where the body starts. Malformed meta returns what was found so far;
+    more than ``max_elements`` elements stop the walk (the prescan refuses the file).
     """
-    pos, end = 132, len(data)
+    pos, end, count = 132, len(data), 0
     ts: str | None = None
     long_vrs = {
         b"OB",
@@ -117,7 +116,8 @@ def _scan_file_meta(data: bytes) -> tuple[int, str | None]:
     }
     while pos + 8 <= end:
         group, elem = struct.unpack_from("<HH", data, pos)
-        if group != 0x0002:
+        count += 1
+        if group != 0x0002 or count > max_elements:
             break
         vr = data[pos + 4 : pos + 6]
         if vr in long_vrs:
@@ -136,21 +136,23 @@ def _scan_file_meta(data: bytes) -> tuple[int, str | None]:
     return pos, ts
 
 
-def _inflate(body: bytes) -> bytes:
-    """Inflate a Deflated dataset body, refusing one that inflates past the limit (zip bomb)."""
+def _inflate(body: bytes, limit: int) -> bytes:
+    """Inflate a Deflated dataset body, refusing one that inflates past `limit` (zip bomb)."""
     for wbits in (
         -zlib.MAX_WBITS,
         zlib.MAX_WBITS,
     ):  # raw deflate per PS3.5; some writers add a zlib header
         inflater = zlib.decompressobj(wbits)
         try:
-            out = inflater.decompress(body, MAX_INFLATED_BYTES)
+            out = inflater.decompress(body, limit)
         except zlib.error:
             continue
         if inflater.unconsumed_tail:
-            raise UnsupportedDicomError(
+            raise DicomLimitError(
                 "The deflated DICOM dataset inflates to more than "
-                f"{MAX_INFLATED_BYTES // (1024 * 1024)} MiB; this service does not accept it."
+                f"{limit // (1024 * 1024)} MiB; this service does not accept it "
+                "(limit MAX_DICOM_INFLATED_BYTES).",
+                "MAX_DICOM_INFLATED_BYTES",
             )
         return out
     raise NotDicomError("The deflated DICOM dataset is corrupt and could not be inflated.")
@@ -193,8 +195,32 @@ def _looks_truncated(data: bytes, ds: Dataset) -> bool:
     return _PIXEL_DATA_LE in data or _PIXEL_DATA_BE in data
 
 
-def parse_dicom(data: bytes) -> ParsedDicom:
-    """Parse an upload into a dataset, or raise NotDicomError / UnsupportedDicomError."""
+def _body_encoding(data: bytes, start: int, ts: str | None) -> tuple[bool, bool]:
+    """(implicit, little) as pydicom will first assume them for the body at ``start``.
+
+    pydicom then peeks at the first element and may switch to explicit/implicit;
+    the prescan peeks the same way. Without a transfer syntax the byte order is
+    sniffed from the first group number, as pydicom does.
+    """
+    if ts is not None:
+        ts = ts.strip("\x00 ")
+        if ts == ImplicitVRLittleEndian:
+            return True, True
+        if ts == ExplicitVRBigEndian:
+            return False, False
+        return False, True
+    group_le = struct.unpack_from("<H", data, start)[0] if start + 2 <= len(data) else 0
+    big = group_le in (0x0200, 0x0800)
+    return not big, not big
+
+
+def parse_dicom(data: bytes, limits: DecodeLimits = DecodeLimits()) -> ParsedDicom:
+    """Parse an upload into a dataset, or raise NotDicomError / UnsupportedDicomError.
+
+    Before pydicom sees the bytes, :func:`shared.dicom.limits.prescan` refuses
+    a file past any of `limits` (element, item, fragment counts, nesting depth,
+    element length) and a Deflated body past ``limits.max_inflated_bytes``.
+    """
     if not data:
         raise NotDicomError("The upload is empty; send a DICOM file.")
     has_preamble = len(data) >= 132 and data[128:132] == b"DICM"
@@ -208,9 +234,10 @@ def parse_dicom(data: bytes) -> ParsedDicom:
             )
 
     ts: str | None = None
+    meta_end = 0
     deflated = False
     if has_preamble:
-        meta_end, ts = _scan_file_meta(data)
+        meta_end, ts = _scan_file_meta(data, limits.max_elements)
         if meta_end == 132 and not _plausible_headerless(data[132:]):
             raise NotDicomError(
                 "The upload has a 'DICM' marker but no readable DICOM header after it; "
@@ -218,12 +245,17 @@ def parse_dicom(data: bytes) -> ParsedDicom:
             )
         if ts is not None and ts.strip() == DeflatedExplicitVRLittleEndian:
             deflated = True
-            body = _inflate(data[meta_end:])
+            prescan(data[:meta_end], 132, implicit=False, little=True, limits=limits)
+            body = _inflate(data[meta_end:], limits.max_inflated_bytes)
+            prescan(body, 0, implicit=False, little=True, limits=limits, file_meta=False)
             ds = _dcmread(body)
             if len(ds) == 0 and body:
                 raise NotDicomError("The inflated DICOM dataset could not be parsed.")
             return ParsedDicom(ds, DeflatedExplicitVRLittleEndian, True, True)
 
+    start = 132 if has_preamble else 0
+    implicit, little = _body_encoding(data, meta_end, ts)
+    prescan(data, start, implicit=implicit, little=little, limits=limits)
     ds = _dcmread(data)
     if _looks_truncated(data, ds):
         header = _dcmread(data, stop_before_pixels=True)

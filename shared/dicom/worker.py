@@ -1,23 +1,34 @@
-"""Decoder worker process: ``python -m shared.dicom.worker`` (see shared.dicom.isolate).
+"""Decoder worker process: ``python -m shared.dicom.worker --memory-mb N`` (see
+shared.dicom.isolate).
 
 Reads length-prefixed pickles ``(module, function name, args)`` from stdin,
 runs the function and writes ``(ok, result or exception)`` back on stdout,
-until stdin closes. Only functions of the decoder modules ``shared.dicom.codecs.plugins``
+until stdin closes. Only functions of ``shared.dicom.decode`` (the whole
+intake of an upload) and of the decoder modules ``shared.dicom.codecs.plugins``
 and ``shared.dicom.codecs.gdcm`` may be called.
+After its imports the process limits its own address space to N MiB
+(``RLIMIT_AS``, soft and hard): an allocation past it fails, and a
+``MemoryError`` goes back as a 422 naming the limit.
 If a native decoder aborts, this process dies and the parent sees EOF.
 The pickles come from the parent process itself, never from an upload.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import os
 import pickle
+import resource
 import struct
 import sys
 
+from shared.dicom.limits import DicomLimitError, prepare_prescan
+
 _HEADER = struct.Struct(">Q")
-_ALLOWED_MODULES = frozenset({"shared.dicom.codecs.plugins", "shared.dicom.codecs.gdcm"})
+_ALLOWED_MODULES = frozenset(
+    {"shared.dicom.decode", "shared.dicom.codecs.plugins", "shared.dicom.codecs.gdcm"}
+)
 
 
 def _read_exact(fd: int, size: int) -> bytes | None:
@@ -38,7 +49,24 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
+def _limit_memory(memory_mb: int) -> None:
+    if memory_mb > 0:
+        limit = memory_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _out_of_memory(memory_mb: int) -> Exception:
+    return DicomLimitError(
+        f"Decoding the DICOM file needs more than the {memory_mb} MiB a decoder may use "
+        "(limit DECODE_WORKER_MEMORY_MB).",
+        "DECODE_WORKER_MEMORY_MB",
+    )
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m shared.dicom.worker")
+    parser.add_argument("--memory-mb", type=int, default=0, help="RLIMIT_AS in MiB; 0 = none")
+    memory_mb = parser.parse_args().memory_mb
     stdin = sys.stdin.fileno()
     # Replies go to a private copy of fd 1; fd 1 itself (and sys.stdout) now point at
     # stderr, so a native library printing to stdout cannot corrupt the reply stream.
@@ -46,7 +74,10 @@ def main() -> None:
     os.dup2(sys.stderr.fileno(), 1)
     sys.stdout = sys.stderr
     import shared.dicom.codecs  # noqa: F401  (import cost paid once, before the first job)
-    import shared.dicom.parse  # noqa: F401  (silences pydicom's value-quoting warnings here too)
+    import shared.dicom.decode  # noqa: F401  (also silences pydicom's value-quoting warnings)
+
+    prepare_prescan()  # the dictionary lookup the prescan needs, built before the limit
+    _limit_memory(memory_mb)
 
     while True:
         header = _read_exact(stdin, _HEADER.size)
@@ -61,12 +92,18 @@ def main() -> None:
                 raise PermissionError(f"{module_name} is not a decoder module")
             fn = getattr(importlib.import_module(module_name), name)
             reply = (True, fn(*args))
+        except MemoryError:
+            reply = (False, _out_of_memory(memory_mb))
         except Exception as exc:  # sent back and re-raised in the parent
             reply = (False, exc)
+        del payload, args
         try:
             data = pickle.dumps(reply, protocol=5)
+        except MemoryError:
+            data = pickle.dumps((False, _out_of_memory(memory_mb)), protocol=5)
         except Exception:
             data = pickle.dumps((False, RuntimeError("unpicklable decoder result")), protocol=5)
+        del reply
         _write_all(stdout, _HEADER.pack(len(data)) + data)
 
 

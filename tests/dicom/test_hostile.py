@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from shared import dicom
-from shared.dicom import parse
 from tests.dicom import hostile
 from tests.dicom.corpus import SENTINELS, to_bytes
 
@@ -39,14 +38,14 @@ def test_refused_with_right_status(name: str) -> None:
     assert peak < 64 * 1024 * 1024, f"allocated {peak / 2**20:.0f} MiB"
 
 
-def test_deflate_bomb_is_refused_without_inflating_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(parse, "MAX_INFLATED_BYTES", 4 * 1024 * 1024)
+def test_deflate_bomb_is_refused_without_inflating_it() -> None:
+    limits = dicom.DecodeLimits(max_inflated_bytes=4 * 1024 * 1024)
     bomb = hostile.deflate_bomb(16 * 1024 * 1024)
     assert len(bomb) < 100_000
     tracemalloc.start()
     try:
-        with pytest.raises(dicom.UnsupportedDicomError):
-            dicom.decode_dicom(bomb)
+        with pytest.raises(dicom.UnsupportedDicomError, match="MAX_DICOM_INFLATED_BYTES"):
+            dicom.decode_dicom(bomb, options=dicom.DecodeOptions(limits=limits))
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

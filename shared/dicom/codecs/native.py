@@ -9,7 +9,7 @@ from pydicom.uid import UID
 from shared.dicom.codecs.base import DecodedFrame, PixelGeometry
 from shared.dicom.errors import NotDicomError
 
-__all__ = ["SYNTAXES", "decode"]
+__all__ = ["SYNTAXES", "check_length", "decode"]
 
 SYNTAXES: tuple[UID, ...] = (
     pduid.ImplicitVRLittleEndian,
@@ -19,7 +19,8 @@ SYNTAXES: tuple[UID, ...] = (
 )
 
 
-def _check_length(pixel_data: bytes, geom: PixelGeometry) -> None:
+def check_length(pixel_data: bytes, geom: PixelGeometry) -> None:
+    """Refuse native Pixel Data shorter than the image the header declares (400)."""
     expected = geom.rows * geom.columns * (geom.bits_allocated // 8)
     if len(pixel_data) < expected:
         raise NotDicomError(
@@ -30,7 +31,7 @@ def _check_length(pixel_data: bytes, geom: PixelGeometry) -> None:
 
 def decode(pixel_data: bytes, geom: PixelGeometry, *, big_endian: bool, vr: str) -> DecodedFrame:
     """A view of native Pixel Data (byte-swapped copy for big endian), refusing a short one."""
-    _check_length(pixel_data, geom)
+    check_length(pixel_data, geom)
     count = geom.rows * geom.columns
     if geom.bits_allocated == 8:
         if big_endian and vr == "OW":
