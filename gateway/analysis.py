@@ -8,10 +8,10 @@ canonical pixels; :mod:`gateway.response` turns it into the ``/upload`` JSON.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import functools
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +23,7 @@ import numpy as np
 
 from gateway.annotate import draw_boxes, png_data_uri
 from gateway.audit import AuditFacts, AuditLog
+from gateway.budget import DecodeBudget
 from gateway.fusion import Box, Diagnosis, apply_fusion, boxes_from_outputs, diagnose
 from gateway.telemetry import GatewayMetrics
 from gateway.upstream import (
@@ -62,6 +63,8 @@ class Gateway:
     decodable: dict[str, bool] = field(default_factory=dict)
     # Input selection rules (read once; None = INPUT_SELECTION=off).
     selection: dicom.SelectionRules | None = None
+    # Pixel memory all decodes together may hold (DECODE_MEMORY_BUDGET_MB).
+    decode_budget: DecodeBudget = field(default_factory=lambda: DecodeBudget(2048 * 2**20))
     _poller: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -72,7 +75,10 @@ class Gateway:
                 max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS
             )
         )
-        workers = settings.decode_workers or os.cpu_count() or 1
+        workers = settings.decode_workers or dicom.available_cpus()
+        options = decode_options(settings)
+        if options.isolate:
+            dicom.prewarm(options)  # workers import in the background, ready for uploads
         token = settings.internal_token.get_secret_value() if settings.internal_token else None
         breaker = {
             "breaker_failures": settings.breaker_failures,
@@ -96,8 +102,9 @@ class Gateway:
             decode_pool=ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode"),
             metrics=metrics,
             audit=AuditLog(settings.audit_log_path, settings.pseudonym_secret, settings.audit_log),
-            decodable=dicom.decodable_transfer_syntaxes(decode_options(settings)),
+            decodable=dicom.decodable_transfer_syntaxes(options),
             selection=selection_rules(settings),
+            decode_budget=DecodeBudget(settings.decode_memory_budget_mb * 2**20),
         )
 
     async def start(self) -> None:
@@ -153,10 +160,21 @@ def check_detector_answer(
 
 
 def decode_options(settings: Settings) -> dicom.DecodeOptions:
-    """How the DICOM intake runs its crash-prone decoders (worker processes, timeout)."""
+    """How the DICOM intake runs for uploads: in memory-limited workers, under the caps."""
     return dicom.DecodeOptions(
         isolate_decoders=settings.dicom_isolate_decoders,
         decode_timeout_s=settings.dicom_decode_timeout_s,
+        isolate=settings.dicom_isolate_decoders,
+        worker_memory_mb=settings.decode_worker_memory_mb,
+        limits=dicom.DecodeLimits(
+            max_elements=settings.max_dicom_elements,
+            max_sequence_items=settings.max_dicom_sequence_items,
+            max_sequence_depth=settings.max_dicom_sequence_depth,
+            max_fragments=settings.max_dicom_fragments,
+            max_element_bytes=settings.max_dicom_element_bytes,
+            max_inflated_bytes=settings.max_dicom_inflated_bytes,
+            max_pixels=settings.max_pixels,
+        ),
     )
 
 
@@ -173,19 +191,43 @@ async def decode(gateway: Gateway, data: bytes) -> tuple[dicom.CanonicalImage, d
 
     The input selection rules run on the header first: what they refuse is a 422
     (``dicom.NotSelectedError``) before any pixel is decoded, for /upload and /preview.
-    The call runs in a copy of this context so its log lines carry the request id.
+    Two steps, both in a worker process by default (the gateway never parses an
+    upload itself): the header checks and caps (every refusal comes from here,
+    in milliseconds), then, once its pixel memory fits in the decode budget,
+    the decode. The budget is returned when the decode has really finished.
+    Each step runs in a copy of this context so its log lines carry the request id.
     """
     loop = asyncio.get_running_loop()
-    context = contextvars.copy_context()
+    options = decode_options(gateway.settings)
     started = time.perf_counter()
     try:
+        inspect = functools.partial(
+            dicom.inspect_dicom, data, options=options, selection=gateway.selection
+        )
+        facts = await loop.run_in_executor(
+            gateway.decode_pool, contextvars.copy_context().run, inspect
+        )
+        need = facts.decode_bytes
+        await gateway.decode_budget.acquire(need)
         work = functools.partial(
             dicom.decode_dicom, data, gateway.settings.canonical_long_side,
-            options=decode_options(gateway.settings), selection=gateway.selection,
+            options=options, selection=gateway.selection,
         )
-        return await loop.run_in_executor(gateway.decode_pool, context.run, work)
+        try:
+            job = gateway.decode_pool.submit(contextvars.copy_context().run, work)
+        except BaseException:
+            gateway.decode_budget.release(need)
+            raise
+        job.add_done_callback(lambda _: _release_soon(loop, gateway.decode_budget, need))
+        return await asyncio.wrap_future(job)
     finally:
         gateway.metrics.decode_seconds.observe(time.perf_counter() - started)
+
+
+def _release_soon(loop: asyncio.AbstractEventLoop, budget: DecodeBudget, amount: int) -> None:
+    """Return budget from the decode thread, on the loop that owns the budget."""
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nothing waits any more
+        loop.call_soon_threadsafe(budget.release, amount)
 
 
 @dataclass(frozen=True)

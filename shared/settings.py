@@ -95,14 +95,20 @@ class Settings(BaseSettings):
     pseudonym_secret: str = Field(
         "change-me", description="HMAC key for patient_id pseudonyms; set it in production"
     )
-    decode_workers: int = Field(0, ge=0, description="Decode threads; 0 = number of cores")
+    decode_workers: int = Field(
+        0, ge=0,
+        description="Decode threads; 0 = the CPU quota (cgroup cpu.max, else the affinity mask); "
+        "decoder worker processes never exceed the CPU quota",
+    )
     dicom_isolate_decoders: bool = Field(
         True,
-        description="Run GDCM/libjpeg decodes in worker processes, so a decoder that aborts "
-        "costs one upload a 400; false = in-process (debugging only)",
+        description="Parse and decode uploads in memory-limited worker processes, so a hostile "
+        "or crashing file costs one upload a 4xx, never the gateway; false = in-process "
+        "(debugging only)",
     )
     dicom_decode_timeout_s: float = Field(
-        30.0, gt=0, description="Longest one isolated decode may take before its worker is killed"
+        15.0, gt=0,
+        description="Wall deadline of one worker call (parse or decode); the worker is then killed",
     )
 
     # --- gateway: operations (docs/OPERATIONS.md) ---
@@ -249,6 +255,39 @@ class Settings(BaseSettings):
     )
     readiness_timeout_s: float = Field(
         0.8, gt=0, le=5, description="longest one readiness poll of one replica may take"
+    )
+
+    # --- decode budget (issue 12 item 1): what one untrusted upload may cost ---------------
+    decode_worker_memory_mb: int = Field(
+        1536, ge=256,
+        description="Address-space limit (RLIMIT_AS, MiB) of one DICOM decoder worker process",
+    )
+    decode_memory_budget_mb: int = Field(
+        2048, ge=64,
+        description="Decode memory all uploads together may hold (rows x columns x 8 bytes "
+        "each); an upload waits for room, one that can never fit is refused (422)",
+    )
+    max_pixels: int = Field(
+        40_000_000, ge=1, description="Largest image, Rows x Columns, accepted (422)"
+    )
+    max_dicom_elements: int = Field(
+        50_000, ge=100, description="Most data elements in one DICOM, nested ones included (422)"
+    )
+    max_dicom_sequence_items: int = Field(
+        10_000, ge=10, description="Most sequence items in one DICOM, all sequences (422)"
+    )
+    max_dicom_sequence_depth: int = Field(
+        16, ge=2, description="Deepest nesting of sequences in one DICOM (422)"
+    )
+    max_dicom_fragments: int = Field(
+        10_000, ge=1, description="Most fragments in encapsulated Pixel Data (422)"
+    )
+    max_dicom_element_bytes: int = Field(
+        128 * 1024 * 1024, ge=1024 * 1024, description="Longest single DICOM element (422)"
+    )
+    max_dicom_inflated_bytes: int = Field(
+        128 * 1024 * 1024, ge=1024 * 1024,
+        description="Largest size a Deflated DICOM body may inflate to (422)",
     )
 
     @field_validator("spine_default_bundle", mode="before")

@@ -17,7 +17,7 @@ from shared.dicom.errors import (
     UnsupportedDicomError,
 )
 from shared.dicom.header import DicomMetadata
-from shared.dicom.isolate import DecodeOptions, available_cpus
+from shared.dicom.isolate import DecodeOptions, available_cpus, prewarm
 from shared.dicom.limits import DecodeLimits, DicomLimitError
 from shared.dicom.probes import decodable_transfer_syntaxes
 from shared.dicom.selection import (
@@ -48,5 +48,6 @@ __all__ = [
     "encode_png",
     "inspect_dicom",
     "load_rules",
+    "prewarm",
     "select",
 ]

@@ -48,13 +48,17 @@ _UNDEFINED = 0xFFFFFFFF
 _PIXEL_DATA = 0x7FE00010
 _ITEM_DELIMITER = 0xFFFEE00D
 _SEQUENCE_DELIMITER = 0xFFFEE0DD
-_LONG_VRS = frozenset(
-    {b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN", b"UR", b"UT", b"UV"}
-)
-_SHORT_VRS = frozenset(
-    {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT",
-     b"PN", b"SH", b"SL", b"SS", b"ST", b"TM", b"UI", b"UL", b"US"}
-)  # fmt: skip
+_LONG_VR_NAMES = (b"OB", b"OD", b"OF", b"OL", b"OV", b"OW", b"SQ", b"SV", b"UC", b"UN",
+                  b"UR", b"UT", b"UV")  # fmt: skip
+
+
+def _code(vr: bytes) -> int:
+    return vr[0] << 8 | vr[1]
+
+
+# VRs as 16-bit integers (first letter high): the walk compares ints, allocating nothing.
+_LONG = frozenset(_code(vr) for vr in _LONG_VR_NAMES)
+_SQ, _UN, _OB, _OW = _code(b"SQ"), _code(b"UN"), _code(b"OB"), _code(b"OW")
 
 
 class DicomLimitError(UnsupportedDicomError):
@@ -118,8 +122,8 @@ def _sequence_tags() -> frozenset[int]:
 class _Walk:
     """One pass over a byte stream; raises DicomLimitError at the first cap crossed."""
 
-    def __init__(self, data: bytes | memoryview, little: bool, limits: DecodeLimits) -> None:
-        self.data = memoryview(data)
+    def __init__(self, data: bytes, little: bool, limits: DecodeLimits) -> None:
+        self.data = data
         self.end = len(data)
         self.limits = limits
         prefix = "<" if little else ">"
@@ -182,7 +186,7 @@ class _Walk:
         data, end = self.data, self.end
         while pos + 8 <= end and data[pos] == 0x02 and data[pos + 1] == 0x00:
             self._element()
-            if bytes(data[pos + 4 : pos + 6]) in _LONG_VRS:
+            if (data[pos + 4] << 8 | data[pos + 5]) in _LONG:
                 if pos + 12 > end:
                     return end
                 pos += 12 + _U32_LE.unpack_from(data, pos + 8)[0]
@@ -202,45 +206,47 @@ class _Walk:
     def dataset(self, pos: int, end: int, implicit: bool, depth: int, nested: bool) -> int:
         """Walk one dataset; returns the position after it (after its item delimiter)."""
         implicit = self._implicit_at(pos, end, implicit, nested)
-        data, tag_len = self.data, self.tag_len
+        data, tag_len, long_len, short_len = self.data, self.tag_len, self.long_len, self.short_len
         while pos + 8 <= end:
             group, elem, length = tag_len.unpack_from(data, pos)
             tag = group << 16 | elem
             if group == 0xFFFE:
                 return pos + 8 if tag == _ITEM_DELIMITER else end
             self._element()
-            vr = None
+            vr = 0  # implicit: the VR comes from the dictionary
             value = pos + 8
             if not implicit:
-                raw_vr = bytes(data[pos + 4 : pos + 6])
-                if raw_vr in _LONG_VRS:
+                a, b = data[pos + 4], data[pos + 5]
+                code = a << 8 | b
+                if code in _LONG:
                     if pos + 12 > end:
                         return end
-                    vr, value = raw_vr, pos + 12
-                    length = self.long_len.unpack_from(data, pos + 8)[0]
-                elif raw_vr in _SHORT_VRS or b"AA" <= raw_vr <= b"ZZ":
-                    vr, length = raw_vr, self.short_len.unpack_from(data, pos + 6)[0]
+                    vr, value = code, pos + 12
+                    length = long_len.unpack_from(data, pos + 8)[0]
+                elif 0x41 <= a <= 0x5A and 0x41 <= b <= 0x5A:
+                    vr, length = code, short_len.unpack_from(data, pos + 6)[0]
                 # else: an invalid VR, read as implicit (pydicom's assume_implicit_vr_switch)
             if length == _UNDEFINED:
-                if tag == _PIXEL_DATA or vr in (b"OB", b"OW"):
+                if tag == _PIXEL_DATA or vr in (_OB, _OW):
                     pos = self.fragments_at(value, end)
                 else:
-                    pos = self.sequence(value, end, None, implicit or vr == b"UN", depth + 1)
+                    pos = self.sequence(value, end, None, implicit or vr == _UN, depth + 1)
                 continue
             if value + length > end:
                 return end  # truncated: pydicom refuses or stops here too
-            self._length(length)
+            if length > self.limits.max_element_bytes:
+                self._length(length)
             if length >= 8 and tag != _PIXEL_DATA and self._is_sequence(tag, vr, value):
-                self.sequence(value, value + length, length, implicit or vr == b"UN", depth + 1)
+                self.sequence(value, value + length, length, implicit or vr == _UN, depth + 1)
             pos = value + length
         return pos
 
-    def _is_sequence(self, tag: int, vr: bytes | None, value: int) -> bool:
-        if vr == b"SQ":
+    def _is_sequence(self, tag: int, vr: int, value: int) -> bool:
+        if vr == _SQ:
             return True
-        if vr in (None, b"UN") and tag in self.sequence_tags:
+        if vr in (0, _UN) and tag in self.sequence_tags:
             return True
-        return bytes(self.data[value : value + 4]) == self.item_tag
+        return self.data[value : value + 4] == self.item_tag
 
     def sequence(self, pos: int, end: int, length: int | None, implicit: bool, depth: int) -> int:
         """Walk the items of a sequence; returns the position after it."""
@@ -273,7 +279,7 @@ class _Walk:
 
 
 def prescan(
-    data: bytes | memoryview,
+    data: bytes,
     start: int,
     *,
     implicit: bool,

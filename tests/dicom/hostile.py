@@ -264,3 +264,87 @@ def encapsulated_no_meta() -> bytes:
     """A J2K image written as a bare dataset: no preamble, no file meta."""
     ds = pydicom.dcmread(pydicom.filebase.DicomBytesIO(j2k_small()))
     return raw_file(ds, None, with_meta=False)
+
+
+# ------------------------------------------------------------------ resource bombs
+# Small files that cost pydicom far more than their size (issue 12): each one must be
+# refused by a cap of shared.dicom.limits in milliseconds, before pydicom builds anything.
+
+_EXPLICIT_LE = "1.2.840.10008.1.2.1"
+
+
+def _explicit_body(ds: Dataset) -> bytes:
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, ds)
+    return body.getvalue()
+
+
+def _with_meta(body: bytes, transfer_syntax: str = _EXPLICIT_LE) -> bytes:
+    out = DicomBytesIO()
+    out.write(b"\x00" * 128 + b"DICM")
+    meta = pydicom.dataset.FileMetaDataset(small_ds().file_meta)
+    meta.TransferSyntaxUID = transfer_syntax
+    write_file_meta_info(out, meta, enforce_standard=False)
+    return out.getvalue() + body
+
+
+def _split_at_pixel_data(body: bytes) -> tuple[bytes, bytes]:
+    at = body.index(b"\xe0\x7f\x10\x00")
+    return body[:at], body[at:]
+
+
+def _item_bomb_body(items: int) -> bytes:
+    """An explicit LE body whose VOI LUT Sequence (0028,3010) holds `items` empty items."""
+    head, pixels = _split_at_pixel_data(_explicit_body(small_ds()))
+    sequence = (
+        struct.pack("<HH2sHI", 0x0028, 0x3010, b"SQ", 0, 0xFFFFFFFF)
+        + struct.pack("<HHI", 0xFFFE, 0xE000, 0) * items
+        + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    )
+    return head + sequence + pixels
+
+
+def sequence_item_bomb(items: int = 1_000_000) -> bytes:
+    """Explicit VR LE, a VOI LUT Sequence of `items` empty items (8 bytes each)."""
+    return _with_meta(_item_bomb_body(items))
+
+
+def deflated_sequence_item_bomb(items: int = 1_000_000) -> bytes:
+    """The same, Deflated: 1,000,000 items in about 12 KB."""
+    return deflated(deflate_raw(_item_bomb_body(items)))
+
+
+def flat_element_bomb(elements: int = 1_000_000) -> bytes:
+    """`elements` empty private elements (0009,xxxx) LO before the pixels (8 bytes each)."""
+    head, pixels = _split_at_pixel_data(_explicit_body(small_ds()))
+    one = b"".join(struct.pack("<HH2sH", 0x0009, 0x1000 + i, b"LO", 0) for i in range(0x1000))
+    flat = one * (elements // 0x1000)
+    return _with_meta(head + flat + pixels)
+
+
+def fragment_bomb(fragments: int = 1_000_000) -> bytes:
+    """A JPEG 2000 file whose Pixel Data has `fragments` empty fragments after frame 0."""
+    body = _explicit_body(pydicom.dcmread(DicomBytesIO(j2k_small())))
+    head, pixels = _split_at_pixel_data(body)
+    end = struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    assert pixels.endswith(end)
+    extra = struct.pack("<HHI", 0xFFFE, 0xE000, 0) * fragments
+    return _with_meta(head + pixels[: -len(end)] + extra + end, str(JPEG2000Lossless))
+
+
+def j2k_claiming(rows: int = 10_000, columns: int = 10_000) -> bytes:
+    """A tiny JPEG 2000 file whose header and codestream both claim `columns` x `rows`."""
+    ds = pydicom.dcmread(DicomBytesIO(j2k_codestream_claims(rows, columns)))
+    ds.Rows, ds.Columns = rows, columns
+    return to_bytes(ds)
+
+
+# name -> maker; each is refused with 422 naming its cap (tests/dicom, tests/ops).
+BOMBS: dict[str, tuple[Callable[[], bytes], str]] = {
+    "sequence_items": (sequence_item_bomb, "MAX_DICOM_SEQUENCE_ITEMS"),
+    "sequence_items_deflated": (deflated_sequence_item_bomb, "MAX_DICOM_SEQUENCE_ITEMS"),
+    "flat_elements": (flat_element_bomb, "MAX_DICOM_ELEMENTS"),
+    "fragments": (fragment_bomb, "MAX_DICOM_FRAGMENTS"),
+    "j2k_claims_10000x10000": (j2k_claiming, "MAX_PIXELS"),
+}

@@ -1,0 +1,169 @@
+"""The resource budget of one upload: caps by prescan, workers with RLIMIT_AS, pool sizing.
+
+Each bomb (tests/dicom/hostile.py BOMBS) must be refused by its cap, naming the
+setting, in milliseconds and without big allocations, in-process and in the
+gateway's isolated mode; the workers must really run under their address-space
+limit, with a scrubbed environment; the pool is sized from the cgroup quota.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from shared import dicom
+from shared.dicom import isolate, limits
+from tests.dicom import hostile
+from tests.dicom.corpus import to_bytes
+
+ISOLATED = dicom.DecodeOptions(isolate=True, worker_memory_mb=1024, decode_timeout_s=10)
+
+
+@pytest.mark.parametrize("name", sorted(hostile.BOMBS))
+def test_bomb_is_refused_by_its_cap_in_process(name: str) -> None:
+    maker, limit = hostile.BOMBS[name]
+    data = maker()
+    started = time.perf_counter()
+    with pytest.raises(dicom.DicomLimitError) as info:
+        dicom.decode_dicom(data)
+    elapsed = time.perf_counter() - started
+    assert info.value.limit == limit and limit in info.value.message
+    assert info.value.status_code == 422
+    assert elapsed < 1.0, f"{elapsed:.2f} s"
+    tracemalloc.start()  # (it slows the walk down 30x: timed above, without it)
+    try:
+        with pytest.raises(dicom.DicomLimitError):
+            dicom.decode_dicom(data)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 40 * 1024 * 1024, f"allocated {peak / 2**20:.0f} MiB"  # pydicom: 600+
+
+
+@pytest.mark.parametrize("name", sorted(hostile.BOMBS))
+def test_bomb_is_refused_by_its_cap_in_a_worker(name: str) -> None:
+    maker, limit = hostile.BOMBS[name]
+    data = maker()
+    dicom.inspect_dicom(to_bytes(hostile.small_ds()), options=ISOLATED)  # a worker is up
+    started = time.perf_counter()
+    with pytest.raises(dicom.DicomLimitError) as info:
+        dicom.inspect_dicom(data, options=ISOLATED)
+    assert info.value.limit == limit
+    assert time.perf_counter() - started < 2.0
+
+
+def test_isolated_decode_is_identical_to_in_process() -> None:
+    for maker in (lambda: to_bytes(hostile.small_ds()), hostile.j2k_small):
+        data = maker()
+        here, meta_here = dicom.decode_dicom(data)
+        there, meta_there = dicom.decode_dicom(data, options=ISOLATED)
+        assert np.array_equal(here.pixels, there.pixels) and here.warnings == there.warnings
+        assert meta_here == meta_there
+        facts = dicom.inspect_dicom(data, options=ISOLATED)
+        assert (facts.rows, facts.columns) == (meta_here.rows, meta_here.columns)
+        assert facts.decode_bytes == facts.rows * facts.columns * limits.DECODE_BYTES_PER_PIXEL
+
+
+def test_caps_are_configurable_and_inclusive() -> None:
+    data = hostile.sequence_item_bomb(100)
+    loose = dicom.DecodeOptions(limits=dicom.DecodeLimits(max_sequence_items=100))
+    tight = dicom.DecodeOptions(limits=dicom.DecodeLimits(max_sequence_items=99))
+    dicom.decode_dicom(data, options=loose)  # exactly at the cap: decodes
+    with pytest.raises(dicom.DicomLimitError, match="more than 99 sequence items"):
+        dicom.decode_dicom(data, options=tight)
+    small = dicom.DecodeOptions(limits=dicom.DecodeLimits(max_pixels=64 * 48 - 1))
+    with pytest.raises(dicom.DicomLimitError, match="MAX_PIXELS"):
+        dicom.decode_dicom(to_bytes(hostile.small_ds()), options=small)
+
+
+def test_deep_nesting_is_refused() -> None:
+    import struct
+
+    head, pixels = hostile._split_at_pixel_data(hostile._explicit_body(hostile.small_ds()))
+    open_sq = struct.pack("<HH2sHI", 0x0009, 0x1010, b"SQ", 0, 0xFFFFFFFF) + struct.pack(
+        "<HHI", 0xFFFE, 0xE000, 0xFFFFFFFF
+    )
+    close_sq = struct.pack("<HHI", 0xFFFE, 0xE00D, 0) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0)
+    nested = hostile._with_meta(head + open_sq * 40 + close_sq * 40 + pixels)
+    with pytest.raises(dicom.DicomLimitError, match="MAX_DICOM_SEQUENCE_DEPTH"):
+        dicom.decode_dicom(nested)
+
+
+def _worker_pids() -> list[int]:
+    return [w.process.pid for w in list(isolate._all) if w.process.poll() is None]
+
+
+def test_workers_run_under_rlimit_as_with_a_scrubbed_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("PSEUDONYM_SECRET", "must-not-reach-a-worker")
+    options = dicom.DecodeOptions(isolate=True, worker_memory_mb=900)
+    dicom.inspect_dicom(to_bytes(hostile.small_ds()), options=options)
+    mine = [w for w in list(isolate._all) if w.memory_mb == 900 and w.process.poll() is None]
+    assert mine
+    pid = mine[0].process.pid
+    limits_text = Path(f"/proc/{pid}/limits").read_text()
+    line = next(row for row in limits_text.splitlines() if row.startswith("Max address space"))
+    assert line.split()[3:5] == [str(900 * 2**20)] * 2, line  # soft and hard
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert not any(b"PSEUDONYM_SECRET" in entry for entry in environ)
+    assert b"OPENBLAS_NUM_THREADS=1" in environ
+
+
+def test_out_of_worker_memory_is_a_refusal_not_a_crash() -> None:
+    """A 36-megapixel JPEG 2000 claim decoded in a worker with too little address space."""
+    data = hostile.j2k_claiming(6000, 6000)  # under MAX_PIXELS: the decoder runs
+    options = dicom.DecodeOptions(isolate=True, worker_memory_mb=420, decode_timeout_s=10)
+    with pytest.raises(dicom.DicomError):
+        dicom.decode_dicom(data, options=options)
+    canonical, _ = dicom.decode_dicom(to_bytes(hostile.small_ds()), options=options)
+    assert canonical.pixels.shape == (64, 48)  # the pool recovered
+
+
+def test_a_killed_worker_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = to_bytes(hostile.small_ds())
+    dicom.inspect_dicom(data, options=ISOLATED)
+    for pid in _worker_pids():
+        os.kill(pid, 9)
+    time.sleep(0.2)
+    assert dicom.inspect_dicom(data, options=ISOLATED).rows == 64  # retried on a fresh one
+
+
+@pytest.mark.parametrize(
+    ("v2", "v1", "affinity", "expected"),
+    [
+        ("max 100000\n", None, 16, 16),
+        ("200000 100000\n", None, 16, 2),
+        ("150000 100000\n", None, 16, 2),  # 1.5 CPUs: two workers
+        ("50000 100000\n", None, 16, 1),
+        (None, ("300000", "100000"), 16, 3),
+        (None, ("-1", "100000"), 16, 16),
+        ("400000 100000\n", None, 2, 2),  # the affinity mask is smaller
+        (None, None, 4, 4),
+    ],
+)
+def test_pool_size_follows_the_cgroup_quota(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    v2: str | None,
+    v1: tuple[str, str] | None,
+    affinity: int,
+    expected: int,
+) -> None:
+    cpu_max = tmp_path / "cpu.max"
+    if v2 is not None:
+        cpu_max.write_text(v2)
+    v1_dir = tmp_path / "cpu"
+    if v1 is not None:
+        v1_dir.mkdir()
+        (v1_dir / "cpu.cfs_quota_us").write_text(v1[0])
+        (v1_dir / "cpu.cfs_period_us").write_text(v1[1])
+    monkeypatch.setattr(isolate, "_CGROUP_V2", cpu_max)
+    monkeypatch.setattr(isolate, "_CGROUP_V1", (v1_dir,))
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(affinity)))
+    assert isolate.available_cpus() == expected
