@@ -189,36 +189,43 @@ def selection_rules(settings: Settings) -> dicom.SelectionRules | None:
 async def decode(gateway: Gateway, data: bytes) -> tuple[dicom.CanonicalImage, dicom.DicomMetadata]:
     """DICOM bytes -> canonical image, in the decode pool (never on the event loop).
 
-    The input selection rules run on the header first: what they refuse is a 422
-    (``dicom.NotSelectedError``) before any pixel is decoded, for /upload and /preview.
-    Two steps, both in a worker process by default (the gateway never parses an
-    upload itself): the header checks and caps (every refusal comes from here,
-    in milliseconds), then, once its pixel memory fits in the decode budget,
-    the decode. The budget is returned when the decode has really finished.
-    Each step runs in a copy of this context so its log lines carry the request id.
+    Everything runs in a worker process by default (the gateway never parses an
+    upload itself), under the decode-memory budget, which is returned when the
+    decode has really finished. While the budget has room for the largest image
+    ``MAX_PIXELS`` allows, that much is held and the upload goes to a worker in one
+    call; otherwise the header step runs first (every refusal comes from it, in
+    milliseconds) and the decode waits until the image's own cost fits.
+    The input selection rules run on the header in either step: what they refuse
+    is a 422 (``dicom.NotSelectedError``) before any pixel is decoded, for /upload
+    and /preview. Each step runs in a copy of this context so its log lines carry
+    the request id.
     """
     loop = asyncio.get_running_loop()
-    options = decode_options(gateway.settings)
+    settings = gateway.settings
+    options = decode_options(settings)
+    budget = gateway.decode_budget
     started = time.perf_counter()
     try:
-        inspect = functools.partial(
-            dicom.inspect_dicom, data, options=options, selection=gateway.selection
-        )
-        facts = await loop.run_in_executor(
-            gateway.decode_pool, contextvars.copy_context().run, inspect
-        )
-        need = facts.decode_bytes
-        await gateway.decode_budget.acquire(need)
+        need = dicom.decode_bytes(settings.max_pixels, 1)  # the largest image allowed
+        if not budget.try_acquire(need):
+            inspect = functools.partial(
+                dicom.inspect_dicom, data, options=options, selection=gateway.selection
+            )
+            facts = await loop.run_in_executor(
+                gateway.decode_pool, contextvars.copy_context().run, inspect
+            )
+            need = facts.decode_bytes
+            await budget.acquire(need)
         work = functools.partial(
-            dicom.decode_dicom, data, gateway.settings.canonical_long_side,
+            dicom.decode_dicom, data, settings.canonical_long_side,
             options=options, selection=gateway.selection,
         )
         try:
             job = gateway.decode_pool.submit(contextvars.copy_context().run, work)
         except BaseException:
-            gateway.decode_budget.release(need)
+            budget.release(need)
             raise
-        job.add_done_callback(lambda _: _release_soon(loop, gateway.decode_budget, need))
+        job.add_done_callback(lambda _: _release_soon(loop, budget, need))
         return await asyncio.wrap_future(job)
     finally:
         gateway.metrics.decode_seconds.observe(time.perf_counter() - started)

@@ -52,6 +52,13 @@ class DecodeBudget:
                 self._wake()  # a cancelled head of the line must not block the others
             raise
 
+    def try_acquire(self, amount: int) -> bool:
+        """Hold `amount` bytes if they fit now and nobody waits; never blocks."""
+        if self._waiters or self.used + amount > self.capacity:
+            return False
+        self.used += amount
+        return True
+
     def release(self, amount: int) -> None:
         """Return `amount` bytes and grant them to the waiters first in line."""
         self.used = max(0, self.used - amount)

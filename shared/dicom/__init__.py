@@ -18,7 +18,7 @@ from shared.dicom.errors import (
 )
 from shared.dicom.header import DicomMetadata
 from shared.dicom.isolate import DecodeOptions, available_cpus, prewarm
-from shared.dicom.limits import DecodeLimits, DicomLimitError
+from shared.dicom.limits import DecodeLimits, DicomLimitError, decode_bytes
 from shared.dicom.probes import decodable_transfer_syntaxes
 from shared.dicom.selection import (
     InvalidRulesError,
@@ -44,6 +44,7 @@ __all__ = [
     "UnsupportedDicomError",
     "available_cpus",
     "decodable_transfer_syntaxes",
+    "decode_bytes",
     "decode_dicom",
     "encode_png",
     "inspect_dicom",

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
 import math
 import os
 import pickle
@@ -119,6 +120,19 @@ class DecodeOptions:
 
 
 _HEADER = struct.Struct(">Q")
+_PIPE_BYTES = 1 << 20
+
+
+def _widen_pipe(stream: Any) -> None:
+    """A 1 MiB pipe buffer (Linux; default 64 KiB): a 5 MB upload crosses in 5 wake-ups, not 80.
+
+    Every full buffer is a context switch each way, which on a busy host costs
+    far more than copying the bytes.
+    """
+    setpipe = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if stream is not None and setpipe is not None:
+        with contextlib.suppress(OSError):
+            fcntl.fcntl(stream.fileno(), setpipe, _PIPE_BYTES)
 
 
 def _worker_env() -> dict[str, str]:
@@ -155,6 +169,8 @@ class _Worker:
             env=_worker_env(),
             close_fds=True,
         )
+        for stream in (self.process.stdin, self.process.stdout):
+            _widen_pipe(stream)
 
     def call(
         self, fn: Callable[..., Any], args: tuple[Any, ...], deadline: float

@@ -1,6 +1,11 @@
 """Property: for any mutation of a valid DICOM, decode_dicom returns a valid canonical
 image or raises DicomError: never another exception, never a hang.
 
+And under the gateway's budget (issue 12): the same input decoded the gateway's way,
+in a worker process with its address-space limit and deadline, gives the same
+answer, and no input crosses the budget: no MemoryError and no worker out of
+memory, nothing near the deadline, only DicomError subclasses.
+
 Seeds are small valid files in every encoding we can make here; mutations
 flip bytes, truncate, splice garbage, drop elements and change header values.
 DICOM_FUZZ_EXAMPLES=5000 explores further than the default CI budget.
@@ -10,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +25,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
+from gateway.analysis import decode_options
 from shared import dicom
+from shared.settings import Settings
 from tests.dicom import hostile
 from tests.dicom.corpus import ENCODINGS, convert, to_bytes
 from tests.tools import have_tools
@@ -70,13 +78,40 @@ def seeds(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
     return _seeds(tmp_path_factory.mktemp("fuzz"))
 
 
+# The gateway's options from default Settings: isolated, RLIMIT_AS, deadline, caps.
+BUDGET = decode_options(Settings(_env_file=None))
+assert BUDGET.isolate and BUDGET.worker_memory_mb > 0
+
+
+def _budgeted(data: bytes) -> tuple[np.ndarray, dicom.DicomMetadata] | dicom.DicomError:
+    """decode_dicom the gateway's way; asserts the input stays inside the budget."""
+    started = time.perf_counter()
+    try:
+        canonical, meta = dicom.decode_dicom(data, long_side=256, options=BUDGET)
+        result: tuple[np.ndarray, dicom.DicomMetadata] | dicom.DicomError = (
+            canonical.pixels, meta
+        )
+    except dicom.DicomError as exc:
+        result = exc
+        for crossed in ("DICOM_DECODE_TIMEOUT_S", "DECODE_WORKER_MEMORY_MB"):
+            assert crossed not in exc.message, exc.message
+    elapsed = time.perf_counter() - started
+    assert elapsed < BUDGET.decode_timeout_s / 2, f"{elapsed:.1f} s"
+    return result
+
+
 def _check(data: bytes) -> None:
+    budgeted = _budgeted(data)
     try:
         canonical, meta = dicom.decode_dicom(data, long_side=256)
     except dicom.DicomError as exc:
         assert exc.status_code in (400, 422)
         assert isinstance(exc.message, str) and exc.message
+        assert isinstance(budgeted, dicom.DicomError), "decoded only in the worker"
+        assert (type(budgeted), budgeted.message) == (type(exc), exc.message)
         return
+    assert not isinstance(budgeted, dicom.DicomError), budgeted.message
+    assert np.array_equal(budgeted[0], canonical.pixels) and budgeted[1] == meta
     pixels = canonical.pixels
     assert pixels.dtype == np.uint8 and pixels.ndim == 2 and pixels.flags.c_contiguous
     assert 0 < max(pixels.shape) <= 256
