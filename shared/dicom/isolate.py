@@ -27,8 +27,11 @@ container (:func:`available_cpus`), not the host's core count.
 from __future__ import annotations
 
 import atexit
+import builtins
 import contextlib
 import fcntl
+import importlib
+import io
 import math
 import os
 import pickle
@@ -40,12 +43,13 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, is_dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from shared.dicom.errors import NotDicomError
 from shared.dicom.limits import DecodeLimits
+from shared.errors import ServiceError
 
 __all__ = ["DecodeOptions", "available_cpus", "prewarm", "run_isolated", "shutdown"]
 
@@ -153,6 +157,59 @@ def _worker_env() -> dict[str, str]:
     }
 
 
+# What a worker's reply may contain: our package's dataclasses and errors, numpy arrays,
+# builtin exceptions. A worker parses hostile bytes with native code; should one ever be
+# subverted, its reply must not be able to make the gateway call anything else.
+_NUMPY_GLOBALS = frozenset(
+    {
+        ("numpy", "dtype"),
+        ("numpy", "ndarray"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy._core.numeric", "_frombuffer"),
+    }
+)
+
+
+class _ReplyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _NUMPY_GLOBALS:
+            return super().find_class(module, name)
+        if module == "builtins":
+            found = getattr(builtins, name, None)
+            if isinstance(found, type) and issubclass(found, BaseException):
+                return found
+        elif module == "shared.dicom" or module.startswith("shared.dicom."):
+            found = super().find_class(module, name)
+            if isinstance(found, type) and (is_dataclass(found) or issubclass(found, Exception)):
+                return found
+        raise pickle.UnpicklingError(f"a worker reply may not contain {module}.{name}")
+
+
+def _loads(data: bytes) -> tuple[bool, Any]:
+    return _ReplyUnpickler(io.BytesIO(data)).load()  # type: ignore[no-any-return]
+
+
+def _rebuild_error(module: str, qualname: str, message: str, state: dict[str, Any]) -> Exception:
+    """The worker's ServiceError again (see worker._error_reply), or a generic one."""
+    try:
+        cls = getattr(importlib.import_module(module), qualname)
+    except (ImportError, AttributeError):
+        cls = None
+    if not (
+        module.startswith("shared.") and isinstance(cls, type) and issubclass(cls, ServiceError)
+    ):
+        return NotDicomError("The image decoder sent an unreadable answer; the file is hostile.")
+    error = cls.__new__(cls)
+    Exception.__init__(error, message)
+    error.__dict__.update(state)
+    error.message = message
+    return error  # type: ignore[no-any-return]
+
+
 class _WorkerDied(Exception):
     """The worker exited, closed its pipe or sent garbage: it crashed."""
 
@@ -185,9 +242,12 @@ class _Worker:
             raise _WorkerDied from None
         size = _HEADER.unpack(self._read(stdout, _HEADER.size, deadline))[0]
         try:
-            return pickle.loads(self._read(stdout, size, deadline))  # type: ignore[no-any-return]
+            ok, value = _loads(self._read(stdout, size, deadline))
         except Exception:
             raise _WorkerDied from None
+        if not ok and isinstance(value, tuple) and value[:1] == ("service-error",):
+            value = _rebuild_error(*value[1:])
+        return ok, value
 
     @staticmethod
     def _read(stream: Any, size: int, deadline: float) -> bytes:

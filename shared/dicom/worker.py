@@ -24,6 +24,7 @@ import struct
 import sys
 
 from shared.dicom.limits import DicomLimitError, prepare_prescan
+from shared.errors import ServiceError
 
 _HEADER = struct.Struct(">Q")
 _ALLOWED_MODULES = frozenset(
@@ -63,6 +64,18 @@ def _out_of_memory(memory_mb: int) -> Exception:
     )
 
 
+def _error_reply(exc: Exception) -> object:
+    """A ServiceError as plain data: its class, message and attributes (see isolate._rebuild).
+
+    Our error classes may take keyword-only arguments, which default exception
+    pickling cannot call; plain data also keeps the parent's unpickler strict.
+    """
+    if isinstance(exc, ServiceError):
+        state = {k: v for k, v in vars(exc).items() if isinstance(v, (str, int, float, type(None)))}
+        return ("service-error", type(exc).__module__, type(exc).__qualname__, exc.message, state)
+    return exc
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m shared.dicom.worker")
     parser.add_argument("--memory-mb", type=int, default=0, help="RLIMIT_AS in MiB; 0 = none")
@@ -93,14 +106,14 @@ def main() -> None:
             fn = getattr(importlib.import_module(module_name), name)
             reply = (True, fn(*args))
         except MemoryError:
-            reply = (False, _out_of_memory(memory_mb))
+            reply = (False, _error_reply(_out_of_memory(memory_mb)))
         except Exception as exc:  # sent back and re-raised in the parent
-            reply = (False, exc)
+            reply = (False, _error_reply(exc))
         del payload, args
         try:
             data = pickle.dumps(reply, protocol=5)
         except MemoryError:
-            data = pickle.dumps((False, _out_of_memory(memory_mb)), protocol=5)
+            data = pickle.dumps((False, _error_reply(_out_of_memory(memory_mb))), protocol=5)
         except Exception:
             data = pickle.dumps((False, RuntimeError("unpicklable decoder result")), protocol=5)
         del reply

@@ -167,3 +167,31 @@ def test_pool_size_follows_the_cgroup_quota(
     monkeypatch.setattr(isolate, "_CGROUP_V1", (v1_dir,))
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(affinity)))
     assert isolate.available_cpus() == expected
+
+
+def test_errors_with_keyword_arguments_cross_the_worker_pipe() -> None:
+    """Input selection refusals (NotSelectedError takes ``rule=``) come back as themselves."""
+    from gateway.analysis import selection_rules
+    from shared.settings import Settings
+
+    rules = selection_rules(Settings(_env_file=None))
+    assert rules is not None
+    ds = hostile.small_ds()
+    ds.BodyPartExamined = "CHEST"
+    data = to_bytes(ds)
+    with pytest.raises(dicom.NotSelectedError) as here:
+        dicom.decode_dicom(data, selection=rules)
+    for call in (dicom.decode_dicom, dicom.inspect_dicom):
+        with pytest.raises(dicom.NotSelectedError) as there:
+            call(data, options=ISOLATED, selection=rules)
+        assert (there.value.message, there.value.rule) == (here.value.message, here.value.rule)
+
+
+def test_a_worker_reply_cannot_name_arbitrary_callables() -> None:
+    import pickle
+
+    evil = pickle.dumps((True, os.system), protocol=5)
+    with pytest.raises(pickle.UnpicklingError):
+        isolate._loads(evil)
+    ok = pickle.dumps((True, dicom.decode_dicom(to_bytes(hostile.small_ds()))), protocol=5)
+    assert isolate._loads(ok)[1][0].pixels.shape == (64, 48)
