@@ -119,6 +119,13 @@ def _sequence_tags() -> frozenset[int]:
     return frozenset(tag for tag, entry in DicomDictionary.items() if entry[0] == "SQ")
 
 
+_NOUNS = {
+    "MAX_DICOM_ELEMENTS": "data elements",
+    "MAX_DICOM_SEQUENCE_ITEMS": "sequence items",
+    "MAX_DICOM_FRAGMENTS": "fragments",
+}
+
+
 class _Walk:
     """One pass over a byte stream; raises DicomLimitError at the first cap crossed."""
 
@@ -136,32 +143,28 @@ class _Walk:
 
     # -- counters -------------------------------------------------------------
 
-    def _element(self) -> None:
-        self.elements += 1
-        if self.elements > self.limits.max_elements:
+    def _count(self, counter: str, limit: int, what: str, setting: str) -> None:
+        """Add one to ``counter``; past ``limit`` the file is refused, naming the setting."""
+        value = getattr(self, counter) + 1
+        setattr(self, counter, value)
+        if value > limit:
             raise DicomLimitError(
-                f"The DICOM file has more than {self.limits.max_elements} data elements "
-                "(limit MAX_DICOM_ELEMENTS).",
-                "MAX_DICOM_ELEMENTS",
+                f"The DICOM {what} more than {limit} {_NOUNS[setting]} (limit {setting}).",
+                setting,
             )
+
+    def _element(self) -> None:
+        self._count("elements", self.limits.max_elements, "file has", "MAX_DICOM_ELEMENTS")
 
     def _item(self) -> None:
-        self.items += 1
-        if self.items > self.limits.max_sequence_items:
-            raise DicomLimitError(
-                f"The DICOM file has more than {self.limits.max_sequence_items} sequence "
-                "items (limit MAX_DICOM_SEQUENCE_ITEMS).",
-                "MAX_DICOM_SEQUENCE_ITEMS",
-            )
+        self._count(
+            "items", self.limits.max_sequence_items, "file has", "MAX_DICOM_SEQUENCE_ITEMS"
+        )
 
     def _fragment(self) -> None:
-        self.fragments += 1
-        if self.fragments > self.limits.max_fragments:
-            raise DicomLimitError(
-                f"The DICOM Pixel Data has more than {self.limits.max_fragments} fragments "
-                "(limit MAX_DICOM_FRAGMENTS).",
-                "MAX_DICOM_FRAGMENTS",
-            )
+        self._count(
+            "fragments", self.limits.max_fragments, "Pixel Data has", "MAX_DICOM_FRAGMENTS"
+        )
 
     def _depth(self, depth: int) -> None:
         if depth > self.limits.max_sequence_depth:
