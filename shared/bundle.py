@@ -22,6 +22,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
+from shared.mappings import deep_merge
+
 MANIFEST_NAMES = ("manifest.yaml", "manifest.yml")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -172,16 +174,6 @@ class BundleError(RuntimeError):
     """A bundle that cannot be served; the message names the file and the problem."""
 
 
-def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Dicts merge key by key; anything else (lists included) is replaced whole."""
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            merged[key] = _deep_merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
-
 
 def manifest_path(model_dir: Path) -> Path | None:
     for name in MANIFEST_NAMES:
@@ -204,7 +196,7 @@ def load_manifest(model_dir: Path) -> BundleManifest:
             raise BundleError(f"{path}: not valid YAML: {exc}") from exc
         if not isinstance(override, dict):
             raise BundleError(f"{path}: the manifest must be a YAML mapping")
-        data = _deep_merge(DEFAULT_MANIFEST, override)
+        data = deep_merge(DEFAULT_MANIFEST, override)
     try:
         manifest = BundleManifest.model_validate(data)
     except ValidationError as exc:

@@ -34,6 +34,7 @@ from pydicom.uid import UID
 
 from shared.dicom.errors import NotSelectedError
 from shared.dicom.header import Examination, ImageHeader, read_examination
+from shared.mappings import deep_merge
 
 __all__ = [
     "RULE_BODY_PART",
@@ -186,19 +187,10 @@ def load_rules(path: Path | None = None) -> SelectionRules:
     if not isinstance(custom, Mapping):
         raise InvalidRulesError(f"input selection rules {path}: expected a mapping at the top")
     try:
-        return SelectionRules.model_validate(_merge(_default_mapping(), custom))
+        return SelectionRules.model_validate(deep_merge(_default_mapping(), custom))
     except ValidationError as exc:
         raise InvalidRulesError(f"input selection rules {path}: {exc}") from None
 
-
-def _merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in override.items():
-        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
-            merged[key] = _merge(merged[key], value)
-        else:
-            merged[key] = value
-    return merged
 
 
 # ---------------------------------------------------------------- the decision
