@@ -129,3 +129,21 @@ def _make_detector_fire(path: Path) -> None:
             last.bias[:] = -10.0
             last.bias[2] = 0.5  # class 2 "Disc space narrowing" everywhere
     torch.save(checkpoint, path)
+
+
+TINY_TIMM_ARCH = "resnet10t"
+
+
+def tiny_timm_classifier(seed: int = 0) -> torch.nn.Module:
+    """A small random timm classifier (one logit) for checkpoint-loading tests."""
+    import timm
+
+    torch.manual_seed(seed)
+    return timm.create_model(TINY_TIMM_ARCH, pretrained=False, num_classes=1).eval()
+
+
+def same_output(a: torch.nn.Module, b: torch.nn.Module, atol: float = 1e-4) -> bool:
+    """Whether two classifiers give the same logits on one fixed random image."""
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        return torch.allclose(a(x), b(x), atol=atol)

@@ -9,20 +9,14 @@ import timm
 import torch
 
 from classifier_service.checkpoints import CheckpointError, load_classifier
+from tests.factories import TINY_TIMM_ARCH, same_output, tiny_timm_classifier
 
-ARCH = "resnet10t"
+ARCH = TINY_TIMM_ARCH
 
 
 @pytest.fixture(scope="module")
 def reference() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return timm.create_model(ARCH, pretrained=False, num_classes=1).eval()
-
-
-def _same_output(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        return torch.allclose(a(x), b(x), atol=1e-3)
+    return tiny_timm_classifier()
 
 
 @pytest.mark.parametrize(
@@ -44,7 +38,7 @@ def test_layouts_load_to_the_same_model(layout: str, reference: torch.nn.Module,
         payload = {layout: state, "epoch": 3}
     path = tmp_path / "ckpt.pth"
     torch.save(payload, path)
-    assert _same_output(load_classifier(path, ARCH, 1), reference)
+    assert same_output(load_classifier(path, ARCH, 1), reference, atol=1e-3)
 
 
 def test_wrong_arch_names_the_file(reference: torch.nn.Module, tmp_path: Path) -> None:

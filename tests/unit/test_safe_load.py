@@ -12,7 +12,6 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 import pytest
-import timm
 import torch
 
 from classifier_service.checkpoints import load_classifier
@@ -25,9 +24,9 @@ from shared.serving.safe_load import (
     allowed_entries,
     safe_load,
 )
-from tests.factories import TouchMarker
+from tests.factories import TINY_TIMM_ARCH, TouchMarker, same_output, tiny_timm_classifier
 
-ARCH = "resnet10t"
+ARCH = TINY_TIMM_ARCH
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -51,14 +50,7 @@ class TrainingConfig:
 
 @pytest.fixture(scope="module")
 def reference() -> torch.nn.Module:
-    torch.manual_seed(0)
-    return timm.create_model(ARCH, pretrained=False, num_classes=1).eval()
-
-
-def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        return torch.allclose(a(x), b(x), atol=1e-4)
+    return tiny_timm_classifier()
 
 
 def original_style(model: torch.nn.Module, **extra: object) -> dict[str, object]:
@@ -82,7 +74,7 @@ def original_style(model: torch.nn.Module, **extra: object) -> dict[str, object]
 def test_original_checkpoint_with_numpy_and_namespace_loads(reference, tmp_path: Path) -> None:
     path = tmp_path / "model_best.pth"
     torch.save(original_style(reference), path)
-    assert _same(load_classifier(path, ARCH, 1), reference)
+    assert same_output(load_classifier(path, ARCH, 1), reference)
     loaded = safe_load(path, CLASSIFIER)
     assert float(loaded["best_auc"]) == pytest.approx(0.9132)
     assert loaded["args"].output == PurePosixPath("ensemble output/x")  # pure: no file methods
@@ -177,7 +169,7 @@ def test_unlisted_benign_global_needs_conversion_or_trust(reference, tmp_path: P
     with pytest.raises(UnsafeCheckpointError, match="TrainingConfig"):
         load_classifier(path, ARCH, 1)
     _, trusted = check_pins(path, CheckpointPins(allow_unsafe_pickle_sha256=sha256_file(path)))
-    assert trusted and _same(load_classifier(path, ARCH, 1, trusted=True), reference)
+    assert trusted and same_output(load_classifier(path, ARCH, 1, trusted=True), reference)
 
 
 def test_convert_checkpoint_makes_an_unlisted_global_loadable(reference, tmp_path: Path) -> None:
@@ -192,7 +184,7 @@ def test_convert_checkpoint_makes_an_unlisted_global_loadable(reference, tmp_pat
     assert done.returncode == 0, done.stderr
     assert "WARNING" in done.stderr and "IN FULL" in done.stderr
     assert torch.serialization.get_unsafe_globals_in_checkpoint(str(target)) == []
-    assert _same(load_classifier(target, ARCH, 1), reference)
+    assert same_output(load_classifier(target, ARCH, 1), reference)
     converted = torch.load(target, weights_only=True)
     assert converted["metadata"]["epoch"] == 17
     assert converted["metadata"]["best_auc"] == pytest.approx(0.9132)
