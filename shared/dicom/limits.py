@@ -119,6 +119,12 @@ def _sequence_tags() -> frozenset[int]:
     return frozenset(tag for tag, entry in DicomDictionary.items() if entry[0] == "SQ")
 
 
+def _refuse_over(value: int, limit: int, what: str, setting: str) -> None:
+    """Past ``limit``: a 422 whose message says what was too much and which setting caps it."""
+    if value > limit:
+        raise DicomLimitError(f"{what} (limit {setting}).", setting)
+
+
 _NOUNS = {
     "MAX_DICOM_ELEMENTS": "data elements",
     "MAX_DICOM_SEQUENCE_ITEMS": "sequence items",
@@ -147,11 +153,9 @@ class _Walk:
         """Add one to ``counter``; past ``limit`` the file is refused, naming the setting."""
         value = getattr(self, counter) + 1
         setattr(self, counter, value)
-        if value > limit:
-            raise DicomLimitError(
-                f"The DICOM {what} more than {limit} {_NOUNS[setting]} (limit {setting}).",
-                setting,
-            )
+        _refuse_over(
+            value, limit, f"The DICOM {what} more than {limit} {_NOUNS[setting]}", setting
+        )
 
     def _element(self) -> None:
         self._count("elements", self.limits.max_elements, "file has", "MAX_DICOM_ELEMENTS")
@@ -167,20 +171,14 @@ class _Walk:
         )
 
     def _depth(self, depth: int) -> None:
-        if depth > self.limits.max_sequence_depth:
-            raise DicomLimitError(
-                f"The DICOM file nests sequences more than {self.limits.max_sequence_depth} "
-                "deep (limit MAX_DICOM_SEQUENCE_DEPTH).",
-                "MAX_DICOM_SEQUENCE_DEPTH",
-            )
+        limit = self.limits.max_sequence_depth
+        what = f"The DICOM file nests sequences more than {limit} deep"
+        _refuse_over(depth, limit, what, "MAX_DICOM_SEQUENCE_DEPTH")
 
     def _length(self, length: int) -> None:
-        if length > self.limits.max_element_bytes:
-            raise DicomLimitError(
-                f"A DICOM element is longer than {self.limits.max_element_bytes // 2**20} MiB "
-                "(limit MAX_DICOM_ELEMENT_BYTES).",
-                "MAX_DICOM_ELEMENT_BYTES",
-            )
+        limit = self.limits.max_element_bytes
+        what = f"A DICOM element is longer than {limit // 2**20} MiB"
+        _refuse_over(length, limit, what, "MAX_DICOM_ELEMENT_BYTES")
 
     # -- structure ------------------------------------------------------------
 
