@@ -36,8 +36,6 @@ import math
 import os
 import pickle
 import queue
-import select
-import struct
 import subprocess
 import sys
 import threading
@@ -49,6 +47,7 @@ from typing import Any, TypeVar
 
 from shared.dicom.errors import NotDicomError
 from shared.dicom.limits import DecodeLimits
+from shared.dicom.pipes import HEADER, read_exact
 from shared.errors import ServiceError
 
 __all__ = ["DecodeOptions", "available_cpus", "prewarm", "run_isolated", "shutdown"]
@@ -123,7 +122,6 @@ class DecodeOptions:
         return replace(self, isolate=False, isolate_decoders=False)
 
 
-_HEADER = struct.Struct(">Q")
 _PIPE_BYTES = 1 << 20
 
 
@@ -236,11 +234,11 @@ class _Worker:
         stdin, stdout = self.process.stdin, self.process.stdout
         assert stdin is not None and stdout is not None
         try:
-            stdin.write(_HEADER.pack(len(payload)) + payload)
+            stdin.write(HEADER.pack(len(payload)) + payload)
             stdin.flush()
         except (BrokenPipeError, OSError):
             raise _WorkerDied from None
-        size = _HEADER.unpack(self._read(stdout, _HEADER.size, deadline))[0]
+        size = HEADER.unpack(self._read(stdout, HEADER.size, deadline))[0]
         try:
             ok, value = _loads(self._read(stdout, size, deadline))
         except Exception:
@@ -251,21 +249,10 @@ class _Worker:
 
     @staticmethod
     def _read(stream: Any, size: int, deadline: float) -> bytes:
-        chunks: list[bytes] = []
-        fd = stream.fileno()
-        while size > 0:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            ready, _, _ = select.select([fd], [], [], remaining)
-            if not ready:
-                raise TimeoutError
-            chunk = os.read(fd, min(size, 1 << 22))
-            if not chunk:
-                raise _WorkerDied
-            chunks.append(chunk)
-            size -= len(chunk)
-        return b"".join(chunks)
+        data = read_exact(stream.fileno(), size, deadline)
+        if data is None:
+            raise _WorkerDied
+        return data
 
     def kill(self) -> None:
         if self.process.poll() is None:

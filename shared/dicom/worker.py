@@ -20,27 +20,16 @@ import importlib
 import os
 import pickle
 import resource
-import struct
 import sys
 
 from shared.dicom.limits import DicomLimitError, prepare_prescan
+from shared.dicom.pipes import HEADER, read_exact
 from shared.errors import ServiceError
 
-_HEADER = struct.Struct(">Q")
 _ALLOWED_MODULES = frozenset(
     {"shared.dicom.decode", "shared.dicom.codecs.plugins", "shared.dicom.codecs.gdcm"}
 )
 
-
-def _read_exact(fd: int, size: int) -> bytes | None:
-    chunks: list[bytes] = []
-    while size > 0:
-        chunk = os.read(fd, min(size, 1 << 22))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -93,10 +82,10 @@ def main() -> None:
     _limit_memory(memory_mb)
 
     while True:
-        header = _read_exact(stdin, _HEADER.size)
+        header = read_exact(stdin, HEADER.size)
         if header is None:
             return
-        payload = _read_exact(stdin, _HEADER.unpack(header)[0])
+        payload = read_exact(stdin, HEADER.unpack(header)[0])
         if payload is None:
             return
         module_name, name, args = pickle.loads(payload)
@@ -117,7 +106,7 @@ def main() -> None:
         except Exception:
             data = pickle.dumps((False, RuntimeError("unpicklable decoder result")), protocol=5)
         del reply
-        _write_all(stdout, _HEADER.pack(len(data)) + data)
+        _write_all(stdout, HEADER.pack(len(data)) + data)
 
 
 if __name__ == "__main__":
