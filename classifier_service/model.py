@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 class ClassifierModel(BundleModel):
     name = contract.CLASSIFIER_MODEL
+    platform = "pytorch_timm_ensemble"
     ensemble: Ensemble | None = None  # set by load()
 
     def load(self) -> None:
@@ -78,17 +79,9 @@ class ClassifierModel(BundleModel):
             backends=ensemble.backends,
         )
 
-    def metadata(self) -> oip.ModelMetadata:
-        return oip.ModelMetadata(
-            name=self.name,
-            platform="pytorch_timm_ensemble",
-            inputs=[contract.IMAGE.metadata()],
-            outputs=[
-                contract.ABNORMAL_PROBABILITY.metadata(),
-                contract.MEMBER_PROBABILITIES.metadata(
-                    columns=len(self.manifest.classifier.members)
-                ),
-                contract.ABNORMAL.metadata(),
-            ],
-            parameters=self.known_facts().to_parameters(),
-        )
+    def output_specs(self) -> list[oip.TensorMetadata]:
+        return [
+            contract.ABNORMAL_PROBABILITY.metadata(),
+            contract.MEMBER_PROBABILITIES.metadata(columns=len(self.manifest.classifier.members)),
+            contract.ABNORMAL.metadata(),
+        ]

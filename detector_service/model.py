@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 class DetectorModel(BundleModel):
     name = contract.DETECTOR_MODEL
+    platform = "pytorch_ultralytics_yolo"
     # Set by load(); these are the values before it.
     network: nn.Module | None = None
     onnx: OnnxRunner | None = None
@@ -166,11 +167,5 @@ class DetectorModel(BundleModel):
             backend=self.backend,
         )
 
-    def metadata(self) -> oip.ModelMetadata:
-        return oip.ModelMetadata(
-            name=self.name,
-            platform="pytorch_ultralytics_yolo",
-            inputs=[contract.IMAGE.metadata()],
-            outputs=[spec.metadata() for spec in contract.DETECTOR_OUTPUTS],
-            parameters=self.known_facts().to_parameters(),
-        )
+    def output_specs(self) -> list[oip.TensorMetadata]:
+        return [spec.metadata() for spec in contract.DETECTOR_OUTPUTS]

@@ -109,6 +109,21 @@ class BundleModel(BatchedModel):
     def response_parameters(self) -> dict[str, Any]:
         return self.facts().to_parameters()
 
+    platform: str = ""  # OIP model metadata's platform, named by each service
+
+    @abstractmethod
+    def output_specs(self) -> list[oip.TensorMetadata]:
+        """The model's outputs as OIP metadata (shapes from the bundle where they vary)."""
+
+    def metadata(self) -> oip.ModelMetadata:
+        return oip.ModelMetadata(
+            name=self.name,
+            platform=self.platform,
+            inputs=[contract.IMAGE.metadata()],
+            outputs=self.output_specs(),
+            parameters=self.known_facts().to_parameters(),
+        )
+
     def warn_if_demo(self) -> None:
         warning = self.bundle_facts().demo_warning
         if warning:
