@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import struct
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -37,6 +37,9 @@ _DATATYPE_BY_KIND = {dtype.newbyteorder("="): name for name, dtype in _NUMPY_BY_
 
 class OipError(ValueError):
     """A request that does not follow the protocol; the services answer it with 400."""
+
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class TensorMetadata(BaseModel):
@@ -229,11 +232,15 @@ def decode_request(
 ) -> tuple[InferenceRequest, dict[str, np.ndarray]]:
     """Parse an infer request body into its header and named numpy tensors."""
     header, binary = _split_body(body, header_length)
-    try:
-        request = InferenceRequest.model_validate(header)
-    except ValueError as exc:
-        raise OipError(f"invalid inference request: {exc}") from exc
+    request = _validate(InferenceRequest, header, "request")
     return request, _tensors_from(request.inputs, binary)
+
+
+def _validate(model: type[M], header: object, what: str) -> M:
+    try:
+        return model.model_validate(header)
+    except ValueError as exc:
+        raise OipError(f"invalid inference {what}: {exc}") from exc
 
 
 def wants_binary(request: InferenceRequest, output_name: str) -> bool:
@@ -320,8 +327,5 @@ def decode_response(
 ) -> tuple[InferenceResponse, dict[str, np.ndarray]]:
     """Parse an infer response body into its header and named numpy tensors."""
     header, binary = _split_body(body, header_length)
-    try:
-        response = InferenceResponse.model_validate(header)
-    except ValueError as exc:
-        raise OipError(f"invalid inference response: {exc}") from exc
+    response = _validate(InferenceResponse, header, "response")
     return response, _tensors_from(response.outputs, binary)
