@@ -162,14 +162,7 @@ def _read_geometry(ds: Dataset) -> tuple[PixelGeometry, list[str]]:
     photometric = _greyscale_photometric(ds, notes)
     rows, columns = _single_frame_size(ds)
     bits_allocated, bits_stored, signed = _sample_format(ds, notes)
-    geometry = PixelGeometry(
-        rows=rows,
-        columns=columns,
-        bits_allocated=bits_allocated,
-        bits_stored=bits_stored,
-        signed=signed,
-        photometric=photometric,
-    )
+    geometry = PixelGeometry(rows, columns, bits_allocated, bits_stored, signed, photometric)
     return geometry, notes
 
 

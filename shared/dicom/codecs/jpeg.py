@@ -10,6 +10,7 @@ opt-in GPL extra is installed, else to GDCM directly (:mod:`.gdcm`).
 from __future__ import annotations
 
 import struct
+from dataclasses import replace
 
 from pydicom import uid as pduid
 from pydicom.uid import UID
@@ -111,14 +112,7 @@ def decoder_geometry(frame: bytes, geom: PixelGeometry) -> PixelGeometry:
                 "the file is inconsistent."
             )
         allocated, stored = 16, precision
-    return PixelGeometry(
-        rows=geom.rows,
-        columns=geom.columns,
-        bits_allocated=allocated,
-        bits_stored=stored,
-        signed=geom.signed,
-        photometric=geom.photometric,
-    )
+    return replace(geom, bits_allocated=allocated, bits_stored=stored)
 
 
 def decode(request: FrameRequest) -> DecodedFrame:
