@@ -59,13 +59,18 @@ class ModelMetadata(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
-class RequestInput(BaseModel):
-    model_config = ConfigDict(extra="allow")
+class TensorData(BaseModel):
+    """One tensor of an infer request or response: JSON ``data`` or a binary part."""
+
     name: str
     shape: list[int]
     datatype: str
     parameters: dict[str, Any] = Field(default_factory=dict)
     data: list[Any] | None = None
+
+
+class RequestInput(TensorData):
+    model_config = ConfigDict(extra="allow")
 
 
 class RequestOutput(BaseModel):
@@ -84,12 +89,8 @@ class InferenceRequest(BaseModel):
     outputs: list[RequestOutput] | None = None
 
 
-class ResponseOutput(BaseModel):
-    name: str
-    shape: list[int]
-    datatype: str
-    parameters: dict[str, Any] = Field(default_factory=dict)
-    data: list[Any] | None = None
+class ResponseOutput(TensorData):
+    pass
 
 
 class InferenceResponse(BaseModel):
