@@ -13,18 +13,8 @@ import cv2
 import numpy as np
 
 from training.datasets import Box
+from training.phantoms import geometry as geo
 from training.phantoms.anatomy import draw_bodies, draw_posterior, foramen_local
-from training.phantoms.geometry import (
-    BodyMods,
-    Mask,
-    Points,
-    body_local,
-    ellipse_local,
-    fill,
-    line,
-    polygon,
-    to_world,
-)
 from training.phantoms.spec import LATERAL, Lesion, PhantomSpec, lerp, reserved_levels
 
 _COVERAGE_TOLERANCE = 24  # of 255: mask changes below this are anti-aliasing jitter
@@ -32,8 +22,8 @@ _OPEN_KERNEL = np.ones((3, 3), np.uint8)
 _LAYERS = ("bone", "cortex", "posterior", "dense", "lytic", "metal")
 
 
-def body_mods(spec: PhantomSpec, lesions: Sequence[Lesion]) -> list[BodyMods]:
-    mods = [BodyMods() for _ in spec.vertebrae]
+def body_mods(spec: PhantomSpec, lesions: Sequence[Lesion]) -> list[geo.BodyMods]:
+    mods = [geo.BodyMods() for _ in spec.vertebrae]
     for les in lesions:
         v = spec.vertebrae[les.level]
         u = les.u
@@ -59,7 +49,7 @@ def body_mods(spec: PhantomSpec, lesions: Sequence[Lesion]) -> list[BodyMods]:
     return mods
 
 
-def _draw_osteophytes(spec: PhantomSpec, les: Lesion, layers: dict[str, Mask]) -> None:
+def _draw_osteophytes(spec: PhantomSpec, les: Lesion, layers: dict[str, geo.Mask]) -> None:
     """Beak-like spurs at the facing corners of the disc level (both, or one of them)."""
     upper, lower = spec.vertebrae[les.level], spec.vertebrae[les.level + 1]
     u = les.u
@@ -88,18 +78,18 @@ def _draw_osteophytes(spec: PhantomSpec, les: Lesion, layers: dict[str, Mask]) -
             corner_w + sign * beak * 1.1,
             corner_w + sign * 2.0,
         ]
-        spur = polygon(v, spec.facing, [side * p for p in pu], pw)
-        fill(layers["bone"], spur)
-        fill(layers["dense"], spur)
-        line(layers["cortex"], spur, max(3.0, 0.025 * v.width), closed=True)
+        spur = geo.polygon(v, spec.facing, [side * p for p in pu], pw)
+        geo.fill(layers["bone"], spur)
+        geo.fill(layers["dense"], spur)
+        geo.line(layers["cortex"], spur, max(3.0, 0.025 * v.width), closed=True)
 
 
-def _draw_implant(spec: PhantomSpec, les: Lesion, layers: dict[str, Mask]) -> None:
+def _draw_implant(spec: PhantomSpec, les: Lesion, layers: dict[str, geo.Mask]) -> None:
     """Pedicle screws in 2-3 adjacent bodies joined by rods, sometimes with an interbody cage."""
     metal = layers["metal"]
     span = sorted(reserved_levels(les.kind, les.level, les.u))
     u = les.u
-    heads: dict[float, list[Points]] = {}
+    heads: dict[float, list[geo.Points]] = {}
     for j, idx in enumerate(span):
         v = spec.vertebrae[idx]
         hw, hh = v.width / 2, v.h_back / 2
@@ -120,29 +110,29 @@ def _draw_implant(spec: PhantomSpec, les: Lesion, layers: dict[str, Mask]) -> No
             nu, nw = -dw / norm * thick / 2, du / norm * thick / 2
             shaft = [eu + nu, tu + nu * 0.5, tu + du / norm * thick * 0.6, tu - nu * 0.5, eu - nu]
             shaft_w = [ew + nw, tw + nw * 0.5, tw + dw / norm * thick * 0.6, tw - nw * 0.5, ew - nw]
-            fill(metal, polygon(v, spec.facing, shaft, shaft_w))
-            hu, hw_ = ellipse_local(eu, ew, thick * 1.1, thick * 1.1, n=24)
-            head = to_world(v, spec.facing, hu, hw_)
-            fill(metal, head)
+            geo.fill(metal, geo.polygon(v, spec.facing, shaft, shaft_w))
+            hu, hw_ = geo.ellipse_local(eu, ew, thick * 1.1, thick * 1.1, n=24)
+            head = geo.to_world(v, spec.facing, hu, hw_)
+            geo.fill(metal, head)
             heads.setdefault(side, []).append(head.mean(axis=0))
     for centres in heads.values():
         rod = np.array(centres)
         width = spec.vertebrae[span[0]].width * lerp(0.05, 0.065, u[5])
-        line(metal, rod, width, closed=False)
+        geo.line(metal, rod, width, closed=False)
     if spec.view == LATERAL and u[6] < 0.4:  # interbody cage: two radiopaque markers + frame
         v = spec.vertebrae[span[0]]
         hw, hh = v.width / 2, v.h_back / 2
         top, bottom = hh + 0.15 * v.disc_below, hh + 0.85 * v.disc_below
-        frame = polygon(
+        frame = geo.polygon(
             v,
             spec.facing,
             [-hw * 0.55, hw * 0.55, hw * 0.55, -hw * 0.55],
             [top, top, bottom, bottom],
         )
-        line(metal, frame, max(3.0, 0.02 * v.width), closed=True)
+        geo.line(metal, frame, max(3.0, 0.02 * v.width), closed=True)
 
 
-def _draw_focal(spec: PhantomSpec, les: Lesion, layers: dict[str, Mask]) -> None:
+def _draw_focal(spec: PhantomSpec, les: Lesion, layers: dict[str, geo.Mask]) -> None:
     """Other lesions: an irregular sclerotic or lytic focus inside a vertebral body."""
     v = spec.vertebrae[les.level]
     u = les.u
@@ -151,35 +141,35 @@ def _draw_focal(spec: PhantomSpec, les: Lesion, layers: dict[str, Mask]) -> None
     cw = (min(v.h_front, v.h_back) / 2 - radius * 1.15) * lerp(-0.8, 0.8, u[3])
     t = np.linspace(0.0, 2.0 * math.pi, 64, endpoint=False)
     r = radius * (1 + 0.14 * np.sin(3 * t + 6.3 * u[4]) + 0.08 * np.sin(5 * t + 6.3 * u[5]))
-    blob = to_world(v, spec.facing, cu + r * np.cos(t), cw + r * np.sin(t))
+    blob = geo.to_world(v, spec.facing, cu + r * np.cos(t), cw + r * np.sin(t))
     if u[0] < 0.5:
-        fill(layers["dense"], blob)
-        fill(layers["cortex"], blob)
+        geo.fill(layers["dense"], blob)
+        geo.fill(layers["cortex"], blob)
     else:
-        fill(layers["lytic"], blob)
-        line(layers["cortex"], blob, max(3.0, 0.02 * v.width), closed=True)
+        geo.fill(layers["lytic"], blob)
+        geo.line(layers["cortex"], blob, max(3.0, 0.02 * v.width), closed=True)
 
 
-def _facet_hypertrophy(spec: PhantomSpec, les: Lesion, layers: dict[str, Mask]) -> None:
+def _facet_hypertrophy(spec: PhantomSpec, les: Lesion, layers: dict[str, geo.Mask]) -> None:
     """Bony overgrowth filling the back and bottom of a stenosed foramen (bright, not dark)."""
     v = spec.vertebrae[les.level]
-    fu, fw = foramen_local(v, BodyMods())
+    fu, fw = foramen_local(v, geo.BodyMods())
     cu, cw = float(fu.mean()), float(fw.mean())
     au, aw = float(np.ptp(fu)) / 2, float(np.ptp(fw)) / 2
-    hu, hw = ellipse_local(cu - 0.3 * au, cw + 0.3 * aw, 0.55 * au, 0.5 * aw)
-    fill(layers["dense"], to_world(v, spec.facing, hu, hw))
+    hu, hw = geo.ellipse_local(cu - 0.3 * au, cw + 0.3 * aw, 0.55 * au, 0.5 * aw)
+    geo.fill(layers["dense"], geo.to_world(v, spec.facing, hu, hw))
 
 
 def _collapse_sclerosis(
-    spec: PhantomSpec, les: Lesion, mods: list[BodyMods], layers: dict[str, Mask]
+    spec: PhantomSpec, les: Lesion, mods: list[geo.BodyMods], layers: dict[str, geo.Mask]
 ) -> None:
     """A compressed body is denser: trabeculae packed into less height."""
     v = spec.vertebrae[les.level]
-    local, _ = body_local(v, mods[les.level])
-    fill(layers["dense"], to_world(v, spec.facing, local[:, 0], local[:, 1]))
+    local, _ = geo.body_local(v, mods[les.level])
+    geo.fill(layers["dense"], geo.to_world(v, spec.facing, local[:, 0], local[:, 1]))
 
 
-def rasterize(spec: PhantomSpec, lesions: Sequence[Lesion] | None = None) -> dict[str, Mask]:
+def rasterize(spec: PhantomSpec, lesions: Sequence[Lesion] | None = None) -> dict[str, geo.Mask]:
     """Draw the bone, cortex, posterior, dense, lytic and metal coverage masks (0-255).
 
     Lesion-dependent drawing lives here (and only here), so comparing the masks
@@ -204,7 +194,7 @@ def rasterize(spec: PhantomSpec, lesions: Sequence[Lesion] | None = None) -> dic
     return layers
 
 
-def _diff_box(a: dict[str, Mask], b: dict[str, Mask]) -> tuple[int, int, int, int] | None:
+def _diff_box(a: dict[str, geo.Mask], b: dict[str, geo.Mask]) -> tuple[int, int, int, int] | None:
     rows = np.zeros(next(iter(a.values())).shape[0], bool)
     cols = np.zeros(next(iter(a.values())).shape[1], bool)
     for name in a:
@@ -220,7 +210,7 @@ def _diff_box(a: dict[str, Mask], b: dict[str, Mask]) -> tuple[int, int, int, in
     return int(c[0]), int(r[0]), int(c[-1]) + 1, int(r[-1]) + 1
 
 
-def lesion_boxes(spec: PhantomSpec, layers: dict[str, Mask] | None = None) -> list[Box]:
+def lesion_boxes(spec: PhantomSpec, layers: dict[str, geo.Mask] | None = None) -> list[Box]:
     """One box per lesion: the bounding box (pixel edges) of every pixel that lesion changes."""
     full = rasterize(spec) if layers is None else layers
     boxes: list[Box] = []
