@@ -40,6 +40,7 @@ class OipError(ValueError):
 
 
 M = TypeVar("M", bound=BaseModel)
+Tensors = dict[str, np.ndarray]  # named tensors of one request or response
 
 
 class TensorMetadata(BaseModel):
@@ -228,18 +229,19 @@ def _tensors_from(
     return tensors
 
 
-def decode_request(
-    body: bytes, header_length: int | None
-) -> tuple[InferenceRequest, dict[str, np.ndarray]]:
+def decode_request(body: bytes, header_length: int | None) -> tuple[InferenceRequest, Tensors]:
     """Parse an infer request body into its header and named numpy tensors."""
-    header, binary = _split_body(body, header_length)
-    request = _validate(InferenceRequest, header, "request")
+    request, binary = _validate(body, header_length, InferenceRequest, "request")
     return request, _tensors_from(request.inputs, binary)
 
 
-def _validate(model: type[M], header: object, what: str) -> M:
+def _validate(
+    body: bytes, header_length: int | None, model: type[M], what: str
+) -> tuple[M, memoryview]:
+    """The body's JSON header as ``model``, and the binary tensor data that follows it."""
+    header, binary = _split_body(body, header_length)
     try:
-        return model.model_validate(header)
+        return model.model_validate(header), binary
     except ValueError as exc:
         raise OipError(f"invalid inference {what}: {exc}") from exc
 
@@ -323,10 +325,7 @@ def encode_request(
     return _encode(header, blobs)
 
 
-def decode_response(
-    body: bytes, header_length: int | None
-) -> tuple[InferenceResponse, dict[str, np.ndarray]]:
+def decode_response(body: bytes, header_length: int | None) -> tuple[InferenceResponse, Tensors]:
     """Parse an infer response body into its header and named numpy tensors."""
-    header, binary = _split_body(body, header_length)
-    response = _validate(InferenceResponse, header, "response")
+    response, binary = _validate(body, header_length, InferenceResponse, "response")
     return response, _tensors_from(response.outputs, binary)
