@@ -6,10 +6,14 @@ response) are defined here once; the services encode facts with ``to_parameters`
 the gateway decodes them with ``from_parameters``, so neither side spells a key.
 
 Encoding: OIP parameter values are bool, number or string, so scalar facts travel as
-themselves and structured facts (lists, maps) as JSON text. Decoding accepts every
-value as a string too, so the same facts can later be written as Triton model-config
-``parameters`` (string values only). A missing or ill-typed fact is a
-:class:`ContractError` naming it: nothing is defaulted on the receiving side.
+themselves and structured facts (lists, maps) as JSON text. The same facts are also the
+``parameters`` of the model's Triton model configuration (``GET /v2/models/{name}/config``,
+``config.pbtxt``), where every value is a ``{"string_value": text}``: the same keys, with
+numbers, booleans, lists and maps as JSON text (:meth:`BundleFacts.to_config_parameters`,
+:meth:`BundleFacts.from_config_parameters`). That is how a stock Triton serving an exported
+repository reports them, so the gateway reads facts from the configuration, once per
+replica. A missing or ill-typed fact is a :class:`ContractError` naming it: nothing is
+defaulted on the receiving side.
 
 The Normal/Abnormal decision is made once, by the classifier service next to its
 bundle's threshold, and travels as the ``abnormal`` output; the gateway reads it.
@@ -41,6 +45,15 @@ DEMO_WARNINGS: dict[BundleKind, str] = {
 }
 
 ParameterValue = str | int | float | bool
+# Triton model-configuration parameters: ``{"key": {"string_value": "text"}}``.
+ConfigParameters = dict[str, dict[str, str]]
+# OIP tensor datatype -> Triton model-configuration data_type.
+CONFIG_DATATYPES: dict[str, str] = {
+    "BOOL": "TYPE_BOOL", "UINT8": "TYPE_UINT8", "UINT16": "TYPE_UINT16",
+    "UINT32": "TYPE_UINT32", "UINT64": "TYPE_UINT64", "INT8": "TYPE_INT8",
+    "INT16": "TYPE_INT16", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64",
+    "FP16": "TYPE_FP16", "FP32": "TYPE_FP32", "FP64": "TYPE_FP64", "BYTES": "TYPE_STRING",
+}
 
 
 def demo_warning(kind: BundleKind | str) -> str | None:
@@ -80,6 +93,20 @@ class TensorSpec:
         if columns is not None:
             shape[-1] = columns
         return oip.TensorMetadata(name=self.name, datatype=self.datatype, shape=shape)
+
+    def config(self, *, columns: int | None = None) -> dict[str, Any]:
+        """The Triton model-configuration entry (``input`` / ``output``), batch axis left out."""
+        return config_tensor(self.metadata(columns=columns))
+
+
+def config_tensor(metadata: oip.TensorMetadata) -> dict[str, Any]:
+    """A tensor as Triton's model configuration writes it for ``max_batch_size > 0``:
+    ``data_type`` ``TYPE_*`` and ``dims`` without the leading batch axis."""
+    return {
+        "name": metadata.name,
+        "data_type": CONFIG_DATATYPES[metadata.datatype],
+        "dims": list(metadata.shape[1:]),
+    }
 
 
 # Input of both models: the canonical grey image(s).
@@ -137,6 +164,33 @@ class BundleFacts(BaseModel):
         encoded["demo"] = self.demo  # derived from the kind; sent for plain OIP clients
         return encoded
 
+    def to_config_parameters(self) -> ConfigParameters:
+        """Triton model-configuration ``parameters``: the keys of :meth:`to_parameters`,
+        each a ``{"string_value": text}``; strings as themselves, anything else as JSON."""
+        return {
+            key: {"string_value": value if isinstance(value, str) else json.dumps(value)}
+            for key, value in self.to_parameters().items()
+        }
+
+    @classmethod
+    def from_config_parameters(cls, parameters: Mapping[str, Any]) -> Self:
+        """The facts from a model configuration's ``parameters``; ContractError if one of
+        ours is missing, not a ``{"string_value": text}``, or ill-typed. Other keys (a
+        Triton backend's own, e.g. ``EXECUTION_ENV_PATH``) are left alone."""
+        if not isinstance(parameters, Mapping):
+            raise ContractError(f"{cls.__name__}: model configuration has no parameters map")
+        ours = {field.alias or name for name, field in cls.model_fields.items()} | {"demo"}
+        flat: dict[str, str] = {}
+        for key in ours & set(parameters):
+            value = parameters[key]
+            text = value.get("string_value") if isinstance(value, Mapping) else None
+            if not isinstance(text, str):
+                raise ContractError(
+                    f"{cls.__name__}: config parameter {key!r} is not {{\"string_value\": text}}"
+                )
+            flat[key] = text
+        return cls.from_parameters(flat)
+
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, Any]) -> Self:
         """The facts from OIP (or Triton string) parameters; ContractError if incomplete."""
@@ -190,6 +244,65 @@ class DetectorFacts(ServedFacts):
     max_det: int = Field(ge=1)
     image_size: int = Field(gt=0)
     backend: str
+
+
+FactsT = typing.TypeVar("FactsT", bound=ServedFacts)
+
+
+def model_configuration(
+    name: str,
+    *,
+    inputs: list[oip.TensorMetadata],
+    outputs: list[oip.TensorMetadata],
+    parameters: ConfigParameters,
+    max_batch_size: int,
+    max_queue_delay_us: int,
+    instance_kind: str = "KIND_CPU",
+    platform: str = "",
+    backend: str = "spine",
+) -> dict[str, Any]:
+    """``GET /v2/models/{name}/config`` as Triton answers it (the JSON form of
+    ``config.pbtxt``), for a model that batches on the first axis of every tensor."""
+    return {
+        "name": name,
+        "platform": platform,
+        "backend": backend,
+        "version_policy": {"latest": {"num_versions": 1}},
+        "max_batch_size": max_batch_size,
+        "input": [config_tensor(item) for item in inputs],
+        "output": [config_tensor(item) for item in outputs],
+        "dynamic_batching": {"max_queue_delay_microseconds": max_queue_delay_us},
+        "instance_group": [{"name": name, "kind": instance_kind, "count": 1}],
+        "parameters": parameters,
+    }
+
+
+def facts_from_config(
+    config: Mapping[str, Any], facts_type: type[FactsT], *, model: str,
+    outputs: tuple[TensorSpec, ...],
+) -> FactsT:
+    """The facts in a model configuration, after checking that it describes ``model`` with
+    the contract's input and ``outputs`` (names and data types). ContractError says what
+    is off; nothing is defaulted."""
+    if not isinstance(config, Mapping):
+        raise ContractError("model configuration is not a JSON object")
+    if config.get("name") != model:
+        raise ContractError(f"model configuration is for {config.get('name')!r}, not {model!r}")
+    for key, specs in (("input", (IMAGE,)), ("output", outputs)):
+        entries = config.get(key)
+        declared = {
+            entry.get("name"): entry.get("data_type")
+            for entry in entries if isinstance(entry, Mapping)
+        } if isinstance(entries, list) else {}
+        for spec in specs:
+            wanted = CONFIG_DATATYPES[spec.datatype]
+            if spec.name not in declared:
+                raise ContractError(f"model configuration {key} has no {spec.name!r}")
+            if (actual := declared[spec.name]) != wanted:
+                raise ContractError(
+                    f"model configuration {key} {spec.name!r} is {actual}, not {wanted}"
+                )
+    return facts_type.from_config_parameters(config.get("parameters"))
 
 
 # How far outside the canonical image a box edge may be (float rounding of the mapping back

@@ -126,6 +126,23 @@ class Served:
         if self.batcher.queue_depth + count > self.batcher.max_queue_size:
             raise QueueFullError("inference queue is full")
 
+    def model_config(self) -> dict[str, Any]:
+        """Triton's JSON model configuration of the loaded model: its tensors, batching
+        limits and the bundle facts as ``parameters`` (what the gateway reads)."""
+        if not self.model.ready:
+            raise ModelNotReadyError(f"model {self.model.name} is not ready")
+        metadata = self.model.metadata()
+        return contract.model_configuration(
+            self.model.name,
+            inputs=metadata.inputs,
+            outputs=metadata.outputs,
+            parameters=self.model.config_parameters(),
+            max_batch_size=self.batcher.max_batch_size,
+            max_queue_delay_us=round(self.batcher.max_delay * 1e6),
+            instance_kind=self.model.instance_kind(),
+            platform=metadata.platform,
+        )
+
     async def read_body(self, request: Request) -> bytes:
         """The body under MODEL_MAX_BODY_BYTES and MODEL_BODY_TIMEOUT_S, read chunk by chunk."""
         try:
@@ -230,7 +247,10 @@ def _requested(
 
 @router.get("/v2", tags=["server"])
 async def server_metadata(request: Request) -> dict[str, Any]:
-    return {"name": _served(request).title, "version": "1", "extensions": ["binary_tensor_data"]}
+    return {
+        "name": _served(request).title, "version": "1",
+        "extensions": ["binary_tensor_data", "model_configuration"],
+    }
 
 
 @router.get("/v2/health/live", tags=["health"])
@@ -252,6 +272,15 @@ async def model_metadata(name: str, request: Request, version: str | None = None
     served = _served(request)
     served.check_name(name)
     return JSONResponse(served.model.metadata().model_dump())
+
+
+@router.get("/v2/models/{name}/config", tags=["model"])
+@router.get("/v2/models/{name}/versions/{version}/config", tags=["model"], include_in_schema=False)
+async def model_config(name: str, request: Request, version: str | None = None) -> Response:
+    """Triton's model-configuration extension; 503 until the model has loaded."""
+    served = _served(request)
+    served.check_name(name)
+    return JSONResponse(served.model_config())
 
 
 @router.get("/v2/models/{name}/ready", tags=["model"])

@@ -72,6 +72,14 @@ class BatchedModel(ABC):
         """Facts every infer response carries (bundle name, kind, checkpoint hashes)."""
         return {}
 
+    def config_parameters(self) -> contract.ConfigParameters:
+        """The model configuration's ``parameters``: the loaded model's facts."""
+        return {}
+
+    def instance_kind(self) -> str:
+        """Triton's instance-group kind of the loaded model: KIND_CPU or KIND_GPU."""
+        return "KIND_CPU"
+
 
 class BundleModel(BatchedModel):
     """A model served from a bundle folder: what both model services share.
@@ -108,6 +116,12 @@ class BundleModel(BatchedModel):
 
     def response_parameters(self) -> dict[str, Any]:
         return self.facts().to_parameters()
+
+    def config_parameters(self) -> contract.ConfigParameters:
+        return self.facts().to_config_parameters()
+
+    def instance_kind(self) -> str:
+        return "KIND_GPU" if self.facts().device.startswith("cuda") else "KIND_CPU"
 
     platform: str = ""  # OIP model metadata's platform, named by each service
 

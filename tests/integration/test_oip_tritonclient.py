@@ -6,6 +6,16 @@ import numpy as np
 import pytest
 import tritonclient.http as triton
 
+from shared.contract import (
+    CLASSIFIER_OUTPUTS,
+    DETECTOR_OUTPUTS,
+    ClassifierFacts,
+    DetectorFacts,
+    ServedFacts,
+    TensorSpec,
+    facts_from_config,
+)
+
 pytestmark = pytest.mark.timeout(120)
 
 
@@ -54,6 +64,34 @@ def test_detector_speaks_oip_with_binary_tensors(stack) -> None:
     assert boxes.shape[0] == 2 and boxes.shape[2] == 4
     valid = boxes[0, : count[0, 0]]
     assert np.all(valid[:, [0, 2]] <= 200) and np.all(valid[:, [1, 3]] <= 300)
+
+
+@pytest.mark.parametrize(
+    ("service", "model", "facts_type", "outputs"),
+    [
+        ("classifier", "spine-classifier", ClassifierFacts, CLASSIFIER_OUTPUTS),
+        ("detector", "spine-detector", DetectorFacts, DETECTOR_OUTPUTS),
+    ],
+)
+def test_model_configuration_carries_the_bundle_facts(
+    stack, service: str, model: str, facts_type: type[ServedFacts],
+    outputs: tuple[TensorSpec, ...],
+) -> None:
+    client = _client(getattr(stack, service))
+    config = client.get_model_config(model)  # Triton's model-configuration extension
+    assert config["name"] == model and config["max_batch_size"] >= 1
+    assert config["input"] == [{"name": "IMAGE", "data_type": "TYPE_UINT8", "dims": [1, -1, -1]}]
+    assert [o["name"] for o in config["output"]] == [spec.name for spec in outputs]
+    assert "max_queue_delay_microseconds" in config["dynamic_batching"]
+    facts = facts_from_config(config, facts_type, model=model, outputs=outputs)
+    assert facts == facts_type.from_parameters(client.get_model_metadata(model)["parameters"])
+    if isinstance(facts, ClassifierFacts):
+        members = next(o for o in config["output"] if o["name"] == "member_probabilities")
+        assert members["dims"] == [len(facts.members)]
+        assert 0 < facts.threshold < 1
+    assert "model_configuration" in client.get_server_metadata()["extensions"]
+    with pytest.raises(triton.InferenceServerException):
+        client.get_model_config("no-such-model")
 
 
 def test_unknown_model_and_bad_tensor_are_client_errors(stack) -> None:

@@ -9,6 +9,12 @@ import pytest
 
 from shared.bundle import BundleKind
 from shared.contract import (
+    ABNORMAL,
+    ABNORMAL_PROBABILITY,
+    CLASSIFIER_OUTPUTS,
+    DETECTION_BOXES,
+    IMAGE,
+    MEMBER_PROBABILITIES,
     ClassifierFacts,
     ContractError,
     DetectorFacts,
@@ -16,6 +22,8 @@ from shared.contract import (
     check_classifier_outputs,
     check_detector_outputs,
     demo_warning,
+    facts_from_config,
+    model_configuration,
 )
 
 
@@ -178,3 +186,112 @@ def test_a_missing_threshold_is_never_defaulted() -> None:
     del parameters["threshold"]
     with pytest.raises(ContractError, match="threshold"):
         ClassifierFacts.from_parameters(parameters)
+
+
+# --- facts as Triton model configuration -------------------------------------------------
+
+
+@pytest.mark.parametrize("facts", [_classifier(), _detector()], ids=["classifier", "detector"])
+def test_facts_survive_the_model_configuration(facts: ServedFacts) -> None:
+    parameters = facts.to_config_parameters()
+    assert set(parameters) == set(facts.to_parameters())  # the same keys as the OIP form
+    assert all(list(value) == ["string_value"] for value in parameters.values())
+    assert all(isinstance(value["string_value"], str) for value in parameters.values())
+    wire = json.loads(json.dumps(parameters))
+    assert type(facts).from_config_parameters(wire) == facts
+
+
+def test_config_values_are_plain_text_or_json() -> None:
+    parameters = _classifier().to_config_parameters()
+    assert parameters["bundle"] == {"string_value": "tiny"}  # a string is not JSON-quoted
+    assert parameters["threshold"] == {"string_value": "0.449"}
+    assert parameters["demo"] == {"string_value": "true"}
+    assert json.loads(parameters["members"]["string_value"]) == ["densenet121", "resnet50"]
+    assert json.loads(_detector().to_config_parameters()["class_names"]["string_value"]) == {
+        "0": "Osteophytes", "2": "Disc space",
+    }
+
+
+def test_a_missing_config_threshold_raises_and_is_never_defaulted() -> None:
+    parameters = _classifier().to_config_parameters()
+    del parameters["threshold"]
+    with pytest.raises(ContractError, match="threshold"):
+        ClassifierFacts.from_config_parameters(parameters)
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        (0.449, "string_value"),  # an OIP scalar where Triton writes a string_value
+        ({"int64_value": 1}, "string_value"),
+        ({"string_value": 0.449}, "string_value"),
+        ({"string_value": "high"}, "threshold"),
+        ({"string_value": "1.5"}, "threshold"),
+    ],
+)
+def test_ill_typed_config_parameters_are_named(value: object, match: str) -> None:
+    parameters: dict[str, object] = {**_classifier().to_config_parameters(), "threshold": value}
+    with pytest.raises(ContractError, match=match):
+        ClassifierFacts.from_config_parameters(parameters)
+
+
+def test_foreign_config_parameters_are_left_alone() -> None:
+    parameters: dict[str, object] = {
+        **_detector().to_config_parameters(),
+        "EXECUTION_ENV_PATH": {"string_value": "$$TRITON_MODEL_DIRECTORY/env"},
+        "something_else": 3,
+    }
+    assert DetectorFacts.from_config_parameters(parameters) == _detector()
+    with pytest.raises(ContractError, match="parameters"):
+        DetectorFacts.from_config_parameters(None)  # type: ignore[arg-type]
+
+
+def _classifier_config() -> dict[str, object]:
+    outputs = [
+        ABNORMAL_PROBABILITY.metadata(), MEMBER_PROBABILITIES.metadata(columns=2),
+        ABNORMAL.metadata(),
+    ]
+    return model_configuration(
+        "spine-classifier", inputs=[IMAGE.metadata()], outputs=outputs,
+        parameters=_classifier().to_config_parameters(), max_batch_size=8,
+        max_queue_delay_us=5000,
+    )
+
+
+def test_model_configuration_is_tritons_json_form() -> None:
+    config = _classifier_config()
+    assert config["max_batch_size"] == 8
+    assert config["input"] == [{"name": "IMAGE", "data_type": "TYPE_UINT8", "dims": [1, -1, -1]}]
+    assert config["output"] == [
+        {"name": "abnormal_probability", "data_type": "TYPE_FP32", "dims": [1]},
+        {"name": "member_probabilities", "data_type": "TYPE_FP32", "dims": [2]},
+        {"name": "abnormal", "data_type": "TYPE_BOOL", "dims": [1]},
+    ]
+    assert config["dynamic_batching"] == {"max_queue_delay_microseconds": 5000}
+    assert DETECTION_BOXES.config() == {
+        "name": "detection_boxes", "data_type": "TYPE_FP32", "dims": [-1, 4],
+    }
+    facts = facts_from_config(
+        config, ClassifierFacts, model="spine-classifier", outputs=CLASSIFIER_OUTPUTS
+    )
+    assert facts == _classifier()
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda c: c.__setitem__("name", "other"), "'other', not 'spine-classifier'"),
+        (lambda c: c["output"].pop(2), "no 'abnormal'"),
+        (lambda c: c["output"][2].__setitem__("data_type", "TYPE_FP32"), "TYPE_FP32, not TYPE_BOOL"),
+        (lambda c: c["input"][0].__setitem__("data_type", "TYPE_FP32"), "IMAGE"),
+        (lambda c: c.pop("parameters"), "no parameters map"),
+        (lambda c: c["parameters"].pop("members"), "members"),
+    ],
+)
+def test_a_config_off_the_contract_is_named(change: object, match: str) -> None:
+    config = _classifier_config()
+    change(config)  # type: ignore[operator]
+    with pytest.raises(ContractError, match=match):
+        facts_from_config(
+            config, ClassifierFacts, model="spine-classifier", outputs=CLASSIFIER_OUTPUTS
+        )
