@@ -2,6 +2,8 @@
 # System tools the tests use to build their DICOM corpus from real converters:
 # DCMTK (dcmcjpeg, dcmcjpls, dcmcrle, dcmconv), GDCM (gdcmconv --j2k) and OpenJPH
 # (ojph_compress, HTJ2K); dicom3tools (dciodvfy: validates our SR and presentation state);
+# Orthanc + its DICOMweb plugin (the real PACS the DICOM networking tests store into and
+# read back; started as a plain process, never as the system service);
 # and Debian's Chromium for the browser tests (Playwright drives
 # it; it never downloads a browser). Installs what is missing when run as root; exits 1
 # when something is still missing, so `make test` cannot go green having checked little
@@ -14,6 +16,8 @@ missing() {
   command -v gdcmconv >/dev/null 2>&1 || out+=(libgdcm-tools)
   command -v ojph_compress >/dev/null 2>&1 || out+=(openjph-tools)
   [ -x "${E2E_CHROMIUM:-/usr/bin/chromium}" ] || out+=(chromium)
+  [ -x /usr/sbin/Orthanc ] || out+=(orthanc)
+  [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || out+=(orthanc-dicomweb)
   echo "${out[@]}"
 }
 need=$(missing)

@@ -9,6 +9,8 @@ from pathlib import Path
 import hypothesis  # noqa: F401  (imported early: see below)
 import pytest
 
+from tests.peers.orthanc import orthanc, orthanc_factory  # noqa: F401  (fixtures for all)
+
 os.environ.setdefault("YOLO_OFFLINE", "1")
 # hypothesis is imported here, at a shallow stack depth, because its pytest plugin
 # otherwise imports it lazily inside the terminal summary, where CPython 3.11.7's
