@@ -290,6 +290,52 @@ class Settings(BaseSettings):
         description="Largest size a Deflated DICOM body may inflate to (422)",
     )
 
+    # --- DICOM networking (issue 14 items 1-2): STOW-RS in, results delivery -------------
+    # (shared/dicomnet/; docs/OPERATIONS.md "STOW-RS in and results delivery")
+    results_dicomweb_url: str | None = Field(
+        None, description="DICOMweb root results are stored into by STOW-RS "
+        "(POST {url}/studies), e.g. http://pacs:8042/dicom-web; None = no STOW-RS delivery",
+    )
+    results_dicomweb_bearer_token: SecretStr | None = Field(
+        None, description="Authorization: Bearer token for RESULTS_DICOMWEB_URL "
+        "(refused over http:// beyond loopback)",
+    )
+    results_dicomweb_user: str | None = Field(
+        None, description="HTTP basic user for RESULTS_DICOMWEB_URL (instead of a bearer token)"
+    )
+    results_dicomweb_password: SecretStr | None = Field(
+        None, description="HTTP basic password for RESULTS_DICOMWEB_USER"
+    )
+    results_store_ae: str | None = Field(
+        None, description="C-STORE destination of results as AE@host:port; None = no C-STORE"
+    )
+    results_calling_ae: str = Field(
+        "SPINE", min_length=1, max_length=16,
+        description="our calling AE title when sending results by C-STORE",
+    )
+    results_queue_size: int = Field(
+        1000, ge=1, description="result objects (per destination) queued or waiting to retry; "
+        "beyond it the request that made them is refused (503 + Retry-After)",
+    )
+    results_concurrency: int = Field(
+        2, ge=1, le=64, description="result deliveries in flight at once (all destinations)"
+    )
+    results_timeout_s: float = Field(
+        30.0, gt=0, description="deadline of one delivery attempt (connect, send, answer)"
+    )
+    results_retry_initial_s: float = Field(
+        1.0, gt=0, description="first retry delay; doubled each retry up to RESULTS_RETRY_MAX_S"
+    )
+    results_retry_max_s: float = Field(60.0, gt=0, description="longest delay between retries")
+    results_retry_budget_s: float = Field(
+        600.0, gt=0, description="a result not delivered this long after its submit is given "
+        "up: logged with its SOP Instance UID and counted (spine_results_failed_total)",
+    )
+    results_drain_timeout_s: float = Field(
+        10.0, ge=0, description="at shutdown, how long pending results may still be delivered; "
+        "what is left is logged and counted as failed (reason shutdown)",
+    )
+
     @field_validator("spine_default_bundle", mode="before")
     @classmethod
     def _lower_bundle(cls, value: object) -> object:
