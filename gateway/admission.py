@@ -18,7 +18,13 @@ from gateway.telemetry import GatewayMetrics
 from shared.errors import ServiceError
 from shared.observability import ASGIApp, Message, Receive, Scope, Send, send_json
 
-PROTECTED_PATHS = frozenset({"/upload", "/preview"})
+PROTECTED_PATHS = frozenset({"/upload", "/upload/dicom", "/preview", "/dicomweb/studies"})
+PROTECTED_PREFIXES = ("/dicomweb/studies/",)  # STOW-RS into one study
+
+
+def is_protected(path: str) -> bool:
+    """Whether ``path`` (a request path or an OpenAPI template) does analysis work."""
+    return path in PROTECTED_PATHS or path.startswith(PROTECTED_PREFIXES)
 
 
 class AtCapacityError(ServiceError):
@@ -59,7 +65,7 @@ class AdmissionMiddleware:
         if (
             scope["type"] != "http"
             or scope.get("method") != "POST"
-            or scope.get("path") not in PROTECTED_PATHS
+            or not is_protected(scope.get("path", ""))
         ):
             await self.app(scope, receive, send)
             return

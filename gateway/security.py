@@ -132,7 +132,7 @@ def docs_page(openapi_url: str, title: str) -> HTMLResponse:
 
 def document_api_keys(app: FastAPI) -> None:
     """Declare the API key schemes in OpenAPI, so Swagger's "Authorize" button sends one."""
-    from gateway.admission import PROTECTED_PATHS
+    from gateway.admission import is_protected
 
     build = app.openapi
 
@@ -143,8 +143,9 @@ def document_api_keys(app: FastAPI) -> None:
                 "ApiKeyHeader": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
                 "BearerKey": {"type": "http", "scheme": "bearer"},
             }
-            for path in PROTECTED_PATHS:
-                for operation in schema.get("paths", {}).get(path, {}).values():
+            paths = schema.get("paths", {})
+            for path in filter(is_protected, paths):
+                for operation in paths[path].values():
                     operation["security"] = [{"ApiKeyHeader": []}, {"BearerKey": []}]
                     operation.setdefault("responses", {})["401"] = {
                         "description": "No valid API key",
