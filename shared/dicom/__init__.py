@@ -9,7 +9,15 @@ This module is the one public facade; everything else in the package is an
 implementation detail (tests of internals may import the submodules).
 """
 
-from shared.dicom.decode import CanonicalImage, ImageFacts, decode_dicom, encode_png, inspect_dicom
+from shared.dicom.decode import (
+    CanonicalImage,
+    ImageFacts,
+    InstanceIds,
+    decode_dicom,
+    encode_png,
+    identify_dicom,
+    inspect_dicom,
+)
 from shared.dicom.errors import (
     DicomError,
     NotDicomError,
@@ -36,6 +44,7 @@ __all__ = [
     "DicomLimitError",
     "DicomMetadata",
     "ImageFacts",
+    "InstanceIds",
     "InvalidRulesError",
     "NotDicomError",
     "NotSelectedError",
@@ -47,6 +56,7 @@ __all__ = [
     "decode_bytes",
     "decode_dicom",
     "encode_png",
+    "identify_dicom",
     "inspect_dicom",
     "load_rules",
     "prewarm",

@@ -49,14 +49,18 @@ from shared.dicom.limits import check_pixels, decode_bytes
 from shared.dicom.parse import parse_dicom
 from shared.dicom.render import canonical_size, display_window, render, resize_to
 from shared.dicom.selection import Selection, SelectionRules, require_selected
+from shared.dicom.source import uid_value
 
 __all__ = [
     "WARN_REDUCED_J2K",
     "CanonicalImage",
     "ImageFacts",
     "decode_dicom",
+    "InstanceIds",
     "decode_local",
     "encode_png",
+    "identify_dicom",
+    "identify_local",
     "inspect_dicom",
     "inspect_local",
 ]
@@ -133,6 +137,32 @@ def inspect_local(
     geometry = header.geometry
     return ImageFacts(
         geometry.rows, geometry.columns, geometry.bits_allocated, str(header.transfer_syntax)
+    )
+
+
+@dataclass(frozen=True)
+class InstanceIds:
+    """The UIDs of a file, valid ones only (None otherwise): what a failure report names."""
+
+    sop_class_uid: str | None
+    sop_instance_uid: str | None
+    study_instance_uid: str | None
+
+
+def identify_dicom(data: bytes, *, options: DecodeOptions = DecodeOptions()) -> InstanceIds:
+    """The file's SOP Class, SOP Instance and Study Instance UIDs, after the same defensive
+    parse (and in the same worker process) as a decode; for files a decode refused."""
+    if options.isolate:
+        return run_isolated(identify_local, data, options.in_worker(), options=options)
+    return identify_local(data, options)
+
+
+def identify_local(data: bytes, options: DecodeOptions) -> InstanceIds:
+    """:func:`identify_dicom` in this process (what a worker runs)."""
+    ds = parse_dicom(data, options.limits).dataset
+    return InstanceIds(
+        uid_value(ds, "SOPClassUID"), uid_value(ds, "SOPInstanceUID"),
+        uid_value(ds, "StudyInstanceUID"),
     )
 
 

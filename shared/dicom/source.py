@@ -71,7 +71,8 @@ class SourceImage:
         return dict(self.patient_study)
 
 
-def _uid(ds: Dataset, keyword: str) -> str | None:
+def uid_value(ds: Dataset, keyword: str) -> str | None:
+    """A UID element's value when it is a valid UID (at most 64 digits and dots), else None."""
     value = text_value(ds, keyword)
     return value if value and len(value) <= 64 and _UID.match(value) else None
 
@@ -108,10 +109,10 @@ def read_source(
         if checked is not None:
             patient_study.append((keyword, checked))
     return SourceImage(
-        sop_class_uid=_uid(ds, "SOPClassUID"),
-        sop_instance_uid=_uid(ds, "SOPInstanceUID"),
-        series_instance_uid=_uid(ds, "SeriesInstanceUID"),
-        study_instance_uid=_uid(ds, "StudyInstanceUID"),
+        sop_class_uid=uid_value(ds, "SOPClassUID"),
+        sop_instance_uid=uid_value(ds, "SOPInstanceUID"),
+        series_instance_uid=uid_value(ds, "SeriesInstanceUID"),
+        study_instance_uid=uid_value(ds, "StudyInstanceUID"),
         rows=rows,
         columns=columns,
         photometric=photometric,
