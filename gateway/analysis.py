@@ -37,6 +37,7 @@ from gateway.upstream import (
 )
 from shared import contract, dicom
 from shared.contract import ClassifierFacts, DetectorFacts
+from shared.dicomnet import ResultsDelivery
 from shared.schemas import Timings
 from shared.settings import Settings
 
@@ -65,6 +66,8 @@ class Gateway:
     selection: dicom.SelectionRules | None = None
     # Pixel memory all decodes together may hold (DECODE_MEMORY_BUDGET_MB).
     decode_budget: DecodeBudget = field(default_factory=lambda: DecodeBudget(2048 * 2**20))
+    # Where the SR + GSPS of STOW-RS analyses go (RESULTS_*; a no-op when none is set).
+    delivery: ResultsDelivery = field(default_factory=ResultsDelivery)
     _poller: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -105,12 +108,14 @@ class Gateway:
             decodable=dicom.decodable_transfer_syntaxes(options),
             selection=selection_rules(settings),
             decode_budget=DecodeBudget(settings.decode_memory_budget_mb * 2**20),
+            delivery=ResultsDelivery.from_settings(settings, metrics.registry),
         )
 
     async def start(self) -> None:
         """Poll readiness once (``/readyz`` never answers from nothing), then keep polling."""
         await self.poll_readiness()
         self._poller = asyncio.create_task(self._poll_forever(), name="readiness-poller")
+        await self.delivery.start()
 
     async def poll_readiness(self) -> None:
         timeout_s = self.settings.readiness_timeout_s
@@ -135,6 +140,8 @@ class Gateway:
         )
 
     async def close(self) -> None:
+        # Results still pending get RESULTS_DRAIN_TIMEOUT_S; the rest is logged and counted.
+        await self.delivery.stop(self.settings.results_drain_timeout_s)
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
@@ -273,11 +280,13 @@ async def analyze(
     include_canonical: bool = False,
     deadline: float | None = None,
     facts: AuditFacts | None = None,
+    check: Callable[[dicom.DicomMetadata], None] | None = None,
 ) -> Findings:
     """The whole ``/upload`` pipeline; raises DicomError or UpstreamError for the route.
 
     ``deadline`` (``time.monotonic()``) bounds both model calls; ``facts`` receives the
-    image's UIDs for the audit line.
+    image's UIDs for the audit line; ``check`` may refuse the decoded image's header
+    (raising a ServiceError) before the models are asked (STOW-RS: the study in the path).
     """
     started = time.perf_counter()
     canonical, metadata = await decode(gateway, data)
@@ -285,6 +294,8 @@ async def analyze(
     if facts is not None:
         facts.study_instance_uid = metadata.study_instance_uid
         facts.sop_instance_uid = metadata.sop_instance_uid
+    if check is not None:
+        check(metadata)
 
     model_deadline = None if deadline is None else deadline - RENDER_RESERVE_S
     classified, answer = await infer_both(gateway, canonical.pixels, request_id, model_deadline)

@@ -25,7 +25,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway import dicom_out, samples
+from gateway import dicom_out, dicomweb, samples
 from gateway.admission import AdmissionMiddleware
 from gateway.analysis import Findings, Gateway, analyze, decode
 from gateway.audit import AuditFacts, AuditLog, RefusalAuditMiddleware, mark_audited
@@ -115,6 +115,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     register_error_handlers(app)
     app.include_router(router)
     app.include_router(samples.router)
+    app.include_router(dicomweb.router)
     if STATIC_DIR.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     if (swagger := swagger_assets_dir()) is not None:
@@ -134,6 +135,7 @@ def _lifespan(
         await gateway.start()
         missing = [name for name, ok in gateway.decodable.items() if not ok]
         log.info("gateway up; transfer syntaxes without a decoder: %s", missing or "none")
+        log.info("results delivery: %s", gateway.delivery.describe())
         log.info(
             "security: api keys %s, rate limit %s/min, cors %s, internal token %s",
             "on" if api_keys.enabled else "off", settings.rate_limit_per_minute or "off",

@@ -292,6 +292,14 @@ class Settings(BaseSettings):
 
     # --- DICOM networking (issue 14 items 1-2): STOW-RS in, results delivery -------------
     # (shared/dicomnet/; docs/OPERATIONS.md "STOW-RS in and results delivery")
+    stowrs_max_instances: int = Field(
+        16, ge=1, le=1000, description="Instances in one STOW-RS request to /dicomweb/studies (413)"
+    )
+    stowrs_max_bytes: int = Field(
+        128 * 1024 * 1024, ge=1024 * 1024,
+        description="Largest STOW-RS request body in bytes (413); each instance in it at most "
+        "MAX_CONTENT_LENGTH",
+    )
     results_dicomweb_url: str | None = Field(
         None, description="DICOMweb root results are stored into by STOW-RS "
         "(POST {url}/studies), e.g. http://pacs:8042/dicom-web; None = no STOW-RS delivery",

@@ -40,6 +40,7 @@ class DeliveryQueueFull(ServiceError):
     """No room for more results (``RESULTS_QUEUE_SIZE``), or delivery is shutting down."""
 
     status_code = 503
+    retry_after_s = 5
 
 
 @dataclass(frozen=True)
@@ -182,6 +183,14 @@ class ResultsDelivery:
             else:
                 names.append(destination.name)
         return ", ".join(names) or "off"
+
+    def has_room(self, objects: int) -> bool:
+        """Whether ``objects`` more (per destination) fit now: a caller checks before work."""
+        if not self.enabled:
+            return True
+        return self._accepting and (
+            self._pending + objects * len(self.destinations) <= self.queue_size
+        )
 
     def counts(self) -> DeliveryCounts:
         return DeliveryCounts(queued=self._pending, **self._counts)

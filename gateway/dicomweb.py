@@ -1,0 +1,309 @@
+"""DICOMweb STOW-RS in: ``POST /dicomweb/studies[/{study}]`` (PS3.18 10.5 Store Instances).
+
+Every instance of a ``multipart/related; type="application/dicom"`` body (read by
+:mod:`gateway.related`, bounded like ``/upload``) goes through the ``/upload`` pipeline
+(:func:`gateway.analysis.analyze`: isolated decode, input selection, both models, every
+hostile-input limit), concurrently. The answer is the Store Instances Response
+(``application/dicom+json``, PS3.18 Annex I): analysed instances in ReferencedSOPSequence,
+refused ones in FailedSOPSequence with a FailureReason (:func:`failure_reason`), status 200
+(all analysed), 202 (some) or 409 (none). Our ``/upload`` JSON of each instance travels
+in a private element of its item (:data:`PRIVATE_CREATOR`), which standard clients
+ignore. With a results destination (``RESULTS_*``) the SR and presentation state of each
+analysed instance are queued for delivery (:mod:`shared.dicomnet`); a request whose
+results would not fit in the queue is refused (503 + Retry-After) before any work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from gateway import dicom_out
+from gateway.analysis import Findings, Gateway, analyze, decode_options
+from gateway.audit import AuditFacts, mark_audited
+from gateway.errors import error_responses, service_error_response
+from gateway.related import RelatedLimits, read_related
+from gateway.response import upload_response
+from shared import dicom
+from shared.dicomnet import DeliveryQueueFull
+from shared.errors import ServiceError
+from shared.logging import request_id_var
+from shared.schemas import UploadResponse
+
+log = logging.getLogger(__name__)
+
+DICOM_JSON = "application/dicom+json"
+RELATED = 'multipart/related; type="application/dicom"'
+# The private block our analysis JSON travels in, in each Referenced/Failed SOP item.
+PRIVATE_GROUP = 0x0009
+PRIVATE_CREATOR = "SPINE ANALYSIS 1"
+CREATOR_TAG = "00090010"
+ANALYSIS_TAG = "00091001"  # UT: the /upload JSON (analysed) or {"status", "message"} (failed)
+
+# Failure Reason (0008,1197) values, PS3.18 Table I.2-2.
+OUT_OF_RESOURCES = 0xA700
+DOES_NOT_MATCH = 0xA900
+CANNOT_UNDERSTAND = 0xC000
+PROCESSING_FAILURE = 0x0110
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+RESULT_OBJECTS = 2  # an SR and a presentation state per analysed instance
+
+router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
+
+
+class StudyMismatchError(ServiceError):
+    """The instance's Study Instance UID differs from the study in the request path."""
+
+    status_code = 409
+
+
+@dataclass
+class Stored:
+    """What became of one instance of the request."""
+
+    index: int  # 1-based part number
+    sop_class_uid: str | None
+    sop_instance_uid: str | None
+    analysis: dict[str, Any] | None = None  # the /upload JSON (analysed)
+    failure: int | None = None  # Failure Reason (refused)
+    status: int = 200  # what /upload would have answered
+    message: str | None = None
+
+
+def failure_reason(exc: ServiceError) -> int:
+    """PS3.18 I.2.2 Failure Reason for why an instance was not analysed."""
+    if isinstance(exc, StudyMismatchError):
+        return DOES_NOT_MATCH
+    if isinstance(exc, dicom.NotSelectedError):
+        return SOP_CLASS_NOT_SUPPORTED  # not a kind of image this service takes
+    if isinstance(exc, dicom.NotDicomError | dicom.DicomLimitError):
+        return CANNOT_UNDERSTAND
+    if isinstance(exc, dicom.UnsupportedDicomError):
+        return DOES_NOT_MATCH  # valid DICOM we cannot analyse (colour, multi-frame, no pixels)
+    if isinstance(exc, DeliveryQueueFull) or exc.status_code in (429, 503):
+        return OUT_OF_RESOURCES
+    return PROCESSING_FAILURE
+
+
+def _element(vr: str, *values: object) -> dict[str, Any]:
+    return {"vr": vr, "Value": list(values)} if values else {"vr": vr}
+
+
+def _item(stored: Stored) -> dict[str, Any]:
+    item: dict[str, Any] = {}
+    if stored.sop_class_uid:
+        item["00081150"] = _element("UI", stored.sop_class_uid)
+    if stored.sop_instance_uid:
+        item["00081155"] = _element("UI", stored.sop_instance_uid)
+    if stored.failure is not None:
+        item["00081197"] = _element("US", stored.failure)
+        extension: dict[str, Any] = {
+            "part": stored.index, "status": stored.status, "message": stored.message,
+        }
+    else:
+        item["00081190"] = _element("UR")  # Retrieve URL, type 2: we keep no copy to retrieve
+        extension = {"part": stored.index, **(stored.analysis or {})}
+    item[CREATOR_TAG] = _element("LO", PRIVATE_CREATOR)
+    item[ANALYSIS_TAG] = _element("UT", json.dumps(extension, separators=(",", ":")))
+    return item
+
+
+def store_response(results: list[Stored]) -> tuple[int, dict[str, Any]]:
+    """``(HTTP status, Store Instances Response)``: 200 all analysed, 202 some, 409 none."""
+    referenced = [_item(r) for r in results if r.failure is None]
+    failed = [_item(r) for r in results if r.failure is not None]
+    body: dict[str, Any] = {"00081190": _element("UR")}
+    if failed:
+        body["00081198"] = {"vr": "SQ", "Value": failed}
+    if referenced:
+        body["00081199"] = {"vr": "SQ", "Value": referenced}
+    status = 409 if not referenced else 202 if failed else 200
+    return status, body
+
+
+def _study_check(study: str | None):  # type: ignore[no-untyped-def]
+    def check(metadata: dicom.DicomMetadata) -> None:
+        if study is not None and metadata.study_instance_uid != study:
+            raise StudyMismatchError(
+                "the instance's Study Instance UID differs from the study in the request path"
+            )
+
+    return check
+
+
+async def _identify(gateway: Gateway, data: bytes) -> dicom.InstanceIds:
+    """The UIDs of a refused instance (read in a worker, like a decode); None where unreadable."""
+    try:
+        return await asyncio.get_running_loop().run_in_executor(
+            gateway.decode_pool,
+            lambda: dicom.identify_dicom(data, options=decode_options(gateway.settings)),
+        )
+    except Exception:  # noqa: BLE001 - an unreadable instance is reported without UIDs
+        return dicom.InstanceIds(None, None, None)
+
+
+async def _deliver(gateway: Gateway, findings: Findings, answer: UploadResponse) -> None:
+    """Queue the SR + presentation state of one analysed instance (when a destination is set)."""
+    if not gateway.delivery.enabled:
+        return
+    results, _ = await dicom_out.write(gateway, findings, answer, dicom_out.Parts.ALL)
+    assert results.sr is not None and results.gsps is not None
+    await gateway.delivery.submit(
+        [results.sr, results.gsps],
+        study_uid=findings.metadata.study_instance_uid or "",
+        sop_uids=[results.uids.sr_instance, results.uids.pr_instance],
+    )
+
+
+async def store_one(
+    gateway: Gateway, request: Request, index: int, data: bytes, study: str | None,
+    deadline: float,
+) -> Stored:
+    """Analyse one instance as ``/upload`` does, audit it, queue its results; never raises
+    a ServiceError (it becomes the instance's failure)."""
+    started = time.perf_counter()
+    facts = AuditFacts()
+    request_id = request_id_var.get() or ""
+    findings: Findings | None = None
+    try:
+        findings = await analyze(
+            gateway, data, annotate=False, request_id=request_id, deadline=deadline,
+            facts=facts, check=_study_check(study),
+        )
+        answer = upload_response(findings, gateway.settings)
+        await _deliver(gateway, findings, answer)
+    except ServiceError as exc:
+        result = "cancelled" if exc.status_code == 499 else "error"
+        gateway.metrics.analyses.labels(result).inc()
+        _audit(gateway, request, exc.status_code, facts, started, error=exc.message)
+        if findings is not None and findings.metadata.source is not None:  # analysed
+            source = findings.metadata.source
+            ids = dicom.InstanceIds(
+                source.sop_class_uid, source.sop_instance_uid, source.study_instance_uid
+            )
+        else:  # refused before or at the decode (or by the study check): read its UIDs
+            ids = await _identify(gateway, data)
+        return Stored(
+            index, ids.sop_class_uid, ids.sop_instance_uid, failure=failure_reason(exc),
+            status=exc.status_code, message=exc.message,
+        )
+    gateway.metrics.analyses.labels("partial" if answer.detections is None else "complete").inc()
+    _audit(gateway, request, 200, facts, started, result=answer)
+    source = findings.metadata.source
+    return Stored(
+        index, source.sop_class_uid if source else None, findings.metadata.sop_instance_uid,
+        analysis=answer.model_dump(by_alias=True),
+    )
+
+
+def _audit(
+    gateway: Gateway, request: Request, status: int, facts: AuditFacts, started: float,
+    result: UploadResponse | None = None, error: str | None = None,
+) -> None:
+    mark_audited(request.scope)
+    if gateway.audit is None:
+        return
+    try:
+        gateway.audit.record(
+            event="analysis", key_id=request.scope.get("state", {}).get("key_id"),
+            request_id=request_id_var.get() or "", status=status, facts=facts,
+            duration_ms=(time.perf_counter() - started) * 1000, result=result, error=error,
+        )
+    except Exception:  # noqa: BLE001 - a full disk must not turn a result into a 500
+        log.exception("audit log write failed")
+
+
+async def store_instances(request: Request, study: str | None) -> Response:
+    """The whole STOW-RS request: read, refuse early what cannot fit, analyse, answer."""
+    gateway: Gateway = request.app.state.gateway
+    settings = gateway.settings
+    try:
+        parts = await read_related(
+            request.headers.get("content-type"), request.headers.get("content-length"),
+            request.stream(),
+            RelatedLimits(
+                max_bytes=settings.stowrs_max_bytes,
+                max_instances=settings.stowrs_max_instances,
+                max_instance_bytes=settings.max_content_length,
+                max_part_header_bytes=settings.multipart_max_part_header_bytes,
+                idle_timeout_s=settings.http_body_idle_timeout_s,
+            ),
+            settings.upload_timeout_s,
+        )
+        if not gateway.delivery.has_room(RESULT_OBJECTS * len(parts)):
+            raise DeliveryQueueFull(
+                "the results delivery queue is full (RESULTS_QUEUE_SIZE); retry later"
+            )
+    except ServiceError as exc:
+        mark_audited(request.scope)
+        return service_error_response(exc)
+    deadline = time.monotonic() + settings.request_timeout_s
+    results = await asyncio.gather(*(
+        store_one(gateway, request, index, data, study, deadline)
+        for index, data in enumerate(parts, start=1)
+    ))
+    status, body = store_response(list(results))
+    return Response(json.dumps(body), status_code=status, media_type=DICOM_JSON)
+
+
+STORE_DOC: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {RELATED: {"schema": {"type": "string", "format": "binary"}}},
+        "description": "One or more PS3.10 instances, one per part (Content-Type: "
+        "application/dicom). At most STOWRS_MAX_INSTANCES instances and STOWRS_MAX_BYTES "
+        "bytes; each instance at most MAX_CONTENT_LENGTH.",
+    },
+}
+STORE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {
+        "description": text,
+        "content": {DICOM_JSON: {"schema": {"type": "object"}}},
+    }
+    for status, text in (
+        (200, "Every instance analysed. Store Instances Response (PS3.18 Annex I): "
+              "ReferencedSOPSequence (0008,1199), one item per instance with "
+              "ReferencedSOPClassUID / ReferencedSOPInstanceUID. Extension: each item "
+              f"carries the private creator (0009,0010) = '{PRIVATE_CREATOR}' and "
+              "(0009,1001) UT = this instance's /upload JSON plus 'part' (its 1-based "
+              "position in the request); standard clients ignore private elements."),
+        (202, "Some instances analysed; the others are in FailedSOPSequence (0008,1198) "
+              "with FailureReason (0008,1197): A700 out of resources (models or results "
+              "queue busy: retry), A900 does not match (valid DICOM we cannot analyse, or "
+              "a Study Instance UID other than the path's), C000 cannot understand "
+              "(not DICOM, damaged, past a hostile-input limit), 0122 not taken (refused "
+              "by the input selection rules: not a spine radiograph), 0110 processing "
+              "failure. (0009,1001) of a failed item: {part, status, message}, status "
+              "being what /upload would have answered."),
+        (409, "No instance analysed (FailedSOPSequence only)."),
+    )
+}
+
+
+@router.post(
+    "/studies",
+    response_class=Response,
+    responses={**STORE_RESPONSES, **error_responses(400, 408, 413, 415, 429, 503)},
+    openapi_extra=STORE_DOC,
+    summary="STOW-RS: analyse instances (PS3.18 10.5 Store Instances)",
+)
+async def store_studies(request: Request) -> Response:
+    return await store_instances(request, None)
+
+
+@router.post(
+    "/studies/{study}",
+    response_class=Response,
+    responses={**STORE_RESPONSES, **error_responses(400, 408, 413, 415, 429, 503)},
+    openapi_extra=STORE_DOC,
+    summary="STOW-RS into one study: instances of another study fail (A900)",
+)
+async def store_study(request: Request, study: str) -> Response:
+    return await store_instances(request, study)
