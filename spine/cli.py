@@ -79,6 +79,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     children = build_children(
         host=args.host, gateway_port=args.port, classifier_port=args.classifier_port,
         detector_port=args.detector_port, model_dir=model_dir, base_env=env,
+        dicom_port=args.dicom_port,
     )
     print(f"[spine] model bundle: {model_dir}", flush=True)
     return serve(children, f"http://{args.host}:{args.port}")
@@ -118,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="detector port (env DETECTOR_PORT)")
     serve.add_argument("--device", choices=["auto", "cpu", "cuda"],
                        help="device of both model services; without it MODEL_DEVICE (auto)")
+    serve.add_argument("--dicom-port", type=int,
+                       help="also start the DICOM listener (`spine dicom-listener`) on this "
+                       "port, sending to this gateway; without it no listener")
     serve.set_defaults(func=cmd_serve)
 
     for name, port, helptext in (
@@ -136,11 +140,12 @@ def build_parser() -> argparse.ArgumentParser:
             one.set_defaults(func=cmd_gateway)
 
     # Tools with their own modules: data/training/evaluation and benchmarks.
-    from spine import commands_bench, commands_bundle, commands_training
+    from spine import commands_bench, commands_bundle, commands_listener, commands_training
 
     commands_training.register(sub)
     commands_bench.register(sub)
     commands_bundle.register(sub)
+    commands_listener.register(sub)
     return parser
 
 

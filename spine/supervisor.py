@@ -2,8 +2,9 @@
 
 Children are restarted with backoff when they die; they are also tied to this process
 (Linux parent-death signal), so a supervisor killed with SIGKILL leaves no orphan
-holding the ports. On SIGTERM/SIGINT the gateway drains first (no new work reaches the
-models), then both model services drain together.
+holding the ports. On SIGTERM/SIGINT the DICOM listener (with ``--dicom-port``) stops
+first (it is a client of the gateway; what it has not analysed stays in its spool), then
+the gateway drains (no new work reaches the models), then both model services together.
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ UVICORN_GRACE_S = 20
 STOP_GRACE_S = UVICORN_GRACE_S + 5.0
 STABLE_AFTER_S = 60.0  # a child up this long has its restart backoff reset
 _PR_SET_PDEATHSIG = 1
+LISTENER = "dicom-listener"
+DEFAULT_LISTENER_STATUS_PORT = 8003
 
 
 def _die_with_parent() -> None:
@@ -79,12 +82,19 @@ class Child:
             self.process.wait()
 
 
-def stop_all(children: list[Child], grace_s: float = STOP_GRACE_S) -> None:
-    """Gateway first (it stops taking uploads and finishes those in flight, which still
-    need the models), then every model service at once."""
+def stop_order(children: list[Child]) -> list[list[Child]]:
+    """The listener first (a client of the gateway), then the gateway (it stops taking
+    uploads and finishes those in flight, which still need the models), then every model
+    service at once."""
+    listeners = [child for child in children if child.name == LISTENER]
     gateways = [child for child in children if child.name == "gateway"]
-    others = [child for child in children if child.name != "gateway"]
-    for group in (gateways, others):
+    others = [child for child in children if child.name not in ("gateway", LISTENER)]
+    return [group for group in (listeners, gateways, others) if group]
+
+
+def stop_all(children: list[Child], grace_s: float = STOP_GRACE_S) -> None:
+    """Stop group by group, in :func:`stop_order`."""
+    for group in stop_order(children):
         for child in group:
             child.terminate()
         for child in group:
@@ -100,7 +110,7 @@ def _is_ready(url: str) -> bool:
 
 def build_children(
     *, host: str, gateway_port: int, classifier_port: int, detector_port: int,
-    model_dir: Path, base_env: dict[str, str],
+    model_dir: Path, base_env: dict[str, str], dicom_port: int | None = None,
 ) -> list[Child]:
     python = [sys.executable, "-m", "spine.cli"]
     # Two model services share the cores: give each half so they do not oversubscribe.
@@ -112,7 +122,7 @@ def build_children(
         "CLASSIFIER_URLS": f"http://{host}:{classifier_port}",
         "DETECTOR_URLS": f"http://{host}:{detector_port}",
     }
-    return [
+    children = [
         Child(
             "classifier", python + ["classifier", "--host", host, "--port", str(classifier_port)],
             model_env, f"http://{host}:{classifier_port}/v2/health/ready",
@@ -126,6 +136,22 @@ def build_children(
             gateway_env, f"http://{host}:{gateway_port}/livez",
         ),
     ]
+    if dicom_port is not None:
+        children.append(listener_child(host, dicom_port, gateway_port, base_env))
+    return children
+
+
+def listener_child(host: str, dicom_port: int, gateway_port: int, env: dict[str, str]) -> Child:
+    """``spine dicom-listener`` sending to this gateway; ready when its status server is."""
+    from shared.settings import Settings
+
+    settings = Settings()
+    status_port = settings.listener_status_port or DEFAULT_LISTENER_STATUS_PORT
+    status_host = settings.listener_status_host
+    argv = [sys.executable, "-m", "spine.cli", LISTENER, "--host", host,
+            "--port", str(dicom_port), "--gateway-url", f"http://{host}:{gateway_port}",
+            "--status-port", str(status_port)]
+    return Child(LISTENER, argv, env, f"http://{status_host}:{status_port}/health")
 
 
 def wait_until_ready(children: list[Child], timeout_s: float = READY_TIMEOUT_S) -> bool:

@@ -20,6 +20,7 @@ DEBIAN_PACKAGES: dict[str, str] = {
         ("dcmconv", "dcmcrle", "dcmdrle", "dcmcjpeg", "dcmdjpeg", "dcmcjpls", "dcmdjpls"), "dcmtk"
     ),
     "dsrdump": "dcmtk",
+    **dict.fromkeys(("storescu", "echoscu"), "dcmtk"),
     "dciodvfy": "dicom3tools",
     "gdcmconv": "libgdcm-tools",
     "ojph_compress": "openjph-tools",
