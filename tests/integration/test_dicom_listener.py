@@ -164,6 +164,7 @@ def _send_through_orthanc(
 def test_orthanc_sends_a_study_the_results_land_in_it_and_the_chest_is_refused(
     listener: Listener, orthanc: Orthanc
 ) -> None:
+    assert orthanc.rest("POST", f"/modalities/{MODALITY}/echo", json={}).status_code == 200
     study, files, (spine_sop, chest_sop) = study_of(_phantom(2), chest())
     refused_before = metric(listener.metrics(), 'spine_listener_images_total{outcome="refused"}')
     started = _send_through_orthanc(orthanc, files)
