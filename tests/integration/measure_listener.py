@@ -3,7 +3,8 @@
 From Orthanc's C-STORE to our listener (``POST /modalities/SPINE/store``, started after
 the images are in Orthanc) to the last SR of the study being in Orthanc (polled every
 0.1 s through its REST API), for a study of 1 and of 4 spine phantoms; results by
-C-STORE back to Orthanc. The real stack on the tiny test bundle, on loopback.
+C-STORE back to Orthanc. For scale, the gateway's own share: one ``POST /upload/dicom``
+of the same image, straight to the gateway. The real stack on the tiny test bundle.
 
     PYTHONPATH=$PWD python -m tests.integration.measure_listener --runs 5
 """
@@ -16,6 +17,8 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+
+import httpx
 
 from tests.factories import write_tiny_bundle
 from tests.integration.listener import start_listener
@@ -44,6 +47,17 @@ def main() -> None:
         try:
             orthanc.add_modality(MODALITY, listener.ae_title, "127.0.0.1", listener.port)
             phantoms = [_phantom(n) for n in range(4)]
+            alone = []
+            for _ in range(args.runs + 1):  # the gateway's share: one POST /upload/dicom
+                _, (data,), _ = study_of(phantoms[0])
+                started = time.monotonic()
+                response = httpx.post(f"{stack.gateway}/upload/dicom", timeout=120,
+                                      files={"file": ("x.dcm", data, "application/dicom")})
+                assert response.status_code == 200, response.text
+                alone.append(time.monotonic() - started)
+            print(f"gateway alone, POST /upload/dicom of 1 image: median "
+                  f"{statistics.median(alone[1:]):.2f} s, min {min(alone[1:]):.2f}, "
+                  f"max {max(alone[1:]):.2f}", flush=True)
             for images in (1, 4):
                 times = []
                 for _ in range(args.runs + 1):  # the first run warms up, not counted
