@@ -280,7 +280,7 @@ class ResultsDelivery:
         log.warning(
             "results delivery to %s: attempt %d failed for %d object(s), retry in %.1f s: %s",
             name, job.attempt, len(retry), delay, _reasons(retry),
-            extra={"study_instance_uid": job.study_uid, "sop_instance_uids": list(retry)},
+            extra={"sop_instance_uids": list(retry)},
         )
         loop = asyncio.get_running_loop()
         self._timers[id(job)] = loop.call_later(delay, self._requeue, job)
@@ -299,7 +299,7 @@ class ResultsDelivery:
         log.error(
             "results delivery to %s failed (%s) for %d object(s): %s",
             name, why, len(reasons), _reasons(reasons),
-            extra={"study_instance_uid": job.study_uid, "sop_instance_uids": list(reasons)},
+            extra={"sop_instance_uids": list(reasons)},
         )
 
     def _count(self, kind: str, destination: str, n: int, reason: str | None = None) -> None:
