@@ -39,6 +39,11 @@ def _run_uvicorn(service: str, factory: str, host: str, port: int) -> int:
     settings = get_settings()
     if problems := exposure_problems(service, host, settings):
         sys.exit(refusal_message(service, host, problems))
+    if service == "gateway":
+        from shared.dicomnet.delivery import results_config_problem
+
+        if problem := results_config_problem(settings):
+            sys.exit(f"spine gateway: refusing to start: {problem}")
     configure_logging(service, settings.log_level, settings.log_json)
     uvicorn.run(
         factory, factory=True, host=host, port=port, log_config=None,

@@ -26,9 +26,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from shared.dicomnet.destinations import (
     AeAddress,
     Destination,
+    DestinationConfigError,
     DicomWebDestination,
     SendOutcome,
     StoreScuDestination,
+    check_ae_title,
+    check_dicomweb,
 )
 from shared.errors import ServiceError
 from shared.settings import Settings
@@ -337,6 +340,23 @@ class ResultsDelivery:
         self._queue = None
         for destination in self.destinations:
             await destination.close()
+
+
+def results_config_problem(settings: Settings) -> str | None:
+    """Why the ``RESULTS_*`` destinations cannot be used (a service refuses to start), or None."""
+    try:
+        if settings.results_dicomweb_url:
+            check_dicomweb(
+                settings.results_dicomweb_url,
+                bearer=bool(settings.results_dicomweb_bearer_token),
+                user=bool(settings.results_dicomweb_user),
+            )
+        if settings.results_store_ae:
+            AeAddress.parse(settings.results_store_ae)
+            check_ae_title(settings.results_calling_ae, "RESULTS_CALLING_AE")
+    except DestinationConfigError as exc:
+        return str(exc)
+    return None
 
 
 def _reasons(reasons: dict[str, str]) -> str:

@@ -90,6 +90,15 @@ def check_credentials_transport(url: str, has_credentials: bool) -> None:
         )
 
 
+def check_dicomweb(root: str, *, bearer: bool, user: bool) -> None:
+    """``RESULTS_DICOMWEB_URL`` and its credentials can be used together."""
+    check_credentials_transport(root, bearer or user)
+    if bearer and user:
+        raise DestinationConfigError(
+            "set RESULTS_DICOMWEB_BEARER_TOKEN or RESULTS_DICOMWEB_USER, not both"
+        )
+
+
 def _code(value: object) -> int | None:
     """A FailureReason value from DICOM JSON (a number, or a string of digits)."""
     try:
@@ -168,11 +177,7 @@ class DicomWebDestination:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         root = root.rstrip("/")
-        check_credentials_transport(root, bool(bearer_token or user))
-        if bearer_token and user:
-            raise DestinationConfigError(
-                "set RESULTS_DICOMWEB_BEARER_TOKEN or RESULTS_DICOMWEB_USER, not both"
-            )
+        check_dicomweb(root, bearer=bool(bearer_token), user=bool(user))
         self.url = root if root.endswith("/studies") else f"{root}/studies"
         headers = {"Accept": DICOM_JSON}
         if bearer_token:

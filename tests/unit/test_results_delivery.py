@@ -9,6 +9,9 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import subprocess
+import sys
 
 import httpx
 import pydicom
@@ -27,7 +30,7 @@ from shared.dicomnet import (
     ResultsDelivery,
     StoreScuDestination,
 )
-from shared.dicomnet.delivery import RetryPolicy
+from shared.dicomnet.delivery import RetryPolicy, results_config_problem
 from shared.dicomnet.destinations import AeAddress, read_store_response
 from shared.settings import Settings
 from tests.integration.stack import free_port
@@ -252,6 +255,17 @@ def test_unusable_destinations_are_refused_naming_the_variable(settings, message
     with pytest.raises(DestinationConfigError, match="RESULTS_") as refused:
         ResultsDelivery.from_settings(Settings(**settings))
     assert message in str(refused.value)
+    assert results_config_problem(Settings(**settings)) == str(refused.value)
+
+
+def test_the_gateway_refuses_to_start_with_an_unusable_destination(tmp_path) -> None:
+    env = {**os.environ, "RESULTS_STORE_AE": "PACS@host", "SPINE_CACHE_DIR": str(tmp_path)}
+    done = subprocess.run(
+        [sys.executable, "-m", "spine.cli", "gateway", "--port", str(free_port())],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode != 0
+    assert "refusing to start: RESULTS_STORE_AE is AE@host:port" in done.stderr
 
 
 def test_credentials_are_allowed_over_https_and_on_loopback() -> None:
