@@ -3,7 +3,9 @@
 Healthy: both services have a ready replica; degraded: only the classifier (uploads
 get classification without boxes); unhealthy: no classifier, so no diagnosis.
 Readiness (for a load balancer) needs the classifier only, and is answered from cached
-replica state (a background poll every ``READINESS_INTERVAL_S`` and the breaker).
+replica state (a background poll every ``READINESS_INTERVAL_S`` and the breaker); a
+replica whose bundle facts cannot be read or disagree with the others' is not ready, and
+a 503 says why (:mod:`gateway.facts`).
 Replica URLs, bundle paths and checkpoint hashes are for operators
 (``OPERATOR_KEYS_SHA256``): everyone else gets :func:`public_health`.
 """
@@ -31,30 +33,33 @@ class NotReadyError(ServiceError):
     retry_after_s = NOT_READY_RETRY_AFTER_S
 
 
-async def service_health(
-    client: ModelClient[Any],
-) -> tuple[ServiceHealth, dict[str, Any] | None]:
-    """One service's readiness by replica, and its bundle facts when it is ready."""
+async def service_health(client: ModelClient[Any]) -> ServiceHealth:
+    """One service's readiness by replica (asked now), and the facts its replicas agree on.
+
+    A replica whose facts cannot be read or disagree is not ready; ``problems`` says why.
+    """
     replicas = await client.replica_readiness()
-    ready = any(replicas.values())
-    params = await client.model_parameters() if ready else None
-    health = ServiceHealth(
-        ready=ready,
+    usable = {r.url for r in client.replicas if r.usable}
+    replicas = {url: ready and url in usable for url, ready in replicas.items()}
+    facts: ServedFacts | None = client.agreed_facts()
+    devices = sorted({r.facts.device for r in client.replicas if r.usable})
+    return ServiceHealth(
+        ready=any(replicas.values()),
         replicas=replicas,
-        model_bundle=bundle_summary(ServedFacts.from_parameters(params), None)
-        if params and "checkpoints" in params
-        else None,
-        device=(params or {}).get("device"),
+        model_bundle=bundle_summary(facts, None) if facts is not None else None,
+        device=",".join(devices) or None,
+        problems={url: detail for url, (_, detail) in client.problems().items()},
     )
-    return health, params
 
 
 async def health_report(gateway: Gateway) -> HealthResponse:
     """The ``/health`` answer, asking every replica of both services."""
     services: dict[str, ServiceHealth] = {}
-    params: dict[str, dict[str, Any] | None] = {}
+    demo = False
     for client in (gateway.classifier, gateway.detector):
-        services[client.service], params[client.service] = await service_health(client)
+        services[client.service] = await service_health(client)
+        facts = client.agreed_facts()
+        demo = demo or (facts is not None and facts.demo)
     classifier_ready = services["classifier"].ready
     detector_ready = services["detector"].ready
     status = (
@@ -77,7 +82,7 @@ async def health_report(gateway: Gateway) -> HealthResponse:
         device=",".join(devices) or "unknown",
         timestamp=datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         services=services,
-        demo=any(bool((p or {}).get("demo")) for p in params.values()),
+        demo=demo,
         warnings=warnings,
         decodable_transfer_syntaxes=gateway.decodable,
     )
@@ -86,7 +91,7 @@ async def health_report(gateway: Gateway) -> HealthResponse:
 def public_health(report: HealthResponse) -> HealthResponse:
     """``report`` without what maps the deployment: per service only whether it is ready."""
     return report.model_copy(update={
-        "services": {name: ServiceHealth(ready=s.ready, replicas={})
+        "services": {name: ServiceHealth(ready=s.ready, replicas={}, problems={})
                      for name, s in report.services.items()},
     })
 
@@ -97,6 +102,9 @@ async def check_ready(gateway: Gateway) -> None:
     Read from the state the gateway's poller and circuit breaker keep (no call is made):
     the answer takes microseconds even while a replica hangs.
     """
-    replicas = gateway.classifier.cached_readiness(gateway.readiness_max_age_s)
+    classifier = gateway.classifier
+    replicas = classifier.cached_readiness(gateway.readiness_max_age_s)
     if not any(replicas.values()):
-        raise NotReadyError("classifier service not ready")
+        problems = [public for public, _ in classifier.problems().values()]
+        why = f": {'; '.join(problems)}" if problems else ""
+        raise NotReadyError(f"classifier service not ready{why}")

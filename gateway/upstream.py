@@ -14,10 +14,14 @@ Every call is bounded by the service's timeout and by the request's deadline, wh
 comes first, and tells the model server how long it may take (Triton's ``timeout``
 parameter), so the server drops the image instead of computing an answer nobody reads.
 
-An answer is used only after ``check`` (shared.contract's tensor and range checks) and the
-facts decoding have passed: a bad answer is an :class:`UpstreamInvalidAnswerError` (502),
-never a 500 and never a defaulted fact. What a replica said goes to the log under the
-request id; the client's message is generic.
+Answers are read with the bundle facts of the replica that gave them, read once from its
+model configuration and checked against the other replicas' (:mod:`gateway.facts`: when
+they are re-read, what agreement means); infer answers carry no facts. A replica whose
+facts cannot be read or disagree is out of rotation, and with none left the call is a 503
+saying why. An answer is used only after ``check`` (shared.contract's tensor and range
+checks) has passed: a bad answer is an :class:`UpstreamInvalidAnswerError` (502), never a
+500 and never a defaulted fact. What a replica said goes to the log under the request id;
+the client's message is generic.
 
 Readiness (``/readyz``) is read from :attr:`ModelClient.readiness`, which
 :meth:`ModelClient.poll_readiness` refreshes in the background (``gateway.analysis``):
@@ -41,6 +45,7 @@ from typing import Any, Generic, TypeVar
 import httpx
 import numpy as np
 
+from gateway.facts import FactsError, FactsUnreachableError, agree, read_facts
 from shared import contract, oip
 from shared.errors import ServiceError
 
@@ -67,7 +72,7 @@ RETRY_AFTER_UNREACHABLE_S = 5
 # unreachable, unavailable (503), error (other status), malformed (failed the checks),
 # ejected (every replica ejected: not attempted).
 AttemptObserver = Callable[[str, str, float], None]
-# The facts a model's infer responses carry (shared.contract), decoded on arrival.
+# The facts of a model's bundle (shared.contract), read from each replica's configuration.
 F = TypeVar("F", bound=contract.ServedFacts)
 # Checks an answer (outputs, facts, the request's inputs); raises ContractError/OipError.
 AnswerCheck = Callable[[Mapping[str, np.ndarray], F, Mapping[str, np.ndarray]], None]
@@ -126,9 +131,25 @@ class Replica:
     ejected_until: float = 0.0
     tripped: bool = False  # ejected by the breaker: the next call after the rest is a trial
     trial: bool = False  # a trial call is in flight (half-open): nobody else is sent
+    # Its bundle facts (gateway.facts): read from its model configuration, with the
+    # versions its metadata lists; stale (re-read before next use) after a sign of restart.
+    facts: Any = None
+    versions: frozenset[str] = frozenset()
+    facts_stale: bool = True  # never read yet, or it may have restarted since
+    facts_error: str | None = None  # the last read failed (the poller reads it again)
+    disagreement: str | None = None  # its facts disagree with the agreed ones (public text)
+    disagreement_detail: str | None = None  # the same with URLs (log, operators)
 
     def available(self, now: float) -> bool:
         return now >= self.ejected_until and not self.trial
+
+    @property
+    def usable(self) -> bool:
+        """Its facts are read, fresh and agreed: its answers can be read."""
+        return (
+            self.facts is not None and not self.facts_stale
+            and self.facts_error is None and self.disagreement is None
+        )
 
     def state(self, now: float) -> str:
         if now < self.ejected_until:
@@ -155,6 +176,7 @@ class ModelClient(Generic[F]):
     http: httpx.AsyncClient
     timeout_s: float
     facts_type: type[F] = field(kw_only=True)
+    output_specs: tuple[contract.TensorSpec, ...] = field(kw_only=True)
     check: AnswerCheck[F] | None = field(default=None, kw_only=True)
     token: str | None = None
     observe: AttemptObserver | None = None
@@ -165,6 +187,9 @@ class ModelClient(Generic[F]):
     readiness: dict[str, bool] = field(init=False, default_factory=dict)
     readiness_at: float = field(init=False, default=float("-inf"))
     _resolved_at: float = field(init=False, default=float("-inf"))
+    # The facts the replicas last agreed on (gateway.facts.agree), and one reader at a time.
+    agreed: str | None = field(init=False, default=None)
+    _facts_lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
 
     def __post_init__(self) -> None:
         if not self.urls:
@@ -200,7 +225,9 @@ class ModelClient(Generic[F]):
         """A replica whose rest is over (its trial call) first, else the least busy one not
         ejected; None when every replica rests or is on trial."""
         now = time.monotonic()
-        candidates = [r for r in self.replicas if r.url not in exclude and r.available(now)]
+        candidates = [
+            r for r in self.replicas if r.url not in exclude and r.available(now) and r.usable
+        ]
         chosen = min(candidates, key=lambda r: (not r.tripped, r.outstanding), default=None)
         if chosen is not None and chosen.tripped:
             chosen.trial = True  # half-open: this call decides
@@ -245,6 +272,65 @@ class ModelClient(Generic[F]):
         waits = [r.ejected_until - now for r in self.replicas if r.ejected_until > now]
         return max(1.0, min(waits, default=RETRY_AFTER_UNREACHABLE_S))
 
+    async def _read_facts(self, replica: Replica) -> None:
+        """Read one replica's facts (config, then metadata versions); errors are kept."""
+        try:
+            read = await read_facts(
+                self.http, replica.url, self.model_name, self.facts_type, self.output_specs,
+                self._headers(),
+            )
+        except FactsUnreachableError as exc:  # down: ejected as a failed call would be
+            self._failed(replica, f"unreachable ({exc})", at_once=True)
+            return  # its facts stay stale: read again when it is back
+        except FactsError as exc:
+            if replica.facts_error != str(exc):
+                log.warning("%s replica %s: bundle facts unreadable, out of rotation: %s",
+                            self.service, replica.url, exc)
+            replica.facts, replica.versions, replica.facts_error = None, frozenset(), str(exc)
+        else:
+            if replica.facts != read.facts or replica.facts_error is not None:
+                log.info("%s replica %s: bundle facts read (bundle %s, version %s)",
+                         self.service, replica.url, read.facts.name, read.facts.version)
+            replica.facts, replica.versions, replica.facts_error = read.facts, read.versions, None
+        replica.facts_stale = False
+
+    def _agree(self) -> None:
+        before = {r.url: r.disagreement_detail for r in self.replicas}
+        self.agreed = agree(self.service, self.replicas, self.agreed)
+        for replica in self.replicas:
+            detail = replica.disagreement_detail
+            if detail is not None and detail != before.get(replica.url):
+                log.warning("%s; out of rotation", detail)
+
+    async def _refresh_facts(self, wanted: Callable[[Replica], bool]) -> None:
+        """Read the facts of every replica ``wanted`` picks (one reader at a time), then
+        check agreement again."""
+        if not any(wanted(r) for r in self.replicas):
+            return
+        async with self._facts_lock:
+            todo = [r for r in self.replicas if wanted(r)]  # again: another reader may be done
+            await asyncio.gather(*(self._read_facts(r) for r in todo))
+            self._agree()
+
+    def problems(self) -> dict[str, tuple[str, str]]:
+        """``url -> (public text, detail with URLs)`` for each replica out of rotation
+        because its facts cannot be read or disagree."""
+        found: dict[str, tuple[str, str]] = {}
+        for index, replica in enumerate(self.replicas, start=1):
+            if replica.facts_error is not None:
+                found[replica.url] = (
+                    f"replica {index}: {replica.facts_error}",
+                    f"{self.service} replica {replica.url}: {replica.facts_error}",
+                )
+            elif replica.disagreement is not None and replica.disagreement_detail is not None:
+                found[replica.url] = (replica.disagreement, replica.disagreement_detail)
+        return found
+
+    def agreed_facts(self) -> F | None:
+        """The facts of the replicas in rotation (None while none is)."""
+        facts: F | None = next((r.facts for r in self.replicas if r.usable), None)
+        return facts
+
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
@@ -275,6 +361,8 @@ class ModelClient(Generic[F]):
     ) -> InferResult[F]:
         """Outputs of one infer; ``deadline`` is a ``time.monotonic()`` time or None."""
         await self._refresh_dns()
+        now = time.monotonic()
+        await self._refresh_facts(lambda r: r.facts_stale and r.available(now))
         tried: set[str] = set()
         last: UpstreamError | None = None
         started = time.perf_counter()
@@ -298,8 +386,15 @@ class ModelClient(Generic[F]):
                 self._release(replica)
             result.elapsed_ms = (time.perf_counter() - started) * 1000
             return result
-        if last is None:  # nothing was tried: every replica rests
+        if last is None:  # nothing was tried: every replica rests or is out of rotation
             self._note("ejected", started)
+            now = time.monotonic()
+            problems = self.problems()
+            waiting = [r for r in self.replicas if r.available(now) and r.url in problems]
+            if waiting:  # facts unreadable or in disagreement: say which and why
+                raise UpstreamUnavailableError(
+                    self.service, "; ".join(problems[r.url][0] for r in waiting)
+                )
             raise UpstreamUnavailableError(
                 self.service, "every replica is ejected after failing",
                 retry_after_s=self._retry_after_ejected(),
@@ -321,6 +416,7 @@ class ModelClient(Generic[F]):
         try:
             response = await self._post(replica, body, headers, budget)
         except httpx.ConnectTimeout as exc:
+            replica.facts_stale = True  # it may come back restarted: read its facts again
             self._failed(replica, "connect timeout", at_once=True)
             self._note("unreachable", started)
             raise _Retry(UpstreamUnavailableError(
@@ -332,13 +428,15 @@ class ModelClient(Generic[F]):
             self._note("timeout", started)
             raise UpstreamTimeoutError(self.service, f"no answer within {budget:.3g} s") from exc
         except httpx.TransportError as exc:
+            replica.facts_stale = True
             self._failed(replica, f"unreachable ({type(exc).__name__})", at_once=True)
             self._note("unreachable", started)
             raise _Retry(UpstreamUnavailableError(
                 self.service, f"cannot reach a replica ({type(exc).__name__})"
             )) from exc
         status = response.status_code
-        if status == 503:
+        if status == 503:  # loading (restarted?) or overloaded: its facts are read again
+            replica.facts_stale = True
             pause = _retry_after(response.headers.get("Retry-After"), self.breaker_cooldown_s)
             self._failed(replica, "answered 503", rest_s=pause)
             self._note("unavailable", started)
@@ -359,7 +457,12 @@ class ModelClient(Generic[F]):
             self._failed(replica, f"answered {status}")
             raise _Retry(error)
         try:
-            tensors, facts = self._decode(response, outputs, inputs)
+            version, tensors = self._decode(response, outputs)
+            if replica.versions and version not in replica.versions:
+                await self._facts_changed(replica, version, started)
+            facts: F = replica.facts
+            if self.check is not None:
+                self.check(tensors, facts, inputs)
         except (oip.OipError, ValueError) as exc:  # contract.ContractError included
             log.warning("%s replica %s: invalid answer: %s", self.service, replica.url, exc)
             self._failed(replica, "invalid answer")
@@ -369,10 +472,23 @@ class ModelClient(Generic[F]):
         self._note("ok", started)
         return InferResult(outputs=tensors, facts=facts, elapsed_ms=0.0, replica=replica.url)
 
+    async def _facts_changed(self, replica: Replica, version: str | None, started: float) -> None:
+        """An answer from a model version the replica's facts do not list: read them again;
+        the answer is used only if the new facts list it and still agree (else retried)."""
+        log.warning("%s replica %s answered as model version %r, not %s: reading its facts again",
+                    self.service, replica.url, version, sorted(replica.versions))
+        replica.facts_stale = True
+        await self._refresh_facts(lambda r: r is replica and r.facts_stale)
+        if not replica.usable or version not in replica.versions:
+            self._note("unavailable", started)
+            raise _Retry(UpstreamUnavailableError(
+                self.service, "a replica's bundle changed; its answer was not used"
+            ))
+
     def _decode(
-        self, response: httpx.Response, outputs: list[str], inputs: Mapping[str, np.ndarray]
-    ) -> tuple[dict[str, np.ndarray], F]:
-        """The asked-for tensors and the model's facts, checked; or OipError/ContractError."""
+        self, response: httpx.Response, outputs: list[str]
+    ) -> tuple[str | None, dict[str, np.ndarray]]:
+        """The answer's model version and the asked-for tensors; or OipError."""
         header_length = response.headers.get(oip.HEADER_LENGTH)
         try:
             length = int(header_length) if header_length else None
@@ -382,10 +498,7 @@ class ModelClient(Generic[F]):
         missing = [name for name in outputs if name not in tensors]
         if missing:
             raise oip.OipError(f"outputs {missing} missing from the answer")
-        facts = self.facts_type.from_parameters(decoded.parameters)
-        if self.check is not None:
-            self.check(tensors, facts, inputs)
-        return tensors, facts
+        return decoded.model_version, tensors
 
     async def poll_readiness(self, timeout_s: float) -> dict[str, bool]:
         """Ask every replica at once whether it is ready; the answer is also cached."""
@@ -404,7 +517,16 @@ class ModelClient(Generic[F]):
         await self._refresh_dns()
         replicas = list(self.replicas)
         states = await asyncio.gather(*(ready(replica) for replica in replicas))
-        self.readiness = {r.url: state for r, state in zip(replicas, states, strict=True)}
+        is_ready = {r.url: state for r, state in zip(replicas, states, strict=True)}
+        for replica in replicas:
+            if not is_ready[replica.url]:
+                replica.facts_stale = True  # restarting, perhaps with another bundle
+        # Ready with stale facts, or facts that could not be read: read them (again).
+        await self._refresh_facts(
+            lambda r: is_ready.get(r.url, False) and (r.facts_stale or r.facts_error is not None)
+        )
+        self._agree()  # a replica that went stale no longer takes part
+        self.readiness = is_ready
         self.readiness_at = time.monotonic()
         return dict(self.readiness)
 
@@ -415,28 +537,15 @@ class ModelClient(Generic[F]):
         if now - self.readiness_at > max_age_s:
             return {replica.url: False for replica in self.replicas}
         resting = {r.url for r in self.replicas if r.state(now) == "open"}
-        return {url: ready and url not in resting for url, ready in self.readiness.items()}
+        usable = {r.url for r in self.replicas if r.usable}
+        return {
+            url: ready and url not in resting and url in usable
+            for url, ready in self.readiness.items()
+        }
 
     async def replica_readiness(self, timeout_s: float = 2.0) -> dict[str, bool]:
         """``url -> ready`` for every replica, asked now (``/health``)."""
         return await self.poll_readiness(timeout_s)
-
-    async def model_parameters(self) -> dict[str, Any] | None:
-        """The metadata ``parameters`` (bundle facts) of the first replica that answers."""
-        for replica in self.replicas:
-            try:
-                response = await self.http.get(
-                    f"{replica.url}/v2/models/{self.model_name}",
-                    timeout=2.0, headers=self._headers(),
-                )
-            except httpx.HTTPError:
-                continue
-            if response.status_code == 200:
-                try:
-                    return dict(response.json().get("parameters", {}))
-                except (ValueError, AttributeError, TypeError):
-                    continue
-        return None
 
 
 class _Retry(Exception):  # noqa: N818 - control flow, never raised out of ModelClient

@@ -21,6 +21,7 @@ bundle's threshold, and travels as the ``abnormal`` output; the gateway reads it
 
 from __future__ import annotations
 
+import hashlib
 import json
 import typing
 from collections.abc import Mapping
@@ -213,11 +214,31 @@ class BundleFacts(BaseModel):
             raise ContractError(f"{cls.__name__}: {problems}") from exc
 
 
+# How a replica serves its bundle, not what the bundle is: replicas of one model may differ
+# here (a CPU and a GPU replica, ONNX Runtime and PyTorch) and still agree.
+SERVING_FACTS = frozenset({"device", "backend", "backends"})
+
+
 class ServedFacts(BundleFacts):
     """Facts every loaded model service reports: its checkpoints and device."""
 
     checkpoints: dict[str, str] = Field(description="checkpoint path -> sha256")
     device: str
+
+    @property
+    def version(self) -> str:
+        """A digest of every fact: our services' model ``versions`` and infer answers'
+        ``model_version``, so a client sees from one answer that the facts changed."""
+        return _digest(self.to_parameters())
+
+    def identity(self) -> dict[str, ParameterValue]:
+        """The facts replicas of one model must share (all but :data:`SERVING_FACTS`)."""
+        return {k: v for k, v in self.to_parameters().items() if k not in SERVING_FACTS}
+
+
+def _digest(parameters: Mapping[str, ParameterValue]) -> str:
+    text = json.dumps(dict(parameters), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 class ClassifierFacts(ServedFacts):

@@ -292,12 +292,13 @@ def encode_response(
     request_id: str | None,
     binary: set[str],
     parameters: dict[str, Any] | None = None,
+    model_version: str = "1",
 ) -> tuple[bytes, dict[str, str]]:
     """Build an infer response body; outputs named in ``binary`` travel as raw bytes."""
     items, blobs = _tensor_items(outputs, binary)
     header = {
         "model_name": model_name,
-        "model_version": "1",
+        "model_version": model_version,
         "id": request_id,
         "parameters": parameters or {},
         "outputs": items,

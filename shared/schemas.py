@@ -134,6 +134,11 @@ class ServiceHealth(BaseModel):
     replicas: dict[str, bool] = Field(description="upstream URL -> ready")
     model_bundle: BundleSummary | None = None
     device: str | None = None
+    problems: dict[str, str] = Field(
+        default_factory=dict,
+        description="upstream URL -> why it is out of rotation (bundle facts unreadable or "
+        "disagreeing with the other replicas'); operators only",
+    )
 
 
 class HealthResponse(BaseModel):

@@ -313,9 +313,8 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
         outputs,
         request_id=infer_request.id,
         binary={key for key in outputs if oip.wants_binary(infer_request, key)},
-        parameters={
-            **served.model.response_parameters(), "server_ms": round(elapsed * 1000, 3)
-        },
+        parameters={"server_ms": round(elapsed * 1000, 3)},
+        model_version=served.model.model_version(),
     )
     served.metrics.observe_request(elapsed)
     return Response(content=payload, headers=headers, media_type=headers["Content-Type"])

@@ -14,7 +14,6 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -68,9 +67,9 @@ class BatchedModel(ABC):
     def merge_outputs(self, per_image: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Per-image outputs of one request -> the request's output tensors."""
 
-    def response_parameters(self) -> dict[str, Any]:
-        """Facts every infer response carries (bundle name, kind, checkpoint hashes)."""
-        return {}
+    def model_version(self) -> str:
+        """The ``model_version`` of infer answers and metadata ``versions``."""
+        return "1"
 
     def config_parameters(self) -> contract.ConfigParameters:
         """The model configuration's ``parameters``: the loaded model's facts."""
@@ -85,7 +84,8 @@ class BundleModel(BatchedModel):
     """A model served from a bundle folder: what both model services share.
 
     Holds the manifest, device and thread settings, and the bundle facts
-    (:mod:`shared.contract`) that every metadata answer and infer response carries.
+    (:mod:`shared.contract`) that the metadata and model-configuration answers carry
+    (infer answers carry only their digest, as ``model_version``).
     """
 
     def __init__(
@@ -114,8 +114,10 @@ class BundleModel(BatchedModel):
         """What the metadata answer reports: full facts once loaded, the manifest's before."""
         return self.facts() if self.ready else self.bundle_facts()
 
-    def response_parameters(self) -> dict[str, Any]:
-        return self.facts().to_parameters()
+    def model_version(self) -> str:
+        """The facts' digest once loaded: a client that cached the facts (the gateway) sees
+        from any answer whether they are still the ones behind it."""
+        return self.facts().version if self.ready else "1"
 
     def config_parameters(self) -> contract.ConfigParameters:
         return self.facts().to_config_parameters()
@@ -132,6 +134,7 @@ class BundleModel(BatchedModel):
     def metadata(self) -> oip.ModelMetadata:
         return oip.ModelMetadata(
             name=self.name,
+            versions=[self.model_version()],
             platform=self.platform,
             inputs=[contract.IMAGE.metadata()],
             outputs=self.output_specs(),

@@ -1,10 +1,12 @@
 """A stand-in model replica that answers what a broken one would (the one fake on purpose).
 
 A tiny FastAPI app on a free loopback port, in a thread of the test process, that speaks
-enough OIP v2 to be called by the gateway: readiness, metadata, infer. ``mode`` says how
-it misbehaves; ``calls`` counts the infers it received. Every answer is built with the
-project's own codec (``shared.oip``) and facts (``shared.contract``), then broken in
-exactly one way, so a test knows which check it exercises.
+enough OIP v2 to be called by the gateway: readiness, metadata, model configuration, infer.
+``mode`` says how its infer answers misbehave, ``config_mode`` how its model configuration
+does (the gateway reads that once per replica); ``calls`` counts the infers it received.
+Every answer is built with the project's own codec (``shared.oip``) and facts
+(``shared.contract``), then broken in exactly one way, so a test knows which check it
+exercises.
 """
 
 from __future__ import annotations
@@ -46,8 +48,6 @@ CLASSIFIER_GARBAGE = {
     "members": "member_probabilities with 3 columns for 1 member",
     "dtype": "abnormal as FP32, not BOOL",
     "no-abnormal": "the abnormal output missing",
-    "no-threshold": "the threshold fact missing",
-    "no-parameters": "no parameters at all",
     "not-oip": "a body that is not an OIP answer",
 }
 DETECTOR_GARBAGE = {
@@ -58,18 +58,22 @@ DETECTOR_GARBAGE = {
     "inverted": "a box with x1 > x2",
     "unknown-class": "class id 7 (not in class_names)",
     "count": "num_detections 9 for 4 rows",
-    "no-conf": "the conf fact missing",
-    "no-parameters": "no parameters at all",
+}
+# Broken model configurations, by config_mode: the facts cannot be read from them.
+CONFIG_GARBAGE = {
+    "missing": "no /config route (404)",
+    "no-threshold": "the threshold fact missing (classifier) / conf (detector)",
+    "plain-values": "facts as OIP scalars, not {string_value: text}",
+    "not-json": "a body that is not JSON",
 }
 
 
-def _classifier_answer(mode: str, images: int) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _classifier_answer(mode: str, images: int, members: int) -> dict[str, np.ndarray]:
     outputs: dict[str, np.ndarray] = {
         contract.ABNORMAL_PROBABILITY.name: np.full((images, 1), 0.7, np.float32),
-        contract.MEMBER_PROBABILITIES.name: np.full((images, 1), 0.7, np.float32),
+        contract.MEMBER_PROBABILITIES.name: np.full((images, members), 0.7, np.float32),
         contract.ABNORMAL.name: np.ones((images, 1), np.bool_),
     }
-    parameters: dict[str, Any] = CLASSIFIER_FACTS.to_parameters()
     if mode == "shape":
         outputs[contract.ABNORMAL_PROBABILITY.name] = np.full((images, 2), 0.7, np.float32)
     elif mode == "nan":
@@ -77,21 +81,17 @@ def _classifier_answer(mode: str, images: int) -> tuple[dict[str, np.ndarray], d
     elif mode == "above-one":
         outputs[contract.ABNORMAL_PROBABILITY.name][:] = 1.7
     elif mode == "members":
-        outputs[contract.MEMBER_PROBABILITIES.name] = np.full((images, 3), 0.7, np.float32)
+        outputs[contract.MEMBER_PROBABILITIES.name] = np.full(
+            (images, members + 2), 0.7, np.float32
+        )
     elif mode == "dtype":
         outputs[contract.ABNORMAL.name] = np.ones((images, 1), np.float32)
     elif mode == "no-abnormal":
         del outputs[contract.ABNORMAL.name]
-    elif mode == "no-threshold":
-        del parameters["threshold"]
-    elif mode == "no-parameters":
-        parameters = {}
-    return outputs, parameters
+    return outputs
 
 
-def _detector_answer(
-    mode: str, images: int, height: int, width: int
-) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _detector_answer(mode: str, images: int, height: int, width: int) -> dict[str, np.ndarray]:
     rows = DETECTOR_FACTS.max_det
     boxes = np.zeros((images, rows, 4), np.float32)
     boxes[:, 0] = [width * 0.2, height * 0.2, width * 0.5, height * 0.5]
@@ -101,7 +101,6 @@ def _detector_answer(
         contract.DETECTION_SCORES.name: np.full((images, rows), 0.9, np.float32),
         contract.DETECTION_CLASSES.name: np.zeros((images, rows), np.int32),
     }
-    parameters: dict[str, Any] = DETECTOR_FACTS.to_parameters()
     if mode == "shape":
         outputs[contract.DETECTION_BOXES.name] = boxes[:, :, :3].copy()
     elif mode == "nan":
@@ -116,19 +115,20 @@ def _detector_answer(
         outputs[contract.DETECTION_CLASSES.name][:, 0] = 7
     elif mode == "count":
         outputs[contract.NUM_DETECTIONS.name][:] = 9
-    elif mode == "no-conf":
-        del parameters["conf"]
-    elif mode == "no-parameters":
-        parameters = {}
-    return outputs, parameters
+    return outputs
 
 
 class StandIn:
     """One misbehaving replica of ``model`` (classifier or detector); set ``mode`` freely."""
 
-    def __init__(self, model: str) -> None:
+    def __init__(self, model: str, facts: contract.ServedFacts | None = None) -> None:
         self.model = model
+        self.facts = facts or (
+            CLASSIFIER_FACTS if model == contract.CLASSIFIER_MODEL else DETECTOR_FACTS
+        )
         self.mode = "ok"
+        self.config_mode = "ok"
+        self.config_reads = 0
         self.ready_hangs = False
         self.calls = 0
         self.port = free_port()
@@ -139,9 +139,26 @@ class StandIn:
         ))
         self._thread = threading.Thread(target=self._server.run, daemon=True)
 
-    @property
-    def _facts(self) -> contract.ServedFacts:
-        return CLASSIFIER_FACTS if self.model == contract.CLASSIFIER_MODEL else DETECTOR_FACTS
+    def _config(self, name: str) -> Response:
+        self.config_reads += 1
+        if self.config_mode == "missing":
+            return JSONResponse({"error": "Not Found"}, status_code=404)
+        if self.config_mode == "not-json":
+            return Response(b"<html>oops</html>", media_type="text/html")
+        parameters: dict[str, Any] = dict(self.facts.to_config_parameters())
+        if self.config_mode == "no-threshold":
+            del parameters["threshold" if "threshold" in parameters else "conf"]
+        elif self.config_mode == "plain-values":
+            parameters = dict(self.facts.to_parameters())
+        specs = (
+            contract.CLASSIFIER_OUTPUTS if name == contract.CLASSIFIER_MODEL
+            else contract.DETECTOR_OUTPUTS
+        )
+        config = contract.model_configuration(
+            name, inputs=[contract.IMAGE.metadata()], outputs=[s.metadata() for s in specs],
+            parameters=parameters, max_batch_size=8, max_queue_delay_us=1000,
+        )
+        return JSONResponse(config)
 
     def _build(self) -> FastAPI:
         app = FastAPI()
@@ -155,8 +172,12 @@ class StandIn:
 
         @app.get("/v2/models/{name}")
         async def metadata(name: str) -> dict[str, Any]:
-            return {"name": name, "platform": "standin", "versions": ["1"],
-                    "inputs": [], "outputs": [], "parameters": self._facts.to_parameters()}
+            return {"name": name, "platform": "standin", "versions": [self.facts.version],
+                    "inputs": [], "outputs": [], "parameters": self.facts.to_parameters()}
+
+        @app.get("/v2/models/{name}/config")
+        async def config(name: str) -> Response:
+            return self._config(name)
 
         @app.post("/v2/models/{name}/infer")
         async def infer(name: str, request: Request) -> Response:
@@ -171,12 +192,13 @@ class StandIn:
                 await asyncio.sleep(60)
             if self.mode == "not-oip":
                 return Response(b"<html>oops</html>", media_type="text/html")
-            if name == contract.CLASSIFIER_MODEL:
-                outputs, parameters = _classifier_answer(self.mode, images)
+            if isinstance(self.facts, contract.ClassifierFacts):
+                outputs = _classifier_answer(self.mode, images, len(self.facts.members))
             else:
-                outputs, parameters = _detector_answer(self.mode, images, height, width)
+                outputs = _detector_answer(self.mode, images, height, width)
+            version = "another-version" if self.mode == "version" else self.facts.version
             payload, headers = oip.encode_response(
-                name, outputs, request_id=header.id, binary=set(outputs), parameters=parameters
+                name, outputs, request_id=header.id, binary=set(outputs), model_version=version
             )
             return Response(payload, headers=headers)
 
@@ -196,8 +218,8 @@ class StandIn:
 
 
 @contextmanager
-def standin(model: str) -> Iterator[StandIn]:
-    replica = StandIn(model).start()
+def standin(model: str, facts: contract.ServedFacts | None = None) -> Iterator[StandIn]:
+    replica = StandIn(model, facts).start()
     try:
         yield replica
     finally:

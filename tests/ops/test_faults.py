@@ -9,7 +9,7 @@ import httpx
 import numpy as np
 import pytest
 
-from shared import oip
+from shared import contract, oip
 from tests.integration.stack import Stack, base_env, start_service, wait_ready
 from tests.ops.conftest import INTERNAL_TOKEN, GatewayFactory
 from tests.ops.load import record, run_load, summarize
@@ -92,19 +92,36 @@ def test_detector_killed_under_load_then_restarted(
 def test_infer_is_retried_on_another_replica(
     start_gateway: GatewayFactory, ops_stack: Stack, dicom_bytes: bytes
 ) -> None:
-    """The first detector replica refuses connections; the call lands on the second."""
+    """Detector replicas: one dead from the start (never asked to infer: its facts could
+    not be read), one that dies after its facts were read (the call to it is retried on
+    the third, real one)."""
     from tests.integration.stack import free_port
+    from tests.ops.standin import StandIn
 
+    config = httpx.get(f"{ops_stack.detector}/v2/models/{contract.DETECTOR_MODEL}/config",
+                       headers={"Authorization": f"Bearer {INTERNAL_TOKEN}"}, timeout=10).json()
+    facts = contract.facts_from_config(config, contract.DetectorFacts,
+                                       model=contract.DETECTOR_MODEL,
+                                       outputs=contract.DETECTOR_OUTPUTS)
     dead = f"http://127.0.0.1:{free_port()}"
-    gateway = start_gateway("replicas", DETECTOR_URLS=f"{dead},{ops_stack.detector}")
+    dying = StandIn(contract.DETECTOR_MODEL, facts).start()
+    try:
+        gateway = start_gateway(
+            "replicas", DETECTOR_URLS=f"{dead},{dying.url},{ops_stack.detector}"
+        )
+        assert dying.config_reads == 1  # read once at start-up, like the real one
+    finally:
+        dying.stop()
     response = upload(gateway.url, dicom_bytes)
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["detections"] is not None and body["warnings"] == []
+    assert dying.calls == 0
     metrics = httpx.get(f"{gateway.url}/metrics").text
     assert 'spine_upstream_requests_total{outcome="unreachable",service="detector"} 1.0' in metrics
     assert 'spine_upstream_requests_total{outcome="ok",service="detector"} 1.0' in metrics
-    assert "replica" in gateway.log_text() and dead in gateway.log_text()
+    log = gateway.log_text()
+    assert dead in log and dying.url in log and "ejected" in log
 
 
 def test_classifier_down_is_a_fast_503_with_retry_after(

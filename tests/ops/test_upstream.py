@@ -1,10 +1,12 @@
 """Upstream garbage: a broken replica never turns an upload into a 500.
 
 A stand-in replica (``tests/ops/standin.py``) plays a model service that answers wrong
-shapes, NaN, scores above 1, missing facts or outputs, HTTP 500s, or hangs; the real
-gateway (a subprocess) calls it, next to the ops stack's real model services. A bad
-classifier answer is a 502 JSON error; a bad detector answer is a 200 with the
-classification only and a warning; a replica that keeps failing is ejected and probed
+shapes, NaN, scores above 1, missing outputs, HTTP 500s, or hangs, or whose model
+configuration (the bundle facts) is missing or incomplete; the real gateway (a
+subprocess) calls it, next to the ops stack's real model services. A bad classifier
+answer is a 502 JSON error; a bad detector answer is a 200 with the classification only
+and a warning; a replica whose facts cannot be read is out of rotation with a 503 saying
+why (never answered with defaults); a replica that keeps failing is ejected and probed
 back; ``/readyz`` answers from cached state while a replica hangs.
 """
 
@@ -20,9 +22,10 @@ import pytest
 
 from shared import contract
 from tests.integration.stack import Service, Stack
-from tests.ops.conftest import PATIENT_ID, PATIENT_NAME, GatewayFactory
+from tests.ops.conftest import INTERNAL_TOKEN, PATIENT_ID, PATIENT_NAME, GatewayFactory
 from tests.ops.standin import (
     CLASSIFIER_GARBAGE,
+    CONFIG_GARBAGE,
     DETECTOR_GARBAGE,
     INTERNAL_DETAIL,
     StandIn,
@@ -123,41 +126,136 @@ def test_a_good_stand_in_answer_is_used(
     assert response.json()["model_bundle"]["name"] == "standin"
 
 
+def _real_facts(url: str, model: str, facts_type: type[contract.ServedFacts],
+                outputs: tuple[contract.TensorSpec, ...]) -> contract.ServedFacts:
+    config = httpx.get(f"{url}/v2/models/{model}/config",
+                       headers={"Authorization": f"Bearer {INTERNAL_TOKEN}"}, timeout=10).json()
+    return contract.facts_from_config(config, facts_type, model=model, outputs=outputs)
+
+
+@pytest.fixture(scope="module")
+def agreeing_classifier(ops_stack: Stack) -> Iterator[StandIn]:
+    """A stand-in that reports the real classifier's facts, so the two agree."""
+    facts = _real_facts(ops_stack.classifier, contract.CLASSIFIER_MODEL,
+                        contract.ClassifierFacts, contract.CLASSIFIER_OUTPUTS)
+    with standin(contract.CLASSIFIER_MODEL, facts) as replica:
+        yield replica
+
+
 def test_failing_replica_is_ejected_then_probed_back(
-    start_gateway: GatewayFactory, ops_stack: Stack, fake_classifier: StandIn,
+    start_gateway: GatewayFactory, ops_stack: Stack, agreeing_classifier: StandIn,
     dicom_bytes: bytes,
 ) -> None:
     """Classifier replicas: the stand-in (answering 500) first, the real one second."""
     cooldown = 6.0
-    fake_classifier.mode = "500"
+    fake = agreeing_classifier
+    fake.mode = "500"
     gateway = start_gateway(
-        "breaker", CLASSIFIER_URLS=f"{fake_classifier.url},{ops_stack.classifier}",
+        "breaker", CLASSIFIER_URLS=f"{fake.url},{ops_stack.classifier}",
         BREAKER_FAILURES="2", BREAKER_COOLDOWN_S=str(cooldown),
     )
-    fake_classifier.calls = 0
+    fake.calls = 0
     ejected_at = 0.0
     for index in range(4):  # every upload succeeds: a 500 is retried on the real replica
         response = upload(gateway.url, dicom_bytes)
         assert response.status_code == 200, response.text
-        assert response.json()["model_bundle"]["name"] != "standin"
         if index == 1:
             ejected_at = time.monotonic()
-    assert fake_classifier.calls == 2  # ejected after BREAKER_FAILURES, then left alone
+    assert fake.calls == 2  # ejected after BREAKER_FAILURES, then left alone
     assert "ejected" in gateway.log_text()
 
     # The rest is over: the next call is a trial, which fails again (and is retried).
     time.sleep(max(0.0, ejected_at + cooldown + 0.3 - time.monotonic()))
     assert upload(gateway.url, dicom_bytes).status_code == 200
-    assert fake_classifier.calls == 3
+    assert fake.calls == 3
     assert upload(gateway.url, dicom_bytes).status_code == 200
-    assert fake_classifier.calls == 3  # ejected again at once
+    assert fake.calls == 3  # ejected again at once
 
-    fake_classifier.mode = "ok"
+    fake.mode = "ok"
     time.sleep(cooldown + 0.3)
     response = upload(gateway.url, dicom_bytes)  # the trial succeeds: back in use
-    assert response.status_code == 200 and response.json()["model_bundle"]["name"] == "standin"
+    assert response.status_code == 200, response.text
+    assert fake.calls == 4
     upload(gateway.url, dicom_bytes)
-    assert fake_classifier.calls == 5
+    assert fake.calls == 5
+    assert fake.config_reads == 1  # its facts were read once, not per answer
+
+
+# ------------------------------------------------------------------ facts unreadable
+
+
+@pytest.mark.parametrize("config_mode", sorted(CONFIG_GARBAGE))
+def test_a_classifier_whose_facts_cannot_be_read_is_refused_with_the_reason(
+    start_gateway: GatewayFactory, dicom_bytes: bytes, config_mode: str
+) -> None:
+    with standin(contract.CLASSIFIER_MODEL) as fake:
+        fake.config_mode = config_mode
+        gateway = start_gateway(f"config-{config_mode}", CLASSIFIER_URLS=fake.url)
+        ready = httpx.get(f"{gateway.url}/readyz", timeout=10)
+        assert ready.status_code == 503, (CONFIG_GARBAGE[config_mode], ready.text)
+        assert "classifier service not ready: replica 1: " in ready.json()["message"]
+        response = upload(gateway.url, dicom_bytes)
+        assert response.status_code == 503, response.text
+        body = response.json()
+        assert "replica 1: " in body["message"] and "no diagnosis" in body["message"], body
+        assert fake.calls == 0  # never asked to infer, so never read with defaults
+        assert "bundle facts unreadable" in gateway.log_text()
+        gateway.stop()
+
+
+def test_the_reason_names_what_is_missing_and_a_fixed_replica_comes_back(
+    start_gateway: GatewayFactory, dicom_bytes: bytes
+) -> None:
+    with standin(contract.CLASSIFIER_MODEL) as fake:
+        fake.config_mode = "no-threshold"
+        gateway = start_gateway("config-fixed", CLASSIFIER_URLS=fake.url,
+                                READINESS_INTERVAL_S="0.3")
+        message = httpx.get(f"{gateway.url}/readyz", timeout=10).json()["message"]
+        assert "threshold" in message and "Field required" in message, message
+        missing = upload(gateway.url, dicom_bytes)
+        assert missing.status_code == 503 and "threshold" in missing.json()["message"]
+
+        fake.config_mode = "ok"  # the poller reads it again while it is out
+        deadline = time.monotonic() + 30
+        while httpx.get(f"{gateway.url}/readyz", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, "the fixed replica never came back"
+            time.sleep(0.2)
+        response = upload(gateway.url, dicom_bytes)
+        assert response.status_code == 200, response.text
+        assert response.json()["threshold"] == 0.5  # the stand-in's own facts
+        gateway.stop()
+
+
+def test_a_detector_whose_facts_cannot_be_read_gives_classification_only(
+    start_gateway: GatewayFactory, dicom_bytes: bytes
+) -> None:
+    with standin(contract.DETECTOR_MODEL) as fake:
+        fake.config_mode = "missing"
+        gateway = start_gateway("detector-config-missing", DETECTOR_URLS=fake.url)
+        response = upload(gateway.url, dicom_bytes)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["detections"] is None
+        assert any("detector service: replica 1: GET /v2/models/spine-detector/config "
+                   "answered HTTP 404" in w for w in body["warnings"]), body["warnings"]
+        assert fake.calls == 0
+        gateway.stop()
+
+
+def test_an_answer_from_another_model_version_is_not_read_with_old_facts(
+    start_gateway: GatewayFactory, dicom_bytes: bytes
+) -> None:
+    with standin(contract.CLASSIFIER_MODEL) as fake:
+        gateway = start_gateway("version-change", CLASSIFIER_URLS=fake.url)
+        assert upload(gateway.url, dicom_bytes).status_code == 200
+        reads = fake.config_reads
+        fake.mode = "version"  # answers as a version its metadata does not list
+        response = upload(gateway.url, dicom_bytes)
+        assert response.status_code == 503, response.text
+        assert "bundle changed" in response.json()["message"]
+        assert fake.config_reads == reads + 1  # read again at once
+        assert "reading its facts again" in gateway.log_text()
+        gateway.stop()
 
 
 def test_readyz_answers_quickly_while_a_replica_hangs(
