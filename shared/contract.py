@@ -1,9 +1,11 @@
 """The wire contract between the gateway and the two model services (torch-free).
 
 Model names, tensor names with their datatypes and shapes, and the bundle facts that
-each model service reports in its OIP ``parameters`` (metadata and every infer
-response) are defined here once; the services encode facts with ``to_parameters`` and
-the gateway decodes them with ``from_parameters``, so neither side spells a key.
+each model service reports (model metadata ``parameters`` and the model configuration)
+are defined here once; the services encode facts with ``to_parameters`` /
+``to_config_parameters`` and the gateway decodes them with ``facts_from_config``, so
+neither side spells a key. Infer answers carry no facts: only their digest
+(:attr:`ServedFacts.version`) as ``model_version``.
 
 Encoding: OIP parameter values are bool, number or string, so scalar facts travel as
 themselves and structured facts (lists, maps) as JSON text. The same facts are also the
