@@ -142,6 +142,21 @@ def agreeing_classifier(ops_stack: Stack) -> Iterator[StandIn]:
         yield replica
 
 
+def test_the_models_decision_is_read_never_recomputed_from_a_threshold(
+    on_fake_classifier: Service, fake_classifier: StandIn, dicom_bytes: bytes
+) -> None:
+    """Score 0.7 above the facts' threshold 0.5, but the model decided Normal: Normal."""
+    fake_classifier.mode = "decided-normal"
+    try:
+        response = upload(on_fake_classifier.url, dicom_bytes)
+    finally:
+        fake_classifier.mode = "ok"
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["abnormal_probability"] == pytest.approx(0.7) and body["threshold"] == 0.5
+    assert body["diagnosis"] == "Normal", body
+
+
 def test_failing_replica_is_ejected_then_probed_back(
     start_gateway: GatewayFactory, ops_stack: Stack, agreeing_classifier: StandIn,
     dicom_bytes: bytes,
