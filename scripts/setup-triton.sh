@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Create .venv-triton: tritonserver 2.51 (from the nvidia-pytriton 0.7.0 wheel) and the
+# packages the exported repository's model.py files need (numpy<2, onnxruntime; no torch).
+# A separate environment: the wheel pins numpy<2, the project needs numpy 2 (README
+# "Triton"). Idempotent: a marker keyed by requirements/triton.txt skips a done install.
+# Uses a local copy of the wheel when one is in $TRITON_WHEEL_DIR (default /tmp/whl).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${TRITON_VENV:-.venv-triton}
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+req=requirements/triton.txt
+marker="$VENV/.installed-$(sha256sum "$req" | cut -c1-16)"
+if [ -f "$marker" ]; then
+  exit 0
+fi
+if [ ! -x "$VENV/bin/python" ]; then
+  echo "[setup-triton] creating $VENV"
+  "$PYTHON" -m venv "$VENV"
+fi
+links=()
+wheels=${TRITON_WHEEL_DIR:-/tmp/whl}
+if compgen -G "$wheels/nvidia_pytriton-*.whl" >/dev/null; then
+  links=(--find-links "$wheels")
+fi
+echo "[setup-triton] installing $req into $VENV (tritonserver wheel, ~55 MB the first time)"
+"$VENV/bin/pip" install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
+"$VENV/bin/pip" install --quiet "${links[@]}" -r "$req" 2>&1 | grep -v "^WARNING: Location" || true
+"$VENV/bin/python" - <<'PY' || { echo "[setup-triton] install failed" >&2; exit 1; }
+import pathlib, numpy, onnxruntime, pytriton
+assert int(numpy.__version__.split(".")[0]) < 2, numpy.__version__
+server = pathlib.Path(pytriton.__file__).parent / "tritonserver" / "bin" / "tritonserver"
+assert server.is_file(), server
+PY
+rm -f "$VENV"/.installed-*
+touch "$marker"
+echo "[setup-triton] ready: $VENV"
