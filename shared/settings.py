@@ -425,6 +425,12 @@ class Settings(BaseSettings):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
+    # --- Triton path (issue 15: `spine export-triton`, `spine triton`; README "Triton") ---
+    triton_venv: Path | None = Field(
+        None, description="environment with the nvidia-pytriton wheel and numpy<2 "
+        "(scripts/setup-triton.sh); None = .venv-triton at the project root",
+    )
+
     @field_validator("spine_default_bundle", mode="before")
     @classmethod
     def _lower_bundle(cls, value: object) -> object:

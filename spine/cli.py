@@ -145,12 +145,19 @@ def build_parser() -> argparse.ArgumentParser:
             one.set_defaults(func=cmd_gateway)
 
     # Tools with their own modules: data/training/evaluation and benchmarks.
-    from spine import commands_bench, commands_bundle, commands_listener, commands_training
+    from spine import (
+        commands_bench,
+        commands_bundle,
+        commands_listener,
+        commands_training,
+        commands_triton,
+    )
 
     commands_training.register(sub)
     commands_bench.register(sub)
     commands_bundle.register(sub)
     commands_listener.register(sub)
+    commands_triton.register(sub)
     return parser
 
 

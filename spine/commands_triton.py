@@ -1,0 +1,119 @@
+"""`spine export-triton` and `spine triton`: the Triton Inference Server path (issue 15)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from types import FrameType
+
+EXPORT_HELP = (
+    "write a Triton model repository (spine-classifier, spine-detector: Python backend, "
+    "ONNX Runtime) that serves BUNDLE exactly as our model services do"
+)
+TRITON_HELP = (
+    "run the nvidia-pytriton wheel's tritonserver (from .venv-triton) on an exported "
+    "repository; Ctrl-C stops it"
+)
+
+
+def cmd_export_triton(args: argparse.Namespace) -> int:
+    from shared.bundle import BundleError
+    from shared.settings import Settings
+    from spine.bundles import ensure_default_bundle
+    from spine.triton.export import ExportError, ExportOptions, export_repository, onnx_digests
+
+    settings = Settings()
+    chosen = args.model_dir or settings.model_dir
+    model_dir = Path(chosen).expanduser().resolve() if chosen else ensure_default_bundle()
+    if not model_dir.is_dir():
+        sys.exit(f"spine export-triton: model folder {model_dir} does not exist")
+    options = ExportOptions.from_settings(
+        settings, max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms,
+        instance_kind=args.instance_kind, instances=args.instances, threads=args.threads,
+    )
+    try:
+        report = export_repository(model_dir, Path(args.out).expanduser(), options)
+    except (BundleError, ExportError, RuntimeError, OSError) as exc:
+        sys.exit(f"spine export-triton: {exc}")
+    for name, diff in report.max_abs_diff.items():
+        print(f"[spine] {name}: {report.models[name]} (max |onnx - torch| = {diff:.2g})")
+    for path, digest in onnx_digests(report.repo).items():
+        print(f"[spine]   {path} sha256 {digest[:16]}")
+    print(
+        f"[spine] wrote {report.repo} in {report.seconds:.1f} s (max_batch_size "
+        f"{options.max_batch_size}, max delay {options.max_delay_ms:g} ms, {options.instances} "
+        f"x KIND_{options.instance_kind.upper()}); serve it with: spine triton --repo {report.repo}"
+    )
+    return 0
+
+
+def cmd_triton(args: argparse.Namespace) -> int:
+    from spine.triton.server import (
+        Ports,
+        TritonNotInstalledError,
+        TritonServer,
+        TritonStartError,
+    )
+
+    try:
+        server = TritonServer(
+            Path(args.repo).expanduser(),
+            ports=Ports(args.http_port, args.grpc_port, args.metrics_port),
+            host=args.host,
+            venv=Path(args.venv).expanduser() if args.venv else None,
+        )
+        server.start()
+    except (TritonNotInstalledError, TritonStartError, OSError) as exc:
+        sys.exit(f"spine triton: {exc}")
+
+    def forward(signum: int, _frame: FrameType | None) -> None:
+        server.signal(signal.SIGTERM if signum == signal.SIGINT else signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    try:
+        seconds = server.wait_ready(args.ready_timeout)
+    except TritonStartError as exc:
+        server.stop()
+        sys.exit(f"spine triton: {exc}")
+    print(
+        f"[spine] tritonserver ready in {seconds:.1f} s: {server.url} (gRPC {args.host}:"
+        f"{args.grpc_port}, metrics {args.host}:{args.metrics_port}); point the gateway at it "
+        f"with CLASSIFIER_URLS={server.url} DETECTOR_URLS={server.url}; Ctrl-C stops it",
+        flush=True,
+    )
+    assert server.process is not None
+    code = server.process.wait()
+    print(f"[spine] tritonserver exited with {code}", flush=True)
+    return 0 if code in (0, -signal.SIGTERM) else 1
+
+
+def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    export = sub.add_parser("export-triton", help=EXPORT_HELP, description=EXPORT_HELP)
+    export.add_argument("--model-dir", help="bundle folder (default: MODEL_DIR, else the "
+                        "default bundle, built if missing)")
+    export.add_argument("--out", required=True, metavar="REPO", help="repository to write")
+    export.add_argument("--max-batch-size", type=int, help="default: MAX_BATCH_SIZE (8)")
+    export.add_argument("--max-delay-ms", type=float, help="default: MAX_DELAY_MS (5)")
+    export.add_argument("--instance-kind", choices=("cpu", "gpu"), default="cpu",
+                        help="instance_group kind: KIND_CPU (default) or KIND_GPU (needs "
+                        "onnxruntime-gpu in the Triton environment)")
+    export.add_argument("--instances", type=int, default=1, help="instances per model")
+    export.add_argument("--threads", type=int,
+                        help="ONNX Runtime threads per session (default: ORT_THREADS, else "
+                        "TORCH_THREADS, else ONNX Runtime's default)")
+    export.set_defaults(func=cmd_export_triton)
+
+    triton = sub.add_parser("triton", help=TRITON_HELP, description=TRITON_HELP)
+    triton.add_argument("--repo", required=True, help="model repository (spine export-triton)")
+    triton.add_argument("--host", default="127.0.0.1", help="address of all three ports")
+    triton.add_argument("--http-port", type=int, default=8100)
+    triton.add_argument("--grpc-port", type=int, default=8101)
+    triton.add_argument("--metrics-port", type=int, default=8102)
+    triton.add_argument("--venv", help="Triton environment (default: TRITON_VENV, else "
+                        ".venv-triton; scripts/setup-triton.sh makes it)")
+    triton.add_argument("--ready-timeout", type=float, default=180.0,
+                        help="seconds to wait for /v2/health/ready")
+    triton.set_defaults(func=cmd_triton)
