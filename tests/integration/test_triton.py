@@ -1,0 +1,392 @@
+"""Triton Inference Server stands in for our model services, for real (issue 15).
+
+The tiny test bundle is exported with ``spine export-triton``'s code, served by the
+nvidia-pytriton wheel's tritonserver (started by ``spine triton``'s code, from
+``.venv-triton``: scripts/setup-triton.sh), and compared with our own services on the
+same tensors, then used by our gateway alone, mixed with our classifier, killed under
+load, and watched by ``/readyz``. Locally a missing Triton environment skips; under CI
+it fails, naming the setup script.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as triton
+
+from shared import contract
+from tests.factories import make_dicom, radiograph_pixels
+from tests.integration.stack import (
+    Service,
+    Stack,
+    base_env,
+    free_port,
+    start_service,
+    start_stack,
+    wait_ready,
+)
+from tests.ops.load import run_load
+from tests.tools import unavailable
+
+pytestmark = pytest.mark.timeout(300)
+
+SCORE_ATOL = 1e-4
+BOX_ATOL_PX = 0.5
+DETECTION_UNAVAILABLE = "Detection unavailable"
+CLASSIFIER_OUTPUTS = contract.names(contract.CLASSIFIER_OUTPUTS)
+DETECTOR_OUTPUTS = contract.names(contract.DETECTOR_OUTPUTS)
+
+
+def make_detector_discriminate(path: Path) -> None:
+    """Give the tiny bundle's random YOLO image-dependent, distinct confidences.
+
+    Its random features vanish with depth, so every anchor scores the same (the class
+    bias): NMS then keeps whichever equal boxes its sort happens to put first, and
+    torch's argsort leaves the order of ties unspecified. With BatchNorm statistics taken
+    from phantoms (damped, so the random net stays well conditioned) the scores differ
+    per box, and the comparison below compares detections, not tie-breaking.
+    """
+    import torch
+
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    model = checkpoint["model"].float()
+    batch = torch.stack([
+        torch.from_numpy(radiograph_pixels(640, 640, bits=8, seed=seed).astype(np.float32) / 255)
+        for seed in (1, 2, 3, 4)
+    ])[:, None].expand(-1, 3, -1, -1).contiguous()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.momentum = 1.0
+    model.train()
+    with torch.no_grad():
+        model(batch)
+        model.eval()
+        for norm in norms:
+            norm.weight.mul_(0.8)
+        for branch in model.model[-1].cv3:  # per-scale class branches; bias = the logit
+            branch[-1].bias[:] = -10.0
+            branch[-1].bias[2] = -1.0  # class 2 fires just above conf 0.25, per image
+    checkpoint["model"], checkpoint["ema"] = model.half(), None
+    torch.save(checkpoint, path)
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny bundle with a detector whose confidences differ per box."""
+    copy = tmp_path_factory.mktemp("triton-bundle") / "bundle"
+    shutil.copytree(tiny_bundle, copy)
+    make_detector_discriminate(copy / "detection output/yolo11/weights/best.pt")
+    return copy
+
+
+@pytest.fixture(scope="module")
+def stack(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Our own three services on the same bundle, for the comparisons."""
+    running = start_stack(
+        bundle, tmp_path_factory.mktemp("triton-ours"), MAX_CONTENT_LENGTH=str(8 * 1024 * 1024)
+    )
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def triton_repo(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundle exported as `spine export-triton` does (our batching defaults)."""
+    from shared.settings import Settings
+    from spine.triton.export import ExportOptions, export_repository
+
+    repo = tmp_path_factory.mktemp("triton") / "repo"
+    report = export_repository(bundle, repo, ExportOptions.from_settings(Settings(), threads=1))
+    print(f"\n[triton] exported in {report.seconds:.1f} s: {report.max_abs_diff}")
+    return repo
+
+
+def start_triton(repo: Path, folder: Path, name: str = "triton"):  # type: ignore[no-untyped-def]
+    """tritonserver on free loopback ports, as `spine triton` starts it."""
+    from shared.settings import Settings
+    from spine.triton.server import Ports, TritonNotInstalledError, TritonServer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        server = TritonServer(
+            repo, ports=Ports(free_port(), free_port(), free_port()),
+            log_path=folder / f"{name}.log",
+            settings=Settings(spine_cache_dir=folder / "cache"),
+        )
+    except TritonNotInstalledError as exc:
+        unavailable(str(exc))
+    server.start()
+    seconds = server.wait_ready()
+    print(f"\n[{name}] ready in {seconds:.1f} s at {server.url}")
+    return server
+
+
+@pytest.fixture(scope="module")
+def tritonserver(triton_repo: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    server = start_triton(triton_repo, tmp_path_factory.mktemp("tritonserver"))
+    yield server
+    assert server.stop() == 0, server.log_tail()
+
+
+@contextlib.contextmanager
+def _client(url: str) -> Iterator[triton.InferenceServerClient]:
+    """Closed after use: tritonserver's graceful stop waits for open connections."""
+    client = triton.InferenceServerClient(url=url.removeprefix("http://"))
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def _infer(url: str, model: str, images: np.ndarray, outputs: list[str]) -> dict[str, np.ndarray]:
+    tensor = triton.InferInput(contract.IMAGE.name, list(images.shape), "UINT8")
+    tensor.set_data_from_numpy(images, binary_data=True)
+    requested = [triton.InferRequestedOutput(name, binary_data=True) for name in outputs]
+    with _client(url) as client:
+        result = client.infer(model, [tensor], outputs=requested)
+    return {name: result.as_numpy(name) for name in outputs}
+
+
+def _textured(height: int, width: int, seed: int) -> np.ndarray:
+    """A phantom radiograph with noise: no flat region, so no two anchors score alike."""
+    rng = np.random.default_rng(seed)
+    pixels = radiograph_pixels(height, width, bits=8, seed=seed).astype(np.float32)
+    return np.clip(pixels + rng.normal(0, 8, pixels.shape), 0, 255).astype(np.uint8)
+
+
+def _images() -> list[tuple[np.ndarray, bool]]:
+    """Requests of different shapes (one of two images); True: square, so no letterbox
+    padding, whose flat grey makes equal scores (see make_detector_discriminate)."""
+    rng = np.random.default_rng(7)
+    return [
+        (_textured(640, 640, 5)[None, None], True),
+        (rng.integers(0, 256, size=(2, 1, 320, 320), dtype=np.uint8), True),
+        (_textured(1024, 683, 6)[None, None], False),
+        (rng.integers(0, 256, size=(1, 1, 97, 131), dtype=np.uint8), False),
+    ]
+
+
+def _boxes(outputs: dict[str, np.ndarray], index: int) -> np.ndarray:
+    """(x1, y1, x2, y2, score, class) rows of one image, in a canonical order."""
+    count = int(outputs["num_detections"][index, 0])
+    rows = np.concatenate([
+        outputs["detection_boxes"][index, :count],
+        outputs["detection_scores"][index, :count, None],
+        outputs["detection_classes"][index, :count, None].astype(np.float32),
+    ], axis=1)
+    return rows[np.lexsort(np.round(rows[:, ::-1], 1).T)]
+
+
+def test_config_parameters_are_the_bundle_facts(stack: Stack, tritonserver) -> None:
+    """Triton's /config parameters decode to the facts our own services report."""
+    for model, facts_type, ours in (
+        (contract.CLASSIFIER_MODEL, contract.ClassifierFacts, stack.classifier),
+        (contract.DETECTOR_MODEL, contract.DetectorFacts, stack.detector),
+    ):
+        with _client(tritonserver.url) as client:
+            config = client.get_model_config(model)
+        assert config["max_batch_size"] == 8 and config["backend"] == "python"
+        assert config["dynamic_batching"]["max_queue_delay_microseconds"] == "5000" or \
+            config["dynamic_batching"]["max_queue_delay_microseconds"] == 5000
+        decode = getattr(facts_type, "from_config_parameters", None)
+        parameters = config["parameters"]
+        theirs = (decode(parameters) if decode else facts_type.from_parameters(
+            {key: value["string_value"] for key, value in parameters.items()}))
+        with _client(ours) as client:
+            metadata = client.get_model_metadata(model)
+        assert theirs == facts_type.from_parameters(metadata["parameters"])
+        assert [o["name"] for o in config["output"]] == [
+            o["name"] for o in metadata["outputs"]
+        ]
+
+
+def test_same_answers_as_our_services_on_the_same_tensors(stack: Stack, tritonserver) -> None:
+    for images, square in _images():
+        ours = _infer(stack.classifier, contract.CLASSIFIER_MODEL, images, CLASSIFIER_OUTPUTS)
+        theirs = _infer(tritonserver.url, contract.CLASSIFIER_MODEL, images, CLASSIFIER_OUTPUTS)
+        for name in CLASSIFIER_OUTPUTS:
+            assert theirs[name].dtype == ours[name].dtype and theirs[name].shape == ours[name].shape
+        np.testing.assert_allclose(
+            theirs["member_probabilities"], ours["member_probabilities"], rtol=0, atol=SCORE_ATOL
+        )
+        np.testing.assert_allclose(
+            theirs["abnormal_probability"], ours["abnormal_probability"], rtol=0, atol=SCORE_ATOL
+        )
+        np.testing.assert_array_equal(theirs["abnormal"], ours["abnormal"])
+
+        ours = _infer(stack.detector, contract.DETECTOR_MODEL, images, DETECTOR_OUTPUTS)
+        theirs = _infer(tritonserver.url, contract.DETECTOR_MODEL, images, DETECTOR_OUTPUTS)
+        np.testing.assert_array_equal(theirs["num_detections"], ours["num_detections"])
+        assert theirs["detection_boxes"].shape == ours["detection_boxes"].shape
+        assert int(ours["num_detections"].sum()) > 0  # this detector fires on every image
+        if not square:
+            continue  # equal scores in the padding: which equal box NMS keeps is torch's whim
+        for index in range(images.shape[0]):
+            mine, other = _boxes(ours, index), _boxes(theirs, index)
+            np.testing.assert_allclose(other[:, :4], mine[:, :4], rtol=0, atol=BOX_ATOL_PX)
+            np.testing.assert_allclose(other[:, 4], mine[:, 4], rtol=0, atol=SCORE_ATOL)
+            np.testing.assert_array_equal(other[:, 5], mine[:, 5])
+
+
+def test_bad_input_is_a_client_error(tritonserver) -> None:
+    tiny = np.zeros((1, 1, 4, 4), dtype=np.uint8)
+    with pytest.raises(triton.InferenceServerException) as caught:
+        _infer(tritonserver.url, contract.CLASSIFIER_MODEL, tiny, CLASSIFIER_OUTPUTS)
+    assert "too small" in str(caught.value)
+    assert caught.value.status() in ("400", 400)
+
+
+# --- our gateway in front of Triton ----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dicom() -> bytes:
+    """Square (no letterbox padding) and textured: see _images."""
+    pixels = _textured(1400, 1400, 3).astype(np.uint16) * 16
+    return make_dicom(pixels, patient_id="PID-TRITON")
+
+
+def upload(url: str, data: bytes) -> httpx.Response:
+    return httpx.post(
+        f"{url}/upload", files={"file": ("x.dcm", data, "application/dicom")},
+        params={"annotate": "false"}, timeout=120,
+    )
+
+
+def start_gateway(folder: Path, classifier: str, detector: str, **env: str) -> Service:
+    folder.mkdir(parents=True, exist_ok=True)
+    gateway = start_service("gateway", {
+        **base_env(folder), "CLASSIFIER_URLS": classifier, "DETECTOR_URLS": detector,
+        "MAX_CONTENT_LENGTH": str(8 * 1024 * 1024), "READINESS_INTERVAL_S": "0.5", **env,
+    }, folder)
+    wait_ready(gateway)
+    return gateway
+
+
+def _same_result(theirs: dict, ours: dict, scale: float) -> None:
+    assert theirs["diagnosis"] == ours["diagnosis"]
+    assert theirs["threshold"] == ours["threshold"] == 0.449
+    assert theirs["ensemble_weights"] == ours["ensemble_weights"]
+    assert set(theirs["ensemble_prediction"]) == set(ours["ensemble_prediction"])
+    for member, score in ours["ensemble_prediction"].items():
+        assert theirs["ensemble_prediction"][member] == pytest.approx(score, abs=SCORE_ATOL)
+    assert theirs["abnormal_probability"] == pytest.approx(ours["abnormal_probability"],
+                                                           abs=SCORE_ATOL)
+    assert theirs["model_bundle"] == ours["model_bundle"]
+    assert theirs["demo"] is ours["demo"] is False
+    assert len(theirs["detections"]) == len(ours["detections"])
+    key = lambda d: (d["class_id"], *np.round(d["bbox"], 0))  # noqa: E731
+    for mine, other in zip(sorted(ours["detections"], key=key),
+                           sorted(theirs["detections"], key=key), strict=True):
+        assert other["class"] == mine["class"]
+        assert other["confidence"] == pytest.approx(mine["confidence"], abs=SCORE_ATOL)
+        assert other["bbox"] == pytest.approx(mine["bbox"], abs=BOX_ATOL_PX * scale)
+    assert theirs["warnings"] == ours["warnings"]
+
+
+def test_gateway_against_triton_answers_as_against_our_stack(
+    stack: Stack, tritonserver, dicom: bytes, tmp_path: Path
+) -> None:
+    ours = upload(stack.gateway, dicom)
+    assert ours.status_code == 200, ours.text
+    gateway = start_gateway(tmp_path / "gw", tritonserver.url, tritonserver.url)
+    try:
+        theirs = upload(gateway.url, dicom)
+        assert theirs.status_code == 200, theirs.text + gateway.log_text()[-2000:]
+        body = theirs.json()
+        _same_result(body, ours.json(), scale=1400 / 1024)
+        assert body["detections"], "this detector fires on every image"
+        assert httpx.get(f"{gateway.url}/readyz").status_code == 200
+    finally:
+        gateway.stop()
+
+
+def test_mixed_our_classifier_and_tritons_detector(
+    stack: Stack, tritonserver, dicom: bytes, tmp_path: Path
+) -> None:
+    ours = upload(stack.gateway, dicom).json()
+    gateway = start_gateway(tmp_path / "gw", stack.classifier, tritonserver.url)
+    try:
+        response = upload(gateway.url, dicom)
+        assert response.status_code == 200, response.text + gateway.log_text()[-2000:]
+        _same_result(response.json(), ours, scale=1400 / 1024)
+    finally:
+        gateway.stop()
+
+
+def _wait_readyz(url: str, status: int, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if httpx.get(f"{url}/readyz", timeout=5).status_code == status:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"/readyz never answered {status}")
+
+
+def test_triton_killed_under_load_behaves_as_our_detector_killed(
+    stack: Stack, triton_repo: Path, dicom: bytes, tmp_path: Path
+) -> None:
+    """Our classifier + a Triton detector that is SIGKILLed mid-load: every answer 200,
+    a diagnosis always, detections missing with a warning once it is gone; /readyz goes
+    503 (detector not ready) and back to 200 when a new tritonserver comes up there."""
+    server = start_triton(triton_repo, tmp_path / "killed")
+    gateway = start_gateway(tmp_path / "gw", stack.classifier, server.url,
+                            UPSTREAM_TIMEOUT_S="20", REQUEST_TIMEOUT_S="30")
+    try:
+        assert upload(gateway.url, dicom).json()["detections"] is not None  # warm
+        outcomes = run_load(f"{gateway.url}/upload", dicom, requests=16, concurrency=4,
+                            client_timeout_s=45, fault_after=4, fault=server.kill)
+        assert all(o.status == 200 for o in outcomes), [(o.status, o.body) for o in outcomes]
+        for o in outcomes:
+            assert o.body["diagnosis"] in ("Normal", "Abnormal")
+            if o.body["detections"] is None:
+                assert any(DETECTION_UNAVAILABLE in w for w in o.body["warnings"]), o.body
+        after = [o for o in outcomes if o.started_after_fault]
+        assert after and all(o.body["detections"] is None for o in after)
+        _wait_readyz(gateway.url, 503)
+
+        from spine.triton.server import TritonServer
+
+        again = TritonServer(triton_repo, ports=server.ports, log_path=tmp_path / "again.log",
+                             settings=_settings(tmp_path / "killed" / "cache"))
+        again.start()
+        again.wait_ready()
+        try:
+            _wait_readyz(gateway.url, 200)
+        finally:
+            again.stop()
+    finally:
+        gateway.stop()
+        server.kill()
+
+
+def test_triton_for_both_models_killed_is_a_503(
+    triton_repo: Path, dicom: bytes, tmp_path: Path
+) -> None:
+    """With Triton serving the classifier too, its death leaves no diagnosis: 503."""
+    server = start_triton(triton_repo, tmp_path / "both")
+    gateway = start_gateway(tmp_path / "gw", server.url, server.url)
+    try:
+        assert upload(gateway.url, dicom).status_code == 200
+        server.kill()
+        response = upload(gateway.url, dicom)
+        assert response.status_code == 503, response.text
+        assert "classifier" in response.json()["message"]
+        assert response.headers["Retry-After"].isdigit()
+        _wait_readyz(gateway.url, 503)
+    finally:
+        gateway.stop()
+        server.kill()
+
+
+def _settings(cache: Path):  # type: ignore[no-untyped-def]
+    from shared.settings import Settings
+
+    return Settings(spine_cache_dir=cache)
