@@ -130,17 +130,6 @@ class GreyYolo(nn.Module):
         return self.raw(batch.expand(-1, 3, -1, -1))
 
 
-def config_parameters(facts: contract.ServedFacts) -> dict[str, dict[str, str]]:
-    """Triton ``parameters`` (string values) for the facts: the contract's own encoding."""
-    encode = getattr(facts, "to_config_parameters", None)
-    if encode is not None:
-        return encode()
-    return {  # the agreed encoding, until shared.contract has it (issue 15 item 1)
-        key: {"string_value": json.dumps(value) if isinstance(value, bool) else str(value)}
-        for key, value in facts.to_parameters().items()
-    }
-
-
 def _pbtxt_string(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
     return f'"{escaped}"'
@@ -253,7 +242,7 @@ def export_classifier(
         _tensor(contract.ABNORMAL),
     ]
     (out / "config.pbtxt").write_text(
-        config_pbtxt(contract.CLASSIFIER_MODEL, outputs, config_parameters(facts), options)
+        config_pbtxt(contract.CLASSIFIER_MODEL, outputs, facts.to_config_parameters(), options)
     )
     return facts, worst
 
@@ -291,7 +280,7 @@ def export_detector(
     })
     outputs = [_tensor(item) for item in contract.DETECTOR_OUTPUTS]
     (out / "config.pbtxt").write_text(
-        config_pbtxt(contract.DETECTOR_MODEL, outputs, config_parameters(facts), options)
+        config_pbtxt(contract.DETECTOR_MODEL, outputs, facts.to_config_parameters(), options)
     )
     return facts, diff
 

@@ -193,12 +193,11 @@ def test_config_parameters_are_the_bundle_facts(stack: Stack, tritonserver) -> N
         with _client(tritonserver.url) as client:
             config = client.get_model_config(model)
         assert config["max_batch_size"] == 8 and config["backend"] == "python"
-        assert config["dynamic_batching"]["max_queue_delay_microseconds"] == "5000" or \
-            config["dynamic_batching"]["max_queue_delay_microseconds"] == 5000
-        decode = getattr(facts_type, "from_config_parameters", None)
-        parameters = config["parameters"]
-        theirs = (decode(parameters) if decode else facts_type.from_parameters(
-            {key: value["string_value"] for key, value in parameters.items()}))
+        assert int(config["dynamic_batching"]["max_queue_delay_microseconds"]) == 5000
+        theirs = facts_type.from_config_parameters(config["parameters"])
+        ours_config = httpx.get(f"{ours}/v2/models/{model}/config", timeout=10).json()
+        assert config["parameters"] == ours_config["parameters"]
+        assert config["max_batch_size"] == ours_config["max_batch_size"]
         with _client(ours) as client:
             metadata = client.get_model_metadata(model)
         assert theirs == facts_type.from_parameters(metadata["parameters"])
