@@ -12,6 +12,7 @@ run: setup
 
 test: setup
 	@scripts/setup-test-tools.sh
+	@scripts/setup-triton.sh
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/pytest -rfEs
 
