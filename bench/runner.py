@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bench import report, service_counters
+from bench import report, service_counters, triton_variant
 from bench.dicoms import Upload, bench_uploads
 from bench.loadgen import load
 from bench.procs import Proc, RssSampler, peak_rss_mb, start_baseline, start_ours, wait_ready
@@ -127,6 +127,11 @@ def _start_targets(config: BenchConfig, model_dir: Path, work: Path) -> list[_Ta
     else:
         for variant in config.variants:
             env = {**BENCH_ENV, "MODEL_DEVICE": config.device, **variant.env}
+            if variant.name == triton_variant.NAME:  # our gateway, tritonserver behind it
+                procs, url, models = triton_variant.start_triton_stack(
+                    model_dir, work / variant.name, env)
+                targets.append(_Target(variant.name, url, procs, models, variant.annotate))
+                continue
             procs = start_ours(model_dir, work / variant.name, env)
             by_name = {proc.name: proc for proc in procs}
             targets.append(_Target(
@@ -214,7 +219,7 @@ def run_bench(config: BenchConfig, echo: Callable[[str], None] = print) -> str:
             shutil.rmtree(work, ignore_errors=True)
     load1, load5, _ = os.getloadavg()
     context.append(f"- load average at end {load1:.1f} / {load5:.1f}")
-    text = report.render(summaries, peaks, context)
+    text = report.render(summaries, peaks, context) + triton_variant.ratio_lines(summaries)
     if config.json_path is not None:
         config.json_path.write_text(
             json.dumps(report.as_json(summaries, peaks, context), indent=2, default=str)

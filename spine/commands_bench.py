@@ -54,7 +54,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from bench.runner import BenchConfig, Variant, run_bench
 
     variants = []
-    for name, env in args.variant or [("ours", {})]:
+    chosen = list(args.variant or [("ours", {})])
+    if "triton" in {name for name, _ in chosen} and "ours" not in {name for name, _ in chosen}:
+        chosen.insert(0, ("ours", {}))  # the Triton variant is measured against ours
+    for name, env in chosen:
         annotate = env.pop("ANNOTATE", None)
         variants.append(Variant(name, env, None if annotate is None else annotate == "true"))
     config = BenchConfig(
@@ -116,7 +119,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bench.add_argument("--device", default="cpu", help="MODEL_DEVICE of both sides: cpu, cuda")
     bench.add_argument("--variant", action="append", type=_variant, metavar="NAME[:K=V,...]",
                        help="one of our stacks with extra environment; repeatable "
-                       "(e.g. torch:MODEL_BACKEND=torch)")
+                       "(e.g. torch:MODEL_BACKEND=torch); `triton`: our gateway in front of "
+                       "tritonserver on the bundle exported by spine export-triton")
     bench.add_argument("--json", help="also write every number to this JSON file")
     bench.add_argument("--keep-logs", action="store_true", help="keep the services' logs")
     bench.set_defaults(func=cmd_bench)

@@ -1,0 +1,95 @@
+"""``spine bench --variant triton``: our gateway in front of tritonserver instead of our
+model services, on a repository exported from the same bundle (issue 15 item 5).
+
+Same uploads, same gateway, same batching limits (``spine export-triton`` takes
+MAX_BATCH_SIZE / MAX_DELAY_MS / MAX_QUEUE_SIZE from the same settings our services read)
+and the same thread split as ``spine serve`` (each model's ONNX Runtime sessions get half
+the cores, as each of our model services does). Only the model server differs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from bench.procs import Proc, free_port
+
+NAME = "triton"
+
+
+def _threads(env: dict[str, str]) -> int:
+    """What `spine serve` gives each model service (TORCH_THREADS; ORT_THREADS wins)."""
+    for key in ("ORT_THREADS", "TORCH_THREADS"):
+        if env.get(key, "").strip() not in ("", "0"):
+            return int(env[key])
+    return max(1, (os.cpu_count() or 2) // 2)
+
+
+def start_triton_stack(
+    model_dir: Path, log_dir: Path, env_overrides: dict[str, str]
+) -> tuple[list[Proc], str, dict[str, str]]:
+    """Export ``model_dir``, start tritonserver on it and our gateway pointed at it.
+
+    Returns the processes (tritonserver, gateway), the gateway URL and the model URLs
+    (Triton's /metrics are on another port and named differently: none are scraped).
+    """
+    import subprocess
+
+    from shared.settings import Settings
+    from spine.triton.export import ExportOptions, export_repository
+    from spine.triton.server import Ports, TritonServer
+
+    env = {**os.environ, "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1", **env_overrides}
+    log_dir.mkdir(parents=True, exist_ok=True)
+    settings = Settings(**{  # the batching limits our services would read from env
+        key.lower(): env[key] for key in ("MAX_BATCH_SIZE", "MAX_DELAY_MS", "MAX_QUEUE_SIZE")
+        if key in env
+    })
+    options = ExportOptions.from_settings(settings, threads=_threads(env))
+    report = export_repository(model_dir, log_dir / "repo", options)
+    print(f"[bench] exported {model_dir} for Triton in {report.seconds:.1f} s "
+          f"({options.threads} ONNX Runtime threads per model)", file=sys.stderr, flush=True)
+    server = TritonServer(
+        report.repo, ports=Ports(free_port(), free_port(), free_port()),
+        log_path=log_dir / "tritonserver.log",
+    )
+    server.start()
+    assert server.process is not None
+    triton = Proc("tritonserver", server.url, f"{server.url}/v2/health/ready", server.process,
+                  log_dir / "tritonserver.log")
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    gateway_env = {**env, "CLASSIFIER_URLS": server.url, "DETECTOR_URLS": server.url}
+    log_path = log_dir / "gateway.log"
+    with log_path.open("wb") as handle:
+        process = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "spine.cli", "gateway", "--host", "127.0.0.1",
+             "--port", str(port)], env=gateway_env, stdout=handle, stderr=subprocess.STDOUT,
+        )
+    gateway = Proc("gateway", url, f"{url}/livez", process, log_path)
+    return [triton, gateway], url, {}
+
+
+def ratio_lines(summaries: list) -> str:  # type: ignore[type-arg]
+    """The table ours / Triton at each concurrency ('' without a Triton run)."""
+    by_level = {(s.system, s.concurrency): s for s in summaries}
+    rows = []
+    for (system, level), theirs in sorted(by_level.items(), key=lambda item: item[0][1]):
+        ours = by_level.get(("ours", level))
+        if system != NAME or ours is None:
+            continue
+
+        def ratio(a: float | None, b: float | None) -> str:
+            return f"{a / b:.2f}x" if a and b else "-"
+
+        rows.append(f"| {level} | {ours.throughput:.3f} | {theirs.throughput:.3f} | "
+                    f"{ratio(ours.throughput, theirs.throughput)} | "
+                    f"{ratio(theirs.p50_ms, ours.p50_ms)} | {ratio(theirs.p95_ms, ours.p95_ms)} |")
+    if not rows:
+        return ""
+    return "\n".join([
+        "", "### Ours / Triton (same gateway, same exported networks, same batching limits)",
+        "", "| conc | ours img/s | triton img/s | throughput ours/triton | p50 triton/ours "
+        "| p95 triton/ours |", "|---|---|---|---|---|---|", *rows,
+    ])
