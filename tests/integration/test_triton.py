@@ -329,12 +329,24 @@ def _wait_readyz(url: str, status: int, timeout_s: float = 20.0) -> None:
     raise AssertionError(f"/readyz never answered {status}")
 
 
+def _wait_health(url: str, status: str, timeout_s: float = 20.0) -> dict:
+    deadline = time.monotonic() + timeout_s
+    body: dict = {}
+    while time.monotonic() < deadline:
+        body = httpx.get(f"{url}/health", timeout=5).json()
+        if body.get("status") == status:
+            return body
+        time.sleep(0.2)
+    raise AssertionError(f"/health never said {status}: {body}")
+
+
 def test_triton_killed_under_load_behaves_as_our_detector_killed(
     stack: Stack, triton_repo: Path, dicom: bytes, tmp_path: Path
 ) -> None:
     """Our classifier + a Triton detector that is SIGKILLed mid-load: every answer 200,
-    a diagnosis always, detections missing with a warning once it is gone; /readyz goes
-    503 (detector not ready) and back to 200 when a new tritonserver comes up there."""
+    a diagnosis always, detections missing with a warning once it is gone; /health goes
+    degraded (detector not ready; /readyz needs the classifier only and stays 200) and
+    healthy again when a new tritonserver comes up on the same port."""
     server = start_triton(triton_repo, tmp_path / "killed")
     gateway = start_gateway(tmp_path / "gw", stack.classifier, server.url,
                             UPSTREAM_TIMEOUT_S="20", REQUEST_TIMEOUT_S="30")
@@ -349,7 +361,8 @@ def test_triton_killed_under_load_behaves_as_our_detector_killed(
                 assert any(DETECTION_UNAVAILABLE in w for w in o.body["warnings"]), o.body
         after = [o for o in outcomes if o.started_after_fault]
         assert after and all(o.body["detections"] is None for o in after)
-        _wait_readyz(gateway.url, 503)
+        _wait_health(gateway.url, "degraded")
+        assert httpx.get(f"{gateway.url}/readyz").status_code == 200
 
         from spine.triton.server import TritonServer
 
@@ -358,7 +371,15 @@ def test_triton_killed_under_load_behaves_as_our_detector_killed(
         again.start()
         again.wait_ready()
         try:
-            _wait_readyz(gateway.url, 200)
+            _wait_health(gateway.url, "healthy")
+            # detections come back once the ejected replica is tried again (the breaker)
+            deadline, body = time.monotonic() + 30, {}
+            while time.monotonic() < deadline:
+                body = upload(gateway.url, dicom).json()
+                if body.get("detections") is not None:
+                    break
+                time.sleep(1)
+            assert body.get("detections") is not None, body
         finally:
             again.stop()
     finally:
@@ -369,7 +390,8 @@ def test_triton_killed_under_load_behaves_as_our_detector_killed(
 def test_triton_for_both_models_killed_is_a_503(
     triton_repo: Path, dicom: bytes, tmp_path: Path
 ) -> None:
-    """With Triton serving the classifier too, its death leaves no diagnosis: 503."""
+    """With Triton serving the classifier too, its death leaves no diagnosis: 503, and
+    Triton's /v2/health/ready (through the model's ready endpoint) drives our /readyz."""
     server = start_triton(triton_repo, tmp_path / "both")
     gateway = start_gateway(tmp_path / "gw", server.url, server.url)
     try:
@@ -380,6 +402,18 @@ def test_triton_for_both_models_killed_is_a_503(
         assert "classifier" in response.json()["message"]
         assert response.headers["Retry-After"].isdigit()
         _wait_readyz(gateway.url, 503)
+
+        from spine.triton.server import TritonServer
+
+        again = TritonServer(triton_repo, ports=server.ports, log_path=tmp_path / "again.log",
+                             settings=_settings(tmp_path / "both" / "cache"))
+        again.start()
+        again.wait_ready()
+        try:
+            _wait_readyz(gateway.url, 200)
+            assert upload(gateway.url, dicom).status_code == 200
+        finally:
+            again.stop()
     finally:
         gateway.stop()
         server.kill()
