@@ -1,0 +1,46 @@
+"""`spine bench --variant triton`: the ours/Triton table and the variant's wiring."""
+
+from __future__ import annotations
+
+import argparse
+
+from bench.stats import RunSummary
+from bench.triton_variant import _threads, ratio_lines
+
+
+def _summary(system: str, level: int, throughput: float, p50: float, p95: float) -> RunSummary:
+    return RunSummary(system, level, 16, 0, 16 / throughput, throughput, p50, p95, p95, {})
+
+
+def test_ratio_table_is_ours_over_triton_at_each_level() -> None:
+    text = ratio_lines([
+        _summary("ours", 1, 1.0, 1000, 1200), _summary("triton", 1, 0.5, 2000, 3000),
+        _summary("ours", 8, 2.0, 4000, 5000), _summary("triton", 8, 2.0, 4000, 4000),
+    ])
+    assert "### Ours / Triton" in text
+    assert "| 1 | 1.000 | 0.500 | 2.00x | 2.00x | 2.50x |" in text
+    assert "| 8 | 2.000 | 2.000 | 1.00x | 1.00x | 0.80x |" in text
+    assert ratio_lines([_summary("ours", 1, 1.0, 1, 1)]) == ""
+
+
+def test_triton_sessions_get_the_threads_our_model_services_get() -> None:
+    assert _threads({"TORCH_THREADS": "3"}) == 3
+    assert _threads({"TORCH_THREADS": "3", "ORT_THREADS": "2"}) == 2
+    assert _threads({}) >= 1
+
+
+def test_variant_triton_is_measured_against_ours(monkeypatch) -> None:
+    from spine import commands_bench
+
+    seen = {}
+
+    def fake_run_bench(config, echo):  # type: ignore[no-untyped-def]
+        seen["variants"] = [variant.name for variant in config.variants]
+        return ""
+
+    monkeypatch.setattr("bench.runner.run_bench", fake_run_bench)
+    parser = argparse.ArgumentParser()
+    commands_bench.register(parser.add_subparsers())
+    args = parser.parse_args(["bench", "--variant", "triton", "--no-baseline"])
+    args.func(args)
+    assert seen["variants"] == ["ours", "triton"]
