@@ -39,7 +39,7 @@ class InputError(ValueError):
     """A request whose IMAGE tensor our services would refuse (400 there)."""
 
 
-# --- resize kernels (PyTorch's, as matrices: out = rows @ image @ columns.T) ---------------
+# --- resize kernels (PyTorch's weights, applied as a few taps per output pixel) -----------
 
 
 def antialias_weights(in_size: int, out_size: int) -> np.ndarray:
@@ -88,25 +88,44 @@ def bilinear_weights(in_size: int, out_size: int) -> np.ndarray:
     return matrix
 
 
-_CACHE: dict[tuple[str, int, int], np.ndarray] = {}
+Taps = tuple[np.ndarray, np.ndarray]  # ([out, K] source indices, [out, K] weights)
+_CACHE: dict[tuple[str, int, int], Taps] = {}
 
 
-def _weights(kind: str, in_size: int, out_size: int) -> np.ndarray:
+def _taps(kind: str, in_size: int, out_size: int) -> Taps:
+    """The few non-zero weights of each output pixel (the filter's window), padded to the
+    widest window with weight 0: a gather and a K-term sum instead of a dense product."""
     key = (kind, in_size, out_size)
     if key not in _CACHE:
         if len(_CACHE) > 256:
             _CACHE.clear()
         make = antialias_weights if kind == "aa" else bilinear_weights
-        _CACHE[key] = make(in_size, out_size)
+        matrix = make(in_size, out_size)
+        nonzero = matrix != 0
+        first = np.where(nonzero.any(axis=1), nonzero.argmax(axis=1), 0)
+        last = in_size - 1 - np.where(nonzero.any(axis=1), nonzero[:, ::-1].argmax(axis=1), 0)
+        width = int((last - first).max()) + 1
+        index = np.minimum(first[:, None] + np.arange(width)[None, :], in_size - 1)
+        weights = np.take_along_axis(matrix, index, axis=1)
+        weights[first[:, None] + np.arange(width)[None, :] > last[:, None]] = 0
+        _CACHE[key] = (index, weights.astype(np.float32))
     return _CACHE[key]
+
+
+def _resize_rows(image: np.ndarray, taps: Taps) -> np.ndarray:
+    """Axis 0 of ``image`` resampled: out[i] = sum_k w[i, k] * image[index[i, k]]."""
+    index, weights = taps
+    out = np.zeros((index.shape[0], *image.shape[1:]), dtype=np.float32)
+    for k in range(index.shape[1]):
+        out += weights[:, k, None] * image[index[:, k]]
+    return out
 
 
 def resize(image: np.ndarray, height: int, width: int, *, antialias: bool) -> np.ndarray:
     """A float32 ``(H, W)`` image resized to ``(height, width)`` (width first, as PyTorch)."""
     kind = "aa" if antialias else "bl"
-    columns = _weights(kind, image.shape[1], width)
-    rows = _weights(kind, image.shape[0], height)
-    return rows @ (image @ columns.T)
+    across = _resize_rows(np.ascontiguousarray(image.T), _taps(kind, image.shape[1], width))
+    return _resize_rows(np.ascontiguousarray(across.T), _taps(kind, image.shape[0], height))
 
 
 def to_unit(image: np.ndarray) -> np.ndarray:
