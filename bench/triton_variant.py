@@ -13,9 +13,42 @@ import os
 import sys
 from pathlib import Path
 
+import httpx
+
 from bench.procs import Proc, free_port
 
 NAME = "triton"
+COUNTERS = ("nv_inference_count", "nv_inference_exec_count")
+
+
+def per_model_counters(text: str) -> dict[str, dict[str, float]]:
+    """Triton's /metrics: images and executed batches per model (labels ``model="..."``)."""
+    counts: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        name, _, rest = line.partition("{")
+        if name not in COUNTERS or 'model="' not in rest:
+            continue
+        model = rest.split('model="', 1)[1].split('"', 1)[0]
+        counts.setdefault(model, {})[name] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+class TritonProc(Proc):
+    """tritonserver; on stop it reports, per model, images per executed batch over the
+    whole run (the bench's per-level counters parse our services' metrics only)."""
+
+    metrics_url: str = ""
+
+    def stop(self, grace_s: float = 25.0) -> None:
+        try:
+            text = httpx.get(self.metrics_url, timeout=5.0).text
+        except httpx.HTTPError:
+            text = ""
+        for model, values in sorted(per_model_counters(text).items()):
+            images, batches = values.get(COUNTERS[0], 0), values.get(COUNTERS[1], 0)
+            print(f"[bench] triton {model}: {images:.0f} images in {batches:.0f} executions "
+                  f"(warm-up and every level together)", file=sys.stderr, flush=True)
+        super().stop(grace_s)
 
 
 def _threads(env: dict[str, str]) -> int:
@@ -56,8 +89,9 @@ def start_triton_stack(
     )
     server.start()
     assert server.process is not None
-    triton = Proc("tritonserver", server.url, f"{server.url}/v2/health/ready", server.process,
-                  log_dir / "tritonserver.log")
+    triton = TritonProc("tritonserver", server.url, f"{server.url}/v2/health/ready",
+                        server.process, log_dir / "tritonserver.log")
+    triton.metrics_url = f"http://127.0.0.1:{server.ports.metrics}/metrics"
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     gateway_env = {**env, "CLASSIFIER_URLS": server.url, "DETECTOR_URLS": server.url}
@@ -89,7 +123,7 @@ def ratio_lines(summaries: list) -> str:  # type: ignore[type-arg]
     if not rows:
         return ""
     return "\n".join([
-        "", "### Ours / Triton (same gateway, same exported networks, same batching limits)",
+        "", "", "### Ours / Triton (same gateway, same exported networks, same batching limits)",
         "", "| conc | ours img/s | triton img/s | throughput ours/triton | p50 triton/ours "
         "| p95 triton/ours |", "|---|---|---|---|---|---|", *rows,
     ])
