@@ -95,8 +95,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     export.add_argument("--model-dir", help="bundle folder (default: MODEL_DIR, else the "
                         "default bundle, built if missing)")
     export.add_argument("--out", required=True, metavar="REPO", help="repository to write")
-    export.add_argument("--max-batch-size", type=int, help="default: MAX_BATCH_SIZE (8)")
-    export.add_argument("--max-delay-ms", type=float, help="default: MAX_DELAY_MS (5)")
+    export.add_argument("--max-batch-size", type=int,
+                        help="max_batch_size of both models; without it MAX_BATCH_SIZE")
+    export.add_argument("--max-delay-ms", type=float,
+                        help="dynamic batching's queue delay; without it MAX_DELAY_MS")
     export.add_argument("--instance-kind", choices=("cpu", "gpu"), default="cpu",
                         help="instance_group kind: KIND_CPU (default) or KIND_GPU (needs "
                         "onnxruntime-gpu in the Triton environment)")
@@ -109,9 +111,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     triton = sub.add_parser("triton", help=TRITON_HELP, description=TRITON_HELP)
     triton.add_argument("--repo", required=True, help="model repository (spine export-triton)")
     triton.add_argument("--host", default="127.0.0.1", help="address of all three ports")
-    triton.add_argument("--http-port", type=int, default=8100)
-    triton.add_argument("--grpc-port", type=int, default=8101)
-    triton.add_argument("--metrics-port", type=int, default=8102)
+    triton.add_argument("--http-port", type=int, default=8100,
+                        help="HTTP/REST port (the gateway's CLASSIFIER_URLS / DETECTOR_URLS)")
+    triton.add_argument("--grpc-port", type=int, default=8101, help="gRPC port")
+    triton.add_argument("--metrics-port", type=int, default=8102,
+                        help="Prometheus metrics port (/metrics)")
     triton.add_argument("--venv", help="Triton environment (default: TRITON_VENV, else "
                         ".venv-triton; scripts/setup-triton.sh makes it)")
     triton.add_argument("--ready-timeout", type=float, default=180.0,
