@@ -1,0 +1,171 @@
+"""The compute ceiling: what the machine's cores could serve if nothing but the work ran.
+
+    python -m bench.ceiling --model-dir DIR [--rounds 3] [--image-size 2455x1606]
+
+On the bench's own uploads (same generator, same seeds) and the same bundle, in one
+thread: each network's bare time at batch 1 with ONNX Runtime (the export our services
+cached) and with eager PyTorch, on the very tensors our services feed it (canonical
+image -> member resize/normalise, detector letterbox); the decode of each upload to the
+canonical image (``shared.dicom.decode_dicom``); and the annotated PNG our gateway draws.
+The ceiling is ``cores / (decode + render + every member + detector)`` in CPU-seconds per
+image with ONNX Runtime (what ``spine serve`` runs on CPU): the most any layout of this
+work on these cores can reach. Prints one JSON object; ``bench.runner`` runs it in a child
+process (its own thread settings) between starting the systems and loading them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+@dataclass
+class Ceiling:
+    """Per-image single-thread milliseconds and the throughput they imply."""
+
+    cores: int
+    decode_ms: float
+    render_ms: float
+    onnx_ms: dict[str, float] = field(default_factory=dict)
+    torch_ms: dict[str, float] = field(default_factory=dict)
+    detector_input: str = ""
+
+    @property
+    def per_image_ms(self) -> float:
+        """CPU milliseconds per image as our CPU stack does it (ONNX Runtime networks)."""
+        return self.decode_ms + self.render_ms + sum(self.onnx_ms.values())
+
+    @property
+    def images_per_s(self) -> float:
+        return self.cores * 1000.0 / self.per_image_ms
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "per_image_ms": self.per_image_ms,
+                "images_per_s": self.images_per_s}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> Ceiling:
+        keys = ("cores", "decode_ms", "render_ms", "onnx_ms", "torch_ms", "detector_input")
+        return cls(**{key: data[key] for key in keys})  # type: ignore[arg-type]
+
+
+def _median_ms(work: Callable[[], object], rounds: int) -> float:
+    work()  # warm-up (allocations, ONNX Runtime's first-run planning)
+    times = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        work()
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def measure(model_dir: Path, rows: int, cols: int, kinds: tuple[str, ...],
+            rounds: int) -> Ceiling:
+    import torch
+
+    torch.set_num_threads(1)
+    from dataclasses import replace
+
+    from bench.dicoms import bench_uploads
+    from classifier_service.checkpoints import load_classifier
+    from classifier_service.ensemble import (
+        PROBABILITY_ATOL,
+        normalise,
+        probability_from_logits,
+        resize_square,
+        to_device_batch,
+    )
+    from detector_service.yolo import RawOutput, letterbox_batch, load_yolo, reset_anchor_cache
+    from gateway.annotate import draw_boxes, png_data_uri
+    from gateway.fusion import Box
+    from shared.bundle import check_pins, load_manifest, resolve_checkpoint
+    from shared.dicom import decode_dicom
+    from shared.serving.onnx_runtime import options_from_settings, try_onnx
+    from shared.settings import Settings
+
+    settings = Settings()
+    options = replace(options_from_settings(settings, 1), threads=1)
+    manifest = load_manifest(model_dir)
+    uploads = bench_uploads(rows, cols, kinds)
+    cpu = torch.device("cpu")
+    decode_ms = statistics.mean(
+        _median_ms(lambda u=u: decode_dicom(u.data, settings.canonical_long_side), rounds)
+        for u in uploads
+    )
+    canonical = decode_dicom(uploads[0].data, settings.canonical_long_side)[0].pixels
+    height, width = canonical.shape
+    boxes = [Box(1, "finding", 0.6, width * 0.3, height * 0.3, width * 0.5, height * 0.45)] * 3
+    render_ms = _median_ms(
+        lambda: png_data_uri(draw_boxes(canonical, boxes, settings.annotate_long_side)), rounds
+    )
+    ceiling = Ceiling(os.cpu_count() or 1, decode_ms, render_ms)
+    tensors = to_device_batch([canonical], cpu)
+    with torch.inference_mode():
+        for spec in manifest.classifier.members:
+            path = resolve_checkpoint(model_dir, spec.checkpoint)
+            sha256, trusted = check_pins(path, spec)
+            model = load_classifier(path, spec.arch, spec.num_classes, trusted=trusted).eval()
+            batch = normalise(resize_square(tensors, spec.input_size), spec.mean, spec.std)
+            check = torch.cat([batch, batch.flip(-1)])
+            runner = try_onnx(
+                model, check, name=f"{spec.name}-{spec.arch}", sha256=sha256,
+                input_size=spec.input_size, options=replace(options, rtol=0.0,
+                                                            atol=PROBABILITY_ATOL),
+                transform=lambda x: probability_from_logits(torch.from_numpy(x)).numpy(),
+            )
+            label = f"{spec.arch}@{spec.input_size}"
+            ceiling.torch_ms[label] = _median_ms(lambda m=model, b=batch: m(b), rounds)
+            if runner is not None:
+                array = batch.numpy()
+                ceiling.onnx_ms[label] = _median_ms(lambda r=runner, a=array: r.run(a), rounds)
+            del model, runner
+        spec = manifest.detector
+        path = resolve_checkpoint(model_dir, spec.checkpoint)
+        sha256, trusted = check_pins(path, spec)
+        network, _ = load_yolo(path, trusted=trusted)
+        network = network.float()
+        if hasattr(network, "fuse"):
+            network = network.fuse(verbose=False)
+        reset_anchor_cache(network)
+        batch, _ = letterbox_batch([canonical], spec.image_size, cpu)
+        check, _ = letterbox_batch([canonical, canonical[::-1].copy()], spec.image_size, cpu)
+        wrapped = RawOutput(network).eval()
+        runner = try_onnx(
+            wrapped, check, name=f"detector-{Path(spec.checkpoint).stem}", sha256=sha256,
+            input_size=spec.image_size, options=options,
+        )
+        label = f"detector@{spec.image_size}x{spec.image_size}"
+        ceiling.detector_input = f"{width}x{height} canonical -> {label}"
+        ceiling.torch_ms[label] = _median_ms(lambda: wrapped(batch), rounds)
+        if runner is not None:
+            array = batch.numpy()
+            ceiling.onnx_ms[label] = _median_ms(lambda: runner.run(array), rounds)
+    return ceiling
+
+
+def main(argv: list[str] | None = None) -> int:
+    for name in THREAD_VARIABLES:  # one thread, before numpy/torch start their pools
+        os.environ[name] = "1"
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-dir", required=True, type=Path)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--image-size", default="2455x1606", metavar="ROWSxCOLS")
+    parser.add_argument("--inputs", default="j2k,raw")
+    args = parser.parse_args(argv)
+    rows, _, cols = args.image_size.partition("x")
+    ceiling = measure(args.model_dir, int(rows), int(cols), tuple(args.inputs.split(",")),
+                      max(1, args.rounds))
+    print(json.dumps(ceiling.as_dict()), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
