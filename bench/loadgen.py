@@ -27,6 +27,7 @@ class Sample:
     latency_s: float
     timings_ms: dict[str, float] = field(default_factory=dict)
     error: str | None = None
+    detector_runs: int | None = None  # the baseline says how often it ran the detector
 
     @property
     def ok(self) -> bool:
@@ -56,14 +57,16 @@ async def _one(
     latency = time.perf_counter() - started
     timings: dict[str, float] = {}
     error = None
+    runs = None
     try:
         body = response.json()
         timings = {k: float(v) for k, v in (body.get("timings_ms") or {}).items() if v is not None}
+        runs = (body.get("baseline") or {}).get("detector_runs")
         if response.status_code != 200:
             error = str(body.get("message", body))[:200]
     except ValueError:
         error = response.text[:200] if response.status_code != 200 else "answer is not JSON"
-    return Sample(upload.name, response.status_code, latency, timings, error)
+    return Sample(upload.name, response.status_code, latency, timings, error, runs)
 
 
 async def run_load(

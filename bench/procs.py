@@ -125,10 +125,11 @@ def start_ours(model_dir: Path, log_dir: Path, env_overrides: dict[str, str]) ->
     return procs
 
 
-def start_baseline(model_dir: Path, log_dir: Path, device: str = "cpu") -> Proc:
+def start_baseline(model_dir: Path, log_dir: Path, device: str = "cpu",
+                   mode: str = "faithful") -> Proc:
     port = free_port()
     argv = [sys.executable, "-m", "bench.baseline", "--model-dir", str(model_dir),
-            "--port", str(port), "--device", device]
+            "--port", str(port), "--device", device, "--mode", mode]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return _spawn("baseline", argv, env, f"http://127.0.0.1:{port}", "/health", log_dir)
 

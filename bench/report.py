@@ -1,24 +1,36 @@
-"""The printed result: Markdown tables (pasted as is into docs/BENCHMARKS.md)."""
+"""The printed result: Markdown tables (pasted as is into docs/BENCHMARKS.md).
+
+Ratios are formed within one repeat (same minutes, same background load) and then
+summarised over the repeats as ``median (min-max)``.
+"""
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Iterable
 from dataclasses import asdict
 from typing import Any
 
+from bench.ceiling import Ceiling
 from bench.stats import RunSummary
 
-BASELINE = "original"
+FAITHFUL = "original-faithful"
+EQUAL_WORK = "original-equal-work"
+BASELINES = (EQUAL_WORK, FAITHFUL)  # the headline ratio first
 
 
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}"
 
 
-def _ratio(numerator: float | None, denominator: float | None) -> str:
-    if not numerator or not denominator:
+def spread(values: list[float], fmt: str = "{:.2f}", unit: str = "") -> str:
+    """``median (min-max)`` of ``values``; one value is printed alone."""
+    if not values:
         return "-"
-    return f"{numerator / denominator:.2f}x"
+    median = fmt.format(statistics.median(values)) + unit
+    if len(values) == 1:
+        return median
+    return f"{median} ({fmt.format(min(values))}-{fmt.format(max(values))})"
 
 
 def _table(header: list[str], rows: Iterable[list[str]]) -> list[str]:
@@ -35,85 +47,174 @@ def _batch(summary: RunSummary, service: str) -> str:
     return f"{run.mean_batch:.1f} / {queue}"
 
 
+def _systems(summaries: list[RunSummary]) -> list[str]:
+    return list(dict.fromkeys(s.system for s in summaries))
+
+
+def _levels(summaries: list[RunSummary]) -> list[int]:
+    return sorted({s.concurrency for s in summaries})
+
+
 def results_table(summaries: list[RunSummary]) -> list[str]:
+    """Every measured run, in the order they ran."""
     header = [
-        "system", "conc", "ok/err", "img/s", "p50 ms", "p95 ms", "p99 ms", "wait", "decode",
-        "classify", "detect", "merge", "render", "cls batch / queue ms", "det batch / queue ms",
-        "load 1m",
+        "rep", "system", "conc", "ok/err", "img/s", "p50 ms", "p95 ms", "p99 ms", "wait",
+        "decode", "classify", "detect", "merge", "render", "det runs/img",
+        "cls batch / queue ms", "det batch / queue ms", "load 1m",
     ]
     rows = []
     for s in summaries:
         st = s.stages_ms
         rows.append([
-            s.system, str(s.concurrency), f"{s.requests - s.errors}/{s.errors}",
+            str(s.repeat + 1), s.system, str(s.concurrency), f"{s.requests - s.errors}/{s.errors}",
             f"{s.throughput:.3f}", _ms(s.p50_ms), _ms(s.p95_ms), _ms(s.p99_ms),
             _ms(st.get("wait")), _ms(st.get("decode")), _ms(st.get("classify")),
             _ms(st.get("detect")), _ms(st.get("merge")), _ms(st.get("render")),
+            "-" if s.detector_runs is None else f"{s.detector_runs:.2f}",
             _batch(s, "classifier"), _batch(s, "detector"),
             "-" if s.load_before is None else f"{s.load_before:.1f}->{s.load_after:.1f}",
         ])
     return _table(header, rows)
 
 
-def ratio_table(summaries: list[RunSummary]) -> list[str]:
-    """Each of our systems against the original at the same concurrency."""
-    originals = {s.concurrency: s for s in summaries if s.system == BASELINE}
+def systems_table(summaries: list[RunSummary]) -> list[str]:
+    """Per system and level over the repeats: img/s, p50, p95 as median (min-max)."""
     rows = []
-    for s in summaries:
-        base = originals.get(s.concurrency)
-        if s.system == BASELINE or base is None:
+    for level in _levels(summaries):
+        for system in _systems(summaries):
+            runs = [s for s in summaries if s.system == system and s.concurrency == level]
+            if not runs:
+                continue
+            rows.append([
+                system, str(level), str(len(runs)),
+                spread([s.throughput for s in runs], "{:.3f}"),
+                spread([s.p50_ms for s in runs if s.p50_ms is not None], "{:.0f}"),
+                spread([s.p95_ms for s in runs if s.p95_ms is not None], "{:.0f}"),
+            ])
+    return _table(["system", "conc", "repeats", "img/s", "p50 ms", "p95 ms"], rows)
+
+
+def _ratios(summaries: list[RunSummary], system: str, baseline: str, level: int,
+            latency: bool = False) -> list[float]:
+    """Per repeat: throughput system/baseline, or (``latency``) p50 baseline/system."""
+    values = []
+    for repeat in sorted({s.repeat for s in summaries}):
+        pick = {s.system: s for s in summaries if s.repeat == repeat and s.concurrency == level}
+        ours, base = pick.get(system), pick.get(baseline)
+        if ours is None or base is None:
             continue
-        rows.append([
-            s.system, str(s.concurrency),
-            _ratio(s.throughput, base.throughput),
-            _ratio(base.p50_ms, s.p50_ms), _ratio(base.p95_ms, s.p95_ms),
-            _ratio(base.p99_ms, s.p99_ms),
-        ])
-    header = ["system", "conc", "throughput ours/original", "p50 original/ours",
-              "p95 original/ours", "p99 original/ours"]
-    return _table(header, rows) if rows else ["(no baseline in this run: no ratios)"]
+        if latency and ours.p50_ms and base.p50_ms:
+            values.append(base.p50_ms / ours.p50_ms)
+        elif not latency and ours.throughput and base.throughput:
+            values.append(ours.throughput / base.throughput)
+    return values
+
+
+def ratio_table(summaries: list[RunSummary]) -> list[str]:
+    """Each of our systems against both baselines, per level, median (min-max) of the
+    per-repeat ratios. ours/equal-work is the headline."""
+    present = [b for b in BASELINES if any(s.system == b for s in summaries)]
+    if not present:
+        return ["(no baseline in this run: no ratios)"]
+    header = ["system", "conc"]
+    for baseline in present:
+        short = baseline.removeprefix("original-")
+        header += [f"throughput ours/{short}", f"p50 {short}/ours"]
+    rows = []
+    for level in _levels(summaries):
+        for system in _systems(summaries):
+            if system in BASELINES:
+                continue
+            row = [system, str(level)]
+            for baseline in present:
+                row.append(spread(_ratios(summaries, system, baseline, level), unit="x"))
+                row.append(spread(_ratios(summaries, system, baseline, level, True), unit="x"))
+            rows.append(row)
+    return _table(header, rows)
+
+
+def ceiling_lines(ceiling: Ceiling | None, summaries: list[RunSummary]) -> list[str]:
+    """The per-image CPU cost, the ceiling it implies, and how close each stack came."""
+    if ceiling is None:
+        return ["(ceiling not measured)"]
+    nets = ", ".join(f"{name} {ms:.0f}" for name, ms in ceiling.onnx_ms.items())
+    torch_nets = ", ".join(f"{name} {ms:.0f}" for name, ms in ceiling.torch_ms.items())
+    lines = [
+        f"- single thread, batch 1, these inputs: decode {ceiling.decode_ms:.0f} ms + render "
+        f"{ceiling.render_ms:.0f} ms + ONNX Runtime {nets} ms = "
+        f"**{ceiling.per_image_ms:.0f} CPU-ms per image**",
+        f"- eager PyTorch, same tensors: {torch_nets} ms",
+        f"- ceiling on {ceiling.cores} cores: {ceiling.cores} / {ceiling.per_image_ms / 1000:.2f}"
+        f" s = **{ceiling.images_per_s:.3f} img/s**",
+    ]
+    top = max(_levels(summaries), default=None)
+    for system in _systems(summaries):
+        runs = [s.throughput for s in summaries if s.system == system and s.concurrency == top]
+        if runs and system not in BASELINES:
+            share = [value / ceiling.images_per_s for value in runs]
+            lines.append(
+                f"- {system} at concurrency {top}: {spread(runs, '{:.3f}')} img/s = "
+                f"**{spread(share)} of the ceiling**"
+            )
+    return lines
 
 
 def memory_table(summaries: list[RunSummary], peaks: dict[str, float]) -> list[str]:
-    """Largest RSS seen under load per process and concurrency, and VmHWM since start."""
-    rows = []
+    """Largest RSS seen under load per process and concurrency (over the repeats), and
+    VmHWM since start."""
+    largest: dict[tuple[str, str, int], float] = {}
     for s in summaries:
-        for process, value in sorted(s.rss_mb.items()):
-            rows.append([s.system, process, str(s.concurrency), f"{value:.0f}",
-                         _ms(peaks.get(f"{s.system}/{process}"))])
+        for process, value in s.rss_mb.items():
+            key = (s.system, process, s.concurrency)
+            largest[key] = max(largest.get(key, 0.0), value)
+    rows = [
+        [system, process, str(level), f"{value:.0f}", _ms(peaks.get(f"{system}/{process}"))]
+        for (system, process, level), value in sorted(largest.items())
+    ]
     header = ["system", "process", "conc", "max RSS under load MB", "peak RSS since start MB"]
     return _table(header, rows) if rows else ["(memory not measured: processes not started here)"]
 
 
-def render(summaries: list[RunSummary], peaks: dict[str, float], context: list[str]) -> str:
-    lines = [*context, "", "### Results", ""]
-    lines += results_table(summaries)
-    lines += ["", "### Ratios (same run, same machine, same bundle)", ""]
+def render(summaries: list[RunSummary], peaks: dict[str, float], context: list[str],
+           ceiling: Ceiling | None = None) -> str:
+    repeats = len({s.repeat for s in summaries})
+    lines = [*context, "", f"### Ratios (median (min-max) over {repeats} repeats, "
+             "ratios formed within each repeat)", ""]
     lines += ratio_table(summaries)
+    lines += ["", "### Compute ceiling (same run, same inputs)", ""]
+    lines += ceiling_lines(ceiling, summaries)
+    lines += ["", "### Per system", ""]
+    lines += systems_table(summaries)
+    lines += ["", "### Every run", ""]
+    lines += results_table(summaries)
     lines += ["", "### Memory", ""]
     lines += memory_table(summaries, peaks)
     errors = [s for s in summaries if s.first_error]
     if errors:
         lines += ["", "### Errors", ""]
-        lines += [f"- {s.system} c={s.concurrency}: {s.errors} failed, first: {s.first_error}"
-                  for s in errors]
+        lines += [f"- rep {s.repeat + 1} {s.system} c={s.concurrency}: {s.errors} failed, "
+                  f"first: {s.first_error}" for s in errors]
     lines += [
         "",
         "img/s = successful answers per wall-clock second; latencies as the client saw them;",
-        "stage columns are means of each server's own timings_ms (ours: classify/detect are",
-        "the gateway's round trips, which overlap); wait = client latency - server total",
-        "(upload transfer and, for the one-at-a-time original, its listen backlog);",
-        "batch / queue = mean images per executed batch and mean queue ms per image,",
-        "from the model services' Prometheus counters.",
+        "original-faithful = the original's request path (detector only on Abnormal images,",
+        "det runs/img says how often it ran); original-equal-work = the same with the",
+        "detector on every image, as ours; stage columns are means of each server's own",
+        "timings_ms (ours: classify/detect are the gateway's round trips, which overlap);",
+        "wait = client latency - server total (upload transfer and, for the one-at-a-time",
+        "original, its listen backlog); batch / queue = mean images per executed batch and",
+        "mean queue ms per image, from the model services' Prometheus counters.",
     ]
     return "\n".join(lines)
 
 
 def as_json(
-    summaries: list[RunSummary], peaks: dict[str, float], context: list[str]
+    summaries: list[RunSummary], peaks: dict[str, float], context: list[str],
+    ceiling: Ceiling | None = None,
 ) -> dict[str, Any]:
     return {
         "context": context,
         "runs": [asdict(summary) for summary in summaries],
         "peak_rss_mb": peaks,
+        "ceiling": None if ceiling is None else ceiling.as_dict(),
     }

@@ -1,9 +1,11 @@
-"""One benchmark run: start the systems, warm them, load them, print the tables.
+"""One benchmark run: start the systems, warm them, measure the ceiling, load them.
 
-Every system under test is started first and stays up; then, for each concurrency, each
-system is loaded in turn (ours, then the original) so that a change in the machine's
-background load hits both sides alike. Idle systems cost no CPU (ONNX Runtime threads
-sleep, the baseline blocks in accept).
+Every system under test is started first and stays up (ours, the original-style
+baseline in its faithful and its equal-work mode); the compute ceiling is measured in a
+child process while they idle; then ``repeat`` times, for each concurrency, each system
+is loaded in turn, so that a change in the machine's background load hits every side
+alike and each repeat gives its own ratios. Idle systems cost no CPU (ONNX Runtime
+threads sleep, the baselines block in accept).
 """
 
 from __future__ import annotations
@@ -12,13 +14,18 @@ import json
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import httpx
+
 from bench import report, service_counters, triton_variant
+from bench.ceiling import THREAD_VARIABLES, Ceiling
 from bench.dicoms import Upload, bench_uploads
 from bench.loadgen import load
 from bench.procs import Proc, RssSampler, peak_rss_mb, start_baseline, start_ours, wait_ready
@@ -49,15 +56,18 @@ class BenchConfig:
     requests: int
     warmup: int = 0  # 0 = one request per upload kind
     model_dir: Path | None = None
-    yolo: str = "yolo11n"
+    yolo: str = "yolo11l"  # the original's best.pt is YOLO11l-sized
     kinds: tuple[str, ...] = ("j2k", "raw")
     annotate: bool = True
     gateway_url: str | None = None
     api_key: str | None = None  # sent as X-API-Key to a --gateway that requires one
     classifier_url: str | None = None
     detector_url: str | None = None
-    baseline: bool = True
+    baselines: tuple[str, ...] = ("faithful", "equal-work")  # modes of bench.baseline
     baseline_url: str | None = None
+    repeat: int = 3
+    ceiling: bool = True
+    ceiling_rounds: int = 3
     device: str = "cpu"
     variants: list[Variant] = field(default_factory=lambda: [Variant("ours")])
     json_path: Path | None = None
@@ -105,7 +115,7 @@ def _context(config: BenchConfig, model_dir: Path, uploads: list[Upload]) -> lis
         f"- bundle: {model_dir} (detector: {detector})",
         f"- uploads (round-robin): {files}",
         f"- requests per run: {config.requests}, concurrency: {config.concurrency}, "
-        f"annotate: {config.annotate}, device: {config.device}",
+        f"repeats: {config.repeat}, annotate: {config.annotate}, device: {config.device}",
         f"- ours: {'; '.join(_describe(v) for v in config.variants)}",
     ]
 
@@ -140,11 +150,32 @@ def _start_targets(config: BenchConfig, model_dir: Path, work: Path) -> list[_Ta
                 variant.annotate,
             ))
     if config.baseline_url:
-        targets.append(_Target(report.BASELINE, config.baseline_url.rstrip("/")))
-    elif config.baseline:
-        proc = start_baseline(model_dir, work / report.BASELINE, config.device)
-        targets.append(_Target(report.BASELINE, proc.url, [proc]))
+        url = config.baseline_url.rstrip("/")
+        mode = httpx.get(f"{url}/health", timeout=10).json().get("mode", "faithful")
+        targets.append(_Target(f"original-{mode}", url))
+    else:
+        for mode in config.baselines:
+            name = f"original-{mode}"
+            proc = start_baseline(model_dir, work / name, config.device, mode)
+            targets.append(_Target(name, proc.url, [proc]))
     return targets
+
+
+def measure_ceiling(config: BenchConfig, model_dir: Path) -> Ceiling:
+    """``python -m bench.ceiling`` in a child (one thread; the ONNX cache of our services)."""
+    rows_cols = f"{config.image_rows}x{config.image_cols}"
+    env = {**os.environ, **dict.fromkeys(THREAD_VARIABLES, "1"), "LOG_LEVEL": "WARNING",
+           "MODEL_DEVICE": "cpu"}
+    completed = subprocess.run(  # noqa: S603
+        [sys.executable, "-m", "bench.ceiling", "--model-dir", str(model_dir),
+         "--rounds", str(config.ceiling_rounds), "--image-size", rows_cols,
+         "--inputs", ",".join(config.kinds)],
+        env=env, capture_output=True, text=True, check=False, timeout=1800,
+    )
+    lines = [line for line in completed.stdout.splitlines() if line.startswith("{")]
+    if completed.returncode != 0 or not lines:
+        raise RuntimeError(f"bench.ceiling failed:\n{completed.stderr[-3000:]}")
+    return Ceiling.from_dict(json.loads(lines[-1]))
 
 
 def _upload_url(target: _Target) -> str:
@@ -152,14 +183,14 @@ def _upload_url(target: _Target) -> str:
 
 
 def _params(target: _Target, annotate: bool) -> dict[str, str]:
-    if target.name == report.BASELINE:
-        return {}  # the original always drew its annotated image
+    if target.name in report.BASELINES:
+        return {}  # the original always drew its images
     chosen = annotate if target.annotate is None else target.annotate
     return {"annotate": "true" if chosen else "false"}
 
 
 def _measure(target: _Target, uploads: list[Upload], concurrency: int,
-             config: BenchConfig) -> RunSummary:
+             config: BenchConfig, repeat: int) -> RunSummary:
     before = {name: service_counters.scrape(url) for name, url in target.model_urls.items()}
     load_before = os.getloadavg()[0]
     with RssSampler({proc.name: proc.pid for proc in target.procs}) as sampler:
@@ -169,6 +200,7 @@ def _measure(target: _Target, uploads: list[Upload], concurrency: int,
             headers=target.headers,
         )
     summary = summarise(target.name, result)
+    summary.repeat = repeat
     summary.rss_mb = dict(sampler.peaks)
     summary.load_before, summary.load_after = load_before, os.getloadavg()[0]
     for name, url in target.model_urls.items():
@@ -187,6 +219,7 @@ def run_bench(config: BenchConfig, echo: Callable[[str], None] = print) -> str:
     targets: list[_Target] = []
     summaries: list[RunSummary] = []
     peaks: dict[str, float] = {}
+    ceiling: Ceiling | None = None
     try:
         echo(f"[bench] starting the systems (logs in {work}) ...")
         targets = _start_targets(config, model_dir, work)
@@ -198,14 +231,21 @@ def run_bench(config: BenchConfig, echo: Callable[[str], None] = print) -> str:
                         params=_params(target, config.annotate), headers=target.headers)
             if not warm.ok:
                 raise RuntimeError(f"{target.name} answers no upload: {warm.samples[0].error}")
-        for concurrency in config.concurrency:
-            for target in targets:
-                echo(f"[bench] {target.name}: concurrency {concurrency}, "
-                     f"{max(config.requests, concurrency)} requests ...")
-                summary = _measure(target, uploads, concurrency, config)
-                echo(f"[bench]   {summary.throughput:.3f} img/s, p50 {summary.p50_ms or 0:.0f} ms,"
-                     f" errors {summary.errors}")
-                summaries.append(summary)
+        if config.ceiling:
+            echo("[bench] measuring the compute ceiling (one thread, batch 1) ...")
+            ceiling = measure_ceiling(config, model_dir)
+            echo(f"[bench]   {ceiling.per_image_ms:.0f} CPU-ms per image -> "
+                 f"{ceiling.images_per_s:.3f} img/s on {ceiling.cores} cores")
+        for repeat in range(config.repeat):
+            for concurrency in config.concurrency:
+                for target in targets:
+                    echo(f"[bench] repeat {repeat + 1}/{config.repeat}, {target.name}: "
+                         f"concurrency {concurrency}, {max(config.requests, concurrency)} "
+                         "requests ...")
+                    summary = _measure(target, uploads, concurrency, config, repeat)
+                    echo(f"[bench]   {summary.throughput:.3f} img/s, "
+                         f"p50 {summary.p50_ms or 0:.0f} ms, errors {summary.errors}")
+                    summaries.append(summary)
         for target in targets:
             for proc in target.procs:
                 value = peak_rss_mb(proc.pid)
@@ -219,9 +259,9 @@ def run_bench(config: BenchConfig, echo: Callable[[str], None] = print) -> str:
             shutil.rmtree(work, ignore_errors=True)
     load1, load5, _ = os.getloadavg()
     context.append(f"- load average at end {load1:.1f} / {load5:.1f}")
-    text = report.render(summaries, peaks, context) + triton_variant.ratio_lines(summaries)
+    text = report.render(summaries, peaks, context, ceiling) + triton_variant.ratio_lines(summaries)
     if config.json_path is not None:
         config.json_path.write_text(
-            json.dumps(report.as_json(summaries, peaks, context), indent=2, default=str)
+            json.dumps(report.as_json(summaries, peaks, context, ceiling), indent=2, default=str)
         )
     return text

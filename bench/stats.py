@@ -31,6 +31,8 @@ class RunSummary:
     load_before: float | None = None
     load_after: float | None = None
     first_error: str | None = None
+    repeat: int = 0
+    detector_runs: float | None = None  # baseline only: mean detector runs per image
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -51,6 +53,7 @@ def summarise(system: str, result: LoadResult) -> RunSummary:
     if waits:
         stages["wait"] = float(np.mean(waits))
     errors = [sample for sample in result.samples if not sample.ok]
+    runs = [s.detector_runs for s in ok if s.detector_runs is not None]
     return RunSummary(
         system=system,
         concurrency=result.concurrency,
@@ -63,4 +66,5 @@ def summarise(system: str, result: LoadResult) -> RunSummary:
         p99_ms=percentile(latencies, 99),
         stages_ms=stages,
         first_error=(f"{errors[0].status}: {errors[0].error}" if errors else None),
+        detector_runs=float(np.mean(runs)) if runs else None,
     )

@@ -72,8 +72,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         api_key=args.api_key or _env_api_key(),
         classifier_url=args.classifier_url,
         detector_url=args.detector_url,
-        baseline=not args.no_baseline,
+        baselines=() if args.no_baseline else tuple(args.baselines.split(",")),
         baseline_url=args.baseline_url,
+        repeat=args.repeat,
+        ceiling=not args.no_ceiling,
+        ceiling_rounds=args.ceiling_rounds,
         device=args.device,
         variants=variants,
         json_path=Path(args.json) if args.json else None,
@@ -93,8 +96,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         help="load-test our stack against the original-style pipeline (same bundle)",
         description="Start our three services and the original-style baseline on free "
         "ports (or use --gateway / --baseline-url), upload VinDr-sized 12-bit DX DICOMs "
-        "(JPEG 2000 and uncompressed) at each concurrency, and print throughput, latency "
-        "percentiles, per-stage times, memory and the ratios ours/original.",
+        "(JPEG 2000 and uncompressed) at each concurrency, --repeat times, and print the "
+        "ratios ours / original (equal-work and faithful: median and min-max over the "
+        "repeats), the single-thread compute ceiling, throughput, latency percentiles, "
+        "per-stage times and memory.",
     )
     bench.add_argument("--concurrency", type=_ints, default=[1, 8], help="levels, e.g. 1,8,32")
     bench.add_argument("--requests", type=int, default=16,
@@ -102,9 +107,13 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bench.add_argument("--warmup", type=int, default=0,
                        help="unmeasured requests per system first; 0 = one per input file")
     bench.add_argument("--model-dir", help="bundle for both sides; default: untrained real archs")
-    bench.add_argument("--yolo", default="yolo11n",
+    bench.add_argument("--repeat", type=int, default=3,
+                       help="repeats; each loads every system in turn at every level "
+                       "(ratios: median and min-max over the repeats)")
+    bench.add_argument("--yolo", default="yolo11l",
                        choices=["yolo11n", "yolo11s", "yolo11m", "yolo11l"],
-                       help="detector of the default bundle (the original's best.pt is a YOLO11l)")
+                       help="detector of the default bundle (default yolo11l: the original's "
+                       "best.pt is YOLO11l-sized)")
     bench.add_argument("--inputs", default="j2k,raw", help="upload kinds: j2k, raw")
     bench.add_argument("--image-size", type=_size, default=(2455, 1606), metavar="ROWSxCOLS",
                        help="pixels of the uploads (VinDr-SpineXR's size)")
@@ -115,6 +124,12 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bench.add_argument("--classifier-url", help="with --gateway: for queue/batch metrics")
     bench.add_argument("--detector-url", help="with --gateway: for queue/batch metrics")
     bench.add_argument("--no-baseline", action="store_true", help="ours only (no ratios)")
+    bench.add_argument("--baselines", default="faithful,equal-work",
+                       help="modes of the original-style baseline to run (bench/baseline.py)")
+    bench.add_argument("--no-ceiling", action="store_true",
+                       help="skip the single-thread compute-ceiling measurement")
+    bench.add_argument("--ceiling-rounds", type=int, default=3,
+                       help="timed runs per network/stage for the ceiling (median)")
     bench.add_argument("--baseline-url", help="a running `python -m bench.baseline`")
     bench.add_argument("--device", default="cpu", help="MODEL_DEVICE of both sides: cpu, cuda")
     bench.add_argument("--variant", action="append", type=_variant, metavar="NAME[:K=V,...]",

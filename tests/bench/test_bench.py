@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 
 from bench.baseline import file_from_multipart
+from bench.ceiling import Ceiling
 from bench.loadgen import LoadResult, Sample
-from bench.report import ratio_table, render
+from bench.report import EQUAL_WORK, FAITHFUL, ceiling_lines, ratio_table, render, spread
 from bench.service_counters import difference, parse_counters
 from bench.stats import summarise
 
@@ -37,13 +38,34 @@ def test_summary_counts_only_successes() -> None:
     assert summary.first_error == "503: busy"
 
 
-def test_ratios_compare_each_system_with_the_original_at_the_same_level() -> None:
-    ours = summarise("ours", _result([0.1, 0.1], wall=1.0))
-    original = summarise("original", _result([0.4, 0.4], wall=4.0))
-    table = "\n".join(ratio_table([ours, original]))
-    assert "| ours | 1 | 4.00x | 4.00x |" in table
-    text = render([ours, original], {}, ["## context"])
-    assert "### Ratios" in text and "### Memory" in text
+def _run(system: str, wall: float, repeat: int, latency: float = 0.1,
+         concurrency: int = 1):
+    summary = summarise(system, _result([latency, latency], concurrency, wall=wall))
+    summary.repeat = repeat
+    return summary
+
+
+def test_ratios_are_formed_per_repeat_then_summarised() -> None:
+    runs = []
+    for repeat, (ours, equal, faithful) in enumerate([(1.0, 2.0, 1.5), (1.0, 3.0, 2.0),
+                                                      (2.0, 3.0, 3.0)]):
+        runs += [_run("ours", ours, repeat), _run(FAITHFUL, faithful, repeat, 0.2),
+                 _run(EQUAL_WORK, equal, repeat, 0.4)]
+    table = "\n".join(ratio_table(runs))
+    # ours/equal-work per repeat: 2.0, 3.0, 1.5 -> median 2.00 (1.50-3.00);
+    # ours/faithful: 1.5, 2.0, 1.5 -> 1.50 (1.50-2.00); p50 ratios are 4.00 and 2.00.
+    assert ("| ours | 1 | 2.00x (1.50-3.00) | 4.00x (4.00-4.00) | 1.50x (1.50-2.00) "
+            "| 2.00x (2.00-2.00) |") in table
+    assert "throughput ours/faithful" in table and "throughput ours/equal-work" in table
+    ceiling = Ceiling(2, 100.0, 20.0, {"a@1": 80.0, "detector@640x640": 800.0}, {"a@1": 1.0})
+    assert ceiling.per_image_ms == pytest.approx(1000.0)
+    assert ceiling.images_per_s == pytest.approx(2.0)
+    line = "\n".join(ceiling_lines(ceiling, runs))
+    assert "**2.000 img/s**" in line  # ours: 2 answers in 1, 1, 2 s -> 2, 2, 1 img/s
+    assert "ours at concurrency 1: 2.000 (1.000-2.000) img/s = **1.00 (0.50-1.00) of" in line
+    text = render(runs, {}, ["## context"], ceiling)
+    assert "### Ratios" in text and "### Memory" in text and "### Compute ceiling" in text
+    assert spread([3.0]) == "3.00"
 
 
 def test_prometheus_counters_are_differenced() -> None:
@@ -74,7 +96,8 @@ def test_baseline_reads_the_multipart_file_field() -> None:
 
 @pytest.mark.timeout(900)
 def test_spine_bench_end_to_end(tiny_bundle: Path, tmp_path: Path) -> None:
-    """Our stack and the baseline on the tiny bundle, 2 requests per level, small images."""
+    """Our stack and both baselines on the tiny bundle, 2 repeats of 2 requests per
+    level, small images, the ceiling with one timed round."""
     env = {
         **os.environ,
         "SPINE_CACHE_DIR": str(tmp_path / "cache"),
@@ -85,17 +108,21 @@ def test_spine_bench_end_to_end(tiny_bundle: Path, tmp_path: Path) -> None:
     completed = subprocess.run(
         [sys.executable, "-m", "spine.cli", "bench", "--model-dir", str(tiny_bundle),
          "--concurrency", "1,2", "--requests", "2", "--image-size", "320x256",
-         "--json", str(out)],
+         "--repeat", "2", "--ceiling-rounds", "1", "--json", str(out)],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=840,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     text = completed.stdout
-    assert "### Results" in text and "### Ratios" in text and "### Memory" in text
-    for level in (1, 2):
-        assert f"| ours | {level} | 2/0 |" in text
-        assert f"| original | {level} | 2/0 |" in text
+    for section in ("### Ratios", "### Compute ceiling", "### Per system", "### Every run",
+                    "### Memory"):
+        assert section in text
+    for repeat in (1, 2):
+        for level in (1, 2):
+            for system in ("ours", FAITHFUL, EQUAL_WORK):
+                assert f"| {repeat} | {system} | {level} | 2/0 |" in text, text
     ratio_rows = [line for line in text.splitlines() if line.startswith("| ours | ")
-                  and line.count("x |") >= 4]
+                  and line.count("x (") == 4]
     assert len(ratio_rows) == 2, text
-    assert "| ours | gateway |" in text and "| original | baseline |" in text
+    assert "CPU-ms per image" in text and "of the ceiling" in text
+    assert "| ours | gateway |" in text and f"| {FAITHFUL} | baseline |" in text
     assert out.is_file()
