@@ -16,6 +16,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
@@ -119,9 +120,9 @@ def start_ours(model_dir: Path, log_dir: Path, env_overrides: dict[str, str]) ->
     )
     procs = []
     for child in children:
-        url = f"http://{host}:{ports[child.name]}"
-        procs.append(_spawn(child.name, child.argv, child.env, url,
-                            child.ready_url.removeprefix(url), log_dir))
+        parts = urlsplit(child.ready_url)
+        url = f"{parts.scheme}://{parts.netloc}"
+        procs.append(_spawn(child.name, child.argv, child.env, url, parts.path, log_dir))
     return procs
 
 

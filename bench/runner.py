@@ -146,7 +146,7 @@ def _start_targets(config: BenchConfig, model_dir: Path, work: Path) -> list[_Ta
             by_name = {proc.name: proc for proc in procs}
             targets.append(_Target(
                 variant.name, by_name["gateway"].url, procs,
-                {name: by_name[name].url for name in ("classifier", "detector")},
+                {proc.name: proc.url for proc in procs if proc.name != "gateway"},
                 variant.annotate,
             ))
     if config.baseline_url:

@@ -431,6 +431,20 @@ class Settings(BaseSettings):
         "(scripts/setup-triton.sh); None = .venv-triton at the project root",
     )
 
+    # --- CPU shared by need (issue 16 item 8): `spine serve`'s split of the cores -------
+    classifier_threads: int = Field(
+        0, ge=0, description="intra-op threads of the classifier service under `spine serve`; "
+        "0 = half the cores",
+    )
+    detector_threads: int = Field(
+        0, ge=0, description="intra-op threads of each detector replica under `spine serve`; "
+        "0 = half the cores",
+    )
+    detector_replicas: int = Field(
+        1, ge=1, le=16, description="detector processes `spine serve` starts (the gateway "
+        "balances by requests in flight); extra ones listen on free loopback ports",
+    )
+
     @field_validator("spine_default_bundle", mode="before")
     @classmethod
     def _lower_bundle(cls, value: object) -> object:

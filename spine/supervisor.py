@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from shared.settings import Settings
 
 READY_TIMEOUT_S = 600.0
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
@@ -108,29 +111,72 @@ def _is_ready(url: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class CpuPlan:
+    """How ``spine serve`` shares the cores between the model services."""
+
+    classifier_threads: int
+    detector_threads: int
+    detector_replicas: int
+
+
+def cpu_plan(cores: int, settings: Settings) -> CpuPlan:
+    """The operator's ``CLASSIFIER_THREADS`` / ``DETECTOR_THREADS`` / ``DETECTOR_REPLICAS``;
+    unset threads are half the cores (two services side by side). ONNX Runtime threads do
+    not spin, so a service given more threads than its share only uses them while the
+    other one idles."""
+    half = max(1, cores // 2)
+    return CpuPlan(
+        settings.classifier_threads or half,
+        settings.detector_threads or half,
+        settings.detector_replicas,
+    )
+
+
+def free_loopback_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
 def build_children(
     *, host: str, gateway_port: int, classifier_port: int, detector_port: int,
     model_dir: Path, base_env: dict[str, str], dicom_port: int | None = None,
+    extra_detector_ports: list[int] | None = None,
 ) -> list[Child]:
+    """The classifier, the detector (and its extra replicas: ``detector-2`` ... on
+    ``extra_detector_ports``, default free ports when ``DETECTOR_REPLICAS`` > 1), the
+    gateway and (with ``dicom_port``) the DICOM listener, with their environments."""
     python = [sys.executable, "-m", "spine.cli"]
-    # Two model services share the cores: give each half so they do not oversubscribe.
-    threads = str(max(1, (os.cpu_count() or 2) // 2))
+    plan = cpu_plan(os.cpu_count() or 2, Settings(**_settings_env(base_env)))
+    if extra_detector_ports is None:
+        extra_detector_ports = [free_loopback_port(host) for _ in range(plan.detector_replicas - 1)]
     model_env = {**base_env, "MODEL_DIR": str(model_dir)}
-    model_env.setdefault("TORCH_THREADS", threads)
+    explicit = "TORCH_THREADS" in base_env  # an operator's TORCH_THREADS wins, as before
+
+    def env_with(threads: int) -> dict[str, str]:
+        return model_env if explicit else {**model_env, "TORCH_THREADS": str(threads)}
+
+    detector_ports = [detector_port, *extra_detector_ports]
     gateway_env = {
         **base_env,
         "CLASSIFIER_URLS": f"http://{host}:{classifier_port}",
-        "DETECTOR_URLS": f"http://{host}:{detector_port}",
+        "DETECTOR_URLS": ",".join(f"http://{host}:{port}" for port in detector_ports),
     }
+    detectors = [
+        Child(
+            "detector" if index == 0 else f"detector-{index + 1}",
+            python + ["detector", "--host", host, "--port", str(port)],
+            env_with(plan.detector_threads), f"http://{host}:{port}/v2/health/ready",
+        )
+        for index, port in enumerate(detector_ports)
+    ]
     children = [
         Child(
             "classifier", python + ["classifier", "--host", host, "--port", str(classifier_port)],
-            model_env, f"http://{host}:{classifier_port}/v2/health/ready",
+            env_with(plan.classifier_threads), f"http://{host}:{classifier_port}/v2/health/ready",
         ),
-        Child(
-            "detector", python + ["detector", "--host", host, "--port", str(detector_port)],
-            model_env, f"http://{host}:{detector_port}/v2/health/ready",
-        ),
+        *detectors,
         Child(
             "gateway", python + ["gateway", "--host", host, "--port", str(gateway_port)],
             gateway_env, f"http://{host}:{gateway_port}/livez",
@@ -152,6 +198,13 @@ def listener_child(host: str, dicom_port: int, gateway_port: int, env: dict[str,
             "--port", str(dicom_port), "--gateway-url", f"http://{host}:{gateway_port}",
             "--status-port", str(status_port)]
     return Child(LISTENER, argv, env, f"http://{status_host}:{status_port}/health")
+
+
+def _settings_env(env: dict[str, str]) -> dict[str, object]:
+    """The CPU-plan fields as ``Settings`` keyword arguments, read from ``env`` (the
+    children's environment, which may differ from this process's)."""
+    fields = ("classifier_threads", "detector_threads", "detector_replicas")
+    return {name: env[name.upper()] for name in fields if env.get(name.upper())}
 
 
 def wait_until_ready(children: list[Child], timeout_s: float = READY_TIMEOUT_S) -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 import threading
 import time
@@ -221,3 +222,30 @@ def test_refusals_and_unexpected_failures_are_audited_once(tmp_path) -> None:
     assert lines[1]["error"] == "unexpected failure"
     assert lines[2]["route"] == "unmatched"  # a path the app does not serve is not written
     assert "PID-SENTINEL" not in (tmp_path / "audit.jsonl").read_text()
+
+
+def test_spine_serve_shares_the_cores_as_the_operator_says(tmp_path) -> None:
+    """Default: half the cores per model service, one detector; CLASSIFIER_THREADS,
+    DETECTOR_THREADS and DETECTOR_REPLICAS change the split and the gateway's URLs."""
+    from spine.supervisor import build_children
+
+    def children(env: dict[str, str]) -> dict[str, Child]:
+        built = build_children(host="127.0.0.1", gateway_port=1, classifier_port=2,
+                               detector_port=3, model_dir=tmp_path, base_env=env)
+        return {child.name: child for child in built}
+
+    half = str(max(1, (os.cpu_count() or 2) // 2))
+    plain = children({})
+    assert set(plain) == {"gateway", "classifier", "detector"}
+    assert plain["classifier"].env["TORCH_THREADS"] == plain["detector"].env["TORCH_THREADS"] == half
+    assert plain["gateway"].env["DETECTOR_URLS"] == "http://127.0.0.1:3"
+    shared = children({"DETECTOR_THREADS": "2", "CLASSIFIER_THREADS": "1",
+                       "DETECTOR_REPLICAS": "2"})
+    assert set(shared) == {"gateway", "classifier", "detector", "detector-2"}
+    assert shared["detector"].env["TORCH_THREADS"] == shared["detector-2"].env["TORCH_THREADS"] == "2"
+    assert shared["classifier"].env["TORCH_THREADS"] == "1"
+    urls = shared["gateway"].env["DETECTOR_URLS"].split(",")
+    assert urls[0] == "http://127.0.0.1:3" and len(set(urls)) == 2
+    assert shared["detector-2"].ready_url.startswith(urls[1])
+    assert children({"TORCH_THREADS": "1", "DETECTOR_THREADS": "2"})["detector"].env[
+        "TORCH_THREADS"] == "1"  # an explicit TORCH_THREADS still wins
