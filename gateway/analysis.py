@@ -227,7 +227,7 @@ async def decode(gateway: Gateway, data: bytes) -> tuple[dicom.CanonicalImage, d
             await budget.acquire(need)
         work = functools.partial(
             dicom.decode_dicom, data, settings.canonical_long_side,
-            options=options, selection=gateway.selection,
+            reduced_j2k=settings.reduced_j2k, options=options, selection=gateway.selection,
         )
         try:
             job = gateway.decode_pool.submit(contextvars.copy_context().run, work)

@@ -444,6 +444,11 @@ class Settings(BaseSettings):
         1, ge=1, le=16, description="detector processes `spine serve` starts (the gateway "
         "balances by requests in flight); extra ones listen on free loopback ports",
     )
+    reduced_j2k: bool = Field(
+        False, description="the gateway decodes JPEG 2000 at the lowest resolution level that "
+        "still covers the canonical size (faster; grey levels differ slightly from the full "
+        "decode, see docs/BENCHMARKS.md); off = exact",
+    )
 
     @field_validator("spine_default_bundle", mode="before")
     @classmethod
