@@ -26,6 +26,9 @@ request"), step by step:
 * "6. A full-resolution preview of the grey image, also ``cv2.imencode('.png')``, base64."
 * "7. Errors inside the pipeline return 500 with the exception text."
 
+Torch's thread count is the original's steady state: Ultralytics' first ``predict`` sets
+it to ``cpu_count - 1`` for the process (a warm-up predict at start reaches that state).
+
 One deliberate difference: the SAME bundle as our stack is served (its checkpoints,
 weights, threshold, each member's ``input_size`` and the detector's ``image_size``), so
 the networks do the same arithmetic on both sides; the original ran every member at 224
@@ -174,6 +177,11 @@ class OriginalPipeline:
         ]
         self.image_size = manifest.detector.image_size
         self.yolo = YOLO(str(resolve_checkpoint(model_dir, manifest.detector.checkpoint)))
+        # Ultralytics' first predict calls select_device("cpu"), which sets torch to
+        # cpu_count - 1 threads (1 on 2 cores) for the rest of the process: the state the
+        # original runs in after its first Abnormal upload. Reach it now, so both modes
+        # (and any mix of Normal and Abnormal uploads) measure the same process state.
+        self._predict(np.zeros((64, 64, 3), dtype=np.uint8), FIRST_CONF)
         self.uploads = Path(tempfile.mkdtemp(prefix="spine-baseline-uploads-"))
 
     def _classify(self, image: np.ndarray) -> tuple[dict[str, float], float]:
