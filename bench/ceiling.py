@@ -16,6 +16,7 @@ process (its own thread settings) between starting the systems and loading them.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import statistics
@@ -24,6 +25,8 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -67,6 +70,25 @@ def _median_ms(work: Callable[[], object], rounds: int) -> float:
     return statistics.median(times)
 
 
+def annotated_png(pixels: np.ndarray, boxes: int = 3) -> str:
+    """What the gateway's ``annotate`` does per upload (bench may not import the gateway):
+    grey to BGR, a few boxes with labels, PNG at zlib level 1, base64."""
+    import cv2
+
+    height, width = pixels.shape
+    canvas = cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
+    for index in range(boxes):
+        top_left = (width // 4 + 20 * index, height // 4 + 20 * index)
+        bottom_right = (width // 2 + 20 * index, height // 2 + 20 * index)
+        cv2.rectangle(canvas, top_left, bottom_right, (0, 140, 255), 3)
+        cv2.putText(canvas, "finding 0.60", top_left, cv2.FONT_HERSHEY_SIMPLEX, 1.2,
+                    (0, 140, 255), 1, cv2.LINE_AA)
+    ok, encoded = cv2.imencode(".png", canvas, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return base64.b64encode(encoded.tobytes()).decode("ascii")
+
+
 def measure(model_dir: Path, rows: int, cols: int, kinds: tuple[str, ...],
             rounds: int) -> Ceiling:
     import torch
@@ -84,8 +106,6 @@ def measure(model_dir: Path, rows: int, cols: int, kinds: tuple[str, ...],
         to_device_batch,
     )
     from detector_service.yolo import RawOutput, letterbox_batch, load_yolo, reset_anchor_cache
-    from gateway.annotate import draw_boxes, png_data_uri
-    from gateway.fusion import Box
     from shared.bundle import check_pins, load_manifest, resolve_checkpoint
     from shared.dicom import decode_dicom
     from shared.serving.onnx_runtime import options_from_settings, try_onnx
@@ -102,10 +122,7 @@ def measure(model_dir: Path, rows: int, cols: int, kinds: tuple[str, ...],
     )
     canonical = decode_dicom(uploads[0].data, settings.canonical_long_side)[0].pixels
     height, width = canonical.shape
-    boxes = [Box(1, "finding", 0.6, width * 0.3, height * 0.3, width * 0.5, height * 0.45)] * 3
-    render_ms = _median_ms(
-        lambda: png_data_uri(draw_boxes(canonical, boxes, settings.annotate_long_side)), rounds
-    )
+    render_ms = _median_ms(lambda: annotated_png(canonical), rounds)
     ceiling = Ceiling(os.cpu_count() or 1, decode_ms, render_ms)
     tensors = to_device_batch([canonical], cpu)
     with torch.inference_mode():
@@ -135,14 +152,17 @@ def measure(model_dir: Path, rows: int, cols: int, kinds: tuple[str, ...],
         if hasattr(network, "fuse"):
             network = network.fuse(verbose=False)
         reset_anchor_cache(network)
-        batch, _ = letterbox_batch([canonical], spec.image_size, cpu)
-        check, _ = letterbox_batch([canonical, canonical[::-1].copy()], spec.image_size, cpu)
+        rect = settings.detector_letterbox == "rect"  # what the detector service does
+        stride = max(int(torch.as_tensor(network.stride).max()), 1) if rect else None
+        batch, _ = letterbox_batch([canonical], spec.image_size, cpu, stride)
+        mirrored = canonical[:, ::-1].copy()
+        check, _ = letterbox_batch([canonical, mirrored], spec.image_size, cpu, stride)
         wrapped = RawOutput(network).eval()
         runner = try_onnx(
             wrapped, check, name=f"detector-{Path(spec.checkpoint).stem}", sha256=sha256,
-            input_size=spec.image_size, options=options,
+            input_size=spec.image_size, options=options, spatial_dynamic=rect,
         )
-        label = f"detector@{spec.image_size}x{spec.image_size}"
+        label = f"detector@{batch.shape[2]}x{batch.shape[3]}"
         ceiling.detector_input = f"{width}x{height} canonical -> {label}"
         ceiling.torch_ms[label] = _median_ms(lambda: wrapped(batch), rounds)
         if runner is not None:

@@ -24,6 +24,7 @@ from torch import nn
 from detector_service.yolo import (
     RawOutput,
     check_images,
+    group_by_input_shape,
     letterbox_batch,
     load_yolo,
     postprocess,
@@ -57,6 +58,7 @@ class DetectorModel(BundleModel):
     dtype = torch.float32
     end2end = False
     sha256 = ""
+    stride: int | None = None  # None: the fixed square letterbox; else the minimal rectangle
 
     @property
     def spec(self) -> DetectorSpec:
@@ -73,6 +75,8 @@ class DetectorModel(BundleModel):
         self.sha256, trusted = check_pins(path, self.spec, "detector.checkpoint")
         network, self.class_names = load_yolo(path, trusted=trusted)
         self.end2end = bool(getattr(network, "end2end", False))
+        if self.settings.detector_letterbox == "rect":
+            self.stride = max(int(torch.as_tensor(network.stride).max()), 1)
         network = network.float()
         if hasattr(network, "fuse"):
             network = network.fuse(verbose=False)  # conv+bn folded: what Ultralytics serves
@@ -92,14 +96,34 @@ class DetectorModel(BundleModel):
         )
 
     def _export(self, network: nn.Module) -> OnnxRunner | None:
+        """The ONNX Runtime runner (None: serve with torch). For the rectangle letterbox
+        the export has dynamic height and width, checked at a second shape as well."""
         reset_anchor_cache(network)
-        check, _ = letterbox_batch(check_images(), self.spec.image_size, torch.device("cpu"))
-        return try_onnx(
-            RawOutput(network).eval(), check,
-            name=f"detector-{Path(self.spec.checkpoint).stem}", sha256=self.sha256,
-            input_size=self.spec.image_size,
-            options=options_from_settings(self.settings, self.torch_threads),
+        size, cpu, rect = self.spec.image_size, torch.device("cpu"), self.stride is not None
+        portrait, landscape = check_images()
+        if rect:  # one rectangle per batch: the image and its mirror
+            check, _ = letterbox_batch([portrait, portrait[:, ::-1].copy()], size, cpu, self.stride)
+        else:
+            check, _ = letterbox_batch([portrait, landscape], size, cpu)
+        wrapped = RawOutput(network).eval()
+        options = options_from_settings(self.settings, self.torch_threads)
+        runner = try_onnx(
+            wrapped, check, name=f"detector-{Path(self.spec.checkpoint).stem}",
+            sha256=self.sha256, input_size=size, options=options, spatial_dynamic=rect,
         )
+        if runner is not None and rect:
+            other, _ = letterbox_batch([landscape], size, cpu, self.stride)
+            with torch.no_grad():
+                expected = wrapped(other).float().numpy()
+            try:
+                actual = runner.run(other.numpy())
+                same = np.allclose(actual, expected, rtol=options.rtol, atol=options.atol)
+            except Exception:  # noqa: BLE001 - any failure: serve it with torch
+                same = False
+            if not same:
+                log.warning("detector ONNX export differs at a second input shape; PyTorch")
+                runner = None
+        return runner
 
     def _forward(self, batch: torch.Tensor) -> torch.Tensor | tuple | list:
         if self.onnx is not None:
@@ -112,26 +136,29 @@ class DetectorModel(BundleModel):
     def predict_batch(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
         if self.network is None and self.onnx is None:
             raise RuntimeError("detector not loaded")
-        batch, geometries = letterbox_batch(images, self.spec.image_size, self.device)
-        raw = self._forward(batch)
-        detections = postprocess(
-            raw,
-            conf=self.spec.conf,
-            iou=self.spec.iou,
-            max_det=self.spec.max_det,
-            end2end=self.end2end,
-        )
-        results = []
-        for image, geometry, found in zip(images, geometries, detections, strict=True):
-            found = found.float().cpu().numpy()
-            boxes = unletterbox_boxes(found[:, :4], geometry, image.shape[0], image.shape[1])
-            results.append(
-                {
+        results: list[dict[str, np.ndarray]] = [{} for _ in images]
+        for group in group_by_input_shape(images, self.spec.image_size, self.stride):
+            members = [images[index] for index in group]
+            batch, geometries = letterbox_batch(
+                members, self.spec.image_size, self.device, self.stride
+            )
+            detections = postprocess(
+                self._forward(batch),
+                conf=self.spec.conf,
+                iou=self.spec.iou,
+                max_det=self.spec.max_det,
+                end2end=self.end2end,
+            )
+            for index, image, geometry, found in zip(
+                group, members, geometries, detections, strict=True
+            ):
+                found = found.float().cpu().numpy()
+                boxes = unletterbox_boxes(found[:, :4], geometry, image.shape[0], image.shape[1])
+                results[index] = {
                     "boxes": boxes.astype(np.float32),
                     "scores": found[:, 4].astype(np.float32),
                     "classes": found[:, 5].astype(np.int32),
                 }
-            )
         return results
 
     def merge_outputs(self, per_image: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

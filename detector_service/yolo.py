@@ -12,7 +12,6 @@ decoded ``[N, 4 + classes, anchors]`` predictions that NMS reads) and exported a
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from shared.letterbox import Letterbox, letterbox_geometry, letterbox_shape
 from shared.paths import prepare_ultralytics_env
 from shared.serving.safe_load import (
     ULTRALYTICS,
@@ -34,35 +34,19 @@ class DetectorLoadError(RuntimeError):
     """A detector checkpoint or YAML that cannot be served; the message names the file."""
 
 
-@dataclass(frozen=True)
-class Letterbox:
-    """How one image was placed in the square input: scale and padding."""
-
-    gain: float
-    left: int
-    top: int
-    new_width: int
-    new_height: int
-
-
-def letterbox_geometry(height: int, width: int, size: int) -> Letterbox:
-    """Ultralytics' LetterBox arithmetic (center=True, scaleup allowed, auto=False)."""
-    gain = min(size / height, size / width)
-    new_width = max(round(width * gain), 1)
-    new_height = max(round(height * gain), 1)
-    pad_w = (size - new_width) / 2
-    pad_h = (size - new_height) / 2
-    return Letterbox(gain, round(pad_w - 0.1), round(pad_h - 0.1), new_width, new_height)
-
-
 def letterbox_batch(
-    images: list[np.ndarray], size: int, device: torch.device
+    images: list[np.ndarray], size: int, device: torch.device, stride: int | None = None
 ) -> tuple[torch.Tensor, list[Letterbox]]:
-    """uint8 ``(H, W)`` images -> float ``[N,3,size,size]`` in [0,1] on ``device``."""
-    batch = torch.full((len(images), 1, size, size), PAD_VALUE, device=device)
-    boxes: list[Letterbox] = []
-    for index, image in enumerate(images):
-        geometry = letterbox_geometry(image.shape[0], image.shape[1], size)
+    """uint8 ``(H, W)`` images -> float ``[N,3,h,w]`` in [0,1] on ``device``: the
+    ``size`` square, or with ``stride`` the minimal rectangle (every image of one call must
+    then have the same rectangle: :func:`group_by_input_shape`)."""
+    boxes = [letterbox_geometry(image.shape[0], image.shape[1], size, stride) for image in images]
+    shapes = {(g.input_height, g.input_width) for g in boxes}
+    if len(shapes) != 1:
+        raise ValueError(f"images of one batch need one input shape, got {sorted(shapes)}")
+    ((height, width),) = shapes
+    batch = torch.full((len(images), 1, height, width), PAD_VALUE, device=device)
+    for index, (image, geometry) in enumerate(zip(images, boxes, strict=True)):
         tensor = torch.from_numpy(image).to(device, non_blocking=True).float().div_(255.0)
         resized = F.interpolate(
             tensor[None, None],
@@ -76,8 +60,19 @@ def letterbox_batch(
             geometry.top : geometry.top + geometry.new_height,
             geometry.left : geometry.left + geometry.new_width,
         ] = resized[0]
-        boxes.append(geometry)
     return batch.expand(-1, 3, -1, -1).contiguous(), boxes
+
+
+def group_by_input_shape(
+    images: list[np.ndarray], size: int, stride: int | None
+) -> list[list[int]]:
+    """Indices of ``images`` grouped by their letterbox input shape (one group per shape,
+    in first-seen order): each group is one network call."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for index, image in enumerate(images):
+        shape = letterbox_shape(image.shape[0], image.shape[1], size, stride)
+        groups.setdefault(shape, []).append(index)
+    return list(groups.values())
 
 
 def unletterbox_boxes(

@@ -444,6 +444,12 @@ class Settings(BaseSettings):
         1, ge=1, le=16, description="detector processes `spine serve` starts (the gateway "
         "balances by requests in flight); extra ones listen on free loopback ports",
     )
+    detector_letterbox: str = Field(
+        "rect", pattern="^(rect|square)$",
+        description="rect: the minimal stride-32 rectangle, as Ultralytics' own predict "
+        "(2400x1600 portrait -> 640x448; images of one rectangle batch together); square: "
+        "the fixed image_size square (any shapes batch together)",
+    )
     reduced_j2k: bool = Field(
         False, description="the gateway decodes JPEG 2000 at the lowest resolution level that "
         "still covers the canonical size (faster; grey levels differ slightly from the full "

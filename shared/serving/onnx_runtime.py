@@ -100,15 +100,20 @@ def onnx_cache_dir(settings: Settings) -> Path:
     return cache_root(settings) / "onnx"
 
 
-def cache_path(cache_dir: Path, name: str, sha256: str, input_size: int, opset: int) -> Path:
-    """One file per (checkpoint sha256, input size, opset); ``name`` only helps a human."""
-    key = hashlib.sha256(f"{sha256}:{input_size}:{opset}:{EXPORT_FORMAT}".encode()).hexdigest()
+def cache_path(cache_dir: Path, name: str, sha256: str, input_size: int, opset: int,
+               spatial_dynamic: bool = False) -> Path:
+    """One file per (checkpoint sha256, input size, opset, spatial axes); ``name`` only
+    helps a human."""
+    text = f"{sha256}:{input_size}:{opset}:{EXPORT_FORMAT}" + (":hw" if spatial_dynamic else "")
+    key = hashlib.sha256(text.encode()).hexdigest()
     safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:48]
     return cache_dir / f"{safe}-{input_size}px-opset{opset}-{key[:24]}.onnx"
 
 
-def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
-    """Export ``module`` (one tensor in, one out) with a dynamic batch axis, atomically.
+def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int,
+                spatial_dynamic: bool = False) -> None:
+    """Export ``module`` (one tensor in, one out) with a dynamic batch axis (and dynamic
+    height and width with ``spatial_dynamic``), atomically.
 
     The TorchScript exporter is used first: one self-contained file in a few seconds. The
     dynamo exporter (slower, needs onnxscript) is the fallback for graphs it cannot trace.
@@ -117,13 +122,14 @@ def export_onnx(module: nn.Module, example: torch.Tensor, path: Path, opset: int
     staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     module = module.eval()
     errors: list[str] = []
+    axes: dict[int, str] = {0: "batch", **({2: "height", 3: "width"} if spatial_dynamic else {})}
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
             torch.onnx.export(
                 module, (example,), str(staging), dynamo=False, opset_version=opset,
                 input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+                dynamic_axes={INPUT_NAME: axes, OUTPUT_NAME: {0: "batch"}},
                 do_constant_folding=True,
             )
         except Exception as exc:  # noqa: BLE001 - try the other exporter, then report both
@@ -286,6 +292,7 @@ def load_or_export(
     options: OnnxOptions,
     facts: dict[str, object] | None = None,
     transform: Transform | None = None,
+    spatial_dynamic: bool = False,
 ) -> tuple[OnnxRunner, OnnxLoadReport]:
     """The cached export at ``path`` (exported now if missing), checked against ``module``.
 
@@ -305,7 +312,7 @@ def load_or_export(
                 if path.is_file():
                     log.warning("cached ONNX file %s is unsigned or altered; exporting it again",
                                 path)
-                export_onnx(module, check[:1], path, options.opset)
+                export_onnx(module, check[:1], path, options.opset, spatial_dynamic)
                 exported = True
                 data = path.read_bytes()
             try:
@@ -341,14 +348,15 @@ def try_onnx(
     input_size: int,
     options: OnnxOptions,
     transform: Transform | None = None,
+    spatial_dynamic: bool = False,
 ) -> OnnxRunner | None:
     """``load_or_export`` for serving: any failure is a warning and ``None`` (keep torch)."""
-    path = cache_path(options.cache_dir, name, sha256, input_size, options.opset)
+    path = cache_path(options.cache_dir, name, sha256, input_size, options.opset, spatial_dynamic)
     try:
         runner, report = load_or_export(
             module, check, path, options,
             facts={"name": name, "checkpoint_sha256": sha256, "input_size": input_size},
-            transform=transform,
+            transform=transform, spatial_dynamic=spatial_dynamic,
         )
     except Exception as exc:  # noqa: BLE001 - the service must still come up, on torch
         log.warning("%s: ONNX Runtime backend refused (%s); serving it with PyTorch", name, exc)

@@ -133,8 +133,9 @@ def test_a_mismatching_export_falls_back_to_torch(tmp_path: Path, monkeypatch, c
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             return self.inner(x) + 0.5
 
-    def wrong_export(module: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
-        real_export(_Shifted(module), example, path, opset)
+    def wrong_export(module: nn.Module, example: torch.Tensor, path: Path, opset: int,
+                     *rest: bool) -> None:
+        real_export(_Shifted(module), example, path, opset, *rest)
 
     monkeypatch.setattr(onnx_runtime, "export_onnx", wrong_export)
     with caplog.at_level(logging.WARNING):
