@@ -101,11 +101,20 @@ def main(argv: list[str] | None = None) -> int:
         "reference": reference,
         "per_class_ap50": report["per_class_ap50"],
         "checks": checks,
+        # Seeds and the choices the build made on the validation split (never on a test set).
+        "recipe": _recipe(bundle),
     }
     (out / "demo_quality.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))
     print(f"[demo-quality] full report: {out / 'evaluation' / 'report.md'}")
     return 0 if all(checks.values()) else 1
+
+
+def _recipe(bundle: Path) -> dict | None:
+    from training.demo_bundle import RECIPE_FILE
+
+    path = Path(bundle) / RECIPE_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ medical model. Small archs keep the build within about 15 minutes on 2 CPU cores
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -21,6 +22,7 @@ import yaml
 from shared.bundle import BundleKind, MemberSpec
 from training.canonical import canonical_images, labelled_images
 from training.datasets import load_vindr, split_train_val
+from training.detector_sweep import CONF_GRID, IOU_GRID, choose_point, sweep_detector, sweep_record
 from training.phantoms import generate_phantoms
 from training.train_classifier import (
     ClassifierTrainConfig,
@@ -37,7 +39,9 @@ from training.train_detector import (
 
 DEMO_SEED = 20261128
 #: Bump when the recipe below changes, so a cached bundle built by an older one is rebuilt.
-DEMO_RECIPE = 4
+DEMO_RECIPE = 5
+#: The file in the bundle that records the seeds and the choices made on validation.
+RECIPE_FILE = "recipe.json"
 
 
 def demo_members() -> list[MemberSpec]:
@@ -98,13 +102,11 @@ class DemoConfig:
         default_factory=lambda: ClassifierTrainConfig(epochs=10)
     )
     detector: DetectorTrainConfig = field(default_factory=demo_detector_config)
-    #: Far lower than the usual 0.25: a detector trained for minutes ranks well but is
-    #: unsure, and served boxes are what mAP is measured on. Measured on 200 fresh
-    #: phantoms: mAP50 0.63 with every box, 0.55 at 0.05, 0.49 at 0.1, 0.37 at 0.25.
-    detector_conf: float = 0.05
-    #: NMS IoU 0.5, not 0.7: at such a low conf, 0.7 leaves near-copies of one lesion's box
-    #: (mAP50 0.651 vs 0.690 at 0.5, in-process on 200 fresh phantoms).
-    detector_iou: float = 0.5
+    #: The detector's serving conf and NMS IoU are not fixed here: after training, the
+    #: build scores this grid on the validation split and keeps the best point
+    #: (``training.detector_sweep``; the grid and its scores go to ``recipe.json``).
+    detector_conf_grid: tuple[float, ...] = CONF_GRID
+    detector_iou_grid: tuple[float, ...] = IOU_GRID
     members: tuple[MemberSpec, ...] = field(default_factory=lambda: tuple(demo_members()))
 
 
@@ -239,17 +241,45 @@ def build_demo_bundle(
     finally:
         if detector_job is not None and detector_job.process.is_alive():
             detector_job.process.terminate()
-    write_manifest_section(
-        work,
-        "detector",
-        {
+    if not (work / RECIPE_FILE).is_file():
+        stage(f"choosing the detector's conf and NMS IoU on {len(val_records)} validation images")
+        detector_section = {
             "checkpoint": DEFAULT_CHECKPOINT,
             "image_size": config.detector.image_size,
-            "conf": config.detector_conf,
-            "iou": config.detector_iou,
+            "conf": min(config.detector_conf_grid),
+            "iou": max(config.detector_iou_grid),
             "max_det": 300,
-        },
-    )
+        }
+        write_manifest_section(work, "detector", detector_section)
+        sweep = sweep_detector(
+            work, val_records, entries, config.detector_conf_grid, config.detector_iou_grid
+        )
+        chosen = choose_point(sweep.points)
+        write_manifest_section(
+            work, "detector", {**detector_section, "conf": chosen.conf, "iou": chosen.iou}
+        )
+        record = {
+            "seeds": {
+                "phantoms": config.seed,
+                "train_images": len(train_records),
+                "validation_images": len(val_records),
+                "split": f"split_train_val(val_fraction={config.val_fraction}, "
+                f"seed={config.seed}), grouped by study",
+            },
+            "classifier": {
+                "chosen_on": "validation",
+                "rule": "each member's best epoch and the ensemble weights (0.05 simplex grid) "
+                "by validation AUROC; the threshold is Youden's J on validation",
+                "threshold": sweep.classifier_threshold,
+                "validation_auroc": sweep.classifier_auroc,
+            },
+            "detector": sweep_record(sweep, chosen, len(val_records)),
+        }
+        (work / RECIPE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        stage(
+            f"detector conf {chosen.conf}, NMS IoU {chosen.iou}: "
+            f"validation mAP50 {chosen.map50:.3f}"
+        )
     shutil.rmtree(work / ".train", ignore_errors=True)
     if out_dir.exists():
         shutil.rmtree(out_dir)

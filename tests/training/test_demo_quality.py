@@ -53,5 +53,8 @@ def test_demo_bundle_meets_its_quality_bar(tmp_path: Path) -> None:
     assert map50 >= MAP50_BAR, summary
     assert all(summary["checks"].values()), summary["checks"]  # references agree to 0.005
     assert code == 0
+    detector = summary["recipe"]["detector"]  # conf / NMS IoU were chosen on validation
+    assert detector["split"] == "validation", detector
+    print(f"[demo-quality] chosen on validation: {detector['chosen']}")
     report = json.loads((out / "evaluation" / "report.json").read_text())
     assert report["demo"] is True  # every answer was labelled as demo output

@@ -12,6 +12,7 @@ from sklearn.metrics import roc_auc_score
 
 from shared.bundle import BundleKind, MemberSpec, load_manifest
 from training.demo_bundle import DemoConfig, build_demo_bundle
+from training.detector_sweep import CONF_GRID, IOU_GRID
 from training.train_classifier import ClassifierTrainConfig, choose_weights
 from training.train_detector import DetectorTrainConfig
 
@@ -46,6 +47,13 @@ def test_the_bundle_is_labelled_demo_and_loads(smoke_bundle: Path) -> None:
     assert 0 <= manifest.classifier.threshold <= 1
     assert manifest.detector.image_size == 160
     assert not (smoke_bundle / ".train").exists()
+    # The serving conf / NMS IoU were chosen by the validation sweep and recorded with it.
+    recipe = json.loads((smoke_bundle / "recipe.json").read_text())
+    chosen = recipe["detector"]["chosen"]
+    assert recipe["detector"]["split"] == "validation"
+    assert (manifest.detector.conf, manifest.detector.iou) == (chosen["conf"], chosen["iou"])
+    assert len(recipe["detector"]["grid"]) == len(CONF_GRID) * len(IOU_GRID)
+    assert recipe["seeds"]["validation_images"] > 0
 
     classifier = ClassifierModel(smoke_bundle, "cpu")
     classifier.load()
