@@ -46,6 +46,9 @@ def test_demo_bundle_meets_its_quality_bar(tmp_path: Path) -> None:
         f"AUROC {auroc:.3f} (95% CI {auroc_low:.3f}-{auroc_high:.3f}), "
         f"mAP50 {map50:.3f} (95% CI {map50_low:.3f}-{map50_high:.3f})"
     )
+    detector = summary["recipe"]["detector"]  # conf / NMS IoU were chosen on validation
+    print(f"[demo-quality] chosen on validation: {detector['chosen']}")
+    assert detector["split"] == "validation", detector
     assert summary["build_seconds"] is not None  # built here, not taken from a cache
     assert summary["test_images"] == COUNT
     assert auroc_low <= auroc <= auroc_high and map50_low <= map50 <= map50_high, summary
@@ -53,8 +56,5 @@ def test_demo_bundle_meets_its_quality_bar(tmp_path: Path) -> None:
     assert map50 >= MAP50_BAR, summary
     assert all(summary["checks"].values()), summary["checks"]  # references agree to 0.005
     assert code == 0
-    detector = summary["recipe"]["detector"]  # conf / NMS IoU were chosen on validation
-    assert detector["split"] == "validation", detector
-    print(f"[demo-quality] chosen on validation: {detector['chosen']}")
     report = json.loads((out / "evaluation" / "report.json").read_text())
     assert report["demo"] is True  # every answer was labelled as demo output
