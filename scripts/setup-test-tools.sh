@@ -20,6 +20,8 @@ missing() {
   [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || out+=(orthanc-dicomweb)
   echo "${out[@]}"
 }
+# kubectl is not a (recent enough) Debian package: its own script fetches it.
+"$(dirname "$0")/setup-kubectl.sh"
 need=$(missing)
 if [ -z "$need" ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then

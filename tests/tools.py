@@ -79,3 +79,24 @@ def require_module(module: str, install: str) -> None:
         __import__(module)
     except ImportError:
         unavailable(f"missing Python module {module}: {install}")
+
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: Where scripts/setup-kubectl.sh puts kubectl when none is on PATH.
+LOCAL_KUBECTL = os.path.join(REPO_ROOT, ".tools", "bin", "kubectl")
+
+
+def kubectl() -> str | None:
+    """kubectl on PATH, else the one scripts/setup-kubectl.sh installed, else None."""
+    found = shutil.which("kubectl")
+    if found:
+        return found
+    return LOCAL_KUBECTL if os.access(LOCAL_KUBECTL, os.X_OK) else None
+
+
+def require_kubectl() -> str:
+    """kubectl for ``kubectl kustomize``, or skip (locally) / fail (CI) naming the script."""
+    found = kubectl()
+    if found is None:
+        unavailable("missing kubectl: run scripts/setup-kubectl.sh (make test does)")
+    return found

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -32,7 +31,7 @@ import pytest
 import yaml
 
 from shared import contract
-from tests.tools import unavailable
+from tests.tools import require_kubectl
 
 REPO = Path(__file__).resolve().parents[2]
 KSERVE = REPO / "deploy" / "kubernetes" / "kserve"
@@ -86,11 +85,8 @@ def validate_custom(doc: dict[str, Any]) -> None:
 
 @cache
 def render(folder: Path) -> list[dict[str, Any]]:
-    kubectl = shutil.which("kubectl")
-    if kubectl is None:
-        unavailable("missing kubectl (kubectl kustomize renders deploy/kubernetes/kserve)")
     text = subprocess.run(
-        [kubectl, "kustomize", str(folder)], check=True, capture_output=True, text=True,
+        [require_kubectl(), "kustomize", str(folder)], check=True, capture_output=True, text=True,
         timeout=60,
     ).stdout
     return [doc for doc in yaml.safe_load_all(text) if doc]
