@@ -77,6 +77,7 @@ class ExportOptions:
     instances: int = 1
     threads: int = 0  # ONNX Runtime intra-op threads per session; 0 = its default
     opset: int = 18
+    letterbox: str = "rect"  # DETECTOR_LETTERBOX: rect (minimal stride rectangle) | square
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: object) -> ExportOptions:
@@ -87,6 +88,7 @@ class ExportOptions:
             "max_queue_size": settings.max_queue_size,
             "threads": settings.ort_threads or settings.torch_threads,
             "opset": settings.onnx_opset,
+            "letterbox": settings.detector_letterbox,
         }
         values.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**values)  # type: ignore[arg-type]
@@ -180,20 +182,25 @@ def config_pbtxt(
 
 
 def _export_checked(
-    module: nn.Module, check: torch.Tensor, path: Path, options: ExportOptions,
-    *, rtol: float, atol: float,
+    module: nn.Module, checks: list[torch.Tensor], path: Path, options: ExportOptions,
+    *, rtol: float, atol: float, spatial_dynamic: bool = False,
 ) -> float:
-    """Export ``module`` to ``path`` and prove ONNX Runtime answers as torch does on ``check``."""
+    """Export ``module`` to ``path`` (traced on the first check batch) and prove ONNX
+    Runtime answers as torch does on every check batch (a second input shape proves
+    dynamic height and width)."""
     module = module.eval()
-    export_onnx(module, check[:1], path, options.opset)
+    export_onnx(module, checks[0][:1], path, options.opset, spatial_dynamic)
     session = create_session(path.read_bytes(), options.threads)
-    with torch.no_grad():
-        expected = module(check).float().numpy()
-    actual = session.run(None, {session.get_inputs()[0].name: check.numpy()})[0]
-    try:
-        return max_abs_diff(expected, actual, rtol, atol)
-    except Exception as exc:
-        raise ExportError(f"{path.name}: {exc}") from exc
+    worst = 0.0
+    for check in checks:
+        with torch.no_grad():
+            expected = module(check).float().numpy()
+        try:
+            actual = session.run(None, {session.get_inputs()[0].name: check.numpy()})[0]
+            worst = max(worst, max_abs_diff(expected, actual, rtol, atol))
+        except Exception as exc:
+            raise ExportError(f"{path.name} at {list(check.shape)}: {exc}") from exc
+    return worst
 
 
 def _write_version(folder: Path, runtime: dict[str, object]) -> None:
@@ -221,7 +228,7 @@ def export_classifier(
         with torch.no_grad():
             check = resize_square(images, member.input_size)
         worst = max(worst, _export_checked(
-            MemberGraph(network, member), check, version / file, options,
+            MemberGraph(network, member), [check], version / file, options,
             rtol=0.0, atol=PROBABILITY_ATOL,
         ))
         members.append({"name": member.name, "file": file, "input_size": member.input_size})
@@ -262,11 +269,21 @@ def export_detector(
     if hasattr(network, "fuse"):
         network = network.fuse(verbose=False)  # conv+bn folded, as our detector serves it
     reset_anchor_cache(network)
-    check, _ = letterbox_batch(detector_check_images(), spec.image_size, torch.device("cpu"))
+    stride = max(int(torch.as_tensor(network.stride).max()), 1) if options.letterbox == "rect" \
+        else None
+    portrait, landscape = detector_check_images()
+    cpu = torch.device("cpu")
+    if stride is None:
+        checks = [letterbox_batch([portrait, landscape], spec.image_size, cpu)[0]]
+    else:  # one rectangle per batch: the image and its mirror; then another rectangle
+        checks = [
+            letterbox_batch([portrait, portrait[:, ::-1].copy()], spec.image_size, cpu, stride)[0],
+            letterbox_batch([landscape], spec.image_size, cpu, stride)[0],
+        ]
     file = f"detector-{Path(spec.checkpoint).stem}.onnx"
     diff = _export_checked(
-        GreyYolo(network), check[:, :1].contiguous(), version / file, options,
-        rtol=DETECTOR_RTOL, atol=DETECTOR_ATOL,
+        GreyYolo(network), [check[:, :1].contiguous() for check in checks], version / file,
+        options, rtol=DETECTOR_RTOL, atol=DETECTOR_ATOL, spatial_dynamic=stride is not None,
     )
     facts = contract.DetectorFacts(
         name=manifest.name, kind=manifest.kind, checkpoints={spec.checkpoint: sha256},
@@ -275,7 +292,7 @@ def export_detector(
     )
     _write_version(version, {
         "model": "detector", "file": file, "image_size": spec.image_size, "conf": spec.conf,
-        "iou": spec.iou, "max_det": spec.max_det, "end2end": end2end,
+        "iou": spec.iou, "max_det": spec.max_det, "end2end": end2end, "stride": stride,
         "threads": options.threads, "kind": options.instance_kind,
     })
     outputs = [_tensor(item) for item in contract.DETECTOR_OUTPUTS]

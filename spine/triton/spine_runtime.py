@@ -12,9 +12,11 @@ exactly, kernel for kernel, in float32:
   which holds the 3-channel normalisation and the sigmoid/softmax; then the weighted vote
   and the decision ``score > threshold``;
 - detector (``detector_service/yolo.py``): Ultralytics' letterbox (bilinear resize,
-  ``align_corners=False``, centred grey-114 padding), the ONNX graph (3 channels and the
-  YOLO network with its decoded head), Ultralytics' NMS (best class, class offset,
-  torchvision's greedy IoU suppression), boxes back to the input image's pixels.
+  ``align_corners=False``, centred grey-114 padding, to the square or, with a stride,
+  the minimal rectangle: ``DETECTOR_LETTERBOX``; one network call per input shape),
+  the ONNX graph (3 channels and the YOLO network with its decoded head), Ultralytics'
+  NMS (best class, class offset, torchvision's greedy IoU suppression), boxes back to
+  the input image's pixels.
 
 ``tests/unit/test_triton_runtime.py`` checks each step against the torch code it copies.
 """
@@ -241,14 +243,22 @@ class ClassifierRunner(Runner):
         ]
 
 
-def letterbox_geometry(height: int, width: int, size: int) -> tuple[float, int, int, int, int]:
-    """Ultralytics' LetterBox arithmetic: (gain, left, top, new_width, new_height)."""
+Geometry = tuple[float, int, int, int, int, int, int]
+
+
+def letterbox_geometry(height: int, width: int, size: int, stride: int | None = None
+                       ) -> Geometry:
+    """Ultralytics' LetterBox arithmetic (``shared/letterbox.py``, copied: this file runs
+    without our packages): (gain, left, top, new_width, new_height, input_height,
+    input_width); ``stride`` None = the ``size`` square, else the minimal rectangle."""
     gain = min(size / height, size / width)
     new_width = max(round(width * gain), 1)
     new_height = max(round(height * gain), 1)
-    pad_w = (size - new_width) / 2
-    pad_h = (size - new_height) / 2
-    return gain, round(pad_w - 0.1), round(pad_h - 0.1), new_width, new_height
+    pad_w, pad_h = size - new_width, size - new_height
+    if stride:
+        pad_w, pad_h = pad_w % stride, pad_h % stride
+    return (gain, round(pad_w / 2 - 0.1), round(pad_h / 2 - 0.1), new_width, new_height,
+            new_height + pad_h, new_width + pad_w)
 
 
 def xywh2xyxy(boxes: np.ndarray) -> np.ndarray:
@@ -327,41 +337,58 @@ class DetectorRunner(Runner):
             os.path.join(folder, config["file"]), config["threads"], config.get("kind") == "gpu"
         )
         self.size = int(config["image_size"])
+        self.stride = int(config["stride"]) if config.get("stride") else None
         self.conf = float(config["conf"])
         self.iou = float(config["iou"])
         self.max_det = int(config["max_det"])
         self.end2end = bool(config["end2end"])
 
-    def letterbox(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[tuple]]:
-        size = self.size
-        batch = np.full((len(images), 1, size, size), PAD_VALUE, dtype=np.float32)
-        geometries = []
-        for index, image in enumerate(images):
-            geometry = letterbox_geometry(image.shape[0], image.shape[1], size)
-            _, left, top, new_width, new_height = geometry
+    def letterbox(self, images: list[np.ndarray]) -> tuple[np.ndarray, list[Geometry]]:
+        """Images of one input shape -> float32 ``[N,1,h,w]`` (grey 114 around them)."""
+        geometries = [
+            letterbox_geometry(image.shape[0], image.shape[1], self.size, self.stride)
+            for image in images
+        ]
+        shapes = {geometry[5:] for geometry in geometries}
+        if len(shapes) != 1:
+            raise ValueError(f"images of one batch need one input shape, got {sorted(shapes)}")
+        ((height, width),) = shapes
+        batch = np.full((len(images), 1, height, width), PAD_VALUE, dtype=np.float32)
+        for index, (image, geometry) in enumerate(zip(images, geometries, strict=True)):
+            _, left, top, new_width, new_height, _, _ = geometry
             batch[index, 0, top:top + new_height, left:left + new_width] = resize(
                 to_unit(image), new_height, new_width, antialias=False
             )
-            geometries.append(geometry)
         return batch, geometries
 
+    def groups(self, images: list[np.ndarray]) -> list[list[int]]:
+        """Indices by letterbox input shape, first seen first: one network call each."""
+        found: dict[tuple[int, int], list[int]] = {}
+        for index, image in enumerate(images):
+            shape = letterbox_geometry(image.shape[0], image.shape[1], self.size, self.stride)[5:]
+            found.setdefault(shape, []).append(index)
+        return list(found.values())
+
     def run(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        batch, geometries = self.letterbox(images)
-        raw = self.session.run(None, {self.session.get_inputs()[0].name: batch})[0]
-        found_all = non_max_suppression(
-            raw, conf=self.conf, iou=self.iou, max_det=self.max_det, end2end=self.end2end
-        )
-        results = []
-        for image, (gain, left, top, _, _), found in zip(images, geometries, found_all,
-                                                          strict=True):
-            boxes = found[:, :4].astype(np.float64)
-            boxes[:, [0, 2]] = ((boxes[:, [0, 2]] - left) / gain).clip(0, image.shape[1])
-            boxes[:, [1, 3]] = ((boxes[:, [1, 3]] - top) / gain).clip(0, image.shape[0])
-            results.append({
-                "boxes": boxes.astype(np.float32),
-                "scores": found[:, 4].astype(np.float32),
-                "classes": found[:, 5].astype(np.int32),
-            })
+        results: list[dict[str, np.ndarray]] = [{} for _ in images]
+        for group in self.groups(images):
+            members = [images[index] for index in group]
+            batch, geometries = self.letterbox(members)
+            raw = self.session.run(None, {self.session.get_inputs()[0].name: batch})[0]
+            found_all = non_max_suppression(
+                raw, conf=self.conf, iou=self.iou, max_det=self.max_det, end2end=self.end2end
+            )
+            for index, image, geometry, found in zip(group, members, geometries, found_all,
+                                                     strict=True):
+                gain, left, top = geometry[:3]
+                boxes = found[:, :4].astype(np.float64)
+                boxes[:, [0, 2]] = ((boxes[:, [0, 2]] - left) / gain).clip(0, image.shape[1])
+                boxes[:, [1, 3]] = ((boxes[:, [1, 3]] - top) / gain).clip(0, image.shape[0])
+                results[index] = {
+                    "boxes": boxes.astype(np.float32),
+                    "scores": found[:, 4].astype(np.float32),
+                    "classes": found[:, 5].astype(np.int32),
+                }
         return results
 
     def merge(self, per_image: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:

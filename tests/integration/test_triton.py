@@ -11,6 +11,7 @@ it fails, naming the setup script.
 from __future__ import annotations
 
 import contextlib
+import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -103,7 +104,11 @@ def triton_repo(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from spine.triton.export import ExportOptions, export_repository
 
     repo = tmp_path_factory.mktemp("triton") / "repo"
-    report = export_repository(bundle, repo, ExportOptions.from_settings(Settings(), threads=1))
+    options = ExportOptions.from_settings(Settings(), threads=1)
+    assert options.letterbox == "rect"  # DETECTOR_LETTERBOX's default, as our detector's
+    report = export_repository(bundle, repo, options)
+    runtime = json.loads((repo / "spine-detector/1/runtime.json").read_text())
+    assert runtime["stride"] == 32 and runtime["image_size"] == 640
     print(f"\n[triton] exported in {report.seconds:.1f} s: {report.max_abs_diff}")
     return repo
 
@@ -161,15 +166,15 @@ def _textured(height: int, width: int, seed: int) -> np.ndarray:
     return np.clip(pixels + rng.normal(0, 8, pixels.shape), 0, 255).astype(np.uint8)
 
 
-def _images() -> list[tuple[np.ndarray, bool]]:
-    """Requests of different shapes (one of two images); True: square, so no letterbox
-    padding, whose flat grey makes equal scores (see make_detector_discriminate)."""
+def _images() -> list[np.ndarray]:
+    """Requests of different shapes, one of two images; square and letterboxed (the
+    rectangle letterbox pads at most a stride: few equal-scoring padding anchors)."""
     rng = np.random.default_rng(7)
     return [
-        (_textured(640, 640, 5)[None, None], True),
-        (rng.integers(0, 256, size=(2, 1, 320, 320), dtype=np.uint8), True),
-        (_textured(1024, 683, 6)[None, None], False),
-        (rng.integers(0, 256, size=(1, 1, 97, 131), dtype=np.uint8), False),
+        _textured(640, 640, 5)[None, None],
+        rng.integers(0, 256, size=(2, 1, 320, 320), dtype=np.uint8),
+        _textured(1024, 683, 6)[None, None],
+        rng.integers(0, 256, size=(1, 1, 97, 131), dtype=np.uint8),
     ]
 
 
@@ -207,7 +212,7 @@ def test_config_parameters_are_the_bundle_facts(stack: Stack, tritonserver) -> N
 
 
 def test_same_answers_as_our_services_on_the_same_tensors(stack: Stack, tritonserver) -> None:
-    for images, square in _images():
+    for images in _images():
         ours = _infer(stack.classifier, contract.CLASSIFIER_MODEL, images, CLASSIFIER_OUTPUTS)
         theirs = _infer(tritonserver.url, contract.CLASSIFIER_MODEL, images, CLASSIFIER_OUTPUTS)
         for name in CLASSIFIER_OUTPUTS:
@@ -225,8 +230,6 @@ def test_same_answers_as_our_services_on_the_same_tensors(stack: Stack, tritonse
         np.testing.assert_array_equal(theirs["num_detections"], ours["num_detections"])
         assert theirs["detection_boxes"].shape == ours["detection_boxes"].shape
         assert int(ours["num_detections"].sum()) > 0  # this detector fires on every image
-        if not square:
-            continue  # equal scores in the padding: which equal box NMS keeps is torch's whim
         for index in range(images.shape[0]):
             mine, other = _boxes(ours, index), _boxes(theirs, index)
             np.testing.assert_allclose(other[:, :4], mine[:, :4], rtol=0, atol=BOX_ATOL_PX)
@@ -247,7 +250,7 @@ def test_bad_input_is_a_client_error(tritonserver) -> None:
 
 @pytest.fixture(scope="module")
 def dicom() -> bytes:
-    """Square (no letterbox padding) and textured: see _images."""
+    """Square (no letterbox padding) and textured: see make_detector_discriminate."""
     pixels = _textured(1400, 1400, 3).astype(np.uint16) * 16
     return make_dicom(pixels, patient_id="PID-TRITON")
 

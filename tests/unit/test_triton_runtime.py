@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from classifier_service.ensemble import resize_square, to_device_batch
-from detector_service.yolo import letterbox_batch, postprocess
+from detector_service.yolo import group_by_input_shape, letterbox_batch, postprocess
 from shared import contract
 from shared.bundle import BundleKind
 from spine.triton import spine_runtime as rt
@@ -44,17 +44,21 @@ def test_bilinear_resize_is_torchs(shape: tuple[int, int]) -> None:
         np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-6)
 
 
-def test_letterbox_is_the_detectors() -> None:
+@pytest.mark.parametrize("stride", [None, 32])
+def test_letterbox_is_the_detectors(stride: int | None) -> None:
     rng = np.random.default_rng(2)
     images = [rng.integers(0, 256, shape, dtype=np.uint8) for shape in SHAPES]
-    expected, geometries = letterbox_batch(images, 320, torch.device("cpu"))
     runner = rt.DetectorRunner.__new__(rt.DetectorRunner)
-    runner.size = 320
-    actual, mine = runner.letterbox(images)
-    np.testing.assert_allclose(actual[:, 0], expected[:, 0].numpy(), rtol=0, atol=1e-6)
-    for geometry, (gain, left, top, new_width, new_height) in zip(geometries, mine, strict=True):
-        assert (geometry.gain, geometry.left, geometry.top) == (gain, left, top)
-        assert (geometry.new_width, geometry.new_height) == (new_width, new_height)
+    runner.size, runner.stride = 320, stride
+    assert runner.groups(images) == group_by_input_shape(images, 320, stride)
+    for group in runner.groups(images):
+        members = [images[index] for index in group]
+        expected, geometries = letterbox_batch(members, 320, torch.device("cpu"), stride)
+        actual, mine = runner.letterbox(members)
+        np.testing.assert_allclose(actual[:, 0], expected[:, 0].numpy(), rtol=0, atol=1e-6)
+        for geometry, ours in zip(geometries, mine, strict=True):
+            assert ours == (geometry.gain, geometry.left, geometry.top, geometry.new_width,
+                            geometry.new_height, geometry.input_height, geometry.input_width)
 
 
 def test_nms_is_ultralytics() -> None:
