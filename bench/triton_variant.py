@@ -106,24 +106,35 @@ def start_triton_stack(
 
 
 def ratio_lines(summaries: list) -> str:  # type: ignore[type-arg]
-    """The table ours / Triton at each concurrency ('' without a Triton run)."""
-    by_level = {(s.system, s.concurrency): s for s in summaries}
-    rows = []
-    for (system, level), theirs in sorted(by_level.items(), key=lambda item: item[0][1]):
-        ours = by_level.get(("ours", level))
-        if system != NAME or ours is None:
+    """Ours / Triton at each concurrency, formed within each repeat, as median (min-max)
+    over the repeats ('' without a Triton run)."""
+    from bench.report import spread
+
+    runs = {(s.system, s.concurrency, getattr(s, "repeat", 0)): s for s in summaries}
+    levels: dict[int, dict[str, list[float]]] = {}
+    for (system, level, repeat), theirs in runs.items():
+        ours = runs.get(("ours", level, repeat))
+        if system != NAME or ours is None or not ours.throughput or not theirs.throughput:
             continue
-
-        def ratio(a: float | None, b: float | None) -> str:
-            return f"{a / b:.2f}x" if a and b else "-"
-
-        rows.append(f"| {level} | {ours.throughput:.3f} | {theirs.throughput:.3f} | "
-                    f"{ratio(ours.throughput, theirs.throughput)} | "
-                    f"{ratio(theirs.p50_ms, ours.p50_ms)} | {ratio(theirs.p95_ms, ours.p95_ms)} |")
-    if not rows:
+        row = levels.setdefault(level, {key: [] for key in ("ours", "triton", "tp", "p50", "p95")})
+        row["ours"].append(ours.throughput)
+        row["triton"].append(theirs.throughput)
+        row["tp"].append(ours.throughput / theirs.throughput)
+        if ours.p50_ms and theirs.p50_ms:
+            row["p50"].append(theirs.p50_ms / ours.p50_ms)
+        if ours.p95_ms and theirs.p95_ms:
+            row["p95"].append(theirs.p95_ms / ours.p95_ms)
+    if not levels:
         return ""
+    rows = [
+        f"| {level} | {len(row['tp'])} | {spread(row['ours'], '{:.3f}')} | "
+        f"{spread(row['triton'], '{:.3f}')} | {spread(row['tp'], unit='x')} | "
+        f"{spread(row['p50'], unit='x')} | {spread(row['p95'], unit='x')} |"
+        for level, row in sorted(levels.items())
+    ]
     return "\n".join([
         "", "", "### Ours / Triton (same gateway, same exported networks, same batching limits)",
-        "", "| conc | ours img/s | triton img/s | throughput ours/triton | p50 triton/ours "
-        "| p95 triton/ours |", "|---|---|---|---|---|---|", *rows,
+        "", "median (min-max) over the repeats; ratios formed within each repeat", "",
+        "| conc | repeats | ours img/s | triton img/s | throughput ours/triton | p50 triton/ours "
+        "| p95 triton/ours |", "|---|---|---|---|---|---|---|", *rows,
     ])

@@ -8,18 +8,22 @@ from bench.stats import RunSummary
 from bench.triton_variant import _threads, ratio_lines
 
 
-def _summary(system: str, level: int, throughput: float, p50: float, p95: float) -> RunSummary:
-    return RunSummary(system, level, 16, 0, 16 / throughput, throughput, p50, p95, p95, {})
+def _summary(system: str, level: int, throughput: float, p50: float, p95: float,
+             repeat: int = 0) -> RunSummary:
+    summary = RunSummary(system, level, 16, 0, 16 / throughput, throughput, p50, p95, p95, {})
+    summary.repeat = repeat
+    return summary
 
 
-def test_ratio_table_is_ours_over_triton_at_each_level() -> None:
+def test_ratio_table_is_ours_over_triton_within_each_repeat() -> None:
     text = ratio_lines([
-        _summary("ours", 1, 1.0, 1000, 1200), _summary("triton", 1, 0.5, 2000, 3000),
+        _summary("ours", 1, 1.0, 1000, 1200, 1), _summary("triton", 1, 0.5, 2000, 3000, 1),
+        _summary("ours", 1, 2.0, 1000, 1200, 2), _summary("triton", 1, 0.5, 2000, 3000, 2),
         _summary("ours", 8, 2.0, 4000, 5000), _summary("triton", 8, 2.0, 4000, 4000),
     ])
     assert "### Ours / Triton" in text
-    assert "| 1 | 1.000 | 0.500 | 2.00x | 2.00x | 2.50x |" in text
-    assert "| 8 | 2.000 | 2.000 | 1.00x | 1.00x | 0.80x |" in text
+    assert "| 1 | 2 | 1.500 (1.000-2.000) | 0.500 (0.500-0.500) | 3.00x (2.00-4.00) |" in text
+    assert "| 8 | 1 | 2.000 | 2.000 | 1.00x | 1.00x | 0.80x |" in text
     assert ratio_lines([_summary("ours", 1, 1.0, 1, 1)]) == ""
 
 
