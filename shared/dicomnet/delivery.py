@@ -9,7 +9,13 @@ object is sent to every configured destination (``RESULTS_DICOMWEB_URL`` and/or
 ``RESULTS_RETRY_BUDGET_S`` after the submit; a permanent one, a spent budget or a
 shutdown with objects left is logged (SOP Instance UIDs only: no patient data) and
 counted as failed. Counters: :meth:`counts` and Prometheus ``spine_results_*``.
-Torch-free; the C-STORE sender imports pynetdicom only when it is configured.
+
+The queue is in memory. A caller that keeps results on disk (the DICOM listener) passes
+``on_settled`` to :meth:`ResultsDelivery.submit`: it hears once per SOP Instance UID,
+when that object is settled at every destination, the worst outcome across them
+(:data:`SETTLED_ORDER`), so it deletes its copy only once it is ``delivered`` everywhere
+and keeps it for a restart on ``shutdown``. Torch-free; the C-STORE sender imports
+pynetdicom only when it is configured.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -70,6 +76,38 @@ class RetryPolicy:
         return min(self.initial_s * 2 ** attempt, self.max_s) * random.uniform(0.8, 1.0)
 
 
+# Outcomes for ``on_settled``, best first; across destinations the worst one wins.
+# ``shutdown`` is worst: the object may still succeed, so a caller that keeps it on disk
+# must keep it (even if another destination has it: a resend of the same SOP Instance
+# UID is a duplicate a PACS ignores or overwrites). ``budget`` beats ``rejected``: both
+# are given up, and the transient one is the likelier to be worth a manual retry.
+SETTLED_ORDER = ("delivered", "rejected", "budget", "shutdown")
+
+OnSettled = Callable[[str, str], None]
+
+
+class _Settlement:
+    """One submit's objects across its destinations: tells ``on_settled`` once per UID."""
+
+    def __init__(self, uids: list[str], destinations: int, on_settled: OnSettled) -> None:
+        self.left = dict.fromkeys(uids, destinations)
+        self.worst = dict.fromkeys(uids, 0)
+        self.on_settled = on_settled
+
+    def settle(self, uid: str, outcome: str) -> None:
+        if uid not in self.left:
+            return
+        self.worst[uid] = max(self.worst[uid], SETTLED_ORDER.index(outcome))
+        self.left[uid] -= 1
+        if self.left[uid] > 0:
+            return
+        del self.left[uid]
+        try:
+            self.on_settled(uid, SETTLED_ORDER[self.worst.pop(uid)])
+        except Exception:  # noqa: BLE001 - the caller's bug must not stop delivery
+            log.exception("on_settled raised for result %s", uid)
+
+
 @dataclass
 class _Job:
     destination: Destination
@@ -77,6 +115,11 @@ class _Job:
     items: dict[str, bytes]  # SOP Instance UID -> Part 10 bytes, still to deliver
     submitted: float = field(default_factory=time.monotonic)
     attempt: int = 0
+    settlement: _Settlement | None = None
+
+    def settled(self, uid: str, outcome: str) -> None:
+        if self.settlement is not None:
+            self.settlement.settle(uid, outcome)
 
 
 class _Metrics:
@@ -209,9 +252,16 @@ class ResultsDelivery:
         ]
 
     async def submit(
-        self, instances: list[bytes], *, study_uid: str, sop_uids: list[str]
+        self, instances: list[bytes], *, study_uid: str, sop_uids: list[str],
+        on_settled: OnSettled | None = None,
     ) -> None:
-        """Queue the objects for every destination; :class:`DeliveryQueueFull` if no room."""
+        """Queue the objects for every destination; :class:`DeliveryQueueFull` if no room.
+
+        ``on_settled(sop_uid, outcome)``, when given, is called on the event loop once per
+        object, when every destination is done with it: ``delivered``, ``rejected``,
+        ``budget`` or ``shutdown`` (the worst across destinations, :data:`SETTLED_ORDER`).
+        Not called when this raises, nor without destinations (nothing is sent).
+        """
         if not self.enabled:
             return
         if len(instances) != len(sop_uids):
@@ -227,8 +277,12 @@ class ResultsDelivery:
             raise DeliveryQueueFull(
                 f"the results queue is full ({self.queue_size} objects, RESULTS_QUEUE_SIZE)"
             )
+        settlement = (
+            _Settlement(sop_uids, len(self.destinations), on_settled) if on_settled else None
+        )
         for destination in self.destinations:
-            job = _Job(destination, study_uid, dict(zip(sop_uids, instances, strict=True)))
+            job = _Job(destination, study_uid, dict(zip(sop_uids, instances, strict=True)),
+                       settlement=settlement)
             self._live[id(job)] = job
             self._queue.put_nowait(job)
         self._add_pending(cost)
@@ -265,6 +319,7 @@ class ResultsDelivery:
             if job.items.pop(uid, None) is not None:
                 self._count("delivered", name, 1)
                 self._add_pending(-1)
+                job.settled(uid, "delivered")
         rejected = {uid: why for uid, why in outcome.failed.items() if uid in job.items}
         if rejected:
             self._give_up(job, rejected, "rejected")
@@ -304,6 +359,8 @@ class ResultsDelivery:
             name, why, len(reasons), _reasons(reasons),
             extra={"sop_instance_uids": list(reasons)},
         )
+        for uid in reasons:
+            job.settled(uid, why)
 
     def _count(self, kind: str, destination: str, n: int, reason: str | None = None) -> None:
         self._counts[kind] += n

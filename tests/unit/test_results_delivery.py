@@ -220,6 +220,66 @@ async def test_a_rejected_object_fails_alone_and_out_of_resources_is_retried() -
     assert (counts.delivered, counts.failed, counts.retried, calls) == (1, 1, 1, 2)
 
 
+async def test_on_settled_hears_each_object_once_with_the_worst_outcome(orthanc: Orthanc) -> None:
+    study, objects, uids = results()
+    rejecting = DicomWebDestination(  # a broken peer: refuses the SR for good, stores the GSPS
+        "http://127.0.0.1:9/dicom-web", timeout_s=1.0,
+        transport=broken_peer(202, {uids[0]: 0xC000}, [uids[1]]),
+    )
+    heard: list[tuple[str, str, int]] = []
+    delivery = ResultsDelivery([stow(orthanc), rejecting], retry=FAST)
+
+    def on_settled(uid: str, outcome: str) -> None:
+        heard.append((uid, outcome, delivery.counts().delivered + delivery.counts().failed))
+
+    await delivery.start()
+    try:
+        await delivery.submit(objects, study_uid=study, sop_uids=uids, on_settled=on_settled)
+        assert await delivery.drain(30.0)
+    finally:
+        await delivery.stop(1.0)
+    assert sorted((uid, outcome) for uid, outcome, _ in heard) == sorted(
+        [(uids[0], "rejected"), (uids[1], "delivered")]
+    )
+    # Only once both destinations were done with the object (2 settled per UID).
+    assert all(settled >= 2 for _, _, settled in heard)
+    assert set(orthanc.study_instances(study)) == set(uids)  # Orthanc has both
+
+
+async def test_on_settled_says_shutdown_when_stop_left_it_and_budget_when_spent() -> None:
+    nobody = f"http://127.0.0.1:{free_port()}/dicom-web"  # nothing listens: never delivered
+    study, objects, uids = results()
+    rejecting = DicomWebDestination(
+        "http://127.0.0.1:9/dicom-web", timeout_s=1.0, transport=broken_peer(409, {}, []),
+    )
+    heard: dict[str, list[str]] = {}
+
+    def on_settled(uid: str, outcome: str) -> None:
+        heard.setdefault(uid, []).append(outcome)
+
+    delivery = ResultsDelivery([DicomWebDestination(nobody, timeout_s=1.0), rejecting], retry=FAST)
+    await delivery.start()
+    await delivery.submit(objects, study_uid=study, sop_uids=uids, on_settled=on_settled)
+    await asyncio.sleep(0.3)  # rejected at one destination, still retrying at the other
+    assert heard == {}
+    await delivery.stop(0.1)
+    assert heard == {uids[0]: ["shutdown"], uids[1]: ["shutdown"]}  # shutdown beats rejected
+
+    heard.clear()
+    spent = ResultsDelivery(
+        [DicomWebDestination(nobody, timeout_s=1.0)],
+        retry=RetryPolicy(initial_s=0.1, max_s=0.2, budget_s=0.5),
+    )
+    await spent.start()
+    try:
+        await spent.submit(objects, study_uid=study, sop_uids=uids,
+                           on_settled=lambda uid, outcome: on_settled(uid, outcome) or 1 / 0)
+        assert await spent.drain(10.0)  # a raising callback does not stop the delivery
+    finally:
+        await spent.stop(0.1)
+    assert heard == {uids[0]: ["budget"], uids[1]: ["budget"]}
+
+
 @pytest.mark.parametrize(
     ("status", "stored", "retry", "failed"),
     [(200, 2, 0, 0), (409, 0, 0, 2), (503, 0, 2, 0), (401, 0, 0, 2), (500, 0, 2, 0)],
