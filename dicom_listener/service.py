@@ -1,12 +1,16 @@
 """The listener's life: start (replaying the spool), work, stop (keeping the spool).
 
-Start: the spool's ``incoming/`` is replayed first, in arrival order (restart recovery:
-whatever was acknowledged before a crash or a stop is analysed now), studies whose
-report still said ``open`` are reopened, then the SCP accepts associations.
+Start: the results the spool kept (``results/``: not delivered before the last stop) are
+handed to the delivery again, the spool's ``incoming/`` is replayed, in arrival order
+(restart recovery: whatever was acknowledged before a crash or a stop is analysed now),
+studies whose report still said ``open`` are reopened, then the SCP accepts associations.
 
 Work: each spooled instance goes to the gateway (``LISTENER_CONCURRENCY`` at once).
-Analysed: its SR and presentation state go to the results delivery and the entry is
-removed. Refused (422): logged, counted, removed. Gateway unreachable, busy or timing
+Analysed: its SR and presentation state are written durably to the spool's ``results/``,
+then the instance's entry is removed and the results go to the delivery; each result
+file is removed once delivered to every destination, or moved to ``failed/results/``
+(logged with its SOP Instance UID, counted) when rejected or out of retry budget.
+Refused (422): logged, counted, removed. Gateway unreachable, busy or timing
 out: the entry stays in the spool and is retried with exponential backoff
 (``LISTENER_RETRY_*``, ``Retry-After`` honoured) until ``LISTENER_RETRY_BUDGET_S``; past
 it, or on a permanent 4xx, it is logged with its SOP Instance UID, counted as failed and
@@ -16,7 +20,8 @@ Stop (SIGTERM / Ctrl-C), decided as **keep in spool**: no new associations; gate
 requests in flight get ``LISTENER_DRAIN_TIMEOUT_S`` to finish; every instance not yet
 analysed stays in the spool and is analysed at the next start (an interrupted request
 is simply sent again). Results already handed to the delivery get
-``RESULTS_DRAIN_TIMEOUT_S``; what is left then is logged and counted by the delivery.
+``RESULTS_DRAIN_TIMEOUT_S``; what is left then is logged and counted by the delivery
+(``shutdown``) and stays in ``results/``, sent again at the next start.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from prometheus_client import CollectorRegistry
 
 from dicom_listener.forward import Fate, Forwarded, GatewayClient
 from dicom_listener.scp import ScpConfig, StoreScp
-from dicom_listener.spool import Spool, SpoolEntry, read_uids
+from dicom_listener.spool import ResultFile, Spool, SpoolEntry
 from dicom_listener.status import StatusServer, status_app
 from dicom_listener.studies import ImageResult, StudyTracker
 from dicom_listener.studyreport import ListenerMetrics, StudyReports, report
@@ -104,6 +109,7 @@ class ListenerService:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self.delivery.start()
+        resent = await self._replay_results()
         for study in self.reports.load_open():
             self.tracker.restore(study)
         replayed = self._replay()
@@ -119,9 +125,68 @@ class ListenerService:
         await asyncio.get_running_loop().run_in_executor(None, self.scp.start)
         log.info(
             "listener started: gateway %s, results delivery %s, %d instance(s) replayed "
-            "from the spool, status on port %s", self.gateway.url, self.delivery.describe(),
-            replayed, self.status.port if self.status else "off",
+            "from the spool, %d result(s) sent again, status on port %s", self.gateway.url,
+            self.delivery.describe(), replayed, resent,
+            self.status.port if self.status else "off",
         )
+
+    async def _replay_results(self) -> int:
+        """Hand the results kept in ``results/`` to the delivery again, a study at a time;
+        what does not fit in its queue now is handed over as room frees (a task)."""
+        files, unreadable = self.spool.pending_results()
+        for path, why in unreadable:
+            moved = self.spool.fail_result(path)
+            self.metrics.results.labels("failed").inc()
+            log.error("result file %s cannot be read back (%s); moved to %s",
+                      path.name, why, moved.parent if moved else "nowhere (gone)")
+        if not files:
+            return 0
+        if not self.delivery.enabled:
+            log.warning("%d result(s) wait in %s but no RESULTS_* destination is set; "
+                        "kept there", len(files), self.spool.results)
+            return 0
+        by_study: dict[str, list[ResultFile]] = {}
+        for result in files:
+            by_study.setdefault(result.study_uid, []).append(result)
+        groups = list(by_study.values())
+        while groups and self.delivery.has_room(len(groups[0])):
+            await self._submit_results(groups.pop(0))
+        if groups:
+            self._tasks.append(asyncio.create_task(self._resend_later(groups), name="resend"))
+        return len(files)
+
+    async def _resend_later(self, groups: list[list[ResultFile]]) -> None:
+        while groups:
+            if self.delivery.has_room(len(groups[0])):
+                try:
+                    await self._submit_results(groups[0])
+                except DeliveryQueueFull:
+                    pass
+                else:
+                    groups.pop(0)
+                    continue
+            await asyncio.sleep(0.5)
+
+    async def _submit_results(self, results: list[ResultFile]) -> None:
+        await self.delivery.submit(
+            [result.path.read_bytes() for result in results],
+            study_uid=results[0].study_uid, sop_uids=[result.sop_uid for result in results],
+            on_settled=self._result_settled,
+        )
+
+    def _result_settled(self, sop_uid: str, outcome: str) -> None:
+        """The delivery is done with one result object: drop, fail or keep its file."""
+        if outcome == "delivered":
+            self.spool.remove_result(sop_uid)
+            self.metrics.results.labels("delivered").inc()
+        elif outcome == "shutdown":
+            self.metrics.results.labels("kept").inc()  # sent again at the next start
+        else:
+            moved = self.spool.fail_result(sop_uid)
+            self.metrics.results.labels("failed").inc()
+            log.error("result %s not delivered (%s); kept in %s", sop_uid, outcome,
+                      moved.parent if moved else "nowhere (gone)")
+        self.metrics.results_waiting.set(self.spool.result_count)
 
     def _replay(self) -> int:
         entries, unreadable = self.spool.pending()
@@ -198,11 +263,22 @@ class ListenerService:
             self._retry(work, answer)
 
     async def _deliver(self, entry: SpoolEntry, answer: Forwarded) -> None:
+        """Results on disk first (``results/``), then to the delivery; the caller removes
+        the instance's entry after this returns. :class:`DeliveryQueueFull` leaves
+        nothing behind (the instance is retried)."""
         objects = [data for data in (answer.sr, answer.gsps) if data]
-        if not objects:
+        if not objects or not self.delivery.enabled:
             return
-        uids = [read_uids(data)[1] for data in objects]
-        await self.delivery.submit(objects, study_uid=entry.study_uid, sop_uids=uids)
+        if not self.delivery.has_room(len(objects)):
+            raise DeliveryQueueFull("the results queue is full (RESULTS_QUEUE_SIZE)")
+        written = [self.spool.write_result(data) for data in objects]
+        try:
+            await self._submit_results(written)
+        except DeliveryQueueFull:
+            for result in written:
+                self.spool.remove_result(result.sop_uid)
+            raise
+        self.metrics.results_waiting.set(self.spool.result_count)
 
     def _retry(self, work: _Work, answer: Forwarded) -> None:
         s = self.settings
@@ -246,6 +322,7 @@ class ListenerService:
             self.metrics.open_studies.set(len(self.tracker.open))
             self.metrics.spool_instances.set(self.spool.count)
             self.metrics.spool_bytes.set(self.spool.used_bytes)
+            self.metrics.results_waiting.set(self.spool.result_count)
             await asyncio.sleep(tick)
 
     # --- status ------------------------------------------------------------------------------
@@ -258,7 +335,9 @@ class ListenerService:
             "dicom_port": self.scp.port,
             "gateway": self.gateway.url,
             "spool": {"instances": self.spool.count, "bytes": self.spool.used_bytes,
-                      "failed": len(list(self.spool.failed.iterdir()))},
+                      "failed": len(list(self.spool.failed.glob("*.dcm"))),
+                      "results": self.spool.result_count,
+                      "failed_results": len(list(self.spool.failed_results.glob("*.dcm")))},
             "in_flight": self._in_flight,
             "open_studies": len(self.tracker.open),
             "results_delivery": {"destinations": self.delivery.describe(),
@@ -291,10 +370,10 @@ class ListenerService:
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
-        await self.delivery.stop(getattr(self.settings, "results_drain_timeout_s", 10.0))
+        await self.delivery.stop(self.settings.results_drain_timeout_s)
         await self.gateway.close()
-        log.info("listener stopped: %d instance(s) kept in the spool for the next start",
-                 self.spool.count)
+        log.info("listener stopped: %d instance(s) and %d result(s) kept in the spool for "
+                 "the next start", self.spool.count, self.spool.result_count)
 
 
 async def run(settings: Settings, *, host: str, port: int) -> None:

@@ -71,6 +71,18 @@ class ListenerMetrics:
             "spine_listener_open_studies", "Studies still receiving or being analysed",
             registry=registry,
         )
+        self.results = Counter(
+            "spine_listener_results_total",
+            "Result objects (SR, presentation state) kept in the spool, by how each left it: "
+            "delivered (removed), failed (rejected or retry budget spent: moved to "
+            "failed/results/), kept (not delivered at a shutdown: sent at the next start)",
+            ["outcome"], registry=registry,
+        )
+        self.results_waiting = Gauge(
+            "spine_listener_results_waiting",
+            "Result objects in the spool's results/ folder, waiting for delivery",
+            registry=registry,
+        )
 
 
 def report(study: Study, status: str) -> dict[str, Any]:

@@ -12,6 +12,9 @@ Orthanc, in front of the real stack (session fixture, tiny bundle) on loopback.
 - Restart: a listener whose gateway is not reachable keeps what it acknowledged in its
   spool; stopped (SIGTERM) and started again with the gateway, it analyses it, and the
   results reach Orthanc by DICOMweb STOW-RS.
+- Results kept: with the results' Orthanc down, an analysed image's SR and presentation
+  state wait in the spool's ``results/``; the listener is stopped (they stay), Orthanc
+  comes back, the listener starts again and sends them: they arrive in Orthanc.
 
 The times from the Orthanc -> listener C-STORE to the SR being in Orthanc are printed
 (``-s``); docs/INTEGRATION.md quotes them. No test depends on them.
@@ -216,7 +219,7 @@ def test_a_restart_analyses_what_the_spool_kept(
             time.sleep(0.2)
         assert listener.health()["spool"]["instances"] == 1
         assert listener.stop() == 0
-        assert "1 instance(s) kept in the spool" in listener.log_text()
+        assert "1 instance(s) and 0 result(s) kept in the spool" in listener.log_text()
         assert len(list((tmp_path / "listener" / "spool" / "incoming").iterdir())) == 1
 
         listener.start(LISTENER_GATEWAY_URL=stack.gateway)
@@ -225,5 +228,42 @@ def test_a_restart_analyses_what_the_spool_kept(
         assert (report["analysed"], report["instances"][0]["sop_instance_uid"]) == (1, sop)
         wait_for_results(orthanc, study, 1)  # by STOW-RS this time
         assert listener.health()["spool"]["instances"] == 0
+    finally:
+        listener.stop()
+
+
+def test_results_not_delivered_at_a_shutdown_are_sent_after_the_restart(
+    stack, orthanc_factory, tmp_path: Path
+) -> None:
+    require_tools("storescu")
+    pacs: Orthanc = orthanc_factory()
+    pacs.stop()  # the results destination is down
+    listener = start_listener(
+        tmp_path / "listener", stack.gateway, RESULTS_DICOMWEB_URL=pacs.dicomweb,
+        RESULTS_DRAIN_TIMEOUT_S="0.5", RESULTS_TIMEOUT_S="2",
+    )
+    kept = tmp_path / "listener" / "spool" / "results"
+    try:
+        study, (data,), _ = study_of(_phantom(11))  # explicit VR LE, as storescu sends it
+        path = tmp_path / "phantom.dcm"
+        path.write_bytes(data)
+        assert storescu(listener, path).returncode == 0
+        assert listener.wait_for_study(study)["analysed"] == 1
+        spool = listener.health()["spool"]
+        assert (spool["instances"], spool["results"]) == (0, 2)  # on disk, not only queued
+        assert listener.stop() == 0
+        assert "0 instance(s) and 2 result(s) kept in the spool" in listener.log_text()
+        assert len(list(kept.glob("*.dcm"))) == 2
+
+        pacs.start()
+        listener.start()
+        assert "2 result(s) sent again" in listener.log_text()
+        wait_for_results(pacs, study, 1, timeout_s=60.0)
+        deadline = time.monotonic() + 30
+        while listener.health()["spool"]["results"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert listener.health()["spool"]["results"] == 0 and not list(kept.glob("*.dcm"))
+        text = listener.metrics()
+        assert metric(text, 'spine_listener_results_total{outcome="delivered"}') == 2
     finally:
         listener.stop()

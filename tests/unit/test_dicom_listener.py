@@ -67,6 +67,35 @@ def test_the_spool_refuses_beyond_its_caps(tmp_path: Path) -> None:
     assert spool.count == 1 and list((tmp_path / "tmp").iterdir()) == []
 
 
+def test_the_spool_keeps_results_until_delivered_across_a_restart(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_instance_bytes=10**7, max_total_bytes=10**8)
+    instance = spool.write(_instance("1.2.3.4.5"), STUDY, "1.2.3.4.5")
+    sr, gsps = _instance("1.2.3.4.5.1"), _instance("1.2.3.4.5.2")
+    written = [spool.write_result(sr), spool.write_result(gsps)]
+    spool.remove(instance)  # the results are on disk: the instance may go
+    assert [r.sop_uid for r in written] == ["1.2.3.4.5.1", "1.2.3.4.5.2"]
+    assert (spool.count, spool.result_count, spool.used_bytes) == (0, 2, len(sr) + len(gsps))
+    assert list((tmp_path / "tmp").iterdir()) == []
+
+    (tmp_path / "results" / "1.2.3.9.dcm").write_bytes(b"garbage")
+    again = Spool(tmp_path, max_instance_bytes=10**7, max_total_bytes=10**8)  # a restart
+    files, unreadable = again.pending_results()
+    assert [(r.study_uid, r.sop_uid) for r in files] == [
+        (STUDY, "1.2.3.4.5.1"), (STUDY, "1.2.3.4.5.2")
+    ]
+    assert [path.name for path, _why in unreadable] == ["1.2.3.9.dcm"]
+    assert again.used_bytes == len(sr) + len(gsps) + 7  # results count toward the cap
+    again.remove_result("1.2.3.4.5.1")  # delivered
+    moved = again.fail_result("1.2.3.4.5.2")  # rejected: kept for the operator
+    assert moved == tmp_path / "failed" / "results" / "1.2.3.4.5.2.dcm" and moved.read_bytes() == gsps
+    assert [p.name for p in (tmp_path / "results").iterdir()] == ["1.2.3.9.dcm"]
+    assert (again.result_count, again.used_bytes) == (1, 7)
+    again.fail_result(unreadable[0][0])
+    assert (again.result_count, again.used_bytes) == (0, 0)
+    with pytest.raises(ValueError):
+        again.remove_result("../incoming/x")
+
+
 def test_read_uids_needs_both_uids() -> None:
     assert read_uids(_instance("1.2.3.9")) == (STUDY, "1.2.3.9")
     with pytest.raises(ValueError):
