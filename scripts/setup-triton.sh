@@ -3,7 +3,8 @@
 # packages the exported repository's model.py files need (numpy<2, onnxruntime; no torch).
 # A separate environment: the wheel pins numpy<2, the project needs numpy 2 (README
 # "Triton"). Idempotent: a marker keyed by requirements/triton.txt skips a done install.
-# Uses a local copy of the wheel when one is in $TRITON_WHEEL_DIR (default /tmp/whl).
+# Installs from the package index; set TRITON_WHEEL_DIR to a folder holding the wheel to use
+# a local copy instead.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${TRITON_VENV:-.venv-triton}
@@ -19,8 +20,8 @@ if [ ! -x "$VENV/bin/python" ]; then
   "$PYTHON" -m venv "$VENV"
 fi
 links=()
-wheels=${TRITON_WHEEL_DIR:-/tmp/whl}
-if compgen -G "$wheels/nvidia_pytriton-*.whl" >/dev/null; then
+wheels=${TRITON_WHEEL_DIR:-}
+if [ -n "$wheels" ] && compgen -G "$wheels/nvidia_pytriton-*.whl" >/dev/null; then
   links=(--find-links "$wheels")
 fi
 echo "[setup-triton] installing $req into $VENV (tritonserver wheel, ~55 MB the first time)"
