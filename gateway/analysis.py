@@ -27,6 +27,7 @@ from gateway.budget import DecodeBudget
 from gateway.fusion import Box, Diagnosis, apply_fusion, boxes_from_outputs, diagnose
 from gateway.telemetry import GatewayMetrics
 from gateway.upstream import (
+    KEEPALIVE_EXPIRY_S,
     MAX_CONNECTIONS,
     MAX_KEEPALIVE_CONNECTIONS,
     READINESS_STALE_INTERVALS,
@@ -75,7 +76,9 @@ class Gateway:
         metrics = metrics or GatewayMetrics()
         http = httpx.AsyncClient(
             limits=httpx.Limits(
-                max_connections=MAX_CONNECTIONS, max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS
+                max_connections=MAX_CONNECTIONS,
+                max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS,
+                keepalive_expiry=KEEPALIVE_EXPIRY_S,
             )
         )
         workers = settings.decode_workers or dicom.available_cpus()

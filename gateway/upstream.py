@@ -64,6 +64,13 @@ READINESS_STALE_INTERVALS = 3
 # queues an admitted upload; idle keep-alive connections beyond 50 are closed.
 MAX_CONNECTIONS = 200
 MAX_KEEPALIVE_CONNECTIONS = 50
+# An idle connection is dropped by the gateway after this, well before uvicorn's 5 s
+# keep-alive timeout on the model services: reusing a connection the server is closing at
+# that very moment fails with no answer (a ReadError or RemoteProtocolError).
+KEEPALIVE_EXPIRY_S = 2.0
+# Errors of a connection that broke before an answer (a stale keep-alive, a restarted
+# server): the same replica is asked once more on a new connection before it counts as down.
+STALE_CONNECTION_ERRORS = (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 # Retry advice for the gateway's client when no replica could answer: a replica that
 # answered 503 (loading or overloaded) is worth asking again soon; an unreachable one is not.
 RETRY_AFTER_BUSY_S = 1
@@ -342,13 +349,23 @@ class ModelClient(Generic[F]):
         self, replica: Replica, body: bytes, headers: dict[str, str], timeout_s: float
     ) -> httpx.Response:
         replica.outstanding += 1
+        deadline = time.monotonic() + timeout_s
         try:
-            return await self.http.post(
-                f"{replica.url}/v2/models/{self.model_name}/infer",
-                content=body,
-                headers=headers,
-                timeout=httpx.Timeout(timeout_s, connect=min(CONNECT_TIMEOUT_S, timeout_s)),
-            )
+            for attempt in range(2):
+                budget = deadline - time.monotonic()
+                try:
+                    return await self.http.post(
+                        f"{replica.url}/v2/models/{self.model_name}/infer",
+                        content=body,
+                        headers=headers,
+                        timeout=httpx.Timeout(budget, connect=min(CONNECT_TIMEOUT_S, budget)),
+                    )
+                except STALE_CONNECTION_ERRORS as exc:
+                    if attempt or deadline - time.monotonic() < 0.05:
+                        raise
+                    log.info("%s replica %s: connection broke without an answer (%s); "
+                             "asking once more", self.service, replica.url, type(exc).__name__)
+            raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
         finally:
             replica.outstanding -= 1
 
