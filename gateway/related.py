@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from gateway.upload import MAX_PART_HEADERS, UploadError
+from gateway.upload import PartHeaders, UploadError
 from shared.bodies import BodyRefusedError, capped_chunks, declared_length
 from shared.errors import ServiceError
 
@@ -60,17 +60,14 @@ def related_boundary(content_type: str | None, content_length: str | None,
     return boundary
 
 
-class _PartsReader:
+class _PartsReader(PartHeaders):
     """python-multipart callbacks that keep every part's bytes, under the limits."""
 
     def __init__(self, limits: RelatedLimits) -> None:
+        super().__init__(limits.max_part_header_bytes)
         self.limits = limits
         self.parts: list[bytes] = []
         self.data = bytearray()
-        self.header_bytes = 0
-        self.header_count = 0
-        self.header_field = bytearray()
-        self.header_value = bytearray()
 
     def callbacks(self) -> dict[str, object]:
         return {
@@ -88,39 +85,19 @@ class _PartsReader:
                 f"more than {self.limits.max_instances} instances in one request "
                 "(STOWRS_MAX_INSTANCES)"
             )
-        self.header_bytes = self.header_count = 0
+        self.start_headers()
         self.data = bytearray()
 
-    def _count(self, size: int) -> None:
-        self.header_bytes += size
-        if self.header_bytes > self.limits.max_part_header_bytes:
-            raise UploadError(
-                f"multipart part headers over {self.limits.max_part_header_bytes} bytes "
-                "(MULTIPART_MAX_PART_HEADER_BYTES)"
-            )
-
-    def on_header_field(self, chunk: bytes, start: int, end: int) -> None:
-        self._count(end - start)
-        self.header_field.extend(chunk[start:end])
-
-    def on_header_value(self, chunk: bytes, start: int, end: int) -> None:
-        self._count(end - start)
-        self.header_value.extend(chunk[start:end])
-
     def on_header_end(self) -> None:
-        self.header_count += 1
-        if self.header_count > MAX_PART_HEADERS:
-            raise UploadError(f"more than {MAX_PART_HEADERS} headers in a multipart part")
-        if bytes(self.header_field).strip().lower() == b"content-type":
-            media_type, _ = parse_options_header(bytes(self.header_value))
+        name, value = self.finish_header()
+        if name == b"content-type":
+            media_type, _ = parse_options_header(value)
             if media_type != DICOM:
                 raise UploadError(
                     "every part must be application/dicom (a PS3.10 instance); "
                     "metadata + bulk data requests are not supported",
                     status_code=415,
                 )
-        self.header_field.clear()
-        self.header_value.clear()
 
     def on_part_data(self, chunk: bytes, start: int, end: int) -> None:
         self.data.extend(chunk[start:end])

@@ -108,18 +108,56 @@ def _boundary(content_type: str | None, content_length: str | None, limit: int) 
     return boundary
 
 
-class _FieldReader:
-    """python-multipart callbacks that keep only the first part named ``field``."""
+class PartHeaders:
+    """The part-header callbacks both multipart readers share, under the same caps: at
+    most ``max_part_header_bytes`` of names and values and MAX_PART_HEADERS headers a part."""
 
-    def __init__(self, field: bytes, limit: int, limits: MultipartLimits) -> None:
-        self.field = field
-        self.limit = limit
-        self.limits = limits
-        self.parts = 0
+    def __init__(self, max_part_header_bytes: int) -> None:
+        self.max_part_header_bytes = max_part_header_bytes
         self.header_bytes = 0
         self.header_count = 0
         self.header_field = bytearray()
         self.header_value = bytearray()
+
+    def start_headers(self) -> None:
+        self.header_bytes = self.header_count = 0
+
+    def _count_header_bytes(self, size: int) -> None:
+        self.header_bytes += size
+        if self.header_bytes > self.max_part_header_bytes:
+            raise UploadError(
+                f"multipart part headers over {self.max_part_header_bytes} bytes "
+                "(MULTIPART_MAX_PART_HEADER_BYTES)"
+            )
+
+    def on_header_field(self, chunk: bytes, start: int, end: int) -> None:
+        self._count_header_bytes(end - start)
+        self.header_field.extend(chunk[start:end])
+
+    def on_header_value(self, chunk: bytes, start: int, end: int) -> None:
+        self._count_header_bytes(end - start)
+        self.header_value.extend(chunk[start:end])
+
+    def finish_header(self) -> tuple[bytes, bytes]:
+        """The header just read (name lower-cased, value), counted; ready for the next."""
+        self.header_count += 1
+        if self.header_count > MAX_PART_HEADERS:
+            raise UploadError(f"more than {MAX_PART_HEADERS} headers in a multipart part")
+        header = bytes(self.header_field).strip().lower(), bytes(self.header_value)
+        self.header_field.clear()
+        self.header_value.clear()
+        return header
+
+
+class _FieldReader(PartHeaders):
+    """python-multipart callbacks that keep only the first part named ``field``."""
+
+    def __init__(self, field: bytes, limit: int, limits: MultipartLimits) -> None:
+        super().__init__(limits.max_part_header_bytes)
+        self.field = field
+        self.limit = limit
+        self.limits = limits
+        self.parts = 0
         self.disposition = b""
         self.keeping = False
         self.data = bytearray()
@@ -142,34 +180,14 @@ class _FieldReader:
             raise UploadError(
                 f"more than {self.limits.max_parts} multipart parts (MULTIPART_MAX_PARTS)"
             )
-        self.header_bytes = self.header_count = 0
+        self.start_headers()
         self.disposition = b""
         self.keeping = False
 
-    def _count_header_bytes(self, size: int) -> None:
-        self.header_bytes += size
-        if self.header_bytes > self.limits.max_part_header_bytes:
-            raise UploadError(
-                f"multipart part headers over {self.limits.max_part_header_bytes} bytes "
-                "(MULTIPART_MAX_PART_HEADER_BYTES)"
-            )
-
-    def on_header_field(self, chunk: bytes, start: int, end: int) -> None:
-        self._count_header_bytes(end - start)
-        self.header_field.extend(chunk[start:end])
-
-    def on_header_value(self, chunk: bytes, start: int, end: int) -> None:
-        self._count_header_bytes(end - start)
-        self.header_value.extend(chunk[start:end])
-
     def on_header_end(self) -> None:
-        self.header_count += 1
-        if self.header_count > MAX_PART_HEADERS:
-            raise UploadError(f"more than {MAX_PART_HEADERS} headers in a multipart part")
-        if bytes(self.header_field).lower() == b"content-disposition":
-            self.disposition = bytes(self.header_value)
-        self.header_field.clear()
-        self.header_value.clear()
+        name, value = self.finish_header()
+        if name == b"content-disposition":
+            self.disposition = value
 
     def on_headers_finished(self) -> None:
         _, options = parse_options_header(self.disposition)
