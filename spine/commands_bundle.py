@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 HELP = (
-    "unpickle a checkpoint IN FULL once, on purpose (it may run code: only for a file you "
-    "trust), and write a weights-only copy the services load safely"
+    "read a refused checkpoint inertly (nothing its pickle names is called) and write a "
+    "weights-only copy the services load safely"
 )
 
 

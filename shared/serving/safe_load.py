@@ -352,7 +352,7 @@ def unpickler_detail(exc: BaseException) -> str:
 
 
 def load_checkpoint_file(path: Path, policy: ModulePolicy, *, trusted: bool = False) -> object:
-    """:func:`safe_load`; a refused file is loaded in full only when ``trusted``.
+    """:func:`safe_load`; a refused file is converted inertly in memory only when ``trusted``.
 
     ``trusted`` means the manifest's ``allow_unsafe_pickle_sha256`` equals this file's
     sha256 (checked by the caller, see :func:`shared.bundle.check_pins`).
@@ -362,7 +362,8 @@ def load_checkpoint_file(path: Path, policy: ModulePolicy, *, trusted: bool = Fa
     except UnsafeCheckpointError as exc:
         if not trusted:
             raise
-        from shared.serving.convert import unsafe_full_load
+        from shared.serving.convert import inert_load, safe_payload
 
-        log.warning("%s; the manifest trusts this exact file by sha256: loading it in full", exc)
-        return unsafe_full_load(path)
+        log.warning("%s; the manifest trusts this exact file by sha256: reading its weights "
+                    "inertly (nothing it names is called)", exc)
+        return safe_payload(inert_load(path), path)
