@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from gateway.upload import PartHeaders, UploadError
-from shared.bodies import BodyRefusedError, capped_chunks, declared_length
+from gateway.upload import PartHeaders, UploadError, boundary_option, declared_size
+from shared.bodies import BodyRefusedError, capped_chunks
 from shared.errors import ServiceError
 
 DICOM = b"application/dicom"
@@ -41,10 +41,7 @@ def _too_large(message: str) -> UploadError:
 def related_boundary(content_type: str | None, content_length: str | None,
                      limits: RelatedLimits) -> bytes:
     """The boundary, after refusing what the headers alone show is unwanted (413, 415, 400)."""
-    try:
-        declared = declared_length(content_length)
-    except BodyRefusedError as exc:
-        raise UploadError(exc.message) from exc
+    declared = declared_size(content_length)
     if declared is not None and declared > limits.max_bytes:
         raise _too_large(f"request body exceeds {limits.max_bytes} bytes (STOWRS_MAX_BYTES)")
     media_type, options = parse_options_header(content_type or "")
@@ -54,10 +51,7 @@ def related_boundary(content_type: str | None, content_length: str | None,
             'send instances as multipart/related; type="application/dicom" (PS3.18 10.5)',
             status_code=415,
         )
-    boundary = options.get(b"boundary")
-    if not boundary:
-        raise UploadError("multipart body without a boundary")
-    return boundary
+    return boundary_option(options)
 
 
 class _PartsReader(PartHeaders):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from shared.bodies import BodyRefusedError, capped_chunks
+from shared.bodies import BodyRefusedError, capped_chunks, declared_length
 from shared.errors import ServiceError
 
 # Room for the multipart boundaries and part headers around the file itself.
@@ -87,25 +87,34 @@ async def read_file_field(
     return found
 
 
+def declared_size(content_length: str | None) -> int | None:
+    """``Content-Length`` as a number (None when absent); a 400 UploadError when malformed."""
+    try:
+        return declared_length(content_length)
+    except BodyRefusedError as exc:
+        raise UploadError(exc.message) from exc
+
+
+def boundary_option(options: dict[bytes, bytes]) -> bytes:
+    """The ``boundary`` of a multipart Content-Type's options; 400 without one."""
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise UploadError("multipart body without a boundary")
+    return boundary
+
+
 def _boundary(content_type: str | None, content_length: str | None, limit: int) -> bytes:
     """The multipart boundary, after refusing what the headers alone show is unwanted."""
-    if content_length is not None:
-        try:
-            declared = int(content_length)
-        except ValueError as exc:
-            raise UploadError("invalid Content-Length header") from exc
-        if declared > limit + ENVELOPE_BYTES:
-            raise _too_large(limit)
+    declared = declared_size(content_length)
+    if declared is not None and declared > limit + ENVELOPE_BYTES:
+        raise _too_large(limit)
     media_type, options = parse_options_header(content_type or "")
     if media_type != b"multipart/form-data":
         raise UploadError(
             "send the DICOM as multipart/form-data with the file in the field 'file'",
             status_code=415,
         )
-    boundary = options.get(b"boundary")
-    if not boundary:
-        raise UploadError("multipart body without a boundary")
-    return boundary
+    return boundary_option(options)
 
 
 class PartHeaders:
