@@ -133,6 +133,12 @@ def ratio_table(summaries: list[RunSummary]) -> list[str]:
     return _table(header, rows)
 
 
+def _decode_wall(ceiling: Ceiling) -> str:
+    if ceiling.decode_wall_ms is None:
+        return ""
+    return f" (wall {ceiling.decode_wall_ms:.0f} ms: the decoder's own threads)"
+
+
 def ceiling_lines(ceiling: Ceiling | None, summaries: list[RunSummary]) -> list[str]:
     """The per-image CPU cost, the ceiling it implies, and how close each stack came."""
     if ceiling is None:
@@ -140,7 +146,8 @@ def ceiling_lines(ceiling: Ceiling | None, summaries: list[RunSummary]) -> list[
     nets = ", ".join(f"{name} {ms:.0f}" for name, ms in ceiling.onnx_ms.items())
     torch_nets = ", ".join(f"{name} {ms:.0f}" for name, ms in ceiling.torch_ms.items())
     lines = [
-        f"- single thread, batch 1, these inputs: decode {ceiling.decode_ms:.0f} ms + render "
+        f"- CPU time, batch 1, one thread per network, these inputs: decode "
+        f"{ceiling.decode_ms:.0f} ms{_decode_wall(ceiling)} + render "
         f"{ceiling.render_ms:.0f} ms + ONNX Runtime {nets} ms = "
         f"**{ceiling.per_image_ms:.0f} CPU-ms per image**",
         f"- eager PyTorch, same tensors: {torch_nets} ms",

@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from bench.baseline import file_from_multipart
-from bench.ceiling import Ceiling
+from bench.ceiling import Ceiling, cpu_and_wall_ms
 from bench.loadgen import LoadResult, Sample
 from bench.report import EQUAL_WORK, FAITHFUL, ceiling_lines, ratio_table, render, spread
 from bench.service_counters import difference, parse_counters
@@ -126,3 +127,17 @@ def test_spine_bench_end_to_end(tiny_bundle: Path, tmp_path: Path) -> None:
     assert "CPU-ms per image" in text and "of the ceiling" in text
     assert "| ours | gateway |" in text and f"| {FAITHFUL} | baseline |" in text
     assert out.is_file()
+
+
+def test_the_ceiling_adds_cpu_time_not_wall_time() -> None:
+    """A stage that waits (or runs on other threads) is counted by the CPU it used: the
+    ceiling is CPU-ms per image over cores, and a multi-threaded decoder's wall time
+    would undercount it."""
+    cpu_ms, wall_ms = cpu_and_wall_ms(lambda: time.sleep(0.05), rounds=3)
+    assert wall_ms >= 45.0
+    assert cpu_ms < 20.0
+    ceiling = Ceiling(2, 300.0, 20.0, {"a@1": 80.0}, decode_wall_ms=150.0)
+    line = "\n".join(ceiling_lines(ceiling, []))
+    assert "decode 300 ms (wall 150 ms" in line and "**400 CPU-ms per image**" in line
+    assert Ceiling.from_dict({k: v for k, v in ceiling.as_dict().items()
+                              if k != "decode_wall_ms"}).decode_wall_ms is None
