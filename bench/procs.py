@@ -3,7 +3,9 @@ original-style baseline, on free loopback ports, with their resident memory.
 
 Memory is read from ``/proc/<pid>/status`` (Linux): ``VmRSS`` sampled during each load
 run (its maximum is the "RSS under load" column) and ``VmHWM`` (the kernel's own peak
-since start, which includes model loading and, for ours, the ONNX export).
+since start, which includes model loading and, for ours, the ONNX export). CPU time is
+read from ``/proc/<pid>/stat`` for each process and everything below it (the gateway's
+decode workers are its children), so a run can say which process spent what per image.
 """
 
 from __future__ import annotations
@@ -46,6 +48,45 @@ def rss_mb(pid: int) -> float | None:
 def peak_rss_mb(pid: int) -> float | None:
     kb = _status_kb(pid, "VmHWM")
     return None if kb is None else kb / 1024
+
+
+def _proc_stats() -> dict[int, tuple[int, float]]:
+    """pid -> (parent pid, CPU seconds: own utime + stime and that of waited-for children)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    stats: dict[int, tuple[int, float]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                text = handle.read()
+        except OSError:
+            continue  # gone between listdir and open
+        fields = text[text.rindex(")") + 2:].split()  # the name in () may hold spaces
+        parent, utime, stime, cutime, cstime = (int(fields[i]) for i in (1, 11, 12, 13, 14))
+        stats[int(entry)] = (parent, (utime + stime + cutime + cstime) / ticks)
+    return stats
+
+
+def tree_cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of each named process and all its live descendants (plus the
+    children it has already reaped). Differences of two readings are what a run spent."""
+    stats = _proc_stats()
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in stats.items():
+        children.setdefault(parent, []).append(pid)
+    totals = {}
+    for name, root in pids.items():
+        seen, stack, total = set(), [root], 0.0
+        while stack:
+            pid = stack.pop()
+            if pid in seen or pid not in stats:
+                continue
+            seen.add(pid)
+            total += stats[pid][1]
+            stack.extend(children.get(pid, []))
+        totals[name] = total
+    return totals
 
 
 @dataclass

@@ -166,6 +166,43 @@ def ceiling_lines(ceiling: Ceiling | None, summaries: list[RunSummary]) -> list[
     return lines
 
 
+def _cpu_per_image(summary: RunSummary) -> dict[str, float]:
+    answers = summary.requests - summary.errors
+    if not answers:
+        return {}
+    return {name: seconds * 1000 / answers for name, seconds in summary.cpu_s.items()}
+
+
+def cpu_table(summaries: list[RunSummary], ceiling: Ceiling | None) -> list[str]:
+    """Where the CPU went: per process tree (the gateway's decode workers count as the
+    gateway's), CPU-ms per answer and how many of the cores were busy, median (min-max)
+    over the repeats; next to the ceiling's CPU-ms per image, the serving overhead."""
+    rows = []
+    for level in _levels(summaries):
+        for system in _systems(summaries):
+            runs = [s for s in summaries if s.system == system and s.concurrency == level
+                    and s.cpu_s and s.wall_s > 0]
+            if not runs:
+                continue
+            per_image = [_cpu_per_image(s) for s in runs]
+            names = list(dict.fromkeys(name for run in per_image for name in run))
+            parts = ", ".join(
+                f"{name} {spread([run[name] for run in per_image if name in run], '{:.0f}')}"
+                for name in names
+            )
+            totals = [sum(run.values()) for run in per_image]
+            busy = [sum(s.cpu_s.values()) / s.wall_s for s in runs]
+            over = "-" if ceiling is None else spread(
+                [total / ceiling.per_image_ms for total in totals], "{:.2f}", "x")
+            rows.append([system, str(level), parts, spread(totals, "{:.0f}"), over,
+                         spread(busy, "{:.2f}")])
+    if not rows:
+        return ["(CPU not measured: processes not started here)"]
+    header = ["system", "conc", "CPU-ms per answer, by process", "total CPU-ms per answer",
+              "total / ceiling's CPU-ms", "cores busy"]
+    return _table(header, rows)
+
+
 def memory_table(summaries: list[RunSummary], peaks: dict[str, float]) -> list[str]:
     """Largest RSS seen under load per process and concurrency (over the repeats), and
     VmHWM since start."""
@@ -194,6 +231,8 @@ def render(summaries: list[RunSummary], peaks: dict[str, float], context: list[s
     lines += systems_table(summaries)
     lines += ["", "### Every run", ""]
     lines += results_table(summaries)
+    lines += ["", "### CPU per answer (where the time went)", ""]
+    lines += cpu_table(summaries, ceiling)
     lines += ["", "### Memory", ""]
     lines += memory_table(summaries, peaks)
     errors = [s for s in summaries if s.first_error]
@@ -210,7 +249,9 @@ def render(summaries: list[RunSummary], peaks: dict[str, float], context: list[s
         "timings_ms (ours: classify/detect are the gateway's round trips, which overlap);",
         "wait = client latency - server total (upload transfer and, for the one-at-a-time",
         "original, its listen backlog); batch / queue = mean images per executed batch and",
-        "mean queue ms per image, from the model services' Prometheus counters.",
+        "mean queue ms per image, from the model services' Prometheus counters;",
+        "CPU per answer = CPU seconds of each process tree (/proc) during the run over its",
+        "successful answers (the load generator's own CPU is not in it).",
     ]
     return "\n".join(lines)
 

@@ -28,7 +28,15 @@ from bench import report, service_counters, triton_variant
 from bench.ceiling import THREAD_VARIABLES, Ceiling
 from bench.dicoms import Upload, bench_uploads
 from bench.loadgen import load
-from bench.procs import Proc, RssSampler, peak_rss_mb, start_baseline, start_ours, wait_ready
+from bench.procs import (
+    Proc,
+    RssSampler,
+    peak_rss_mb,
+    start_baseline,
+    start_ours,
+    tree_cpu_seconds,
+    wait_ready,
+)
 from bench.stats import RunSummary, summarise
 from shared.filelock import file_lock, hidden_lock_path
 
@@ -193,15 +201,19 @@ def _measure(target: _Target, uploads: list[Upload], concurrency: int,
              config: BenchConfig, repeat: int) -> RunSummary:
     before = {name: service_counters.scrape(url) for name, url in target.model_urls.items()}
     load_before = os.getloadavg()[0]
-    with RssSampler({proc.name: proc.pid for proc in target.procs}) as sampler:
+    pids = {proc.name: proc.pid for proc in target.procs}
+    cpu_before = tree_cpu_seconds(pids)
+    with RssSampler(pids) as sampler:
         result = load(
             _upload_url(target), uploads, concurrency=concurrency,
             requests=max(config.requests, concurrency), params=_params(target, config.annotate),
             headers=target.headers,
         )
+    cpu_after = tree_cpu_seconds(pids)
     summary = summarise(target.name, result)
     summary.repeat = repeat
     summary.rss_mb = dict(sampler.peaks)
+    summary.cpu_s = {name: cpu_after[name] - cpu_before[name] for name in pids}
     summary.load_before, summary.load_after = load_before, os.getloadavg()[0]
     for name, url in target.model_urls.items():
         after = service_counters.scrape(url)

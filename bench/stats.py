@@ -27,6 +27,7 @@ class RunSummary:
     p99_ms: float | None
     stages_ms: dict[str, float]  # mean of the server's timings_ms, plus "wait"
     rss_mb: dict[str, float] = field(default_factory=dict)  # max VmRSS during the run
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds per process tree
     services: dict[str, ServiceRun | None] = field(default_factory=dict)
     load_before: float | None = None
     load_after: float | None = None

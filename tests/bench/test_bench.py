@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,16 @@ import pytest
 from bench.baseline import file_from_multipart
 from bench.ceiling import Ceiling, cpu_and_wall_ms
 from bench.loadgen import LoadResult, Sample
-from bench.report import EQUAL_WORK, FAITHFUL, ceiling_lines, ratio_table, render, spread
+from bench.procs import tree_cpu_seconds
+from bench.report import (
+    EQUAL_WORK,
+    FAITHFUL,
+    ceiling_lines,
+    cpu_table,
+    ratio_table,
+    render,
+    spread,
+)
 from bench.service_counters import difference, parse_counters
 from bench.stats import summarise
 
@@ -115,7 +125,7 @@ def test_spine_bench_end_to_end(tiny_bundle: Path, tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stderr[-4000:]
     text = completed.stdout
     for section in ("### Ratios", "### Compute ceiling", "### Per system", "### Every run",
-                    "### Memory"):
+                    "### CPU per answer", "### Memory"):
         assert section in text
     for repeat in (1, 2):
         for level in (1, 2):
@@ -126,7 +136,12 @@ def test_spine_bench_end_to_end(tiny_bundle: Path, tmp_path: Path) -> None:
     assert len(ratio_rows) == 2, text
     assert "CPU-ms per image" in text and "of the ceiling" in text
     assert "| ours | gateway |" in text and f"| {FAITHFUL} | baseline |" in text
-    assert out.is_file()
+    # Every process tree spent some CPU on its answers, and the JSON keeps the seconds.
+    cpu_rows = [line for line in text.splitlines() if "CPU-ms" not in line
+                and "gateway " in line and "classifier " in line and "detector " in line]
+    assert len(cpu_rows) == 2, text
+    runs = json.loads(out.read_text())["runs"]
+    assert all(run["cpu_s"] and all(v > 0 for v in run["cpu_s"].values()) for run in runs)
 
 
 def test_the_ceiling_adds_cpu_time_not_wall_time() -> None:
@@ -141,3 +156,43 @@ def test_the_ceiling_adds_cpu_time_not_wall_time() -> None:
     assert "decode 300 ms (wall 150 ms" in line and "**400 CPU-ms per image**" in line
     assert Ceiling.from_dict({k: v for k, v in ceiling.as_dict().items()
                               if k != "decode_wall_ms"}).decode_wall_ms is None
+
+
+def test_cpu_per_answer_is_per_process_over_successes() -> None:
+    runs = []
+    for repeat, gateway_s in enumerate([0.4, 0.6]):
+        run = _run("ours", 2.0, repeat)  # 2 answers (and one 503) in 2 s
+        run.cpu_s = {"gateway": gateway_s, "detector": 1.0}
+        runs.append(run)
+    ceiling = Ceiling(2, 300.0, 0.0, {"detector@640x448": 400.0})  # 700 CPU-ms per image
+    table = "\n".join(cpu_table(runs, ceiling))
+    # gateway 200 and 300 ms per answer, detector 500: totals 700 and 800 -> 750 (700-800);
+    # 1.07x (1.00-1.14) of the ceiling's work; cores busy 0.70 and 0.80.
+    assert ("| ours | 1 | gateway 250 (200-300), detector 500 (500-500) | 750 (700-800) "
+            "| 1.07x (1.00-1.14) | 0.75 (0.70-0.80) |") in table
+    assert cpu_table([_run("ours", 2.0, 0)], None) == [
+        "(CPU not measured: processes not started here)"]
+
+
+def test_tree_cpu_counts_a_process_and_its_children() -> None:
+    """A parent that idles while its child burns CPU: the child's seconds are the parent's."""
+    burn = "import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end: pass\n"
+    parent = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-c",
+         f"import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', {burn!r}]);"
+         " time.sleep(0.3); print('started', flush=True); c.wait(); time.sleep(30)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        before = tree_cpu_seconds({"parent": parent.pid})["parent"]
+        assert parent.stdout is not None and parent.stdout.readline().strip() == "started"
+        deadline = time.monotonic() + 20
+        spent = 0.0
+        while time.monotonic() < deadline and spent < 0.5:
+            time.sleep(0.2)
+            spent = tree_cpu_seconds({"parent": parent.pid})["parent"] - before
+        assert spent >= 0.5  # the child's 0.6 s, live or reaped (cutime)
+        assert tree_cpu_seconds({"gone": 2**22 + 7})["gone"] == 0.0
+    finally:
+        parent.kill()
+        parent.wait()
