@@ -40,11 +40,12 @@ from prometheus_client import CollectorRegistry
 
 from dicom_listener.forward import Fate, Forwarded, GatewayClient
 from dicom_listener.scp import ScpConfig, StoreScp
-from dicom_listener.spool import ResultFile, Spool, SpoolEntry
+from dicom_listener.spool import Spool, SpoolEntry
 from dicom_listener.status import StatusServer, status_app
 from dicom_listener.studies import ImageResult, StudyTracker
 from dicom_listener.studyreport import ListenerMetrics, StudyReports, report
 from shared.dicomnet.delivery import DeliveryQueueFull, ResultsDelivery
+from shared.dicomnet.spool import DurableResults
 from shared.paths import cache_root
 from shared.settings import Settings
 
@@ -83,6 +84,7 @@ class ListenerService:
         )
         self.tracker = StudyTracker(settings.listener_study_idle_s)
         self.delivery = ResultsDelivery.from_settings(settings, registry=self.registry)
+        self.results = DurableResults(self.spool.result_store, self.delivery, self._result_outcome)
         key = settings.listener_gateway_api_key
         self.gateway = GatewayClient(
             settings.listener_gateway_url,
@@ -109,7 +111,7 @@ class ListenerService:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self.delivery.start()
-        resent = await self._replay_results()
+        resent = await self.results.replay()
         for study in self.reports.load_open():
             self.tracker.restore(study)
         replayed = self._replay()
@@ -130,62 +132,9 @@ class ListenerService:
             self.status.port if self.status else "off",
         )
 
-    async def _replay_results(self) -> int:
-        """Hand the results kept in ``results/`` to the delivery again, a study at a time;
-        what does not fit in its queue now is handed over as room frees (a task)."""
-        files, unreadable = self.spool.pending_results()
-        for path, why in unreadable:
-            moved = self.spool.fail_result(path)
-            self.metrics.results.labels("failed").inc()
-            log.error("result file %s cannot be read back (%s); moved to %s",
-                      path.name, why, moved.parent if moved else "nowhere (gone)")
-        if not files:
-            return 0
-        if not self.delivery.enabled:
-            log.warning("%d result(s) wait in %s but no RESULTS_* destination is set; "
-                        "kept there", len(files), self.spool.results)
-            return 0
-        by_study: dict[str, list[ResultFile]] = {}
-        for result in files:
-            by_study.setdefault(result.study_uid, []).append(result)
-        groups = list(by_study.values())
-        while groups and self.delivery.has_room(len(groups[0])):
-            await self._submit_results(groups.pop(0))
-        if groups:
-            self._tasks.append(asyncio.create_task(self._resend_later(groups), name="resend"))
-        return len(files)
-
-    async def _resend_later(self, groups: list[list[ResultFile]]) -> None:
-        while groups:
-            if self.delivery.has_room(len(groups[0])):
-                try:
-                    await self._submit_results(groups[0])
-                except DeliveryQueueFull:
-                    pass
-                else:
-                    groups.pop(0)
-                    continue
-            await asyncio.sleep(0.5)
-
-    async def _submit_results(self, results: list[ResultFile]) -> None:
-        await self.delivery.submit(
-            [result.path.read_bytes() for result in results],
-            study_uid=results[0].study_uid, sop_uids=[result.sop_uid for result in results],
-            on_settled=self._result_settled,
-        )
-
-    def _result_settled(self, sop_uid: str, outcome: str) -> None:
-        """The delivery is done with one result object: drop, fail or keep its file."""
-        if outcome == "delivered":
-            self.spool.remove_result(sop_uid)
-            self.metrics.results.labels("delivered").inc()
-        elif outcome == "shutdown":
-            self.metrics.results.labels("kept").inc()  # sent again at the next start
-        else:
-            moved = self.spool.fail_result(sop_uid)
-            self.metrics.results.labels("failed").inc()
-            log.error("result %s not delivered (%s); kept in %s", sop_uid, outcome,
-                      moved.parent if moved else "nowhere (gone)")
+    def _result_outcome(self, outcome: str) -> None:
+        """A result object's fate (delivered, kept for the next start, failed): counted."""
+        self.metrics.results.labels(outcome).inc()
         self.metrics.results_waiting.set(self.spool.result_count)
 
     def _replay(self) -> int:
@@ -267,17 +216,7 @@ class ListenerService:
         the instance's entry after this returns. :class:`DeliveryQueueFull` leaves
         nothing behind (the instance is retried)."""
         objects = [data for data in (answer.sr, answer.gsps) if data]
-        if not objects or not self.delivery.enabled:
-            return
-        if not self.delivery.has_room(len(objects)):
-            raise DeliveryQueueFull("the results queue is full (RESULTS_QUEUE_SIZE)")
-        written = [self.spool.write_result(data) for data in objects]
-        try:
-            await self._submit_results(written)
-        except DeliveryQueueFull:
-            for result in written:
-                self.spool.remove_result(result.sop_uid)
-            raise
+        await self.results.submit(objects)
         self.metrics.results_waiting.set(self.spool.result_count)
 
     def _retry(self, work: _Work, answer: Forwarded) -> None:
@@ -370,6 +309,7 @@ class ListenerService:
                 task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
+        await self.results.close()
         await self.delivery.stop(self.settings.results_drain_timeout_s)
         await self.gateway.close()
         log.info("listener stopped: %d instance(s) and %d result(s) kept in the spool for "

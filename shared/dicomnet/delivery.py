@@ -10,11 +10,12 @@ object is sent to every configured destination (``RESULTS_DICOMWEB_URL`` and/or
 shutdown with objects left is logged (SOP Instance UIDs only: no patient data) and
 counted as failed. Counters: :meth:`counts` and Prometheus ``spine_results_*``.
 
-The queue is in memory. A caller that keeps results on disk (the DICOM listener) passes
-``on_settled`` to :meth:`ResultsDelivery.submit`: it hears once per SOP Instance UID,
-when that object is settled at every destination, the worst outcome across them
-(:data:`SETTLED_ORDER`), so it deletes its copy only once it is ``delivered`` everywhere
-and keeps it for a restart on ``shutdown``. Torch-free; the C-STORE sender imports
+The queue is in memory. A caller that keeps results on disk (:mod:`shared.dicomnet.spool`:
+the DICOM listener, and the gateway with ``RESULTS_SPOOL_DIR``) passes ``on_settled`` to
+:meth:`ResultsDelivery.submit`: it hears once per SOP Instance UID, when that object is
+settled at every destination, the worst outcome across them (:data:`SETTLED_ORDER`), so
+it deletes its copy only once it is ``delivered`` everywhere and keeps it for a restart
+on ``shutdown``. Torch-free; the C-STORE sender imports
 pynetdicom only when it is configured.
 """
 
