@@ -39,6 +39,7 @@ from gateway.upstream import (
 from shared import contract, dicom
 from shared.contract import ClassifierFacts, DetectorFacts
 from shared.dicomnet import ResultsDelivery
+from shared.dicomnet.spool import DurableResults, ResultStore
 from shared.schemas import Timings
 from shared.settings import Settings
 
@@ -69,6 +70,8 @@ class Gateway:
     decode_budget: DecodeBudget = field(default_factory=lambda: DecodeBudget(2048 * 2**20))
     # Where the SR + GSPS of STOW-RS analyses go (RESULTS_*; a no-op when none is set).
     delivery: ResultsDelivery = field(default_factory=ResultsDelivery)
+    # The same, on disk first (RESULTS_SPOOL_DIR; None = the queue in memory only).
+    results: DurableResults | None = None
     _poller: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -86,6 +89,7 @@ class Gateway:
         if options.isolate:
             dicom.prewarm(options)  # workers import in the background, ready for uploads
         token = settings.internal_token.get_secret_value() if settings.internal_token else None
+        delivery = ResultsDelivery.from_settings(settings, metrics.registry)
         breaker = {
             "breaker_failures": settings.breaker_failures,
             "breaker_cooldown_s": settings.breaker_cooldown_s,
@@ -113,7 +117,8 @@ class Gateway:
             decodable=dicom.decodable_transfer_syntaxes(options),
             selection=selection_rules(settings),
             decode_budget=DecodeBudget(settings.decode_memory_budget_mb * 2**20),
-            delivery=ResultsDelivery.from_settings(settings, metrics.registry),
+            delivery=delivery,
+            results=durable_results(settings, delivery),
         )
 
     async def start(self) -> None:
@@ -121,6 +126,10 @@ class Gateway:
         await self.poll_readiness()
         self._poller = asyncio.create_task(self._poll_forever(), name="readiness-poller")
         await self.delivery.start()
+        if self.results is not None:
+            resent = await self.results.replay()
+            log.info("results spool %s: %d result(s) kept from the last run sent again",
+                     self.results.store.results, resent)
 
     async def poll_readiness(self) -> None:
         timeout_s = self.settings.readiness_timeout_s
@@ -146,7 +155,13 @@ class Gateway:
 
     async def close(self) -> None:
         # Results still pending get RESULTS_DRAIN_TIMEOUT_S; the rest is logged and counted.
+        # With RESULTS_SPOOL_DIR what is left stays in its results/ for the next start.
+        if self.results is not None:
+            await self.results.close()
         await self.delivery.stop(self.settings.results_drain_timeout_s)
+        if self.results is not None:
+            log.info("results spool: %d result(s) kept for the next start",
+                     self.results.store.count)
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
@@ -154,6 +169,17 @@ class Gateway:
         self.decode_pool.shutdown(wait=False, cancel_futures=True)
         if self.audit is not None:
             self.audit.close()
+
+
+def durable_results(settings: Settings, delivery: ResultsDelivery) -> DurableResults | None:
+    """The results spool (``RESULTS_SPOOL_DIR``), capped at ``RESULTS_QUEUE_SIZE`` objects."""
+    if settings.results_spool_dir is None:
+        return None
+    root = settings.results_spool_dir.expanduser()
+    store = ResultStore(
+        root / "results", root / "failed", root / "tmp", max_objects=settings.results_queue_size
+    )
+    return DurableResults(store, delivery)
 
 
 def check_classifier_answer(

@@ -9,8 +9,10 @@ refused ones in FailedSOPSequence with a FailureReason (:func:`failure_reason`),
 (all analysed), 202 (some) or 409 (none). Our ``/upload`` JSON of each instance travels
 in a private element of its item (:data:`PRIVATE_CREATOR`), which standard clients
 ignore. With a results destination (``RESULTS_*``) the SR and presentation state of each
-analysed instance are queued for delivery (:mod:`shared.dicomnet`); a request whose
-results would not fit in the queue is refused (503 + Retry-After) before any work.
+analysed instance are queued for delivery (:mod:`shared.dicomnet`); with
+``RESULTS_SPOOL_DIR`` they are first written durably to its ``results/`` (before the answer
+is sent) and kept there until delivered, across restarts. A request whose results would
+not fit in the queue, or in the spool, is refused (503 + Retry-After) before any work.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from gateway.related import RelatedLimits, read_related
 from gateway.response import upload_response
 from shared import dicom
 from shared.dicomnet import DeliveryQueueFull
+from shared.dicomnet.spool import ResultSpoolFull
 from shared.errors import ServiceError
 from shared.logging import request_id_var
 from shared.schemas import UploadResponse
@@ -150,11 +153,15 @@ async def _identify(gateway: Gateway, data: bytes) -> dicom.InstanceIds:
 
 
 async def _deliver(gateway: Gateway, findings: Findings, answer: UploadResponse) -> None:
-    """Queue the SR + presentation state of one analysed instance (when a destination is set)."""
+    """Queue the SR + presentation state of one analysed instance (when a destination is set),
+    written durably to the results spool first when there is one."""
     if not gateway.delivery.enabled:
         return
     results, _ = await dicom_out.write(gateway, findings, answer, dicom_out.Parts.ALL)
     assert results.sr is not None and results.gsps is not None
+    if gateway.results is not None:  # RESULTS_SPOOL_DIR: on disk before the answer
+        await gateway.results.submit([results.sr, results.gsps])
+        return
     await gateway.delivery.submit(
         [results.sr, results.gsps],
         study_uid=findings.metadata.study_instance_uid or "",
@@ -240,6 +247,14 @@ async def store_instances(request: Request, study: str | None) -> Response:
         if not gateway.delivery.has_room(RESULT_OBJECTS * len(parts)):
             raise DeliveryQueueFull(
                 "the results delivery queue is full (RESULTS_QUEUE_SIZE); retry later"
+            )
+        spool = gateway.results
+        if spool is not None and gateway.delivery.enabled and not spool.store.has_room(
+            RESULT_OBJECTS * len(parts)
+        ):
+            raise ResultSpoolFull(
+                "the results spool is full (RESULTS_QUEUE_SIZE objects in "
+                "RESULTS_SPOOL_DIR); retry later"
             )
     except ServiceError as exc:
         mark_audited(request.scope)

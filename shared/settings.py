@@ -343,6 +343,11 @@ class Settings(BaseSettings):
         10.0, ge=0, description="at shutdown, how long pending results may still be delivered; "
         "what is left is logged and counted as failed (reason shutdown)",
     )
+    results_spool_dir: Path | None = Field(
+        None, description="gateway (STOW-RS): keep each result object durably in "
+        "RESULTS_SPOOL_DIR/results/ until every destination has it, sent again at the next "
+        "start; at most RESULTS_QUEUE_SIZE objects (beyond: 503 / A700); None = in memory only",
+    )
 
     # --- DICOM listener (issue 14 items 3-5): C-STORE SCP, spool, studies -----------------
     # (dicom_listener/; docs/INTEGRATION.md, docs/OPERATIONS.md "DICOM listener")
