@@ -54,17 +54,22 @@ def peers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Orthanc, O
     dimse.stop()
 
 
+def demo_bundle(tiny_bundle: Path, bundle: Path) -> Path:
+    """A demo-kind copy of the tiny bundle at ``bundle``, threshold 0: every image Abnormal."""
+    shutil.copytree(tiny_bundle, bundle)
+    manifest = yaml.safe_load((bundle / "manifest.yaml").read_text())
+    manifest["classifier"]["threshold"], manifest["kind"] = 0.0, "demo"
+    (bundle / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    return bundle
+
+
 @pytest.fixture(scope="module")
 def stack(
     tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory, peers: tuple[Orthanc, Orthanc]
 ) -> Iterator[Stack]:
     """The real services on a demo-kind copy of the tiny bundle (threshold 0: Abnormal)."""
     tmp = tmp_path_factory.mktemp("stowrs")
-    bundle = tmp / "bundle"
-    shutil.copytree(tiny_bundle, bundle)
-    manifest = yaml.safe_load((bundle / "manifest.yaml").read_text())
-    manifest["classifier"]["threshold"], manifest["kind"] = 0.0, "demo"
-    (bundle / "manifest.yaml").write_text(yaml.safe_dump(manifest, sort_keys=False))
+    bundle = demo_bundle(tiny_bundle, tmp / "bundle")
     web, dimse = peers
     running = start_stack(
         bundle, tmp / "stack",
