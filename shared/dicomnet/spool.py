@@ -244,8 +244,9 @@ class DurableResults:
         return self.store.has_room(objects) and self.delivery.has_room(objects)
 
     async def submit(self, objects: list[bytes]) -> list[ResultFile]:
-        """Write the objects durably, then queue them; a full queue or store raises
-        :class:`DeliveryQueueFull` (:class:`ResultSpoolFull`) and leaves no file behind."""
+        """Write the objects durably, then queue them; a full queue, a full store or a
+        failed write raises :class:`DeliveryQueueFull` (:class:`ResultSpoolFull`) and
+        leaves no file behind."""
         if not self.delivery.enabled or not objects:
             return []
         if not self.delivery.has_room(len(objects)):
@@ -255,9 +256,14 @@ class DurableResults:
             for data in objects:
                 written.append(await asyncio.to_thread(self.store.write, data))
             await self._submit(written)
-        except BaseException:
+        except BaseException as exc:
             for result in written:
                 self.store.remove(result.sop_uid)
+            if isinstance(exc, OSError):  # a full or failing disk: refuse, never a 500
+                log.error("results spool write failed (%s)", type(exc).__name__)
+                raise ResultSpoolFull(
+                    f"the results spool cannot be written ({type(exc).__name__}); retry later"
+                ) from None
             raise
         return written
 

@@ -164,3 +164,19 @@ async def test_a_full_queue_or_spool_leaves_no_file_and_replay_waits_for_room(
         await again.close()
         await small.stop(0.1)
     assert again.store.count == 2  # both kept for the next start
+
+
+async def test_a_failed_write_refuses_without_a_file_left(tmp_path: Path) -> None:
+    closed = DicomWebDestination(f"http://127.0.0.1:{free_port()}/dicom-web", timeout_s=1.0)
+    delivery = ResultsDelivery([closed], retry=RetryPolicy(5.0, 5.0, 60.0))
+    durable = DurableResults(store(tmp_path, 10), delivery)
+    (tmp_path / "tmp").rmdir()
+    (tmp_path / "tmp").write_bytes(b"")  # writes into tmp/ now fail (NotADirectoryError)
+    await delivery.start()
+    try:
+        with pytest.raises(ResultSpoolFull, match="cannot be written") as refused:
+            await durable.submit(results()[1])
+    finally:
+        await delivery.stop(0.1)
+    assert refused.value.status_code == 503
+    assert list((tmp_path / "results").iterdir()) == [] and delivery.counts().queued == 0
