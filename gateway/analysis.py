@@ -40,6 +40,7 @@ from shared import contract, dicom
 from shared.contract import ClassifierFacts, DetectorFacts
 from shared.dicomnet import ResultsDelivery
 from shared.dicomnet.spool import DurableResults, ResultStore
+from shared.filelock import HeldLock, LockHeld
 from shared.schemas import Timings
 from shared.settings import Settings
 
@@ -49,6 +50,8 @@ T = TypeVar("T")
 # Of the request's deadline, this much is kept for merging and rendering after the models:
 # a detector that is slow gets cut off early enough to still answer 200 with a warning.
 RENDER_RESERVE_S = 1.0
+# In RESULTS_SPOOL_DIR: held by the one gateway that owns the folder.
+SPOOL_LOCK_NAME = ".owner.lock"
 
 
 @dataclass
@@ -72,6 +75,7 @@ class Gateway:
     delivery: ResultsDelivery = field(default_factory=ResultsDelivery)
     # The same, on disk first (RESULTS_SPOOL_DIR; None = the queue in memory only).
     results: DurableResults | None = None
+    spool_owner: HeldLock | None = None  # held while this gateway runs
     _poller: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
 
     @classmethod
@@ -90,6 +94,7 @@ class Gateway:
             dicom.prewarm(options)  # workers import in the background, ready for uploads
         token = settings.internal_token.get_secret_value() if settings.internal_token else None
         delivery = ResultsDelivery.from_settings(settings, metrics.registry)
+        results, spool_owner = durable_results(settings, delivery)
         breaker = {
             "breaker_failures": settings.breaker_failures,
             "breaker_cooldown_s": settings.breaker_cooldown_s,
@@ -118,7 +123,8 @@ class Gateway:
             selection=selection_rules(settings),
             decode_budget=DecodeBudget(settings.decode_memory_budget_mb * 2**20),
             delivery=delivery,
-            results=durable_results(settings, delivery),
+            results=results,
+            spool_owner=spool_owner,
         )
 
     async def start(self) -> None:
@@ -162,6 +168,8 @@ class Gateway:
         if self.results is not None:
             log.info("results spool: %d result(s) kept for the next start",
                      self.results.store.count)
+        if self.spool_owner is not None:
+            self.spool_owner.release()
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
@@ -171,15 +179,30 @@ class Gateway:
             self.audit.close()
 
 
-def durable_results(settings: Settings, delivery: ResultsDelivery) -> DurableResults | None:
-    """The results spool (``RESULTS_SPOOL_DIR``), capped at ``RESULTS_QUEUE_SIZE`` objects."""
+class SpoolInUseError(RuntimeError):
+    """``RESULTS_SPOOL_DIR`` is owned by another running gateway: the start stops."""
+
+
+def durable_results(
+    settings: Settings, delivery: ResultsDelivery
+) -> tuple[DurableResults, HeldLock] | tuple[None, None]:
+    """The results spool (``RESULTS_SPOOL_DIR``), capped at ``RESULTS_QUEUE_SIZE`` objects,
+    and the lock that makes this process its only owner (two gateways on one folder would
+    send each other's files twice and delete each other's half-written ones)."""
     if settings.results_spool_dir is None:
-        return None
+        return None, None
     root = settings.results_spool_dir.expanduser()
+    try:
+        owner = HeldLock.acquire(root / SPOOL_LOCK_NAME)
+    except LockHeld:
+        raise SpoolInUseError(
+            f"RESULTS_SPOOL_DIR {root} is in use by another running gateway: give each "
+            "gateway process (replica) its own folder"
+        ) from None
     store = ResultStore(
         root / "results", root / "failed", root / "tmp", max_objects=settings.results_queue_size
     )
-    return DurableResults(store, delivery)
+    return DurableResults(store, delivery), owner
 
 
 def check_classifier_answer(

@@ -10,6 +10,7 @@ import contextlib
 import fcntl
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 
 @contextlib.contextmanager
@@ -30,3 +31,32 @@ def file_lock(lock_path: Path) -> Iterator[None]:
 def hidden_lock_path(target: Path) -> Path:
     """``dir/.name.lock`` for ``dir/name``: the lock of a folder built in place."""
     return target.parent / f".{target.name}.lock"
+
+
+class LockHeld(RuntimeError):
+    """Another process holds the lock (:meth:`HeldLock.acquire` does not wait)."""
+
+
+class HeldLock:
+    """An exclusive lock kept until :meth:`release` or the process ends: one owner of a
+    folder at a time (a second process sharing it would, for example, send its files twice)."""
+
+    def __init__(self, path: Path, handle: IO[str]) -> None:
+        self.path, self._handle = path, handle
+
+    @classmethod
+    def acquire(cls, path: Path) -> HeldLock:
+        """Take the lock on ``path`` (created with its folder) now, or raise :class:`LockHeld`."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "w")  # noqa: SIM115 - held open for the lock's lifetime
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise LockHeld(f"{path} is locked by another process") from None
+        return cls(path, handle)
+
+    def release(self) -> None:
+        if not self._handle.closed:
+            fcntl.flock(self._handle, fcntl.LOCK_UN)
+            self._handle.close()

@@ -2,7 +2,8 @@
 
 The real services (tests/integration/stack.py) with the results' Orthanc not running:
 STOW-RS instances into the gateway, a full spool refused (503), the gateway stopped by
-SIGTERM with results pending (their files stay in the spool), then Orthanc started and a
+SIGTERM with results pending (their files stay in the spool; a second gateway on the same
+folder meanwhile refuses to start), then Orthanc started and a
 new gateway on the same spool: the SR and presentation states appear in Orthanc (REST
 API) and the spool is empty. One stack for the module.
 """
@@ -77,6 +78,17 @@ def test_results_kept_at_a_stop_reach_orthanc_from_the_next_gateway(
     full = stow(stack.gateway, spine(403), key=KEY)  # queue and spool at RESULTS_QUEUE_SIZE
     assert full.status_code == 503 and int(full.headers["retry-after"]) >= 1
     assert "RESULTS_QUEUE_SIZE" in full.json()["message"]
+    assert files(spool / "results") == kept
+
+    # A second gateway on the same folder would resend these files and delete the first's
+    # half-written ones: it refuses to start, naming the folder.
+    intruder = start_service("gateway", env, tmp_path)
+    try:
+        assert intruder.process.wait(timeout=120) != 0
+    finally:
+        intruder.stop()
+    assert f"RESULTS_SPOOL_DIR {spool} is in use by another running gateway" in (
+        intruder.log_text()), intruder.log_text()[-3000:]
     assert files(spool / "results") == kept
 
     gateway = stack.services["gateway"]
