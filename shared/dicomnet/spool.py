@@ -255,7 +255,7 @@ class DurableResults:
         try:
             for data in objects:
                 written.append(await asyncio.to_thread(self.store.write, data))
-            await self._submit(written)
+            await self._submit(written, objects)  # the bytes in hand, not read back
         except BaseException as exc:
             for result in written:
                 self.store.remove(result.sop_uid)
@@ -267,9 +267,11 @@ class DurableResults:
             raise
         return written
 
-    async def _submit(self, results: list[ResultFile]) -> None:
+    async def _submit(self, results: list[ResultFile], data: list[bytes] | None = None) -> None:
+        """Queue stored results; ``data`` is their bytes when the caller holds them (a
+        replay reads them back from disk)."""
         await self.delivery.submit(
-            [result.path.read_bytes() for result in results],
+            data if data is not None else [result.path.read_bytes() for result in results],
             study_uid=results[0].study_uid, sop_uids=[result.sop_uid for result in results],
             on_settled=self._settled,
         )
