@@ -120,9 +120,9 @@ def measure(model_dir: Path, rows: int, cols: int, kinds: tuple[str, ...],
         to_device_batch,
     )
     from detector_service.yolo import RawOutput, letterbox_batch, load_yolo, reset_anchor_cache
+    from model_server.onnx_runtime import options_from_settings, try_onnx
     from shared.bundle import check_pins, load_manifest, resolve_checkpoint
     from shared.dicom import decode_dicom
-    from shared.serving.onnx_runtime import options_from_settings, try_onnx
     from shared.settings import Settings
 
     settings = Settings()

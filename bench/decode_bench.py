@@ -36,7 +36,7 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import JPEG2000Lossless, generate_uid
 
 from shared.dicom import decode_dicom
-from shared.dicom.writer import xray_dataset
+from training.dicom_writer import xray_dataset
 
 
 def phantom(rows: int = 2560, columns: int = 2048, bits: int = 12, seed: int = 3) -> np.ndarray:

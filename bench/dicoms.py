@@ -1,7 +1,7 @@
 """The benchmark's uploads: DX radiographs like VinDr-SpineXR's, made at run time.
 
 A smooth synthetic radiograph with noise, 12 bits stored, DX storage class, written by
-the project's one DICOM writer (``shared.dicom.writer``). The tests' ``tests/factories``
+the project's one DICOM writer (``training.dicom_writer``). The tests' ``tests/factories``
 builds its DICOMs from the same pixel generator. Nothing binary is committed.
 """
 
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, generate_uid
 
-from shared.dicom.writer import DX_FOR_PRESENTATION, file_bytes, xray_dataset
+from training.dicom_writer import DX_FOR_PRESENTATION, file_bytes, xray_dataset
 
 
 @dataclass(frozen=True)

@@ -93,8 +93,8 @@ def bare_rates(model_dir: Path, batches: list[int], precision: str, device_name:
 
     from classifier_service.checkpoints import load_classifier
     from detector_service.yolo import load_yolo
+    from model_server.dtypes import compute_dtype
     from shared.bundle import load_manifest, resolve_checkpoint
-    from shared.serving.dtypes import compute_dtype
 
     torch.backends.cudnn.benchmark = True
     device = torch.device(device_name)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from classifier_service.model import ClassifierModel
-from shared.serving.app import create_bundle_app
+from model_server.app import create_bundle_app
 from shared.settings import Settings
 
 

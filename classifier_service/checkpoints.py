@@ -5,7 +5,7 @@ Accepted: the original's ``{'epoch', 'model_state_dict', 'optimizer_state_dict',
 pickled module; keys prefixed ``module.`` (DataParallel) or ``_orig_mod.`` (torch.compile);
 fp16 tensors; ``spine convert-checkpoint`` output. A checkpoint that does not fit its
 architecture is a start-up error naming the file: never a silent partial load that would
-serve random layers. Reading is :func:`shared.serving.safe_load.safe_load`
+serve random layers. Reading is :func:`model_server.safe_load.safe_load`
 (``weights_only=True`` and an allow-list): a pickle that needs anything else is refused.
 """
 
@@ -19,7 +19,7 @@ import timm
 import torch
 from torch import nn
 
-from shared.serving.safe_load import CLASSIFIER, UnreadableCheckpointError, load_checkpoint_file
+from model_server.safe_load import CLASSIFIER, UnreadableCheckpointError, load_checkpoint_file
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def read_checkpoint(path: Path, *, trusted: bool = False) -> object:
 
     Numpy scalars, ``argparse.Namespace`` and the like that training scripts store next
     to the weights are on the list; anything else raises
-    :class:`~shared.serving.safe_load.UnsafeCheckpointError` unless ``trusted`` (the
+    :class:`~model_server.safe_load.UnsafeCheckpointError` unless ``trusted`` (the
     manifest's ``allow_unsafe_pickle_sha256`` names this exact file).
     """
     try:

@@ -7,7 +7,7 @@ of member probabilities; Abnormal iff score > threshold. Training code uses the 
 ``preprocess`` so train and serve see identical tensors.
 
 The member networks run in PyTorch (CUDA: fp16/bf16 + channels_last) or, on CPU, in
-ONNX Runtime exported from the same checkpoint (``shared.serving.onnx_runtime``);
+ONNX Runtime exported from the same checkpoint (``model_server.onnx_runtime``);
 preprocessing is the same torch code for both, so only the network's executor differs.
 """
 
@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from classifier_service.checkpoints import load_classifier
+from model_server.dtypes import compute_dtype
+from model_server.onnx_runtime import OnnxOptions, OnnxRunner, release_freed_memory, try_onnx
 from shared.bundle import ClassifierSpec, MemberSpec, check_pins, resolve_checkpoint
-from shared.serving.dtypes import compute_dtype
-from shared.serving.onnx_runtime import OnnxOptions, OnnxRunner, release_freed_memory, try_onnx
 
 log = logging.getLogger(__name__)
 

@@ -16,10 +16,10 @@ import logging
 import numpy as np
 
 from classifier_service.ensemble import Ensemble, decide
+from model_server.device import configure_torch, resolve_device
+from model_server.lifecycle import BundleModel
+from model_server.onnx_runtime import choose_backend, options_from_settings
 from shared import contract, oip
-from shared.serving.device import configure_torch, resolve_device
-from shared.serving.lifecycle import BundleModel
-from shared.serving.onnx_runtime import choose_backend, options_from_settings
 
 log = logging.getLogger(__name__)
 

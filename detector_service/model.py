@@ -31,18 +31,18 @@ from detector_service.yolo import (
     reset_anchor_cache,
     unletterbox_boxes,
 )
-from shared import contract, oip
-from shared.bundle import DetectorSpec, check_pins, resolve_checkpoint
-from shared.serving.device import configure_torch, resolve_device
-from shared.serving.dtypes import compute_dtype
-from shared.serving.lifecycle import BundleModel
-from shared.serving.onnx_runtime import (
+from model_server.device import configure_torch, resolve_device
+from model_server.dtypes import compute_dtype
+from model_server.lifecycle import BundleModel
+from model_server.onnx_runtime import (
     OnnxRunner,
     choose_backend,
     options_from_settings,
     release_freed_memory,
     try_onnx,
 )
+from shared import contract, oip
+from shared.bundle import DetectorSpec, check_pins, resolve_checkpoint
 
 log = logging.getLogger(__name__)
 

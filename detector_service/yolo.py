@@ -4,7 +4,7 @@ The letterbox reproduces Ultralytics' own (ratio-preserving resize with bilinear
 interpolation, centred padding of grey 114, the same rounding), so a checkpoint trained
 with Ultralytics sees the same input here; but it runs batched on the device instead of
 per image in numpy. Ultralytics is imported lazily and never allowed to download.
-Checkpoints load as data (:mod:`shared.serving.safe_load`, the Ultralytics allow-list),
+Checkpoints load as data (:mod:`model_server.safe_load`, the Ultralytics allow-list),
 never through Ultralytics' own loader, which unpickles in full.
 For ONNX Runtime the network is wrapped by :class:`RawOutput` (one tensor out, the
 decoded ``[N, 4 + classes, anchors]`` predictions that NMS reads) and exported as is.
@@ -19,13 +19,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shared.letterbox import Letterbox, letterbox_geometry, letterbox_shape
-from shared.paths import prepare_ultralytics_env
-from shared.serving.safe_load import (
+from detector_service.letterbox import Letterbox, letterbox_geometry, letterbox_shape
+from model_server.safe_load import (
     ULTRALYTICS,
     UnreadableCheckpointError,
     load_checkpoint_file,
 )
+from shared.paths import prepare_ultralytics_env
 
 PAD_VALUE = 114 / 255.0
 
@@ -180,7 +180,7 @@ def reset_anchor_cache(network: nn.Module) -> None:
 
 def check_images() -> list[np.ndarray]:
     """Two grey images of different aspect for the ONNX equality check, drawn afresh at
-    each call (never fixed public inputs: see :mod:`shared.serving.onnx_runtime`)."""
+    each call (never fixed public inputs: see :mod:`model_server.onnx_runtime`)."""
     rng = np.random.default_rng()
     return [
         rng.integers(0, 256, size=shape, dtype=np.uint8) for shape in ((320, 214), (200, 300))

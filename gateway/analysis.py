@@ -25,6 +25,7 @@ from gateway.annotate import draw_boxes, png_data_uri
 from gateway.audit import AuditFacts, AuditLog
 from gateway.budget import DecodeBudget
 from gateway.fusion import Box, Diagnosis, apply_fusion, boxes_from_outputs, diagnose
+from gateway.schemas import Timings
 from gateway.telemetry import GatewayMetrics
 from gateway.upstream import (
     KEEPALIVE_EXPIRY_S,
@@ -41,7 +42,6 @@ from shared.contract import ClassifierFacts, DetectorFacts
 from shared.dicomnet import ResultsDelivery
 from shared.dicomnet.spool import DurableResults, ResultStore
 from shared.filelock import HeldLock, LockHeld
-from shared.schemas import Timings
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -40,6 +40,7 @@ from gateway.errors import (
 from gateway.health import check_ready, health_report, public_health
 from gateway.ratelimit import ConcurrencyLimiter, TokenBucketLimiter
 from gateway.response import preview_headers, upload_response
+from gateway.schemas import HealthResponse, UploadResponse
 from gateway.security import (
     SWAGGER_ASSETS,
     ApiKeys,
@@ -54,7 +55,6 @@ from shared import dicom
 from shared.errors import ServiceError
 from shared.logging import request_id_var
 from shared.observability import REQUEST_ID_HEADER, RequestContextMiddleware
-from shared.schemas import HealthResponse, UploadResponse
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)

@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from gateway.phi import keyed_digest
+from gateway.schemas import UploadResponse
 from shared.logging import request_id_var
 from shared.observability import ASGIApp, Message, Receive, Scope, Send, route_label
-from shared.schemas import UploadResponse
 
 log = logging.getLogger(__name__)
 

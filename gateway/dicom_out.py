@@ -20,10 +20,10 @@ from enum import StrEnum
 
 from gateway import phi
 from gateway.analysis import Findings, Gateway
+from gateway.schemas import UploadResponse
 from shared.dicom.results import AnalysisResult, DicomResults, ResultWriteError, write_results
 from shared.dicom.source import SourceImage
 from shared.errors import ServiceError
-from shared.schemas import UploadResponse
 from shared.settings import PhiMode, ResultPatientMode, Settings
 
 DICOM = "application/dicom"

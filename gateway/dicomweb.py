@@ -33,12 +33,12 @@ from gateway.audit import AuditFacts, mark_audited
 from gateway.errors import error_responses, service_error_response
 from gateway.related import RelatedLimits, read_related
 from gateway.response import upload_response
+from gateway.schemas import UploadResponse
 from shared import dicom
 from shared.dicomnet import DeliveryQueueFull
 from shared.dicomnet.spool import ResultSpoolFull
 from shared.errors import ServiceError
 from shared.logging import request_id_var
-from shared.schemas import UploadResponse
 
 log = logging.getLogger(__name__)
 

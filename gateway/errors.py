@@ -17,9 +17,9 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from gateway.ratelimit import retry_after_header
+from gateway.schemas import ErrorResponse
 from shared.errors import ServiceError
 from shared.logging import request_id_var
-from shared.schemas import ErrorResponse
 
 log = logging.getLogger(__name__)
 

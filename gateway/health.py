@@ -17,10 +17,10 @@ from typing import Any
 
 from gateway.analysis import Gateway
 from gateway.response import bundle_summary
+from gateway.schemas import HealthResponse, ServiceHealth
 from gateway.upstream import ModelClient
 from shared.contract import ServedFacts, demo_warning
 from shared.errors import ServiceError
-from shared.schemas import HealthResponse, ServiceHealth
 
 # How soon a load balancer should ask again when the classifier is not ready.
 NOT_READY_RETRY_AFTER_S = 5

@@ -10,9 +10,7 @@ from __future__ import annotations
 from gateway import phi
 from gateway.analysis import Findings
 from gateway.fusion import Box, to_original
-from shared import contract, dicom
-from shared.contract import ServedFacts
-from shared.schemas import (
+from gateway.schemas import (
     BundleSummary,
     Detection,
     DicomSummary,
@@ -21,6 +19,8 @@ from shared.schemas import (
     InputSelection,
     UploadResponse,
 )
+from shared import contract, dicom
+from shared.contract import ServedFacts
 from shared.settings import Settings
 
 

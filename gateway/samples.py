@@ -19,8 +19,8 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
+from gateway.schemas import ErrorResponse
 from shared.paths import cache_root
-from shared.schemas import ErrorResponse
 
 router = APIRouter(tags=["samples"])
 

@@ -9,7 +9,7 @@ A bundle is data, never code: every checkpoint path must stay inside the bundle 
 (no absolute path, no ``..``, no symlink that leads out), and a checkpoint may be pinned
 by ``sha256:``. ``allow_unsafe_pickle_sha256:`` is the operator's explicit trust in one
 exact file whose pickle needs more than the safe allow-list (see
-:mod:`shared.serving.safe_load`); prefer ``spine convert-checkpoint``.
+:mod:`model_server.safe_load`); prefer ``spine convert-checkpoint``.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ HELP = (
 
 
 def cmd_convert_checkpoint(args: argparse.Namespace) -> int:
+    from model_server.convert import convert_checkpoint
     from shared.bundle import sha256_file
-    from shared.serving.convert import convert_checkpoint
 
     source, target = Path(args.input), Path(args.output)
     if not source.is_file():

@@ -15,7 +15,7 @@ import yaml
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from bench.dicoms import radiograph_pixels
-from shared.dicom.writer import DX_FOR_PRESENTATION, SECONDARY_CAPTURE, file_bytes, xray_dataset
+from training.dicom_writer import DX_FOR_PRESENTATION, SECONDARY_CAPTURE, file_bytes, xray_dataset
 
 __all__ = ["TouchMarker", "make_dicom", "radiograph_pixels", "write_tiny_bundle"]
 

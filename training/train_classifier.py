@@ -33,8 +33,8 @@ from torch import nn
 
 from classifier_service.checkpoints import build_model
 from classifier_service.ensemble import normalise, probability_from_logits, resize_square
+from model_server.safe_load import safe_load
 from shared.bundle import ClassifierSpec, MemberSpec, manifest_path
-from shared.serving.safe_load import safe_load
 from training.canonical import CanonicalEntry, LabelledImages
 from training.metrics import roc_auc, youden_threshold
 

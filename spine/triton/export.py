@@ -44,9 +44,9 @@ from detector_service.yolo import (
     reset_anchor_cache,
 )
 from detector_service.yolo import check_images as detector_check_images
+from model_server.onnx_runtime import create_session, export_onnx, max_abs_diff
 from shared import contract
 from shared.bundle import BundleManifest, MemberSpec, check_pins, load_manifest, resolve_checkpoint
-from shared.serving.onnx_runtime import create_session, export_onnx, max_abs_diff
 from shared.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -248,7 +248,7 @@ Geometry = tuple[float, int, int, int, int, int, int]
 
 def letterbox_geometry(height: int, width: int, size: int, stride: int | None = None
                        ) -> Geometry:
-    """Ultralytics' LetterBox arithmetic (``shared/letterbox.py``, copied: this file runs
+    """Ultralytics' LetterBox arithmetic (``detector_service/letterbox.py``, copied: this file runs
     without our packages): (gain, left, top, new_width, new_height, input_height,
     input_width); ``stride`` None = the ``size`` square, else the minimal rectangle."""
     gain = min(size / height, size / width)

@@ -18,8 +18,8 @@ from shared.dicom.selection import (
     default_rules,
     select,
 )
-from shared.dicom.writer import CR_IMAGE_STORAGE, DX_FOR_PRESENTATION, SECONDARY_CAPTURE
 from tests.factories import make_dicom, radiograph_pixels
+from training.dicom_writer import CR_IMAGE_STORAGE, DX_FOR_PRESENTATION, SECONDARY_CAPTURE
 
 DX_PROCESSING = "1.2.840.10008.5.1.4.1.1.1.1.1"
 CT = "1.2.840.10008.5.1.4.1.1.2"

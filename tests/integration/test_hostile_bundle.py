@@ -11,8 +11,8 @@ import timm
 import torch
 import yaml
 
+from model_server.safe_load import ULTRALYTICS, safe_load
 from shared.bundle import sha256_file
-from shared.serving.safe_load import ULTRALYTICS, safe_load
 from tests.factories import TouchMarker
 from tests.integration.stack import base_env, start_service
 

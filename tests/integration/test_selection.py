@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from pydicom.data import get_testdata_file
 
-from shared.dicom.writer import file_bytes
 from tests.factories import make_dicom, radiograph_pixels
 from tests.integration.stack import Service, base_env, start_service, wait_ready
+from training.dicom_writer import file_bytes
 
 pytestmark = pytest.mark.timeout(300)
 

@@ -13,7 +13,7 @@ import pytest
 from gateway.audit import AuditFacts, AuditLog, uid_hash
 from gateway.ratelimit import ConcurrencyLimiter, TokenBucketLimiter, retry_after_header
 from gateway.security import ApiKeys, docs_page, security_headers
-from shared.serving.app import _caller_timeout_s
+from model_server.app import _caller_timeout_s
 from shared.settings import Settings
 from spine.supervisor import Child, stop_all, supervise
 
@@ -138,7 +138,7 @@ def test_gpu_memory_gauges_read_torch_cuda_when_present(monkeypatch: pytest.Monk
 
     from prometheus_client import generate_latest
 
-    from shared.serving.metrics import ModelMetrics
+    from model_server.metrics import ModelMetrics
 
     cuda = SimpleNamespace(
         is_available=lambda: True, device_count=lambda: 1,

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from shared.serving.batching import (
+from model_server.batching import (
     BatchStats,
     DeadlineExceededError,
     DynamicBatcher,

@@ -9,7 +9,7 @@ import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 
-from shared.dicom.writer import (
+from training.dicom_writer import (
     CR_IMAGE_STORAGE,
     DX_FOR_PRESENTATION,
     SECONDARY_CAPTURE,

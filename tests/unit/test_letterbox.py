@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 from bench.dicoms import radiograph_pixels
+from detector_service.letterbox import letterbox_geometry, letterbox_shape
 from detector_service.model import DetectorModel
 from shared.bundle import load_manifest, resolve_checkpoint
-from shared.letterbox import letterbox_geometry, letterbox_shape
 from shared.paths import prepare_ultralytics_env
 from shared.settings import Settings
 

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from gateway.phi import public_study_date
+from model_server.app import _run
+from model_server.batching import DynamicBatcher
+from model_server.errors import ModelFailedError
 from shared.lockdown import exposure_problems, is_loopback, weak_secret
-from shared.serving.app import _run
-from shared.serving.batching import DynamicBatcher
-from shared.serving.errors import ModelFailedError
 from shared.settings import PhiMode, Settings, StudyDateMode
 from spine.secrets import SECRET_FILE, install_secret, lock_children_env
 

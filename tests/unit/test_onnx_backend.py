@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-import shared.serving.onnx_runtime as onnx_runtime
+import model_server.onnx_runtime as onnx_runtime
 from classifier_service.model import ClassifierModel
 from detector_service.model import DetectorModel
-from shared.serving.onnx_runtime import (
+from model_server.onnx_runtime import (
     OnnxBackendError,
     OnnxOptions,
     cache_path,

@@ -22,7 +22,6 @@ from pydicom.uid import generate_uid
 from bench.dicoms import radiograph_pixels
 from shared.dicom import decode_dicom
 from shared.dicom.results import AnalysisResult, ResultBox, write_results
-from shared.dicom.writer import file_bytes, xray_dataset
 from shared.dicomnet import (
     DeliveryQueueFull,
     DestinationConfigError,
@@ -35,6 +34,7 @@ from shared.dicomnet.destinations import AeAddress, read_store_response
 from shared.settings import Settings
 from tests.integration.stack import free_port
 from tests.peers.orthanc import Orthanc
+from training.dicom_writer import file_bytes, xray_dataset
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
 GSPS_CLASS = "1.2.840.10008.5.1.4.1.1.11.1"

@@ -15,8 +15,7 @@ import pytest
 import torch
 
 from classifier_service.checkpoints import load_classifier
-from shared.bundle import CheckpointPins, check_pins, sha256_file
-from shared.serving.safe_load import (
+from model_server.safe_load import (
     BENIGN_GLOBALS,
     CLASSIFIER,
     ULTRALYTICS,
@@ -24,6 +23,7 @@ from shared.serving.safe_load import (
     allowed_entries,
     safe_load,
 )
+from shared.bundle import CheckpointPins, check_pins, sha256_file
 from tests.factories import TINY_TIMM_ARCH, TouchMarker, same_output, tiny_timm_classifier
 
 ARCH = TINY_TIMM_ARCH
@@ -196,7 +196,7 @@ def test_convert_checkpoint_of_an_ultralytics_pt_keeps_the_network(
     yolo_pt: Path, tmp_path: Path
 ) -> None:
     from detector_service.yolo import load_yolo
-    from shared.serving.convert import convert_checkpoint
+    from model_server.convert import convert_checkpoint
 
     target = tmp_path / "best-safe.pt"
     convert_checkpoint(yolo_pt, target)
@@ -216,7 +216,7 @@ def test_converting_or_trusting_a_hostile_checkpoint_runs_nothing(
     payload, zipfile: bool, reference, tmp_path: Path
 ) -> None:
     """The converter and the sha256 trust read weights inertly: the pickle's code never runs."""
-    from shared.serving.convert import convert_checkpoint
+    from model_server.convert import convert_checkpoint
 
     marker = tmp_path / "MARKER"
     source = tmp_path / "model_best.pth"
@@ -238,7 +238,7 @@ def test_product_code_never_unpickles_in_full() -> None:
         for path in (REPO / folder).rglob("*.py"):
             if "weights_only=False" in path.read_text():
                 found.append(str(path.relative_to(REPO)))
-    assert found == ["shared/serving/convert.py"]
+    assert found == ["model_server/convert.py"]
 
 
 def test_an_allowed_class_called_as_a_function_is_refused(tmp_path: Path) -> None:

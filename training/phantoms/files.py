@@ -25,8 +25,8 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from shared.dicom.writer import DX_FOR_PRESENTATION, xray_dataset
 from training.datasets import ImageRecord, write_annotations_csv
+from training.dicom_writer import DX_FOR_PRESENTATION, xray_dataset
 from training.phantoms.image import render_spec
 from training.phantoms.spec import LATERAL, MAX_VALUE, PhantomSpec, sample_phantom
 

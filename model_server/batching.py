@@ -7,7 +7,7 @@ the GIL) and hands each caller its own result. The queue is bounded: when it is 
 ``submit`` fails at once with :class:`QueueFullError` so the service can answer 503
 instead of letting latency grow without limit. Items whose caller has gone away (a
 cancelled future) or whose deadline has passed are dropped, not computed.
-Torch-free (asyncio and a thread); it lives in ``shared.serving`` because only the model
+Torch-free (asyncio and a thread); it lives in ``model_server`` because only the model
 server runs it.
 """
 
@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from shared.serving.errors import DeadlineExceededError, QueueFullError
+from model_server.errors import DeadlineExceededError, QueueFullError
 
 In = TypeVar("In")
 Out = TypeVar("Out")

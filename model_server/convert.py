@@ -1,6 +1,6 @@
 """``spine convert-checkpoint IN OUT``: a checkpoint's weights, read without running its code.
 
-A checkpoint whose pickle needs globals outside :mod:`shared.serving.safe_load`'s
+A checkpoint whose pickle needs globals outside :mod:`model_server.safe_load`'s
 allow-list is refused at start-up. It is converted here (once, by its owner, or in
 memory when the manifest names that exact file by ``allow_unsafe_pickle_sha256``) with
 an *inert* unpickler: torch's own weights-only globals (tensor and storage rebuilds,
@@ -65,7 +65,7 @@ def _inert_class(module: str, name: str) -> type[Inert]:
 def _real_globals() -> dict[str, Any]:
     from torch._weights_only_unpickler import _get_allowed_globals
 
-    from shared.serving.safe_load import BENIGN_GLOBALS
+    from model_server.safe_load import BENIGN_GLOBALS
 
     plain_builtins = {"builtins.set": set, "builtins.frozenset": frozenset}
     return {**_get_allowed_globals(), **BENIGN_GLOBALS, **plain_builtins}
@@ -197,7 +197,7 @@ def safe_payload(checkpoint: object, source: Path) -> dict[str, Any]:
 
 def convert_checkpoint(source: Path, target: Path) -> dict[str, Any]:
     """Read ``source`` inertly and write its weights-only form to ``target``."""
-    from shared.serving.safe_load import safe_load
+    from model_server.safe_load import safe_load
 
     if source.resolve() == target.resolve():
         raise ValueError("OUT must differ from IN (keep the original until OUT is checked)")

@@ -1,7 +1,7 @@
 """The model object and its lifecycle, KServe-style: load once, then ready, then predict.
 
 A model service is one :class:`BatchedModel` (in practice a :class:`BundleModel`, served
-from a bundle folder) inside the OIP app of :mod:`shared.serving.app`. ``load()`` runs
+from a bundle folder) inside the OIP app of :mod:`model_server.app`. ``load()`` runs
 in a background thread at start-up, so ``/v2/health/live`` answers at once and
 ``ready`` turns true only once the checkpoints are loaded and warmed up.
 """

@@ -1,10 +1,10 @@
 """The OIP (KServe v2 REST) app around one model: routes, admission and error mapping.
 
 Both model services are this app around a different
-:class:`~shared.serving.lifecycle.BatchedModel`. Requests are split into single
-images, batched dynamically across clients (:mod:`shared.serving.batching`), run on
+:class:`~model_server.lifecycle.BatchedModel`. Requests are split into single
+images, batched dynamically across clients (:mod:`model_server.batching`), run on
 the model's device, and reassembled per request. Every refusal is a
-:class:`~shared.serving.errors.ServingError` mapped by one handler.
+:class:`~model_server.errors.ServingError` mapped by one handler.
 """
 
 from __future__ import annotations
@@ -24,6 +24,19 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.datastructures import Headers
 
+from model_server.batching import DynamicBatcher
+from model_server.errors import (
+    ClientGoneError,
+    InputError,
+    ModelFailedError,
+    ModelNotReadyError,
+    QueueFullError,
+    RequestTooLargeError,
+    ServingError,
+    UnknownModelError,
+)
+from model_server.lifecycle import BatchedModel, BundleModel
+from model_server.metrics import ModelMetrics
 from shared import contract, oip
 from shared.bodies import BodyRefusedError, read_capped
 from shared.observability import (
@@ -36,19 +49,6 @@ from shared.observability import (
     send_json,
     unless_disconnected,
 )
-from shared.serving.batching import DynamicBatcher
-from shared.serving.errors import (
-    ClientGoneError,
-    InputError,
-    ModelFailedError,
-    ModelNotReadyError,
-    QueueFullError,
-    RequestTooLargeError,
-    ServingError,
-    UnknownModelError,
-)
-from shared.serving.lifecycle import BatchedModel, BundleModel
-from shared.serving.metrics import ModelMetrics
 from shared.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)

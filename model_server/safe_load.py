@@ -362,7 +362,7 @@ def load_checkpoint_file(path: Path, policy: ModulePolicy, *, trusted: bool = Fa
     except UnsafeCheckpointError as exc:
         if not trusted:
             raise
-        from shared.serving.convert import inert_load, safe_payload
+        from model_server.convert import inert_load, safe_payload
 
         log.warning("%s; the manifest trusts this exact file by sha256: reading its weights "
                     "inertly (nothing it names is called)", exc)

@@ -11,8 +11,8 @@ import sys
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from model_server.batching import BatchStats
 from shared.observability import HttpMetrics
-from shared.serving.batching import BatchStats
 
 
 class ModelMetrics:
