@@ -4,7 +4,7 @@ Over HTTP on purpose: every limit of the gateway (size, input selection, admissi
 API keys) applies to the listener as to any client, and the listener scales with the
 gateway's replicas behind one URL. The answer of a 200 is ``multipart/related``: the SR
 (Content-ID ``<sr>``), the presentation state (``<gsps>``) and the ``/upload`` JSON
-(``<analysis>``), see ``gateway/dicom_out.py``; it is split with the standard library.
+(``<analysis>``), see ``gateway/dicomweb/outputs.py``; it is split with the standard library.
 
 :class:`Forwarded` says what to do next: ``analysed`` (deliver the objects), ``refused``
 (422: input selection, or the image cannot carry a DICOM result), ``failed`` (another

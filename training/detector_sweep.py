@@ -66,7 +66,7 @@ def served(
     abnormal: bool,
     settings: Settings,
 ) -> list[tuple[str, float, tuple[float, float, float, float]]]:
-    """The gateway's fusion rule (``gateway.fusion.apply_fusion``) on one image's boxes."""
+    """The gateway's fusion rule (``gateway.pipeline.fusion.apply_fusion``) on one image's boxes."""
     if abnormal:
         return detections
     if settings.fusion_mode is FusionMode.SEED:

@@ -64,7 +64,7 @@ _COLOUR = (
 class DicomMetadata:
     """Header facts for the response and logs.
 
-    ``patient_id`` is the RAW value: pseudonymise it with gateway.phi before it leaves.
+    ``patient_id`` is the RAW value: pseudonymise it with gateway.pipeline.phi before it leaves.
     """
 
     patient_id: str | None

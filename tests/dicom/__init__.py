@@ -1,1 +1,1 @@
-"""Tests of the DICOM intake (shared.dicom, gateway.phi)."""
+"""Tests of the DICOM intake (shared.dicom, gateway.pipeline.phi)."""

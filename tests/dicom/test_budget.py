@@ -171,7 +171,7 @@ def test_pool_size_follows_the_cgroup_quota(
 
 def test_errors_with_keyword_arguments_cross_the_worker_pipe() -> None:
     """Input selection refusals (NotSelectedError takes ``rule=``) come back as themselves."""
-    from gateway.analysis import selection_rules
+    from gateway.pipeline.decode import selection_rules
     from shared.settings import Settings
 
     rules = selection_rules(Settings(_env_file=None))

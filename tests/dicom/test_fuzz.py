@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from gateway.analysis import decode_options
+from gateway.pipeline.decode import decode_options
 from shared import dicom
 from shared.settings import Settings
 from tests.dicom import hostile

@@ -13,7 +13,7 @@ import pytest
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
 
-from gateway.phi import public_patient_id
+from gateway.pipeline.phi import public_patient_id
 from shared import dicom
 from shared.settings import PhiMode
 from tests.dicom import hostile
@@ -78,7 +78,7 @@ def test_sentinels_never_leak(
                         meta.transfer_syntax_name,
                     )
                 )
-                assert meta.patient_id in (SENTINEL_ID, None)  # raw on purpose: gateway.phi decides
+                assert meta.patient_id in (SENTINEL_ID, None)  # raw on purpose: gateway.pipeline.phi decides
             leaks += [f"{name}: {s}" for s in SENTINELS if s in text]
     out, err = capfd.readouterr()
     logged = caplog.text + out + err + " ".join(str(w.message) for w in caught)

@@ -137,7 +137,7 @@ def test_the_gateway_calls_the_predictors_in_place_of_the_base_model_services(re
         isvc = services[name]
         namespace = isvc["metadata"]["namespace"]
         # RawDeployment: KServe's Service <isvc>-predictor, port 80; the gateway appends the
-        # OIP path itself (gateway.upstream: f"{url}/v2/models/{model}/infer").
+        # OIP path itself (gateway.upstream.client: f"{url}/v2/models/{model}/infer").
         assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == (
             "RawDeployment"
         )

@@ -14,7 +14,7 @@ import time
 import httpx
 import numpy as np
 
-from gateway.upstream import ModelClient
+from gateway.upstream.client import ModelClient
 from shared import contract
 from shared.contract import ClassifierFacts
 from tests.integration.stack import Stack

@@ -11,8 +11,8 @@ import time
 import pytest
 
 from gateway.audit import AuditFacts, AuditLog, uid_hash
-from gateway.ratelimit import ConcurrencyLimiter, TokenBucketLimiter, retry_after_header
-from gateway.security import ApiKeys, docs_page, security_headers
+from gateway.http.ratelimit import ConcurrencyLimiter, TokenBucketLimiter, retry_after_header
+from gateway.http.security import ApiKeys, docs_page, security_headers
 from model_server.app import _caller_timeout_s
 from shared.settings import Settings
 from spine.supervisor import Child, stop_all, supervise
@@ -182,8 +182,8 @@ def _asgi_call(app, path: str = "/upload") -> list[dict]:
 def test_refusals_and_unexpected_failures_are_audited_once(tmp_path) -> None:
     import json
 
-    from gateway.audit import RefusalAuditMiddleware, mark_audited
-    from gateway.errors import error_body
+    from gateway.http.refusals import RefusalAuditMiddleware, mark_audited
+    from gateway.http.errors import error_body
     from shared.logging import request_id_var
     from shared.observability import send_json
 

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from gateway.fusion import Box, apply_fusion
+from gateway.pipeline.fusion import Box, apply_fusion
 from shared.settings import FusionMode, Settings
 from training.demo_bundle import DEMO_SEED, DemoConfig
 from training.detector_sweep import SweepPoint, choose_point, served

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.budget import DecodeBudget
+from gateway.pipeline.budget import DecodeBudget
 from shared.dicom import DicomLimitError
 
 

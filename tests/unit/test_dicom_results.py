@@ -9,7 +9,7 @@ import numpy as np
 import pydicom
 import pytest
 
-from gateway import dicom_out
+from gateway.dicomweb import outputs as dicom_out
 from shared.dicom import decode_dicom
 from shared.dicom.render import RenderSpec, Window, display_window, render
 from shared.dicom.results import AnalysisResult, ResultBox, ResultWriteError, write_results

@@ -7,13 +7,13 @@ import json
 import pydicom
 import pytest
 
-from gateway.dicomweb import (
+from gateway.dicomweb.stow import (
     Stored,
     StudyMismatchError,
     failure_reason,
     store_response,
 )
-from gateway.upstream import UpstreamTimeoutError, UpstreamUnavailableError
+from gateway.upstream.client import UpstreamTimeoutError, UpstreamUnavailableError
 from shared import dicom
 from shared.dicomnet import DeliveryQueueFull
 

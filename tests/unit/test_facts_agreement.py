@@ -1,9 +1,9 @@
-"""Agreement of replicas' bundle facts (gateway.facts.agree) on the gateway's own Replica."""
+"""Agreement of replicas' bundle facts (gateway.upstream.facts.agree) on the gateway's own Replica."""
 
 from __future__ import annotations
 
-from gateway.facts import agree, differences
-from gateway.upstream import Replica
+from gateway.upstream.client import Replica
+from gateway.upstream.facts import agree, differences
 from shared.bundle import BundleKind
 from shared.contract import ClassifierFacts
 

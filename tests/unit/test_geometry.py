@@ -8,7 +8,7 @@ import torch
 
 from classifier_service.ensemble import decide
 from detector_service.yolo import letterbox_batch, letterbox_geometry, unletterbox_boxes
-from gateway.fusion import Box, apply_fusion, diagnose, to_original
+from gateway.pipeline.fusion import Box, apply_fusion, diagnose, to_original
 from shared.geometry import canonical_to_original
 from shared.settings import FusionMode
 

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from gateway.phi import public_study_date
+from gateway.pipeline.phi import public_study_date
 from model_server.app import _run
 from model_server.batching import DynamicBatcher
 from model_server.errors import ModelFailedError

@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.related import RelatedLimits, read_related
-from gateway.upload import MAX_PART_HEADERS, MultipartLimits, UploadError, _read_field
+from gateway.http.multipart import MAX_PART_HEADERS, MultipartLimits, UploadError, _read_field
+from gateway.http.related import RelatedLimits, read_related
 
 BOUNDARY = b"XyZ"
 

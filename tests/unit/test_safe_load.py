@@ -234,7 +234,8 @@ def test_converting_or_trusting_a_hostile_checkpoint_runs_nothing(
 def test_product_code_never_unpickles_in_full() -> None:
     """``weights_only=False`` exists only in the convert-checkpoint module."""
     found = []
-    for folder in ("classifier_service", "detector_service", "shared", "gateway", "spine"):
+    for folder in ("classifier_service", "detector_service", "model_server", "shared", "gateway",
+                   "spine"):
         for path in (REPO / folder).rglob("*.py"):
             if "weights_only=False" in path.read_text():
                 found.append(str(path.relative_to(REPO)))

@@ -12,8 +12,8 @@ from shared.paths import cache_root, prepare_ultralytics_env
 from shared.settings import DefaultBundle, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCT = ("gateway", "shared", "spine", "classifier_service", "detector_service", "training",
-           "bench", "scripts")
+PRODUCT = ("gateway", "shared", "model_server", "spine", "classifier_service", "detector_service",
+           "dicom_listener", "training", "bench", "scripts")
 # Reading the environment is Settings' job; shared/paths.py only writes Ultralytics' variables.
 ENV_READ = re.compile(r"os\.environ\.get\(|os\.getenv\(|os\.environ\[[^\]]+\](?!\s*=)")
 READERS_ALLOWED = {"shared/settings.py", "shared/paths.py"}

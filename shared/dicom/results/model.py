@@ -1,17 +1,17 @@
 """The writer's input: one analysis as the ``/upload`` JSON states it, typed.
 
-Both users build it from what they already have: the gateway from its answer (so the
-DICOM objects say exactly what the JSON says, bbox for bbox), ``spine evaluate`` from
-its in-process predictions. Boxes are in the ORIGINAL image's pixels (x1, y1, x2, y2).
+Both users build it from what they already have: the gateway from its findings, by the
+``/upload`` JSON's own rules (so the DICOM objects say exactly what the JSON says, bbox
+for bbox), ``spine evaluate`` from its in-process predictions. Boxes are in the ORIGINAL
+image's pixels (x1, y1, x2, y2).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 from shared.contract import demo_warning
+from shared.version import SOFTWARE_VERSION
 
 NOT_FOR_DIAGNOSIS = (
     "Research use only. Not for diagnostic use: automated analysis by an unverified "
@@ -38,7 +38,7 @@ class AnalysisResult:
     bundle_name: str
     bundle_kind: str  # user | demo | untrained
     checkpoints: dict[str, str] = field(default_factory=dict)  # path -> sha256
-    version: str = "0.1.0"
+    version: str = SOFTWARE_VERSION
     fusion_mode: str | None = None
 
     @property
@@ -46,24 +46,3 @@ class AnalysisResult:
         """The intended-use text, with the DEMO / UNTRAINED warning where it applies."""
         warning = demo_warning(self.bundle_kind)
         return f"{warning} {NOT_FOR_DIAGNOSIS}" if warning else NOT_FOR_DIAGNOSIS
-
-    @classmethod
-    def from_upload_json(cls, body: Mapping[str, Any], version: str = "0.1.0") -> AnalysisResult:
-        """From the ``/upload`` answer (a dict as JSON gives it)."""
-        detections = body.get("detections")
-        bundle = body["model_bundle"]
-        return cls(
-            diagnosis=body["diagnosis"],
-            abnormal_probability=float(body["abnormal_probability"]),
-            threshold=float(body["threshold"]),
-            members={k: float(v) for k, v in body["ensemble_prediction"].items()},
-            boxes=None if detections is None else tuple(
-                ResultBox(d["class"], float(d["confidence"]), tuple(float(v) for v in d["bbox"]))
-                for d in detections
-            ),
-            bundle_name=bundle["name"],
-            bundle_kind=bundle["kind"],
-            checkpoints=dict(bundle.get("checkpoints") or {}),
-            version=version,
-            fusion_mode=(body.get("fusion") or {}).get("mode"),
-        )

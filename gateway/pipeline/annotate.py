@@ -11,7 +11,7 @@ import base64
 import cv2
 import numpy as np
 
-from gateway.fusion import Box
+from gateway.pipeline.fusion import Box
 
 # One colour per class id (BGR), readable on grey; cycles past seven classes.
 PALETTE = (

@@ -1,9 +1,11 @@
 """``POST /upload/dicom``: the analysis as DICOM objects a PACS or viewer can file.
 
 The objects themselves are written by :mod:`shared.dicom.results` (shared with ``spine
-evaluate --dicom-out``) from the ``/upload`` answer and the decoder's
-:class:`~shared.dicom.source.SourceImage`, so they say exactly what the JSON says. This
-module picks the parts, applies ``DICOM_RESULT_PATIENT``, writes off the event loop, and
+evaluate --dicom-out``) from the findings and the decoder's
+:class:`~shared.dicom.source.SourceImage`; the values go through the same functions as
+the ``/upload`` JSON (:mod:`gateway.pipeline.response`), so they say exactly what the
+JSON says. This module picks the parts, applies ``DICOM_RESULT_PATIENT``, writes off the
+event loop, and
 packs the answer as ``multipart/related; type="application/dicom"`` (the SR, the
 presentation state, then the JSON), or one bare ``application/dicom`` object when the
 client asks for one part and accepts only that.
@@ -18,17 +20,25 @@ import secrets
 import time
 from enum import StrEnum
 
-from gateway import phi
-from gateway.analysis import Findings, Gateway
+from gateway.pipeline import phi
+from gateway.pipeline.analyze import Findings
+from gateway.pipeline.context import Pipeline
+from gateway.pipeline.response import bundle_summary, detections, member_probabilities
 from gateway.schemas import UploadResponse
-from shared.dicom.results import AnalysisResult, DicomResults, ResultWriteError, write_results
+from shared.dicom.results import (
+    AnalysisResult,
+    DicomResults,
+    ResultBox,
+    ResultWriteError,
+    write_results,
+)
 from shared.dicom.source import SourceImage
 from shared.errors import ServiceError
 from shared.settings import PhiMode, ResultPatientMode, Settings
+from shared.version import SOFTWARE_VERSION
 
 DICOM = "application/dicom"
 MULTIPART = f'multipart/related; type="{DICOM}"'
-VERSION = "0.1.0"
 # Patient attributes a pseudonymised result drops (the study attributes stay: it must
 # still land in the source's study).
 _DROPPED = ("PatientBirthDate", "PatientSex", "IssuerOfPatientID")
@@ -71,15 +81,42 @@ def result_source(source: SourceImage, settings: Settings) -> SourceImage:
     return dataclasses.replace(source, patient_study=tuple(attributes.items()))
 
 
+def analysis_result(findings: Findings, settings: Settings) -> AnalysisResult:
+    """What the DICOM objects state, from the findings by the ``/upload`` JSON's own rules
+    (rounding, boxes in original pixels)."""
+    classified, detected = findings.classified, findings.detected
+    bundle = bundle_summary(classified.facts, detected.facts if detected else None)
+    boxes = detections(findings)
+    return AnalysisResult(
+        diagnosis=findings.fused.diagnosis,
+        abnormal_probability=round(findings.fused.probability, 6),
+        threshold=classified.facts.threshold,
+        members=member_probabilities(findings),
+        boxes=None if boxes is None else tuple(
+            ResultBox(box.class_name, box.confidence, _corners(box.bbox)) for box in boxes
+        ),
+        bundle_name=bundle.name,
+        bundle_kind=bundle.kind,
+        checkpoints=dict(bundle.checkpoints),
+        version=SOFTWARE_VERSION,
+        fusion_mode=settings.fusion_mode.value,
+    )
+
+
+def _corners(bbox: list[float]) -> tuple[float, float, float, float]:
+    x1, y1, x2, y2 = bbox
+    return x1, y1, x2, y2
+
+
 async def write(
-    gateway: Gateway, findings: Findings, answer: UploadResponse, parts: Parts
+    pipeline: Pipeline, findings: Findings, parts: Parts
 ) -> tuple[DicomResults, float]:
     """The objects asked for, written in the decode pool; (results, milliseconds)."""
     source = findings.metadata.source
     if source is None:
         raise ResultNotWritable("The image's header could not be kept for a DICOM result.")
-    source = result_source(source, gateway.settings)
-    result = AnalysisResult.from_upload_json(answer.model_dump(by_alias=True), VERSION)
+    source = result_source(source, pipeline.settings)
+    result = analysis_result(findings, pipeline.settings)
     started = time.perf_counter()
 
     def work() -> DicomResults:
@@ -88,7 +125,7 @@ async def write(
         )
 
     try:
-        results = await asyncio.get_running_loop().run_in_executor(gateway.decode_pool, work)
+        results = await asyncio.get_running_loop().run_in_executor(pipeline.decode_pool, work)
     except ResultWriteError as exc:
         raise ResultNotWritable(str(exc)) from exc
     return results, (time.perf_counter() - started) * 1000
@@ -122,11 +159,11 @@ def wants_bare_object(accept: str | None, parts: Parts) -> bool:
 
 
 async def dicom_answer(
-    gateway: Gateway, findings: Findings, answer: UploadResponse, parts: Parts,
+    pipeline: Pipeline, findings: Findings, answer: UploadResponse, parts: Parts,
     accept: str | None,
 ) -> DicomAnswer:
     """The whole ``/upload/dicom`` body for one finished analysis."""
-    results, write_ms = await write(gateway, findings, answer, parts)
+    results, write_ms = await write(pipeline, findings, parts)
     if wants_bare_object(accept, parts):
         data = results.sr if parts is Parts.SR else results.gsps
         assert data is not None

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from gateway.ratelimit import retry_after_header
+from gateway.http.ratelimit import retry_after_header
 from gateway.schemas import ErrorResponse
 from shared.errors import ServiceError
 from shared.logging import request_id_var

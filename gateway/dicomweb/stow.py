@@ -1,7 +1,7 @@
 """DICOMweb STOW-RS in: ``POST /dicomweb/studies[/{study}]`` (PS3.18 10.5 Store Instances).
 
 Every instance of a ``multipart/related; type="application/dicom"`` body (read by
-:mod:`gateway.related`, bounded like ``/upload``) goes through the ``/upload`` pipeline
+:mod:`gateway.http.related`, bounded like ``/upload``) goes through the ``/upload`` pipeline
 (:func:`gateway.analysis.analyze`: isolated decode, input selection, both models, every
 hostile-input limit), concurrently. The answer is the Store Instances Response
 (``application/dicom+json``, PS3.18 Annex I): analysed instances in ReferencedSOPSequence,
@@ -24,16 +24,19 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import Request
 from fastapi.responses import Response
 
-from gateway import dicom_out
-from gateway.analysis import Findings, Gateway, analyze, decode_options
-from gateway.audit import AuditFacts, mark_audited
-from gateway.errors import error_responses, service_error_response
-from gateway.related import RelatedLimits, read_related
-from gateway.response import upload_response
-from gateway.schemas import UploadResponse
+from gateway.dicomweb import outputs
+from gateway.http.errors import service_error_response
+from gateway.http.recording import Recording
+from gateway.http.refusals import mark_audited
+from gateway.http.related import RelatedLimits, read_related
+from gateway.pipeline.analyze import Findings, analyze
+from gateway.pipeline.context import Pipeline
+from gateway.pipeline.decode import decode_options
+from gateway.pipeline.response import upload_response
+from gateway.runtime import Gateway
 from shared import dicom
 from shared.dicomnet import DeliveryQueueFull
 from shared.dicomnet.spool import ResultSpoolFull
@@ -57,9 +60,6 @@ CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
 SOP_CLASS_NOT_SUPPORTED = 0x0122
 RESULT_OBJECTS = 2  # an SR and a presentation state per analysed instance
-
-router = APIRouter(prefix="/dicomweb", tags=["dicomweb"])
-
 
 class StudyMismatchError(ServiceError):
     """The instance's Study Instance UID differs from the study in the request path."""
@@ -141,23 +141,23 @@ def _study_check(study: str | None):  # type: ignore[no-untyped-def]
     return check
 
 
-async def _identify(gateway: Gateway, data: bytes) -> dicom.InstanceIds:
+async def _identify(pipeline: Pipeline, data: bytes) -> dicom.InstanceIds:
     """The UIDs of a refused instance (read in a worker, like a decode); None where unreadable."""
     try:
         return await asyncio.get_running_loop().run_in_executor(
-            gateway.decode_pool,
-            lambda: dicom.identify_dicom(data, options=decode_options(gateway.settings)),
+            pipeline.decode_pool,
+            lambda: dicom.identify_dicom(data, options=decode_options(pipeline.settings)),
         )
     except Exception:  # noqa: BLE001 - an unreadable instance is reported without UIDs
         return dicom.InstanceIds(None, None, None)
 
 
-async def _deliver(gateway: Gateway, findings: Findings, answer: UploadResponse) -> None:
+async def _deliver(gateway: Gateway, findings: Findings) -> None:
     """Queue the SR + presentation state of one analysed instance (when a destination is set),
     written durably to the results spool first when there is one."""
     if not gateway.delivery.enabled:
         return
-    results, _ = await dicom_out.write(gateway, findings, answer, dicom_out.Parts.ALL)
+    results, _ = await outputs.write(gateway.pipeline, findings, outputs.Parts.ALL)
     assert results.sr is not None and results.gsps is not None
     if gateway.results is not None:  # RESULTS_SPOOL_DIR: on disk before the answer
         await gateway.results.submit([results.sr, results.gsps])
@@ -173,58 +173,42 @@ async def store_one(
     gateway: Gateway, request: Request, index: int, data: bytes, study: str | None,
     deadline: float,
 ) -> Stored:
-    """Analyse one instance as ``/upload`` does, audit it, queue its results; never raises
+    """Analyse one instance as ``/upload`` does, record it, queue its results; never raises
     a ServiceError (it becomes the instance's failure)."""
-    started = time.perf_counter()
-    facts = AuditFacts()
-    request_id = request_id_var.get() or ""
+    recording = Recording(gateway, request.scope)
+    in_study = _study_check(study)
+
+    def check(metadata: dicom.DicomMetadata) -> None:
+        recording.note(metadata)
+        in_study(metadata)
+
     findings: Findings | None = None
     try:
         findings = await analyze(
-            gateway, data, annotate=False, request_id=request_id, deadline=deadline,
-            facts=facts, check=_study_check(study),
+            gateway.pipeline, data, annotate=False, request_id=request_id_var.get() or "",
+            deadline=deadline, check=check,
         )
         answer = upload_response(findings, gateway.settings)
-        await _deliver(gateway, findings, answer)
+        await _deliver(gateway, findings)
     except ServiceError as exc:
-        result = "cancelled" if exc.status_code == 499 else "error"
-        gateway.metrics.analyses.labels(result).inc()
-        _audit(gateway, request, exc.status_code, facts, started, error=exc.message)
+        recording.failed(exc)
         if findings is not None and findings.metadata.source is not None:  # analysed
             source = findings.metadata.source
             ids = dicom.InstanceIds(
                 source.sop_class_uid, source.sop_instance_uid, source.study_instance_uid
             )
         else:  # refused before or at the decode (or by the study check): read its UIDs
-            ids = await _identify(gateway, data)
+            ids = await _identify(gateway.pipeline, data)
         return Stored(
             index, ids.sop_class_uid, ids.sop_instance_uid, failure=failure_reason(exc),
             status=exc.status_code, message=exc.message,
         )
-    gateway.metrics.analyses.labels("partial" if answer.detections is None else "complete").inc()
-    _audit(gateway, request, 200, facts, started, result=answer)
+    recording.succeeded(answer)
     source = findings.metadata.source
     return Stored(
         index, source.sop_class_uid if source else None, findings.metadata.sop_instance_uid,
         analysis=answer.model_dump(by_alias=True),
     )
-
-
-def _audit(
-    gateway: Gateway, request: Request, status: int, facts: AuditFacts, started: float,
-    result: UploadResponse | None = None, error: str | None = None,
-) -> None:
-    mark_audited(request.scope)
-    if gateway.audit is None:
-        return
-    try:
-        gateway.audit.record(
-            event="analysis", key_id=request.scope.get("state", {}).get("key_id"),
-            request_id=request_id_var.get() or "", status=status, facts=facts,
-            duration_ms=(time.perf_counter() - started) * 1000, result=result, error=error,
-        )
-    except Exception:  # noqa: BLE001 - a full disk must not turn a result into a 500
-        log.exception("audit log write failed")
 
 
 async def store_instances(request: Request, study: str | None) -> Response:
@@ -266,59 +250,3 @@ async def store_instances(request: Request, study: str | None) -> Response:
     ))
     status, body = store_response(list(results))
     return Response(json.dumps(body), status_code=status, media_type=DICOM_JSON)
-
-
-STORE_DOC: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {RELATED: {"schema": {"type": "string", "format": "binary"}}},
-        "description": "One or more PS3.10 instances, one per part (Content-Type: "
-        "application/dicom). At most STOWRS_MAX_INSTANCES instances and STOWRS_MAX_BYTES "
-        "bytes; each instance at most MAX_CONTENT_LENGTH.",
-    },
-}
-STORE_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {
-        "description": text,
-        "content": {DICOM_JSON: {"schema": {"type": "object"}}},
-    }
-    for status, text in (
-        (200, "Every instance analysed. Store Instances Response (PS3.18 Annex I): "
-              "ReferencedSOPSequence (0008,1199), one item per instance with "
-              "ReferencedSOPClassUID / ReferencedSOPInstanceUID. Extension: each item "
-              f"carries the private creator (0009,0010) = '{PRIVATE_CREATOR}' and "
-              "(0009,1001) UT = this instance's /upload JSON plus 'part' (its 1-based "
-              "position in the request); standard clients ignore private elements."),
-        (202, "Some instances analysed; the others are in FailedSOPSequence (0008,1198) "
-              "with FailureReason (0008,1197): A700 out of resources (models or results "
-              "queue busy: retry), A900 does not match (valid DICOM we cannot analyse, or "
-              "a Study Instance UID other than the path's), C000 cannot understand "
-              "(not DICOM, damaged, past a hostile-input limit), 0122 not taken (refused "
-              "by the input selection rules: not a spine radiograph), 0110 processing "
-              "failure. (0009,1001) of a failed item: {part, status, message}, status "
-              "being what /upload would have answered."),
-        (409, "No instance analysed (FailedSOPSequence only)."),
-    )
-}
-
-
-@router.post(
-    "/studies",
-    response_class=Response,
-    responses={**STORE_RESPONSES, **error_responses(400, 408, 413, 415, 429, 503)},
-    openapi_extra=STORE_DOC,
-    summary="STOW-RS: analyse instances (PS3.18 10.5 Store Instances)",
-)
-async def store_studies(request: Request) -> Response:
-    return await store_instances(request, None)
-
-
-@router.post(
-    "/studies/{study}",
-    response_class=Response,
-    responses={**STORE_RESPONSES, **error_responses(400, 408, 413, 415, 429, 503)},
-    openapi_extra=STORE_DOC,
-    summary="STOW-RS into one study: instances of another study fail (A900)",
-)
-async def store_study(request: Request, study: str) -> Response:
-    return await store_instances(request, study)

@@ -132,7 +132,7 @@ def docs_page(openapi_url: str, title: str) -> HTMLResponse:
 
 def document_api_keys(app: FastAPI) -> None:
     """Declare the API key schemes in OpenAPI, so Swagger's "Authorize" button sends one."""
-    from gateway.admission import is_protected
+    from gateway.http.admission import is_protected
 
     build = app.openapi
 

@@ -7,7 +7,7 @@ Triton's model-configuration extension, ``GET /v2/models/{name}/config`` (the fa
 Triton serving an exported repository both answer, plus the model metadata's ``versions``.
 Infer answers carry no facts; nothing is ever defaulted.
 
-When they are read (:mod:`gateway.upstream` keeps the state on each replica): when a
+When they are read (:mod:`gateway.upstream.client` keeps the state on each replica): when a
 replica is first seen, and again after any sign it may have changed, which marks its facts
 stale until re-read before its next use: a readiness poll found it not ready, a call could
 not reach it, or an answer named a ``model_version`` its metadata did not list (our services

@@ -11,9 +11,9 @@ to come back (``Retry-After``).
 
 from __future__ import annotations
 
-from gateway.errors import error_body
-from gateway.ratelimit import ConcurrencyLimiter, TokenBucketLimiter, retry_after_header
-from gateway.security import ApiKeys
+from gateway.http.errors import error_body
+from gateway.http.ratelimit import ConcurrencyLimiter, TokenBucketLimiter, retry_after_header
+from gateway.http.security import ApiKeys
 from gateway.telemetry import GatewayMetrics
 from shared.errors import ServiceError
 from shared.observability import ASGIApp, Message, Receive, Scope, Send, send_json

@@ -1,15 +1,15 @@
 """The answers of ``/upload`` and ``/preview``, built once from what the analysis found.
 
-The pipeline (:mod:`gateway.analysis`) works in canonical pixels; the answer speaks in
+The pipeline (:mod:`gateway.pipeline.analyze`) works in canonical pixels; the answer speaks in
 the original image's pixels, names the model bundle, and shows the patient only as
 ``PHI_MODE`` allows.
 """
 
 from __future__ import annotations
 
-from gateway import phi
-from gateway.analysis import Findings
-from gateway.fusion import Box, to_original
+from gateway.pipeline import phi
+from gateway.pipeline.analyze import Findings
+from gateway.pipeline.fusion import Box, to_original
 from gateway.schemas import (
     BundleSummary,
     Detection,
@@ -29,19 +29,15 @@ def upload_response(findings: Findings, settings: Settings) -> UploadResponse:
     facts = findings.classified.facts
     detected = findings.detected
     fused = findings.fused
-    members = findings.classified.outputs[contract.MEMBER_PROBABILITIES.name][0]
     bundle = bundle_summary(facts, detected.facts if detected else None)
     return UploadResponse(
         diagnosis=fused.diagnosis,
         confidence=round(fused.confidence, 6),
         abnormal_probability=round(fused.probability, 6),
         threshold=facts.threshold,
-        ensemble_prediction={
-            n: round(float(p), 6) for n, p in zip(facts.members, members, strict=False)
-        },
+        ensemble_prediction=member_probabilities(findings),
         ensemble_weights=dict(zip(facts.members, facts.weights, strict=False)),
-        detections=None if fused.boxes is None
-        else [_detection(box, findings.canonical) for box in fused.boxes],
+        detections=detections(findings),
         metadata=dicom_summary(findings.metadata, settings),
         annotated_image=findings.annotated_image,
         canonical_image=findings.canonical_image,
@@ -61,6 +57,20 @@ def upload_response(findings: Findings, settings: Settings) -> UploadResponse:
     )
 
 
+def member_probabilities(findings: Findings) -> dict[str, float]:
+    """Each ensemble member's probability, by name, as the answer reports it."""
+    facts = findings.classified.facts
+    members = findings.classified.outputs[contract.MEMBER_PROBABILITIES.name][0]
+    return {n: round(float(p), 6) for n, p in zip(facts.members, members, strict=False)}
+
+
+def detections(findings: Findings) -> list[Detection] | None:
+    """The boxes fusion kept, in original pixels (None: the detector did not answer)."""
+    if findings.fused.boxes is None:
+        return None
+    return [detection(box, findings.canonical) for box in findings.fused.boxes]
+
+
 def input_selection(selection: dicom.Selection | None) -> InputSelection | None:
     """The rule that accepted the image (None: INPUT_SELECTION=off)."""
     if selection is None:
@@ -70,7 +80,7 @@ def input_selection(selection: dicom.Selection | None) -> InputSelection | None:
     )
 
 
-def _detection(box: Box, canonical: dicom.CanonicalImage) -> Detection:
+def detection(box: Box, canonical: dicom.CanonicalImage) -> Detection:
     """A fused box (canonical pixels) as the answer reports it (original pixels)."""
     original = to_original(
         box, canonical.scale_x, canonical.scale_y,

@@ -5,7 +5,7 @@ get classification without boxes); unhealthy: no classifier, so no diagnosis.
 Readiness (for a load balancer) needs the classifier only, and is answered from cached
 replica state (a background poll every ``READINESS_INTERVAL_S`` and the breaker); a
 replica whose bundle facts cannot be read or disagree with the others' is not ready, and
-a 503 says why (:mod:`gateway.facts`).
+a 503 says why (:mod:`gateway.upstream.facts`).
 Replica URLs, bundle paths and checkpoint hashes are for operators
 (``OPERATOR_KEYS_SHA256``): everyone else gets :func:`public_health`.
 """
@@ -15,10 +15,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.analysis import Gateway
-from gateway.response import bundle_summary
+from gateway.pipeline.response import bundle_summary
+from gateway.runtime import Gateway
 from gateway.schemas import HealthResponse, ServiceHealth
-from gateway.upstream import ModelClient
+from gateway.upstream.client import ModelClient
 from shared.contract import ServedFacts, demo_warning
 from shared.errors import ServiceError
 
@@ -56,7 +56,7 @@ async def health_report(gateway: Gateway) -> HealthResponse:
     """The ``/health`` answer, asking every replica of both services."""
     services: dict[str, ServiceHealth] = {}
     demo = False
-    for client in (gateway.classifier, gateway.detector):
+    for client in (gateway.pipeline.classifier, gateway.pipeline.detector):
         services[client.service] = await service_health(client)
         facts = client.agreed_facts()
         demo = demo or (facts is not None and facts.demo)
@@ -102,7 +102,7 @@ async def check_ready(gateway: Gateway) -> None:
     Read from the state the gateway's poller and circuit breaker keep (no call is made):
     the answer takes microseconds even while a replica hangs.
     """
-    classifier = gateway.classifier
+    classifier = gateway.pipeline.classifier
     replicas = classifier.cached_readiness(gateway.readiness_max_age_s)
     if not any(replicas.values()):
         problems = [public for public, _ in classifier.problems().values()]

@@ -1,6 +1,6 @@
 """Read a ``multipart/related; type="application/dicom"`` body (STOW-RS) into memory, bounded.
 
-Like :mod:`gateway.upload` (the same chunk reader, caps and timeouts): the body stays in
+Like :mod:`gateway.http.multipart` (the same chunk reader, caps and timeouts): the body stays in
 memory (DICOMs carry PHI and never touch the disk), a declared ``Content-Length`` over
 ``STOWRS_MAX_BYTES`` is refused before a byte is read (413), the stream is cut off as
 soon as it passes it, at most ``STOWRS_MAX_INSTANCES`` parts are read (413), each at
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from gateway.upload import PartHeaders, UploadError, boundary_option, declared_size
+from gateway.http.multipart import PartHeaders, UploadError, boundary_option, declared_size
 from shared.bodies import BodyRefusedError, capped_chunks
 from shared.errors import ServiceError
 

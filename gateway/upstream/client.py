@@ -15,7 +15,7 @@ comes first, and tells the model server how long it may take (Triton's ``timeout
 parameter), so the server drops the image instead of computing an answer nobody reads.
 
 Answers are read with the bundle facts of the replica that gave them, read once from its
-model configuration and checked against the other replicas' (:mod:`gateway.facts`: when
+model configuration and checked against the other replicas' (:mod:`gateway.upstream.facts`: when
 they are re-read, what agreement means); infer answers carry no facts. A replica whose
 facts cannot be read or disagree is out of rotation, and with none left the call is a 503
 saying why. An answer is used only after ``check`` (shared.contract's tensor and range
@@ -24,7 +24,7 @@ checks) has passed: a bad answer is an :class:`UpstreamInvalidAnswerError` (502)
 the client's message is generic.
 
 Readiness (``/readyz``) is read from :attr:`ModelClient.readiness`, which
-:meth:`ModelClient.poll_readiness` refreshes in the background (``gateway.analysis``):
+:meth:`ModelClient.poll_readiness` refreshes in the background (``gateway.runtime``):
 a probe never waits on a hanging replica.
 
 A URL written ``dns+http://name:port`` stands for every address ``name`` resolves to
@@ -45,7 +45,7 @@ from typing import Any, Generic, TypeVar
 import httpx
 import numpy as np
 
-from gateway.facts import FactsError, FactsUnreachableError, agree, read_facts
+from gateway.upstream.facts import FactsError, FactsUnreachableError, agree, read_facts
 from shared import contract, oip
 from shared.errors import ServiceError
 
@@ -138,7 +138,7 @@ class Replica:
     ejected_until: float = 0.0
     tripped: bool = False  # ejected by the breaker: the next call after the rest is a trial
     trial: bool = False  # a trial call is in flight (half-open): nobody else is sent
-    # Its bundle facts (gateway.facts): read from its model configuration, with the
+    # Its bundle facts (gateway.upstream.facts): read from its model configuration, with the
     # versions its metadata lists; stale (re-read before next use) after a sign of restart.
     facts: Any = None
     versions: frozenset[str] = frozenset()
@@ -194,7 +194,7 @@ class ModelClient(Generic[F]):
     readiness: dict[str, bool] = field(init=False, default_factory=dict)
     readiness_at: float = field(init=False, default=float("-inf"))
     _resolved_at: float = field(init=False, default=float("-inf"))
-    # The facts the replicas last agreed on (gateway.facts.agree), and one reader at a time.
+    # The facts the replicas last agreed on (upstream.facts.agree), and one reader at a time.
     agreed: str | None = field(init=False, default=None)
     _facts_lock: asyncio.Lock = field(init=False, default_factory=asyncio.Lock)
 

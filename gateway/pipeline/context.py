@@ -1,0 +1,33 @@
+"""What every step of an analysis needs, built once by the runtime (:mod:`gateway.runtime`).
+
+The pipeline's functions take a :class:`Pipeline` rather than the whole app container,
+so they depend on the two model clients, the decode pool and budget and the input
+selection rules, and on nothing of HTTP, delivery or the audit log.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from gateway.pipeline.budget import DecodeBudget
+from gateway.telemetry import GatewayMetrics
+from gateway.upstream.client import ModelClient
+from shared import dicom
+from shared.contract import ClassifierFacts, DetectorFacts
+from shared.settings import Settings
+
+
+@dataclass
+class Pipeline:
+    """The models, the decode workers and the rules of one gateway."""
+
+    settings: Settings
+    classifier: ModelClient[ClassifierFacts]
+    detector: ModelClient[DetectorFacts]
+    decode_pool: ThreadPoolExecutor
+    metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
+    # Input selection rules (read once; None = INPUT_SELECTION=off).
+    selection: dicom.SelectionRules | None = None
+    # Pixel memory all decodes together may hold (DECODE_MEMORY_BUDGET_MB).
+    decode_budget: DecodeBudget = field(default_factory=lambda: DecodeBudget(2048 * 2**20))

@@ -1,0 +1,98 @@
+"""DICOM bytes -> canonical image, in the decode pool, under the decode-memory budget.
+
+Everything runs in a worker process by default (the gateway never parses an upload
+itself): :mod:`shared.dicom` owns the intake; this module owns when it runs and how
+much memory all decodes together may hold (:mod:`gateway.pipeline.budget`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import functools
+import time
+
+from gateway.pipeline.budget import DecodeBudget
+from gateway.pipeline.context import Pipeline
+from shared import dicom
+from shared.settings import Settings
+
+
+def decode_options(settings: Settings) -> dicom.DecodeOptions:
+    """How the DICOM intake runs for uploads: in memory-limited workers, under the caps."""
+    return dicom.DecodeOptions(
+        isolate_decoders=settings.dicom_isolate_decoders,
+        decode_timeout_s=settings.dicom_decode_timeout_s,
+        isolate=settings.dicom_isolate_decoders,
+        worker_memory_mb=settings.decode_worker_memory_mb,
+        limits=dicom.DecodeLimits(
+            max_elements=settings.max_dicom_elements,
+            max_sequence_items=settings.max_dicom_sequence_items,
+            max_sequence_depth=settings.max_dicom_sequence_depth,
+            max_fragments=settings.max_dicom_fragments,
+            max_element_bytes=settings.max_dicom_element_bytes,
+            max_inflated_bytes=settings.max_dicom_inflated_bytes,
+            max_pixels=settings.max_pixels,
+        ),
+    )
+
+
+def selection_rules(settings: Settings) -> dicom.SelectionRules | None:
+    """The input selection rules (``INPUT_SELECTION_RULES``), or None when ``INPUT_SELECTION``
+    is off. A rules file that does not load stops the start (InvalidRulesError)."""
+    if not settings.input_selection:
+        return None
+    return dicom.load_rules(settings.input_selection_rules)
+
+
+async def decode(
+    pipeline: Pipeline, data: bytes
+) -> tuple[dicom.CanonicalImage, dicom.DicomMetadata]:
+    """DICOM bytes -> canonical image, in the decode pool (never on the event loop).
+
+    Everything runs in a worker process by default, under the decode-memory budget,
+    which is returned when the decode has really finished. While the budget has room for
+    the largest image ``MAX_PIXELS`` allows, that much is held and the upload goes to a
+    worker in one call; otherwise the header step runs first (every refusal comes from
+    it, in milliseconds) and the decode waits until the image's own cost fits.
+    The input selection rules run on the header in either step: what they refuse
+    is a 422 (``dicom.NotSelectedError``) before any pixel is decoded, for /upload
+    and /preview. Each step runs in a copy of this context so its log lines carry
+    the request id.
+    """
+    loop = asyncio.get_running_loop()
+    settings = pipeline.settings
+    options = decode_options(settings)
+    budget = pipeline.decode_budget
+    started = time.perf_counter()
+    try:
+        need = dicom.decode_bytes(settings.max_pixels, 1)  # the largest image allowed
+        if not budget.try_acquire(need):
+            inspect = functools.partial(
+                dicom.inspect_dicom, data, options=options, selection=pipeline.selection
+            )
+            facts = await loop.run_in_executor(
+                pipeline.decode_pool, contextvars.copy_context().run, inspect
+            )
+            need = facts.decode_bytes
+            await budget.acquire(need)
+        work = functools.partial(
+            dicom.decode_dicom, data, settings.canonical_long_side,
+            reduced_j2k=settings.reduced_j2k, options=options, selection=pipeline.selection,
+        )
+        try:
+            job = pipeline.decode_pool.submit(contextvars.copy_context().run, work)
+        except BaseException:
+            budget.release(need)
+            raise
+        job.add_done_callback(lambda _: _release_soon(loop, budget, need))
+        return await asyncio.wrap_future(job)
+    finally:
+        pipeline.metrics.decode_seconds.observe(time.perf_counter() - started)
+
+
+def _release_soon(loop: asyncio.AbstractEventLoop, budget: DecodeBudget, amount: int) -> None:
+    """Return budget from the decode thread, on the loop that owns the budget."""
+    with contextlib.suppress(RuntimeError):  # the loop is closed: nothing waits any more
+        loop.call_soon_threadsafe(budget.release, amount)

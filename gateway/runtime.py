@@ -1,0 +1,208 @@
+"""The gateway's app-wide objects, built once at start-up and closed at shut-down.
+
+:class:`Gateway` owns what outlives a request: the HTTP pool to the model services and
+the two model clients (inside :class:`~gateway.pipeline.context.Pipeline`, with the
+decode pool, budget and rules), the readiness poller, the audit log, the results
+delivery and its durable spool with the lock that makes this process its only owner.
+Routes reach it as ``request.app.state.gateway``; the pipeline sees only its
+:attr:`Gateway.pipeline`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import httpx
+
+from gateway.audit import AuditLog
+from gateway.pipeline.budget import DecodeBudget
+from gateway.pipeline.context import Pipeline
+from gateway.pipeline.decode import decode_options, selection_rules
+from gateway.telemetry import GatewayMetrics
+from gateway.upstream.checks import check_classifier_answer, check_detector_answer
+from gateway.upstream.client import (
+    KEEPALIVE_EXPIRY_S,
+    MAX_CONNECTIONS,
+    MAX_KEEPALIVE_CONNECTIONS,
+    READINESS_STALE_INTERVALS,
+    ModelClient,
+)
+from shared import contract, dicom
+from shared.contract import ClassifierFacts, DetectorFacts
+from shared.dicomnet import ResultsDelivery
+from shared.dicomnet.spool import DurableResults, ResultStore
+from shared.filelock import HeldLock, LockHeld
+from shared.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# In RESULTS_SPOOL_DIR: held by the one gateway that owns the folder.
+SPOOL_LOCK_NAME = ".owner.lock"
+
+
+@dataclass
+class Gateway:
+    """Everything the routes need, built once at start-up."""
+
+    settings: Settings
+    http: httpx.AsyncClient
+    pipeline: Pipeline
+    audit: AuditLog | None = None
+    # Transfer syntax -> whether this install can decode it (probed once, for /health).
+    decodable: dict[str, bool] = field(default_factory=dict)
+    # Where the SR + GSPS of STOW-RS analyses go (RESULTS_*; a no-op when none is set).
+    delivery: ResultsDelivery = field(default_factory=ResultsDelivery)
+    # The same, on disk first (RESULTS_SPOOL_DIR; None = the queue in memory only).
+    results: DurableResults | None = None
+    spool_owner: HeldLock | None = None  # held while this gateway runs
+    _poller: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+
+    @property
+    def metrics(self) -> GatewayMetrics:
+        return self.pipeline.metrics
+
+    @classmethod
+    def create(cls, settings: Settings, metrics: GatewayMetrics | None = None) -> Gateway:
+        metrics = metrics or GatewayMetrics()
+        http = httpx.AsyncClient(
+            limits=httpx.Limits(
+                max_connections=MAX_CONNECTIONS,
+                max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS,
+                keepalive_expiry=KEEPALIVE_EXPIRY_S,
+            )
+        )
+        options = decode_options(settings)
+        if options.isolate:
+            dicom.prewarm(options)  # workers import in the background, ready for uploads
+        delivery = ResultsDelivery.from_settings(settings, metrics.registry)
+        results, spool_owner = durable_results(settings, delivery)
+        classifier, detector = model_clients(settings, http, metrics)
+        return cls(
+            settings=settings,
+            http=http,
+            pipeline=Pipeline(
+                settings=settings,
+                classifier=classifier,
+                detector=detector,
+                decode_pool=ThreadPoolExecutor(
+                    max_workers=settings.decode_workers or dicom.available_cpus(),
+                    thread_name_prefix="decode",
+                ),
+                metrics=metrics,
+                selection=selection_rules(settings),
+                decode_budget=DecodeBudget(settings.decode_memory_budget_mb * 2**20),
+            ),
+            audit=AuditLog(settings.audit_log_path, settings.pseudonym_secret, settings.audit_log),
+            decodable=dicom.decodable_transfer_syntaxes(options),
+            delivery=delivery,
+            results=results,
+            spool_owner=spool_owner,
+        )
+
+    async def start(self) -> None:
+        """Poll readiness once (``/readyz`` never answers from nothing), then keep polling."""
+        await self.poll_readiness()
+        self._poller = asyncio.create_task(self._poll_forever(), name="readiness-poller")
+        await self.delivery.start()
+        if self.results is not None:
+            resent = await self.results.replay()
+            log.info("results spool %s: %d result(s) kept from the last run sent again",
+                     self.results.store.results, resent)
+
+    async def poll_readiness(self) -> None:
+        timeout_s = self.settings.readiness_timeout_s
+        await asyncio.gather(
+            self.pipeline.classifier.poll_readiness(timeout_s),
+            self.pipeline.detector.poll_readiness(timeout_s),
+        )
+
+    async def _poll_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.readiness_interval_s)
+            try:
+                await self.poll_readiness()
+            except Exception:  # noqa: BLE001 - a failed poll leaves the cache to go stale
+                log.exception("readiness poll failed")
+
+    @property
+    def readiness_max_age_s(self) -> float:
+        """Cached readiness older than this means the poller stopped: not ready."""
+        settings = self.settings
+        return READINESS_STALE_INTERVALS * settings.readiness_interval_s + (
+            settings.readiness_timeout_s
+        )
+
+    async def close(self) -> None:
+        # Results still pending get RESULTS_DRAIN_TIMEOUT_S; the rest is logged and counted.
+        # With RESULTS_SPOOL_DIR what is left stays in its results/ for the next start.
+        if self.results is not None:
+            await self.results.close()
+        await self.delivery.stop(self.settings.results_drain_timeout_s)
+        if self.results is not None:
+            log.info("results spool: %d result(s) kept for the next start",
+                     self.results.store.count)
+        if self.spool_owner is not None:
+            self.spool_owner.release()
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+        await self.http.aclose()
+        self.pipeline.decode_pool.shutdown(wait=False, cancel_futures=True)
+        if self.audit is not None:
+            self.audit.close()
+
+
+def model_clients(
+    settings: Settings, http: httpx.AsyncClient, metrics: GatewayMetrics
+) -> tuple[ModelClient[ClassifierFacts], ModelClient[DetectorFacts]]:
+    """The classifier's and the detector's clients, over one HTTP pool."""
+    token = settings.internal_token.get_secret_value() if settings.internal_token else None
+    common = {
+        "http": http,
+        "token": token or None,
+        "observe": metrics.observe_attempt,
+        "breaker_failures": settings.breaker_failures,
+        "breaker_cooldown_s": settings.breaker_cooldown_s,
+    }
+    classifier = ModelClient(
+        "classifier", contract.CLASSIFIER_MODEL, settings.classifier_urls,
+        timeout_s=settings.classifier_timeout_s or settings.upstream_timeout_s,
+        facts_type=ClassifierFacts, output_specs=contract.CLASSIFIER_OUTPUTS,
+        check=check_classifier_answer, **common,
+    )
+    detector = ModelClient(
+        "detector", contract.DETECTOR_MODEL, settings.detector_urls,
+        timeout_s=settings.detector_timeout_s or settings.upstream_timeout_s,
+        facts_type=DetectorFacts, output_specs=contract.DETECTOR_OUTPUTS,
+        check=check_detector_answer, **common,
+    )
+    return classifier, detector
+
+
+class SpoolInUseError(RuntimeError):
+    """``RESULTS_SPOOL_DIR`` is owned by another running gateway: the start stops."""
+
+
+def durable_results(
+    settings: Settings, delivery: ResultsDelivery
+) -> tuple[DurableResults, HeldLock] | tuple[None, None]:
+    """The results spool (``RESULTS_SPOOL_DIR``), capped at ``RESULTS_QUEUE_SIZE`` objects,
+    and the lock that makes this process its only owner (two gateways on one folder would
+    send each other's files twice and delete each other's half-written ones)."""
+    if settings.results_spool_dir is None:
+        return None, None
+    root = settings.results_spool_dir.expanduser()
+    try:
+        owner = HeldLock.acquire(root / SPOOL_LOCK_NAME)
+    except LockHeld:
+        raise SpoolInUseError(
+            f"RESULTS_SPOOL_DIR {root} is in use by another running gateway: give each "
+            "gateway process (replica) its own folder"
+        ) from None
+    store = ResultStore(
+        root / "results", root / "failed", root / "tmp", max_objects=settings.results_queue_size
+    )
+    return DurableResults(store, delivery), owner
