@@ -1,7 +1,7 @@
 """DICOMweb STOW-RS in: ``POST /dicomweb/studies[/{study}]`` (PS3.18 10.5 Store Instances).
 
 Every instance of a ``multipart/related; type="application/dicom"`` body (read by
-:mod:`gateway.http.related`, bounded like ``/upload``) goes through the ``/upload`` pipeline
+:mod:`gateway.http.multipart`, bounded like ``/upload``) goes through the ``/upload`` pipeline
 (:func:`gateway.analysis.analyze`: isolated decode, input selection, both models, every
 hostile-input limit), concurrently. The answer is the Store Instances Response
 (``application/dicom+json``, PS3.18 Annex I): analysed instances in ReferencedSOPSequence,
@@ -29,9 +29,9 @@ from fastapi.responses import Response
 
 from gateway.dicomweb import outputs
 from gateway.http.errors import service_error_response
+from gateway.http.multipart import RelatedLimits, read_related
 from gateway.http.recording import Recording
 from gateway.http.refusals import mark_audited
-from gateway.http.related import RelatedLimits, read_related
 from gateway.pipeline.analyze import Findings, analyze
 from gateway.pipeline.context import Pipeline
 from gateway.pipeline.decode import decode_options

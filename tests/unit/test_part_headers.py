@@ -8,8 +8,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from gateway.http.multipart import MAX_PART_HEADERS, MultipartLimits, UploadError, _read_field
-from gateway.http.related import RelatedLimits, read_related
+from gateway.http.multipart import (
+    MAX_PART_HEADERS,
+    MultipartLimits,
+    RelatedLimits,
+    UploadError,
+    _read_field,
+    read_related,
+)
 
 BOUNDARY = b"XyZ"
 
