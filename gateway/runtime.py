@@ -23,12 +23,12 @@ from gateway.pipeline.context import Pipeline
 from gateway.pipeline.decode import decode_options, selection_rules
 from gateway.telemetry import GatewayMetrics
 from gateway.upstream.checks import check_classifier_answer, check_detector_answer
-from gateway.upstream.client import (
+from gateway.upstream.client import ModelClient
+from gateway.upstream.readiness import READINESS_STALE_INTERVALS
+from gateway.upstream.transport import (
     KEEPALIVE_EXPIRY_S,
     MAX_CONNECTIONS,
     MAX_KEEPALIVE_CONNECTIONS,
-    READINESS_STALE_INTERVALS,
-    ModelClient,
 )
 from shared import contract, dicom
 from shared.contract import ClassifierFacts, DetectorFacts

@@ -22,7 +22,8 @@ from gateway.pipeline.context import Pipeline
 from gateway.pipeline.decode import decode
 from gateway.pipeline.fusion import Box, Diagnosis, apply_fusion, boxes_from_outputs, diagnose
 from gateway.schemas import Timings
-from gateway.upstream.client import InferResult, UpstreamError, UpstreamTimeoutError
+from gateway.upstream.client import InferResult
+from gateway.upstream.errors import UpstreamError, UpstreamTimeoutError
 from shared import contract, dicom
 from shared.contract import ClassifierFacts, DetectorFacts
 from shared.settings import Settings

@@ -13,7 +13,7 @@ from gateway.dicomweb.stow import (
     failure_reason,
     store_response,
 )
-from gateway.upstream.client import UpstreamTimeoutError, UpstreamUnavailableError
+from gateway.upstream.errors import UpstreamTimeoutError, UpstreamUnavailableError
 from shared import dicom
 from shared.dicomnet import DeliveryQueueFull
 

@@ -1,0 +1,52 @@
+"""Readiness of each replica, polled in the background and answered from a cache.
+
+``/readyz`` must answer in microseconds even while a replica hangs, so it never asks:
+:meth:`gateway.upstream.client.ModelClient.poll_readiness` asks every replica at once
+(``GET /v2/models/{name}/ready``, each bounded as a whole) from the gateway's poller
+(:mod:`gateway.runtime`) and :class:`ReadinessCache` keeps the answer. A cached answer
+counts only for a replica that is also in rotation (not resting, facts agreed), and a
+cache older than its maximum age (the poller stopped) knows nothing: not ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+import httpx
+
+# Readiness older than this many poll intervals counts as unknown (not ready).
+READINESS_STALE_INTERVALS = 3
+
+
+async def probe_ready(
+    http: httpx.AsyncClient, url: str, model: str, headers: Mapping[str, str], timeout_s: float
+) -> bool:
+    """Whether the replica at ``url`` says its model is ready, within ``timeout_s``."""
+    try:
+        async with asyncio.timeout(timeout_s):  # the whole call, however it trickles
+            response = await http.get(
+                f"{url}/v2/models/{model}/ready", timeout=timeout_s, headers=dict(headers)
+            )
+    except (httpx.HTTPError, TimeoutError):
+        return False
+    return response.status_code == 200
+
+
+@dataclass
+class ReadinessCache:
+    ready: dict[str, bool] = field(default_factory=dict)  # url -> ready, at the last poll
+    polled_at: float = float("-inf")  # when (time.monotonic())
+
+    def record(self, ready: Mapping[str, bool], now: float) -> None:
+        self.ready, self.polled_at = dict(ready), now
+
+    def view(
+        self, now: float, max_age_s: float, replicas: Collection[str], in_rotation: Collection[str]
+    ) -> dict[str, bool]:
+        """``url -> ready`` as last polled, for replicas ``in_rotation`` only; every one of
+        ``replicas`` not ready when the poll is older than ``max_age_s``."""
+        if now - self.polled_at > max_age_s:
+            return dict.fromkeys(replicas, False)
+        return {url: ready and url in in_rotation for url, ready in self.ready.items()}
