@@ -2,8 +2,9 @@
 
 A tiny FastAPI app on a free loopback port, in a thread of the test process, that speaks
 enough OIP v2 to be called by the gateway: readiness, metadata, model configuration, infer.
-``mode`` says how its infer answers misbehave, ``config_mode`` how its model configuration
-does (the gateway reads that once per replica); ``calls`` counts the infers it received.
+``mode`` says how its infer answers misbehave (garbage, HTTP 500, 503 or 400, a hang),
+``config_mode`` how its model configuration does (the gateway reads that once per
+replica); ``calls`` counts the infers it received.
 Every answer is built with the project's own codec (``shared.oip``) and facts
 (``shared.contract``), then broken in exactly one way, so a test knows which check it
 exercises.
@@ -190,6 +191,11 @@ class StandIn:
             images, _, height, width = inputs[contract.IMAGE.name].shape
             if self.mode == "500":
                 return JSONResponse({"error": INTERNAL_DETAIL}, status_code=500)
+            if self.mode == "503":  # loading or overloaded: ask again in a second
+                return JSONResponse({"error": "busy"}, status_code=503,
+                                    headers={"Retry-After": "1"})
+            if self.mode == "400":  # it refuses the request itself
+                return JSONResponse({"error": "bad request"}, status_code=400)
             if self.mode == "hang":
                 await asyncio.sleep(60)
             if self.mode == "not-oip":

@@ -1,0 +1,227 @@
+"""The model client composed (gateway.upstream.client), against replicas on real HTTP.
+
+The replicas are stand-ins (``tests/ops/standin.py``): real OIP over loopback, each
+misbehaving in one chosen way. Each test watches the one place every attempt's outcome is
+applied: the metric observer, the breaker of each replica, the facts marked stale.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+
+import httpx
+import numpy as np
+import pytest
+
+from gateway.upstream.breaker import BREAKER_COOLDOWN_S
+from gateway.upstream.checks import check_classifier_answer
+from gateway.upstream.client import ModelClient
+from gateway.upstream.errors import (
+    UpstreamBadGatewayError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from shared import contract
+from shared.contract import ClassifierFacts
+from tests.ops.standin import StandIn, standin
+
+OUTPUTS = contract.names(contract.CLASSIFIER_OUTPUTS)
+
+
+@pytest.fixture(scope="module")
+def first() -> Iterator[StandIn]:
+    with standin(contract.CLASSIFIER_MODEL) as replica:
+        yield replica
+
+
+@pytest.fixture(scope="module")
+def second() -> Iterator[StandIn]:
+    with standin(contract.CLASSIFIER_MODEL) as replica:
+        yield replica
+
+
+@pytest.fixture(autouse=True)
+def _well_behaved(first: StandIn, second: StandIn) -> None:
+    for replica in (first, second):
+        replica.mode, replica.config_mode, replica.calls, replica.config_reads = "ok", "ok", 0, 0
+
+
+class Clock:
+    """The client's monotonic clock, moved by the test (rests and pauses without sleeping)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+    perf_counter = staticmethod(time.perf_counter)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr("gateway.upstream.client.time", clock)
+    return clock
+
+
+class Attempts(list[str]):
+    """The outcomes the client reported, in order (what the gateway's metrics count)."""
+
+    def __call__(self, service: str, outcome: str, seconds: float) -> None:
+        assert service == "classifier" and seconds >= 0
+        self.append(outcome)
+
+
+@asynccontextmanager
+async def client(
+    urls: list[str], attempts: Attempts, **breaker: float
+) -> AsyncIterator[ModelClient[ClassifierFacts]]:
+    async with httpx.AsyncClient() as http:
+        yield ModelClient(
+            "classifier", contract.CLASSIFIER_MODEL, urls, http, 10.0, observe=attempts,
+            facts_type=ClassifierFacts, output_specs=contract.CLASSIFIER_OUTPUTS,
+            check=check_classifier_answer, **breaker,  # type: ignore[arg-type]
+        )
+
+
+def image() -> dict[str, np.ndarray]:
+    pixels = np.random.default_rng(3).integers(0, 256, (1, 1, 64, 48), dtype=np.uint8)
+    return {contract.IMAGE.name: pixels}
+
+
+async def test_a_5xx_is_retried_on_the_other_replica_and_counted_against_the_first(
+    first: StandIn, second: StandIn
+) -> None:
+    attempts = Attempts()
+    async with client([first.url, second.url], attempts) as models:
+        first.mode = "500"
+        result = await models.infer(image(), OUTPUTS, "r1")
+        assert result.replica == second.url and result.facts == first.facts
+        assert attempts == ["error", "ok"]
+        assert [r.breaker.failures for r in models.replicas] == [1, 0]
+        assert (first.calls, second.calls) == (1, 1)
+
+
+async def test_a_failed_trial_call_ejects_the_replica_again_at_once(
+    second: StandIn, clock: Clock
+) -> None:
+    """Down at first (ejected with 1 failure of 3), back after its rest with 500s: its
+    one failed trial call ejects it again, and a good one puts it back."""
+    attempts = Attempts()
+    late = StandIn(contract.CLASSIFIER_MODEL)  # not started: its port refuses connections
+    try:
+        async with client([late.url, second.url], attempts) as models:
+            await models.infer(image(), OUTPUTS, "r1")  # its facts could not be read: down
+            resting = models.replicas[0]
+            assert resting.breaker.state(clock.now) == "open" and resting.breaker.failures == 1
+            late.start()
+            late.mode = "500"
+            clock.now += BREAKER_COOLDOWN_S
+            await models.infer(image(), OUTPUTS, "trial")  # facts read, trial fails, retried
+            assert late.calls == 1 and resting.breaker.state(clock.now) == "open"
+            late.mode = "ok"
+            clock.now += BREAKER_COOLDOWN_S
+            result = await models.infer(image(), OUTPUTS, "back")
+            assert result.replica == late.url and resting.breaker.state(clock.now) == "closed"
+            assert attempts == ["ok", "error", "ok", "ok"]
+    finally:
+        if late._thread.is_alive():
+            late.stop()
+
+
+async def test_a_refusal_of_the_request_itself_is_not_retried_nor_held_against_the_replica(
+    first: StandIn, second: StandIn
+) -> None:
+    attempts = Attempts()
+    async with client([first.url, second.url], attempts) as models:
+        first.mode = second.mode = "400"
+        with pytest.raises(UpstreamBadGatewayError, match="HTTP 400"):
+            await models.infer(image(), OUTPUTS, "r")
+        assert attempts == ["error"] and first.calls + second.calls == 1
+        assert all(r.breaker.failures == 0 for r in models.replicas)
+
+
+async def test_a_503_pauses_the_replica_and_its_facts_are_read_again_before_its_next_use(
+    first: StandIn, second: StandIn, clock: Clock
+) -> None:
+    attempts = Attempts()
+    async with client([first.url, second.url], attempts) as models:
+        first.mode = "503"
+        result = await models.infer(image(), OUTPUTS, "r")
+        assert result.replica == second.url and attempts == ["unavailable", "ok"]
+        busy = models.replicas[0]
+        assert busy.bundle.stale and not busy.breaker.tripped
+        assert not busy.available(clock.now + 0.9) and busy.available(clock.now + 1.0)  # Retry-After
+        first.mode, reads = "ok", first.config_reads
+        clock.now += 1.0
+        await models.infer(image(), OUTPUTS, "r2")
+        assert first.config_reads == reads + 1 and busy.usable
+
+
+async def test_with_every_replica_ejected_the_call_fails_at_once_with_retry_advice(
+    first: StandIn, clock: Clock
+) -> None:
+    attempts = Attempts()
+    breaker = {"breaker_failures": 1, "breaker_cooldown_s": 30.0}
+    async with client([first.url], attempts, **breaker) as models:
+        first.mode = "500"
+        with pytest.raises(UpstreamBadGatewayError):
+            await models.infer(image(), OUTPUTS, "r1")
+        with pytest.raises(UpstreamUnavailableError, match="every replica is ejected") as raised:
+            await models.infer(image(), OUTPUTS, "r2")
+        assert raised.value.retry_after_s == 30.0  # when the rest is over
+        assert attempts == ["error", "ejected"] and first.calls == 1
+
+
+async def test_a_passed_deadline_is_a_timeout_without_a_call(
+    first: StandIn
+) -> None:
+    attempts = Attempts()
+    async with client([first.url], attempts) as models:
+        with pytest.raises(UpstreamTimeoutError, match="deadline has passed"):
+            await models.infer(image(), OUTPUTS, "r", deadline=time.monotonic() + 0.005)
+        assert attempts == ["timeout"] and first.calls == 0
+
+
+async def test_unreadable_facts_keep_a_replica_out_and_say_why(
+    first: StandIn
+) -> None:
+    attempts = Attempts()
+    async with client([first.url], attempts) as models:
+        first.config_mode = "missing"
+        with pytest.raises(UpstreamUnavailableError, match="replica 1: GET .* answered HTTP 404"):
+            await models.infer(image(), OUTPUTS, "r")
+        assert attempts == ["ejected"] and first.calls == 0
+        assert models.cached_readiness(60.0) == {first.url: False}  # never polled yet
+        assert await models.poll_readiness(2.0) == {first.url: True}  # ready, but out of rotation
+        assert models.cached_readiness(60.0) == {first.url: False}
+
+
+async def test_an_answer_of_an_unlisted_model_version_is_not_read_with_old_facts(
+    first: StandIn
+) -> None:
+    attempts = Attempts()
+    async with client([first.url], attempts) as models:
+        assert (await models.infer(image(), OUTPUTS, "r1")).facts == first.facts
+        first.mode = "version"
+        with pytest.raises(UpstreamUnavailableError, match="bundle changed"):
+            await models.infer(image(), OUTPUTS, "r2")
+        assert attempts == ["ok", "unavailable"] and first.config_reads == 2
+        assert models.replicas[0].breaker.failures == 0  # not the replica's fault
+
+
+async def test_a_dns_name_stands_for_every_address_and_polls_expand_it(
+    first: StandIn
+) -> None:
+    attempts = Attempts()
+    port = httpx.URL(first.url).port
+    async with client([f"dns+http://localhost:{port}"], attempts) as models:
+        assert models.replicas == []  # resolved on first use
+        ready = await models.poll_readiness(2.0)
+        assert ready[f"http://127.0.0.1:{port}"] is True
+        result = await models.infer(image(), OUTPUTS, "r")
+        assert result.replica == f"http://127.0.0.1:{port}" and attempts == ["ok"]
+        assert models.agreed_facts() == first.facts and models.problems() == {}
