@@ -182,8 +182,8 @@ def _asgi_call(app, path: str = "/upload") -> list[dict]:
 def test_refusals_and_unexpected_failures_are_audited_once(tmp_path) -> None:
     import json
 
-    from gateway.http.refusals import RefusalAuditMiddleware, mark_audited
     from gateway.http.errors import error_body
+    from gateway.http.refusals import RefusalAuditMiddleware, mark_audited
     from shared.logging import request_id_var
     from shared.observability import send_json
 
