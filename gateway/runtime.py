@@ -20,7 +20,7 @@ import httpx
 from gateway.audit import AuditLog
 from gateway.pipeline.budget import DecodeBudget
 from gateway.pipeline.context import Pipeline
-from gateway.pipeline.decode import decode_options, selection_rules
+from gateway.pipeline.decode import decoder_pool, selection_rules
 from gateway.telemetry import GatewayMetrics
 from gateway.upstream.checks import check_classifier_answer, check_detector_answer
 from gateway.upstream.client import ModelClient
@@ -74,9 +74,9 @@ class Gateway:
                 keepalive_expiry=KEEPALIVE_EXPIRY_S,
             )
         )
-        options = decode_options(settings)
-        if options.isolate:
-            dicom.prewarm(options)  # workers import in the background, ready for uploads
+        decoders = decoder_pool(settings)
+        if decoders is not None:
+            decoders.prewarm()  # workers import in the background, ready for uploads
         delivery = ResultsDelivery.from_settings(settings, metrics.registry)
         results, spool_owner = durable_results(settings, delivery)
         classifier, detector = model_clients(settings, http, metrics)
@@ -91,12 +91,13 @@ class Gateway:
                     max_workers=settings.decode_workers or dicom.available_cpus(),
                     thread_name_prefix="decode",
                 ),
+                decoders=decoders,
                 metrics=metrics,
                 selection=selection_rules(settings),
                 decode_budget=DecodeBudget(settings.decode_memory_budget_mb * 2**20),
             ),
             audit=AuditLog(settings.audit_log_path, settings.pseudonym_secret, settings.audit_log),
-            decodable=dicom.decodable_transfer_syntaxes(options),
+            decodable=dicom.decodable_transfer_syntaxes(decoders),
             delivery=delivery,
             results=results,
             spool_owner=spool_owner,
@@ -151,6 +152,8 @@ class Gateway:
             await asyncio.gather(self._poller, return_exceptions=True)
         await self.http.aclose()
         self.pipeline.decode_pool.shutdown(wait=False, cancel_futures=True)
+        if self.pipeline.decoders is not None:
+            self.pipeline.decoders.close()
         if self.audit is not None:
             self.audit.close()
 

@@ -34,7 +34,7 @@ from gateway.http.recording import Recording
 from gateway.http.refusals import mark_audited
 from gateway.pipeline.analyze import Findings, analyze
 from gateway.pipeline.context import Pipeline
-from gateway.pipeline.decode import decode_options
+from gateway.pipeline.decode import decode_limits
 from gateway.pipeline.response import upload_response
 from gateway.runtime import Gateway
 from shared import dicom
@@ -146,7 +146,9 @@ async def _identify(pipeline: Pipeline, data: bytes) -> dicom.InstanceIds:
     try:
         return await asyncio.get_running_loop().run_in_executor(
             pipeline.decode_pool,
-            lambda: dicom.identify_dicom(data, options=decode_options(pipeline.settings)),
+            lambda: dicom.identify_dicom(
+                data, limits=decode_limits(pipeline.settings), pool=pipeline.decoders
+            ),
         )
     except Exception:  # noqa: BLE001 - an unreadable instance is reported without UIDs
         return dicom.InstanceIds(None, None, None)

@@ -26,6 +26,8 @@ class Pipeline:
     classifier: ModelClient[ClassifierFacts]
     detector: ModelClient[DetectorFacts]
     decode_pool: ThreadPoolExecutor
+    # The worker processes the intake runs in (None: in-process, DICOM_ISOLATE_DECODERS=false).
+    decoders: dicom.DecoderPool | None = None
     metrics: GatewayMetrics = field(default_factory=GatewayMetrics)
     # Input selection rules (read once; None = INPUT_SELECTION=off).
     selection: dicom.SelectionRules | None = None

@@ -1,7 +1,8 @@
-"""DICOM bytes -> canonical image, in the decode pool, under the decode-memory budget.
+"""DICOM bytes -> canonical image, in the decoder workers, under the decode-memory budget.
 
 Everything runs in a worker process by default (the gateway never parses an upload
-itself): :mod:`shared.dicom` owns the intake; this module owns when it runs and how
+itself): :mod:`shared.dicom` owns the intake; this module says how it runs for
+uploads (the settings -> limits and worker pool, in one place), when it runs and how
 much memory all decodes together may hold (:mod:`gateway.pipeline.budget`).
 """
 
@@ -19,22 +20,26 @@ from shared import dicom
 from shared.settings import Settings
 
 
-def decode_options(settings: Settings) -> dicom.DecodeOptions:
-    """How the DICOM intake runs for uploads: in memory-limited workers, under the caps."""
-    return dicom.DecodeOptions(
-        isolate_decoders=settings.dicom_isolate_decoders,
-        decode_timeout_s=settings.dicom_decode_timeout_s,
-        isolate=settings.dicom_isolate_decoders,
-        worker_memory_mb=settings.decode_worker_memory_mb,
-        limits=dicom.DecodeLimits(
-            max_elements=settings.max_dicom_elements,
-            max_sequence_items=settings.max_dicom_sequence_items,
-            max_sequence_depth=settings.max_dicom_sequence_depth,
-            max_fragments=settings.max_dicom_fragments,
-            max_element_bytes=settings.max_dicom_element_bytes,
-            max_inflated_bytes=settings.max_dicom_inflated_bytes,
-            max_pixels=settings.max_pixels,
-        ),
+def decode_limits(settings: Settings) -> dicom.DecodeLimits:
+    """The caps one upload must stay under (``MAX_PIXELS``, ``MAX_DICOM_*``)."""
+    return dicom.DecodeLimits(
+        max_elements=settings.max_dicom_elements,
+        max_sequence_items=settings.max_dicom_sequence_items,
+        max_sequence_depth=settings.max_dicom_sequence_depth,
+        max_fragments=settings.max_dicom_fragments,
+        max_element_bytes=settings.max_dicom_element_bytes,
+        max_inflated_bytes=settings.max_dicom_inflated_bytes,
+        max_pixels=settings.max_pixels,
+    )
+
+
+def decoder_pool(settings: Settings) -> dicom.DecoderPool | None:
+    """The memory-limited worker processes uploads are parsed and decoded in; None with
+    ``DICOM_ISOLATE_DECODERS=false`` (in-process, debugging only). Its owner closes it."""
+    if not settings.dicom_isolate_decoders:
+        return None
+    return dicom.DecoderPool(
+        memory_mb=settings.decode_worker_memory_mb, timeout_s=settings.dicom_decode_timeout_s
     )
 
 
@@ -49,7 +54,7 @@ def selection_rules(settings: Settings) -> dicom.SelectionRules | None:
 async def decode(
     pipeline: Pipeline, data: bytes
 ) -> tuple[dicom.CanonicalImage, dicom.DicomMetadata]:
-    """DICOM bytes -> canonical image, in the decode pool (never on the event loop).
+    """DICOM bytes -> canonical image, in a decode thread (never on the event loop).
 
     Everything runs in a worker process by default, under the decode-memory budget,
     which is returned when the decode has really finished. While the budget has room for
@@ -63,14 +68,15 @@ async def decode(
     """
     loop = asyncio.get_running_loop()
     settings = pipeline.settings
-    options = decode_options(settings)
+    limits, workers = decode_limits(settings), pipeline.decoders
     budget = pipeline.decode_budget
     started = time.perf_counter()
     try:
         need = dicom.decode_bytes(settings.max_pixels, 1)  # the largest image allowed
         if not budget.try_acquire(need):
             inspect = functools.partial(
-                dicom.inspect_dicom, data, options=options, selection=pipeline.selection
+                dicom.inspect_dicom, data, limits=limits, selection=pipeline.selection,
+                pool=workers,
             )
             facts = await loop.run_in_executor(
                 pipeline.decode_pool, contextvars.copy_context().run, inspect
@@ -79,7 +85,8 @@ async def decode(
             await budget.acquire(need)
         work = functools.partial(
             dicom.decode_dicom, data, settings.canonical_long_side,
-            reduced_j2k=settings.reduced_j2k, options=options, selection=pipeline.selection,
+            reduced_j2k=settings.reduced_j2k, limits=limits, selection=pipeline.selection,
+            pool=workers,
         )
         try:
             job = pipeline.decode_pool.submit(contextvars.copy_context().run, work)

@@ -10,9 +10,7 @@ implementation detail (tests of internals may import the submodules).
 """
 
 from shared.dicom.decode import (
-    CanonicalImage,
-    ImageFacts,
-    InstanceIds,
+    decodable_transfer_syntaxes,
     decode_dicom,
     encode_png,
     identify_dicom,
@@ -25,9 +23,8 @@ from shared.dicom.errors import (
     UnsupportedDicomError,
 )
 from shared.dicom.header import DicomMetadata
-from shared.dicom.isolate import DecodeOptions, available_cpus, prewarm
 from shared.dicom.limits import DecodeLimits, DicomLimitError, decode_bytes
-from shared.dicom.probes import decodable_transfer_syntaxes
+from shared.dicom.pool import DecoderPool, available_cpus
 from shared.dicom.selection import (
     InvalidRulesError,
     Selection,
@@ -35,11 +32,12 @@ from shared.dicom.selection import (
     load_rules,
     select,
 )
+from shared.dicom.steps import CanonicalImage, ImageFacts, InstanceIds
 
 __all__ = [
     "CanonicalImage",
     "DecodeLimits",
-    "DecodeOptions",
+    "DecoderPool",
     "DicomError",
     "DicomLimitError",
     "DicomMetadata",
@@ -59,6 +57,5 @@ __all__ = [
     "identify_dicom",
     "inspect_dicom",
     "load_rules",
-    "prewarm",
     "select",
 ]

@@ -17,7 +17,7 @@ pydicom when the element is first read, e.g. the VOI LUT Sequence), and UN
 elements whose dictionary VR is SQ. Where the bytes stop making sense the
 walk stops quietly: pydicom refuses such a file anyway, and whatever the
 walk misses is still bounded by the worker's memory limit and deadline
-(:mod:`shared.dicom.isolate`).
+(:mod:`shared.dicom.pool`).
 """
 
 from __future__ import annotations

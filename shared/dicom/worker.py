@@ -1,16 +1,15 @@
-"""Decoder worker process: ``python -m shared.dicom.worker --memory-mb N`` (see
-shared.dicom.isolate).
+"""Worker process: ``python -m shared.dicom.worker --memory-mb N`` (see :mod:`shared.dicom.pool`).
 
-Reads length-prefixed pickles ``(module, function name, args)`` from stdin,
-runs the function and writes ``(ok, result or exception)`` back on stdout,
-until stdin closes. Only functions of ``shared.dicom.decode`` (the whole
-intake of an upload) and of the decoder modules ``shared.dicom.codecs.plugins``
-and ``shared.dicom.codecs.gdcm`` may be called.
+Reads ``(module, function name, args)`` requests from stdin, runs the function
+and writes ``(ok, result or error)`` back on stdout (:mod:`shared.dicom.protocol`),
+until stdin closes. Only functions of the intake's steps (:mod:`shared.dicom.steps`)
+and of the decoder modules (``shared.dicom.codecs.plugins``, ``.gdcm``: one frame
+through a decoder) may be called.
 After its imports the process limits its own address space to N MiB
 (``RLIMIT_AS``, soft and hard): an allocation past it fails, and a
 ``MemoryError`` goes back as a 422 naming the limit.
 If a native decoder aborts, this process dies and the parent sees EOF.
-The pickles come from the parent process itself, never from an upload.
+The requests come from the parent process itself, never from an upload.
 """
 
 from __future__ import annotations
@@ -23,20 +22,11 @@ import resource
 import sys
 
 from shared.dicom.limits import DicomLimitError, prepare_prescan
-from shared.dicom.pipes import HEADER, read_exact
-from shared.errors import ServiceError
+from shared.dicom.protocol import HEADER, error_reply, read_exact, write_all
 
 _ALLOWED_MODULES = frozenset(
-    {"shared.dicom.decode", "shared.dicom.codecs.plugins", "shared.dicom.codecs.gdcm"}
+    {"shared.dicom.steps", "shared.dicom.codecs.plugins", "shared.dicom.codecs.gdcm"}
 )
-
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
 
 
 def _limit_memory(memory_mb: int) -> None:
@@ -53,16 +43,26 @@ def _out_of_memory(memory_mb: int) -> Exception:
     )
 
 
-def _error_reply(exc: Exception) -> object:
-    """A ServiceError as plain data: its class, message and attributes (see isolate._rebuild).
+def _run(module_name: str, name: str, args: tuple[object, ...], memory_mb: int) -> object:
+    """``(ok, result or error)`` of one request."""
+    try:
+        if module_name not in _ALLOWED_MODULES:
+            raise PermissionError(f"{module_name} is not a decoder module")
+        fn = getattr(importlib.import_module(module_name), name)
+        return (True, fn(*args))
+    except MemoryError:
+        return (False, error_reply(_out_of_memory(memory_mb)))
+    except Exception as exc:  # sent back and re-raised in the parent
+        return (False, error_reply(exc))
 
-    Our error classes may take keyword-only arguments, which default exception
-    pickling cannot call; plain data also keeps the parent's unpickler strict.
-    """
-    if isinstance(exc, ServiceError):
-        state = {k: v for k, v in vars(exc).items() if isinstance(v, (str, int, float, type(None)))}
-        return ("service-error", type(exc).__module__, type(exc).__qualname__, exc.message, state)
-    return exc
+
+def _dumps(reply: object, memory_mb: int) -> bytes:
+    try:
+        return pickle.dumps(reply, protocol=5)
+    except MemoryError:
+        return pickle.dumps((False, error_reply(_out_of_memory(memory_mb))), protocol=5)
+    except Exception:
+        return pickle.dumps((False, RuntimeError("unpicklable decoder result")), protocol=5)
 
 
 def main() -> None:
@@ -76,7 +76,7 @@ def main() -> None:
     os.dup2(sys.stderr.fileno(), 1)
     sys.stdout = sys.stderr
     import shared.dicom.codecs  # noqa: F401  (import cost paid once, before the first job)
-    import shared.dicom.decode  # noqa: F401  (also silences pydicom's value-quoting warnings)
+    import shared.dicom.steps  # noqa: F401  (also silences pydicom's value-quoting warnings)
 
     prepare_prescan()  # the dictionary lookup the prescan needs, built before the limit
     _limit_memory(memory_mb)
@@ -85,28 +85,15 @@ def main() -> None:
         header = read_exact(stdin, HEADER.size)
         if header is None:
             return
-        payload = read_exact(stdin, HEADER.unpack(header)[0])
-        if payload is None:
+        request = read_exact(stdin, HEADER.unpack(header)[0])
+        if request is None:
             return
-        module_name, name, args = pickle.loads(payload)
-        try:
-            if module_name not in _ALLOWED_MODULES:
-                raise PermissionError(f"{module_name} is not a decoder module")
-            fn = getattr(importlib.import_module(module_name), name)
-            reply = (True, fn(*args))
-        except MemoryError:
-            reply = (False, _error_reply(_out_of_memory(memory_mb)))
-        except Exception as exc:  # sent back and re-raised in the parent
-            reply = (False, _error_reply(exc))
-        del payload, args
-        try:
-            data = pickle.dumps(reply, protocol=5)
-        except MemoryError:
-            data = pickle.dumps((False, _error_reply(_out_of_memory(memory_mb))), protocol=5)
-        except Exception:
-            data = pickle.dumps((False, RuntimeError("unpicklable decoder result")), protocol=5)
+        module_name, name, args = pickle.loads(request)
+        reply = _run(module_name, name, args, memory_mb)
+        del request, args  # the upload's bytes, freed before the reply is pickled
+        data = _dumps(reply, memory_mb)
         del reply
-        _write_all(stdout, HEADER.pack(len(data)) + data)
+        write_all(stdout, HEADER.pack(len(data)) + data)
 
 
 if __name__ == "__main__":

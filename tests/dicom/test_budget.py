@@ -17,11 +17,9 @@ import numpy as np
 import pytest
 
 from shared import dicom
-from shared.dicom import isolate, limits
+from shared.dicom import limits, pool, protocol
 from tests.dicom import hostile
 from tests.dicom.corpus import to_bytes
-
-ISOLATED = dicom.DecodeOptions(isolate=True, worker_memory_mb=1024, decode_timeout_s=10)
 
 
 @pytest.mark.parametrize("name", sorted(hostile.BOMBS))
@@ -46,39 +44,41 @@ def test_bomb_is_refused_by_its_cap_in_process(name: str) -> None:
 
 
 @pytest.mark.parametrize("name", sorted(hostile.BOMBS))
-def test_bomb_is_refused_by_its_cap_in_a_worker(name: str) -> None:
+def test_bomb_is_refused_by_its_cap_in_a_worker(
+    name: str, decoder_pool: dicom.DecoderPool
+) -> None:
     maker, limit = hostile.BOMBS[name]
     data = maker()
-    dicom.inspect_dicom(to_bytes(hostile.small_ds()), options=ISOLATED)  # a worker is up
+    dicom.inspect_dicom(to_bytes(hostile.small_ds()), pool=decoder_pool)  # a worker is up
     started = time.perf_counter()
     with pytest.raises(dicom.DicomLimitError) as info:
-        dicom.inspect_dicom(data, options=ISOLATED)
+        dicom.inspect_dicom(data, pool=decoder_pool)
     assert info.value.limit == limit
     assert time.perf_counter() - started < 2.0
 
 
-def test_isolated_decode_is_identical_to_in_process() -> None:
+def test_isolated_decode_is_identical_to_in_process(decoder_pool: dicom.DecoderPool) -> None:
     for maker in (lambda: to_bytes(hostile.small_ds()), hostile.j2k_small):
         data = maker()
         here, meta_here = dicom.decode_dicom(data)
-        there, meta_there = dicom.decode_dicom(data, options=ISOLATED)
+        there, meta_there = dicom.decode_dicom(data, pool=decoder_pool)
         assert np.array_equal(here.pixels, there.pixels) and here.warnings == there.warnings
         assert meta_here == meta_there
-        facts = dicom.inspect_dicom(data, options=ISOLATED)
+        facts = dicom.inspect_dicom(data, pool=decoder_pool)
         assert (facts.rows, facts.columns) == (meta_here.rows, meta_here.columns)
         assert facts.decode_bytes == facts.rows * facts.columns * limits.DECODE_BYTES_PER_PIXEL
 
 
 def test_caps_are_configurable_and_inclusive() -> None:
     data = hostile.sequence_item_bomb(100)
-    loose = dicom.DecodeOptions(limits=dicom.DecodeLimits(max_sequence_items=100))
-    tight = dicom.DecodeOptions(limits=dicom.DecodeLimits(max_sequence_items=99))
-    dicom.decode_dicom(data, options=loose)  # exactly at the cap: decodes
+    loose = dicom.DecodeLimits(max_sequence_items=100)
+    tight = dicom.DecodeLimits(max_sequence_items=99)
+    dicom.decode_dicom(data, limits=loose)  # exactly at the cap: decodes
     with pytest.raises(dicom.DicomLimitError, match="more than 99 sequence items"):
-        dicom.decode_dicom(data, options=tight)
-    small = dicom.DecodeOptions(limits=dicom.DecodeLimits(max_pixels=64 * 48 - 1))
+        dicom.decode_dicom(data, limits=tight)
+    small = dicom.DecodeLimits(max_pixels=64 * 48 - 1)
     with pytest.raises(dicom.DicomLimitError, match="MAX_PIXELS"):
-        dicom.decode_dicom(to_bytes(hostile.small_ds()), options=small)
+        dicom.decode_dicom(to_bytes(hostile.small_ds()), limits=small)
 
 
 def test_deep_nesting_is_refused() -> None:
@@ -94,23 +94,17 @@ def test_deep_nesting_is_refused() -> None:
         dicom.decode_dicom(nested)
 
 
-def _worker_pids() -> list[int]:
-    return [w.process.pid for w in list(isolate._all) if w.process.poll() is None]
-
-
 def test_workers_run_under_rlimit_as_with_a_scrubbed_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("PSEUDONYM_SECRET", "must-not-reach-a-worker")
-    options = dicom.DecodeOptions(isolate=True, worker_memory_mb=900)
-    dicom.inspect_dicom(to_bytes(hostile.small_ds()), options=options)
-    mine = [w for w in list(isolate._all) if w.memory_mb == 900 and w.process.poll() is None]
-    assert mine
-    pid = mine[0].process.pid
-    limits_text = Path(f"/proc/{pid}/limits").read_text()
+    with dicom.DecoderPool(1, memory_mb=900) as workers:
+        dicom.inspect_dicom(to_bytes(hostile.small_ds()), pool=workers)
+        (pid,) = workers.pids()
+        limits_text = Path(f"/proc/{pid}/limits").read_text()
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     line = next(row for row in limits_text.splitlines() if row.startswith("Max address space"))
     assert line.split()[3:5] == [str(900 * 2**20)] * 2, line  # soft and hard
-    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     assert not any(b"PSEUDONYM_SECRET" in entry for entry in environ)
     assert b"OPENBLAS_NUM_THREADS=1" in environ
 
@@ -118,20 +112,43 @@ def test_workers_run_under_rlimit_as_with_a_scrubbed_environment(
 def test_out_of_worker_memory_is_a_refusal_not_a_crash() -> None:
     """A 36-megapixel JPEG 2000 claim decoded in a worker with too little address space."""
     data = hostile.j2k_claiming(6000, 6000)  # under MAX_PIXELS: the decoder runs
-    options = dicom.DecodeOptions(isolate=True, worker_memory_mb=420, decode_timeout_s=10)
-    with pytest.raises(dicom.DicomError):
-        dicom.decode_dicom(data, options=options)
-    canonical, _ = dicom.decode_dicom(to_bytes(hostile.small_ds()), options=options)
+    with dicom.DecoderPool(1, memory_mb=420, timeout_s=10) as workers:
+        with pytest.raises(dicom.DicomError):
+            dicom.decode_dicom(data, pool=workers)
+        canonical, _ = dicom.decode_dicom(to_bytes(hostile.small_ds()), pool=workers)
     assert canonical.pixels.shape == (64, 48)  # the pool recovered
 
 
-def test_a_killed_worker_is_replaced(monkeypatch: pytest.MonkeyPatch) -> None:
+def _gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_pools_are_independent_and_close_stops_their_workers() -> None:
+    """No module-global pool: each owner's workers are its own, until it closes them."""
     data = to_bytes(hostile.small_ds())
-    dicom.inspect_dicom(data, options=ISOLATED)
-    for pid in _worker_pids():
+    with dicom.DecoderPool(1) as first, dicom.DecoderPool(1) as second:
+        assert first.pids() == [] and second.pids() == []  # nothing runs before it is used
+        dicom.inspect_dicom(data, pool=first)
+        dicom.inspect_dicom(data, pool=second)
+        (mine,), (theirs,) = first.pids(), second.pids()
+        assert mine != theirs
+        first.close()
+        assert first.pids() == [] and _gone(mine)
+        assert dicom.inspect_dicom(data, pool=second).rows == 64 and second.pids() == [theirs]
+    assert _gone(theirs)
+
+
+def test_a_killed_worker_is_replaced(decoder_pool: dicom.DecoderPool) -> None:
+    data = to_bytes(hostile.small_ds())
+    dicom.inspect_dicom(data, pool=decoder_pool)
+    for pid in decoder_pool.pids():
         os.kill(pid, 9)
     time.sleep(0.2)
-    assert dicom.inspect_dicom(data, options=ISOLATED).rows == 64  # retried on a fresh one
+    assert dicom.inspect_dicom(data, pool=decoder_pool).rows == 64  # retried on a fresh one
 
 
 @pytest.mark.parametrize(
@@ -163,13 +180,16 @@ def test_pool_size_follows_the_cgroup_quota(
         v1_dir.mkdir()
         (v1_dir / "cpu.cfs_quota_us").write_text(v1[0])
         (v1_dir / "cpu.cfs_period_us").write_text(v1[1])
-    monkeypatch.setattr(isolate, "_CGROUP_V2", cpu_max)
-    monkeypatch.setattr(isolate, "_CGROUP_V1", (v1_dir,))
+    monkeypatch.setattr(pool, "_CGROUP_V2", cpu_max)
+    monkeypatch.setattr(pool, "_CGROUP_V1", (v1_dir,))
     monkeypatch.setattr(os, "sched_getaffinity", lambda _pid: set(range(affinity)))
-    assert isolate.available_cpus() == expected
+    assert pool.available_cpus() == expected
+    assert pool.DecoderPool().size == expected  # a pool's default size, read when it is made
 
 
-def test_errors_with_keyword_arguments_cross_the_worker_pipe() -> None:
+def test_errors_with_keyword_arguments_cross_the_worker_pipe(
+    decoder_pool: dicom.DecoderPool,
+) -> None:
     """Input selection refusals (NotSelectedError takes ``rule=``) come back as themselves."""
     from gateway.pipeline.decode import selection_rules
     from shared.settings import Settings
@@ -183,7 +203,7 @@ def test_errors_with_keyword_arguments_cross_the_worker_pipe() -> None:
         dicom.decode_dicom(data, selection=rules)
     for call in (dicom.decode_dicom, dicom.inspect_dicom):
         with pytest.raises(dicom.NotSelectedError) as there:
-            call(data, options=ISOLATED, selection=rules)
+            call(data, pool=decoder_pool, selection=rules)
         assert (there.value.message, there.value.rule) == (here.value.message, here.value.rule)
 
 
@@ -192,6 +212,6 @@ def test_a_worker_reply_cannot_name_arbitrary_callables() -> None:
 
     evil = pickle.dumps((True, os.system), protocol=5)
     with pytest.raises(pickle.UnpicklingError):
-        isolate._loads(evil)
+        protocol.load_reply(evil)
     ok = pickle.dumps((True, dicom.decode_dicom(to_bytes(hostile.small_ds()))), protocol=5)
-    assert isolate._loads(ok)[1][0].pixels.shape == (64, 48)
+    assert protocol.load_reply(ok)[1][0].pixels.shape == (64, 48)

@@ -2,9 +2,11 @@
 image or raises DicomError: never another exception, never a hang.
 
 And under the gateway's budget (issue 12): the same input decoded the gateway's way,
-in a worker process with its address-space limit and deadline, gives the same
-answer, and no input crosses the budget: no MemoryError and no worker out of
-memory, nothing near the deadline, only DicomError subclasses.
+in a worker process with its address-space limit, deadline and caps, gives the same
+answer as with the default caps and no memory limit, and no input crosses the
+budget: no MemoryError and no worker out of memory, nothing near the deadline,
+only DicomError subclasses. Both run in worker processes, so a decoder that
+aborts costs a worker (and fails the property), never the test run.
 
 Seeds are small valid files in every encoding we can make here; mutations
 flip bytes, truncate, splice garbage, drop elements and change header values.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import io
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from gateway.pipeline.decode import decode_options
+from gateway.pipeline.decode import decode_limits, decoder_pool
 from shared import dicom
 from shared.settings import Settings
 from tests.dicom import hostile
@@ -78,16 +81,39 @@ def seeds(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
     return _seeds(tmp_path_factory.mktemp("fuzz"))
 
 
-# The gateway's options from default Settings: isolated, RLIMIT_AS, deadline, caps.
-BUDGET = decode_options(Settings(_env_file=None))
-assert BUDGET.isolate and BUDGET.worker_memory_mb > 0
+# The gateway's way from default Settings: its caps, in its workers (RLIMIT_AS, deadline).
+GATEWAY = Settings(_env_file=None)
+LIMITS = decode_limits(GATEWAY)
 
 
-def _budgeted(data: bytes) -> tuple[np.ndarray, dicom.DicomMetadata] | dicom.DicomError:
+def _warm(workers: dicom.DecoderPool) -> dicom.DecoderPool:
+    """A worker started and used once, so no example pays for its start (about a second)."""
+    dicom.inspect_dicom(to_bytes(hostile.small_ds()), pool=workers)
+    return workers
+
+
+@pytest.fixture(scope="module")
+def budget() -> Iterator[dicom.DecoderPool]:
+    workers = decoder_pool(GATEWAY)
+    assert workers is not None and workers.memory_mb > 0
+    with workers:
+        yield _warm(workers)
+
+
+@pytest.fixture(scope="module")
+def unlimited() -> Iterator[dicom.DecoderPool]:
+    """Workers without a memory limit, for the default caps' answer."""
+    with dicom.DecoderPool(memory_mb=0) as workers:
+        yield _warm(workers)
+
+
+def _budgeted(
+    data: bytes, budget: dicom.DecoderPool
+) -> tuple[np.ndarray, dicom.DicomMetadata] | dicom.DicomError:
     """decode_dicom the gateway's way; asserts the input stays inside the budget."""
     started = time.perf_counter()
     try:
-        canonical, meta = dicom.decode_dicom(data, long_side=256, options=BUDGET)
+        canonical, meta = dicom.decode_dicom(data, long_side=256, limits=LIMITS, pool=budget)
         result: tuple[np.ndarray, dicom.DicomMetadata] | dicom.DicomError = (
             canonical.pixels, meta
         )
@@ -96,18 +122,18 @@ def _budgeted(data: bytes) -> tuple[np.ndarray, dicom.DicomMetadata] | dicom.Dic
         for crossed in ("DICOM_DECODE_TIMEOUT_S", "DECODE_WORKER_MEMORY_MB"):
             assert crossed not in exc.message, exc.message
     elapsed = time.perf_counter() - started
-    assert elapsed < BUDGET.decode_timeout_s / 2, f"{elapsed:.1f} s"
+    assert elapsed < budget.timeout_s / 2, f"{elapsed:.1f} s"
     return result
 
 
-def _check(data: bytes) -> None:
-    budgeted = _budgeted(data)
+def _check(data: bytes, budget: dicom.DecoderPool, unlimited: dicom.DecoderPool) -> None:
+    budgeted = _budgeted(data, budget)
     try:
-        canonical, meta = dicom.decode_dicom(data, long_side=256)
+        canonical, meta = dicom.decode_dicom(data, long_side=256, pool=unlimited)
     except dicom.DicomError as exc:
         assert exc.status_code in (400, 422)
         assert isinstance(exc.message, str) and exc.message
-        assert isinstance(budgeted, dicom.DicomError), "decoded only in the worker"
+        assert isinstance(budgeted, dicom.DicomError), "decoded only the gateway's way"
         assert (type(budgeted), budgeted.message) == (type(exc), exc.message)
         return
     assert not isinstance(budgeted, dicom.DicomError), budgeted.message
@@ -122,7 +148,10 @@ def _check(data: bytes) -> None:
 
 @FUZZ
 @given(data=st.data())
-def test_byte_mutations(seeds: list[bytes], data: st.DataObject) -> None:
+def test_byte_mutations(
+    seeds: list[bytes], budget: dicom.DecoderPool, unlimited: dicom.DecoderPool,
+    data: st.DataObject,
+) -> None:
     seed = bytearray(data.draw(st.sampled_from(seeds), label="seed"))
     kind = data.draw(st.sampled_from(["flip", "truncate", "splice", "flip_header"]), label="kind")
     if kind == "truncate":
@@ -142,7 +171,7 @@ def test_byte_mutations(seeds: list[bytes], data: st.DataObject) -> None:
         for position, value in flips:
             seed[position] = value
         mutated = bytes(seed)
-    _check(mutated)
+    _check(mutated, budget, unlimited)
 
 
 KEYWORDS = [
@@ -163,7 +192,10 @@ VALUES = st.one_of(
 
 @FUZZ
 @given(data=st.data())
-def test_element_mutations(seeds: list[bytes], data: st.DataObject) -> None:
+def test_element_mutations(
+    seeds: list[bytes], budget: dicom.DecoderPool, unlimited: dicom.DecoderPool,
+    data: st.DataObject,
+) -> None:
     seed = data.draw(st.sampled_from(seeds), label="seed")
     ds = pydicom.dcmread(io.BytesIO(seed), force=True)
     action = data.draw(st.sampled_from(["drop", "set", "drop_meta"]), label="action")
@@ -184,4 +216,4 @@ def test_element_mutations(seeds: list[bytes], data: st.DataObject) -> None:
         ds.save_as(buffer, enforce_file_format=False)
     except Exception:
         return  # not writable (pydicom validates some values on write)
-    _check(buffer.getvalue())
+    _check(buffer.getvalue(), budget, unlimited)

@@ -45,7 +45,7 @@ def test_deflate_bomb_is_refused_without_inflating_it() -> None:
     tracemalloc.start()
     try:
         with pytest.raises(dicom.UnsupportedDicomError, match="MAX_DICOM_INFLATED_BYTES"):
-            dicom.decode_dicom(bomb, options=dicom.DecodeOptions(limits=limits))
+            dicom.decode_dicom(bomb, limits=limits)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

@@ -94,6 +94,16 @@ def test_decodable_transfer_syntaxes_default_install() -> None:
     assert [k for k, v in result.items() if not v] == []
 
 
+def test_decodable_transfer_syntaxes_in_workers(decoder_pool: dicom.DecoderPool) -> None:
+    """The gateway proves its codecs in its workers; a probe that outlasts the deadline
+    makes its syntax undecodable in /health, never a failed start."""
+    assert dicom.decodable_transfer_syntaxes(decoder_pool) == dicom.decodable_transfer_syntaxes()
+    with dicom.DecoderPool(1, timeout_s=0.001) as hopeless:
+        result = dicom.decodable_transfer_syntaxes(hopeless)
+    assert result[pduid.ExplicitVRLittleEndian.name] and result[pduid.ImplicitVRLittleEndian.name]
+    assert not result[pduid.JPEG2000Lossless.name] and not result[pduid.RLELossless.name]
+
+
 def test_every_compressed_syntax_has_a_probe() -> None:
     from shared.dicom.codecs import COMPRESSED_SYNTAXES
 

@@ -13,8 +13,9 @@ One backend module per family, pydicom-style (``pixels/decoders/*.py``):
 Compressed frames first have their codestream header checked against
 Rows/Columns, so a codestream that claims a different (or gigantic) image is
 refused before a decoder allocates anything. GDCM and libjpeg can abort the
-process on a corrupt codestream, so those decodes run in a worker process
-(:mod:`shared.dicom.isolate`).
+process on a corrupt codestream; the codecs do not guard against that
+themselves: the gateway runs the whole intake in a worker process
+(:mod:`shared.dicom.pool`).
 
 The arrays may hold raw bit patterns (unused high bits set, signed values not
 sign-extended): :mod:`shared.dicom.render` masks and sign-extends them.
@@ -29,7 +30,6 @@ from pydicom.uid import UID
 from shared.dicom.codecs import j2k, jpeg, jpegls, native, rle
 from shared.dicom.codecs.base import CompressedBackend, DecodedFrame, FrameRequest, PixelGeometry
 from shared.dicom.errors import DicomError, NotDicomError, UnsupportedDicomError
-from shared.dicom.isolate import DecodeOptions
 
 __all__ = [
     "COMPRESSED_SYNTAXES",
@@ -96,13 +96,11 @@ def decode_frame(
     big_endian: bool = False,
     vr: str = "OW",
     j2k_target: tuple[int, int] | None = None,
-    options: DecodeOptions = DecodeOptions(),
 ) -> DecodedFrame:
     """Decode frame 0 of `pixel_data` encoded with `syntax`.
 
     ``j2k_target`` (canonical width, height) allows a reduced-resolution JPEG
     2000 decode that still covers that size; None decodes at full resolution.
-    ``options`` says whether crash-prone decoders run in worker processes.
     Every decoder failure becomes a DicomError without the library's message.
     """
     if syntax in NATIVE_SYNTAXES:
@@ -114,7 +112,7 @@ def decode_frame(
     backend.check(syntax, frame, geom)
     try:
         decoded = backend.decode(
-            FrameRequest(syntax, pixel_data, frame, geom, target=j2k_target, options=options)
+            FrameRequest(syntax, pixel_data, frame, geom, target=j2k_target)
         )
     except DicomError:
         raise

@@ -16,7 +16,6 @@ import numpy as np
 from pydicom.uid import UID
 
 from shared.dicom.errors import NotDicomError
-from shared.dicom.isolate import DecodeOptions
 
 __all__ = ["CompressedBackend", "DecodedFrame", "FrameRequest", "PixelGeometry", "check_size"]
 
@@ -50,7 +49,6 @@ class FrameRequest:
     frame: bytes  # frame 0's codestream
     geom: PixelGeometry
     target: tuple[int, int] | None  # canonical (width, height) a reduced decode must cover
-    options: DecodeOptions
 
 
 class CompressedBackend(Protocol):

@@ -1,9 +1,10 @@
-"""GDCM called directly, for 12-bit JPEG Extended (runs in a worker process).
+"""GDCM called directly, for 12-bit JPEG Extended.
 
 pydicom refuses GDCM for 12-bit JPEG, but the python-gdcm wheel bundles IJG's
 12-bit codec and decodes it bit-exactly like DCMTK's dcmdjpeg (checked by the
-test-suite). GDCM can abort the process on a corrupt codestream, so
-:func:`decode` is only ever called through :func:`shared.dicom.isolate.run_isolated`.
+test-suite). GDCM can abort the process on a corrupt codestream: it only gets
+codestreams whose header :mod:`.jpeg` checked, and the gateway runs it in a
+worker process (:mod:`shared.dicom.pool`).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 The fast path (:mod:`.openjpeg`) can stop the inverse wavelet transform
 early and return the image at 1/2, 1/4, ... resolution when the canonical
 image is smaller than that; without libopenjp2 we fall back to pydicom's
-plugins in a worker process.
+plugins.
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from pydicom.uid import UID
 from shared.dicom.codecs import openjpeg, plugins
 from shared.dicom.codecs.base import DecodedFrame, FrameRequest, PixelGeometry, check_size
 from shared.dicom.errors import NotDicomError, UnsupportedDicomError
-from shared.dicom.isolate import run_isolated
 
 __all__ = ["SYNTAXES", "check", "decode", "read_siz", "reduce_factor", "sniff"]
 
@@ -107,7 +106,4 @@ def decode(request: FrameRequest) -> DecodedFrame:
                 raise
             arr = openjpeg.decode(frame, expected_size=(geom.rows, geom.columns))
             return DecodedFrame(arr, 0)
-    decoded = run_isolated(
-        plugins.decode, request.syntax, request.pixel_data, geom, options=request.options
-    )
-    return DecodedFrame(decoded, 0)
+    return DecodedFrame(plugins.decode(request.syntax, request.pixel_data, geom), 0)

@@ -2,9 +2,9 @@
 
 The frame header (SOF) is read and checked against Rows/Columns before any
 decoder sees the codestream: GDCM aborts the process on some malformed
-headers, so it only gets structurally sound ones, and then in a worker
-process. 12-bit JPEG Extended goes to pydicom's pylibjpeg plugin when the
-opt-in GPL extra is installed, else to GDCM directly (:mod:`.gdcm`).
+headers, so it only gets structurally sound ones. 12-bit JPEG Extended goes
+to pydicom's pylibjpeg plugin when the opt-in GPL extra is installed, else to
+GDCM directly (:mod:`.gdcm`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from pydicom.uid import UID
 from shared.dicom.codecs import gdcm, plugins
 from shared.dicom.codecs.base import DecodedFrame, FrameRequest, PixelGeometry, check_size
 from shared.dicom.errors import NotDicomError, UnsupportedDicomError
-from shared.dicom.isolate import run_isolated
 
 __all__ = ["SYNTAXES", "check", "decode", "decoder_geometry", "read_sof"]
 
@@ -116,13 +115,11 @@ def decoder_geometry(frame: bytes, geom: PixelGeometry) -> PixelGeometry:
 
 
 def decode(request: FrameRequest) -> DecodedFrame:
-    """Decode in a worker process: pydicom's plugins, or GDCM itself for 12-bit Extended."""
-    syntax, options = request.syntax, request.options
+    """pydicom's plugins, or GDCM itself for 12-bit Extended."""
+    syntax = request.syntax
     geom = decoder_geometry(request.frame, request.geom)
     if syntax == pduid.JPEGExtended12Bit and geom.bits_stored > 8 and not plugins.has_plugin(
         syntax, "pylibjpeg"
     ):
-        return DecodedFrame(run_isolated(gdcm.decode, syntax, request.frame, geom, options=options))
-    return DecodedFrame(
-        run_isolated(plugins.decode, syntax, request.pixel_data, geom, options=options)
-    )
+        return DecodedFrame(gdcm.decode(syntax, request.frame, geom))
+    return DecodedFrame(plugins.decode(syntax, request.pixel_data, geom))

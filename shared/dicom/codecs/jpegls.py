@@ -1,4 +1,4 @@
-"""JPEG-LS (lossless and near-lossless) through pydicom's plugins, in a worker process.
+"""JPEG-LS (lossless and near-lossless) through pydicom's plugins.
 
 The codestream uses JPEG's marker syntax (frame header SOF55), so its header
 is read and checked by :mod:`.jpeg`.
@@ -12,7 +12,6 @@ from pydicom.uid import UID
 from shared.dicom.codecs import jpeg, plugins
 from shared.dicom.codecs.base import DecodedFrame, FrameRequest, PixelGeometry
 from shared.dicom.errors import UnsupportedDicomError
-from shared.dicom.isolate import run_isolated
 
 __all__ = ["SYNTAXES", "check", "decode"]
 
@@ -30,8 +29,4 @@ def decode(request: FrameRequest) -> DecodedFrame:
             "JPEG-LS images with fewer than 8 bits per sample are not supported."
         )
     geom = jpeg.decoder_geometry(request.frame, request.geom)
-    return DecodedFrame(
-        run_isolated(
-            plugins.decode, request.syntax, request.pixel_data, geom, options=request.options
-        )
-    )
+    return DecodedFrame(plugins.decode(request.syntax, request.pixel_data, geom))

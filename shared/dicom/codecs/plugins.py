@@ -1,9 +1,9 @@
 """pydicom's own decoders (pylibjpeg-*, python-gdcm plugins) for frame 0 of a syntax.
 
 The fallback of every compressed backend we do not decode ourselves. With
-the GDCM or libjpeg plugins it can abort the process, so the backends call
-:func:`decode` through :func:`shared.dicom.isolate.run_isolated` (RLE, whose
-decoders are pure Rust/numpy and raise rather than abort, calls it directly).
+the GDCM or libjpeg plugins it can abort the process (the gateway runs it in
+a worker process: :mod:`shared.dicom.pool`); RLE's decoders are pure
+Rust/numpy and raise rather than abort.
 """
 
 from __future__ import annotations

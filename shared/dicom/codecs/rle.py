@@ -1,7 +1,6 @@
-"""RLE Lossless through pydicom's decoders (pylibjpeg-rle or numpy), in process.
+"""RLE Lossless through pydicom's decoders (pylibjpeg-rle or numpy).
 
-Those decoders are pure Rust/numpy: they raise on a corrupt frame, never
-abort, so no worker process is needed.
+Those decoders are pure Rust/numpy: they raise on a corrupt frame, never abort.
 """
 
 from __future__ import annotations
@@ -38,5 +37,5 @@ def check(syntax: UID, frame: bytes, geom: PixelGeometry) -> None:
 
 
 def decode(request: FrameRequest) -> DecodedFrame:
-    """In this process (`options` does not apply): these decoders never abort."""
+    """pydicom's RLE decoder for frame 0."""
     return DecodedFrame(plugins.decode(request.syntax, request.pixel_data, request.geom))
