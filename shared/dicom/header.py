@@ -31,13 +31,13 @@ from shared.dicom.elements import (
     text_value,
 )
 from shared.dicom.errors import NotDicomError, UnsupportedDicomError
+from shared.dicom.limits import PIXEL_CEILING
 from shared.dicom.parse import ParsedDicom
 from shared.dicom.render import LINEAR, LINEAR_EXACT, SIGMOID, Lut, RenderSpec, Window
 from shared.dicom.source import SourceImage, read_source
 from shared.dicom.syntax import resolve_syntax, syntax_name
 
 __all__ = [
-    "MAX_PIXELS",
     "DicomMetadata",
     "Examination",
     "ImageHeader",
@@ -46,8 +46,6 @@ __all__ = [
     "read_header",
 ]
 
-# Refuse images larger than this before decoding (100 megapixels).
-MAX_PIXELS = 100_000_000
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _COLOUR = (
     "RGB",
@@ -204,7 +202,8 @@ def _greyscale_photometric(ds: Dataset, notes: list[str]) -> str:
 
 
 def _single_frame_size(ds: Dataset) -> tuple[int, int]:
-    """(Rows, Columns) of a single-frame image of at most MAX_PIXELS."""
+    """(Rows, Columns) of a single-frame image of at most :data:`PIXEL_CEILING` (MAX_PIXELS,
+    the setting, is checked once the header is read: :func:`~shared.dicom.limits.check_pixels`)."""
     frames = int_value(element_value(ds, "NumberOfFrames"))
     frames = 1 if frames is None or frames < 1 else frames
     if frames > 1:
@@ -217,10 +216,10 @@ def _single_frame_size(ds: Dataset) -> tuple[int, int]:
     rows, columns = int_value(element_value(ds, "Rows")), int_value(element_value(ds, "Columns"))
     if not rows or not columns or rows < 0 or columns < 0:
         raise UnsupportedDicomError("The image has no size: Rows or Columns is missing or zero.")
-    if rows * columns > MAX_PIXELS:
+    if rows * columns > PIXEL_CEILING:
         raise UnsupportedDicomError(
             f"The image is {columns}x{rows} pixels, more than the "
-            f"{MAX_PIXELS // 1_000_000} megapixels this service accepts."
+            f"{PIXEL_CEILING // 1_000_000} megapixels this service accepts."
         )
     return rows, columns
 

@@ -30,6 +30,7 @@ from shared.dicom.errors import UnsupportedDicomError
 
 __all__ = [
     "DECODE_BYTES_PER_PIXEL",
+    "PIXEL_CEILING",
     "DecodeLimits",
     "DicomLimitError",
     "check_pixels",
@@ -41,6 +42,13 @@ __all__ = [
 # Peak decode memory per pixel (stored samples, the decoder's int32 output, the
 # rendering's intermediates): what the gateway's decode-memory budget counts.
 DECODE_BYTES_PER_PIXEL = 8
+
+# The hard ceiling on image size, whatever MAX_PIXELS says (100 megapixels, 800 MB of
+# decode memory): a header that claims more is refused at once, with the other Image
+# Pixel checks, before its Pixel Data is looked at (:mod:`shared.dicom.header`). Under
+# it, MAX_PIXELS (``DecodeLimits.max_pixels``) is checked after the header is read, so
+# that native Pixel Data too short for the image is reported first as the damage it is.
+PIXEL_CEILING = 100_000_000
 
 _U16_LE = struct.Struct("<H")
 _U32_LE = struct.Struct("<I")
@@ -79,6 +87,10 @@ class DecodeLimits:
     The defaults fit every radiograph we know of by a wide margin (a DX header
     has a few hundred elements, a handful of sequences, one to a few hundred
     fragments) and refuse the bombs in milliseconds.
+
+    ``max_pixels`` is the image-size cap (``MAX_PIXELS``), checked once the
+    header is read (:func:`check_pixels`); no setting lets an image past
+    :data:`PIXEL_CEILING`.
     """
 
     max_elements: int = 50_000  # MAX_DICOM_ELEMENTS (nested ones included)

@@ -81,6 +81,19 @@ def test_caps_are_configurable_and_inclusive() -> None:
         dicom.decode_dicom(to_bytes(hostile.small_ds()), limits=small)
 
 
+def test_max_pixels_is_the_setting_under_one_hard_ceiling() -> None:
+    big = hostile.j2k_claiming(9_000, 9_000)  # 81 megapixels
+    with pytest.raises(dicom.DicomLimitError, match="40 megapixels") as info:
+        dicom.inspect_dicom(big)  # the default setting, named
+    assert info.value.limit == "MAX_PIXELS" and info.value.status_code == 422
+    facts = dicom.inspect_dicom(big, limits=dicom.DecodeLimits(max_pixels=90_000_000))
+    assert (facts.rows, facts.columns) == (9_000, 9_000)
+    huge = hostile.j2k_claiming(12_000, 10_000)  # 120 megapixels: past any setting
+    with pytest.raises(dicom.UnsupportedDicomError, match="100 megapixels") as ceiling:
+        dicom.inspect_dicom(huge, limits=dicom.DecodeLimits(max_pixels=150_000_000))
+    assert ceiling.value.status_code == 422
+
+
 def test_deep_nesting_is_refused() -> None:
     import struct
 
