@@ -4,7 +4,9 @@
 (refusing what we cannot analyse before any pixel is decoded), the Pixel Data
 element, the transfer syntax, the rendering elements of PS3.14 and the
 metadata for the response, all in one frozen :class:`ImageHeader` that
-decoding and rendering take.
+decoding and rendering take. Two parts have modules of their own: the rendering
+elements (:mod:`shared.dicom.renderspec`) and what the image shows, for input
+selection (:mod:`shared.dicom.examination`).
 
 Every value is read through :mod:`shared.dicom.elements`, which turns pydicom
 conversion errors (a mutated VR, a garbage length) into "absent", and every
@@ -18,33 +20,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from shared.dicom.codecs import PixelGeometry
-from shared.dicom.elements import (
-    element_value,
-    first_item,
-    float_value,
-    int_value,
-    text_value,
-)
+from shared.dicom.elements import element_value, int_value, text_value
 from shared.dicom.errors import NotDicomError, UnsupportedDicomError
+from shared.dicom.examination import Examination, read_examination
 from shared.dicom.limits import PIXEL_CEILING
 from shared.dicom.parse import ParsedDicom
-from shared.dicom.render import LINEAR, LINEAR_EXACT, SIGMOID, Lut, RenderSpec, Window
+from shared.dicom.render import RenderSpec
+from shared.dicom.renderspec import read_render_spec
 from shared.dicom.source import SourceImage, read_source
 from shared.dicom.syntax import resolve_syntax, syntax_name
 
-__all__ = [
-    "DicomMetadata",
-    "Examination",
-    "ImageHeader",
-    "PixelData",
-    "read_examination",
-    "read_header",
-]
+__all__ = ["DicomMetadata", "ImageHeader", "PixelData", "read_header"]
 
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 _COLOUR = (
@@ -91,28 +81,6 @@ class PixelData:
 
 
 @dataclass(frozen=True)
-class Examination:
-    """What the header says the image is, for input selection (:mod:`shared.dicom.selection`).
-
-    Raw header text: the descriptions are free text and may hold anything, so never
-    quote them whole in a message (selection names the matched keyword only).
-    ``anatomic_codes`` are the (coding scheme, code value) pairs of Anatomic Region
-    Sequence.
-    """
-
-    sop_class_uid: str | None
-    modality: str | None
-    body_part_examined: str | None
-    study_description: str | None
-    series_description: str | None
-    protocol_name: str | None
-    view_position: str | None
-    anatomic_codes: tuple[tuple[str, str], ...]
-    rows: int | None
-    columns: int | None
-
-
-@dataclass(frozen=True)
 class ImageHeader:
     """Everything decoding and rendering need from the header, read and validated once."""
 
@@ -134,7 +102,7 @@ def read_header(parsed: ParsedDicom) -> ImageHeader:
     syntax, syntax_notes = resolve_syntax(
         ds, parsed.transfer_syntax, pixel_data.encapsulated, pixel_data.value
     )
-    render = _read_render_spec(ds, geometry, little_endian)
+    render = read_render_spec(ds, geometry, little_endian)
     return ImageHeader(
         geometry=geometry,
         transfer_syntax=syntax,
@@ -290,165 +258,4 @@ def _read_metadata(
             ds, geometry.rows, geometry.columns, geometry.photometric,
             render.slope, render.intercept,
         ),
-    )
-
-
-# ------------------------------------------------------------- examination
-
-# Longest text read for selection (LO is 64 characters; a hostile file may hold more).
-_MAX_TEXT = 1024
-# Anatomic Region Sequence items read (one is usual).
-_MAX_CODES = 8
-
-
-def read_examination(ds: Dataset) -> Examination:
-    """The elements input selection decides on; every one may be absent."""
-
-    def text(source: Dataset | None, keyword: str) -> str | None:
-        value = text_value(source, keyword) if source is not None else None
-        return value[:_MAX_TEXT] if value else None
-
-    # (a file without SOP Class UID in its dataset may still name it in its file meta)
-    sop_class = text(ds, "SOPClassUID") or text(
-        getattr(ds, "file_meta", None), "MediaStorageSOPClassUID"
-    )
-    return Examination(
-        sop_class_uid=sop_class,
-        modality=text(ds, "Modality"),
-        body_part_examined=text(ds, "BodyPartExamined"),
-        study_description=text(ds, "StudyDescription"),
-        series_description=text(ds, "SeriesDescription"),
-        protocol_name=text(ds, "ProtocolName"),
-        view_position=text(ds, "ViewPosition"),
-        anatomic_codes=_anatomic_codes(ds),
-        rows=int_value(element_value(ds, "Rows")),
-        columns=int_value(element_value(ds, "Columns")),
-    )
-
-
-def _anatomic_codes(ds: Dataset) -> tuple[tuple[str, str], ...]:
-    """(scheme, value) of each readable Anatomic Region Sequence item."""
-    sequence = element_value(ds, "AnatomicRegionSequence")
-    codes: list[tuple[str, str]] = []
-    try:
-        items = list(sequence)[:_MAX_CODES] if sequence is not None else []
-    except Exception:
-        return ()
-    for item in items:
-        if not isinstance(item, Dataset):
-            continue
-        scheme, value = text_value(item, "CodingSchemeDesignator"), text_value(item, "CodeValue")
-        if scheme and value:
-            codes.append((scheme[:64].upper(), value[:64]))
-    return tuple(codes)
-
-
-# ------------------------------------------------------------ render spec
-
-
-def _lut_from_item(item: Dataset, little_endian: bool, signed_input: bool) -> Lut | None:
-    """A Modality/VOI LUT item -> Lut (None when its descriptor or data is unusable)."""
-    descriptor = element_value(item, "LUTDescriptor")
-    if descriptor is None or isinstance(descriptor, (bytes, bytearray)):
-        return None
-    try:
-        entries, first, bits = (int(v) for v in list(descriptor)[:3])
-    except (TypeError, ValueError):
-        return None
-    entries = entries or 65536
-    if signed_input and first >= 32768:  # SS value read as US
-        first -= 65536
-    if not 1 <= bits <= 16 or entries < 1:
-        return None
-    raw = element_value(item, "LUTData")
-    if raw is None:
-        return None
-    if isinstance(raw, (bytes, bytearray)):
-        data = np.frombuffer(raw[: len(raw) // 2 * 2], dtype="<u2" if little_endian else ">u2")
-    else:
-        try:
-            data = np.asarray(list(raw) if not isinstance(raw, int) else [raw], dtype=np.int64)
-        except (TypeError, ValueError, OverflowError):
-            return None
-    data = data[:entries]
-    if data.size == 0:
-        return None
-    return Lut(first=first, values=data.astype(np.float64), bits=bits)
-
-
-def _window(ds: Dataset, notes: list[str]) -> Window | None:
-    center, width = element_value(ds, "WindowCenter"), element_value(ds, "WindowWidth")
-    if center is None and width is None:
-        return None
-    c, w = float_value(center), float_value(width)
-    function = (text_value(ds, "VOILUTFunction") or LINEAR).upper()
-    if function not in (LINEAR, LINEAR_EXACT, SIGMOID):
-        notes.append("Unknown VOI LUT Function; LINEAR was used.")
-        function = LINEAR
-    if c is None or w is None or w <= 0 or (function == LINEAR and w < 1):
-        notes.append("Window Center/Width is invalid and was ignored.")
-        return None
-    return Window(center=c, width=w, function=function)
-
-
-def _padding(ds: Dataset, bits_stored: int, signed: bool) -> tuple[int, int] | None:
-    """Pixel Padding Value (and Range Limit) as an inclusive range of stored values."""
-    value = int_value(element_value(ds, "PixelPaddingValue"))
-    if value is None:
-        return None
-    limit = int_value(element_value(ds, "PixelPaddingRangeLimit"))
-
-    def stored(v: int) -> int:
-        v &= (1 << bits_stored) - 1
-        if signed:
-            sign = 1 << (bits_stored - 1)
-            v = (v ^ sign) - sign
-        return v
-
-    lo = stored(value)
-    hi = lo if limit is None else stored(limit)
-    return (min(lo, hi), max(lo, hi))
-
-
-def _read_render_spec(ds: Dataset, geometry: PixelGeometry, little_endian: bool) -> RenderSpec:
-    """Modality LUT, VOI, inversion and padding for the first frame (PS3.14 order)."""
-    notes: list[str] = []
-    signed = geometry.signed
-
-    modality_lut = None
-    item = first_item(ds, "ModalityLUTSequence")
-    if item is not None:
-        modality_lut = _lut_from_item(item, little_endian, signed)
-        if modality_lut is None:
-            notes.append("The Modality LUT Sequence is invalid and was ignored.")
-    slope = float_value(element_value(ds, "RescaleSlope"))
-    intercept = float_value(element_value(ds, "RescaleIntercept"))
-    if slope == 0:
-        notes.append("Rescale Slope is 0; it was ignored.")
-        slope = None
-    slope = 1.0 if slope is None else slope
-    intercept = 0.0 if intercept is None else intercept
-
-    voi_lut = None
-    item = first_item(ds, "VOILUTSequence")
-    if item is not None:
-        negative_input = signed or intercept < 0 or slope < 0
-        voi_lut = _lut_from_item(item, little_endian, negative_input and modality_lut is None)
-        if voi_lut is None:
-            notes.append("The VOI LUT Sequence is invalid and was ignored.")
-    window = None if voi_lut is not None else _window(ds, notes)
-
-    shape = (text_value(ds, "PresentationLUTShape") or "").upper()
-    invert = geometry.photometric == "MONOCHROME1" or shape == "INVERSE"
-    return RenderSpec(
-        bits_stored=geometry.bits_stored,
-        signed=signed,
-        slope=slope,
-        intercept=intercept,
-        modality_lut=modality_lut,
-        voi_lut=voi_lut,
-        window=window,
-        invert=invert,
-        padding=_padding(ds, geometry.bits_stored, signed),
-        notes=tuple(notes),
     )

@@ -2,7 +2,7 @@
 
 A research group that routes every radiograph of a study to the service must get
 chests, hands and knees refused, not "Abnormal" with spine lesions drawn over the
-lungs. :func:`select` decides on the one :class:`~shared.dicom.header.Examination`
+lungs. :func:`select` decides on the one :class:`~shared.dicom.examination.Examination`
 read with the header, before any pixel is decoded, by the rules of ONE YAML file:
 the shipped ``selection_default.yaml`` (documented there and in README "Input
 selection"), or the operator's ``INPUT_SELECTION_RULES`` file merged over it.
@@ -33,7 +33,8 @@ from pydicom.dataset import Dataset
 from pydicom.uid import UID
 
 from shared.dicom.errors import NotSelectedError
-from shared.dicom.header import Examination, ImageHeader, read_examination
+from shared.dicom.examination import Examination, read_examination
+from shared.dicom.header import ImageHeader
 from shared.mappings import deep_merge
 
 __all__ = [

@@ -10,7 +10,8 @@ import pytest
 from pydicom.data import get_testdata_file
 
 from shared.dicom import NotSelectedError, decode_dicom, load_rules
-from shared.dicom.header import Examination, read_header
+from shared.dicom.examination import Examination
+from shared.dicom.header import read_header
 from shared.dicom.parse import parse_dicom
 from shared.dicom.selection import (
     WARN_BODY_PART_NOT_STATED,
@@ -202,7 +203,7 @@ def test_the_header_reads_what_selection_needs() -> None:
     assert (exam.view_position, exam.rows, exam.columns) == ("PA", 1955, 1841)
     from pydicom.dataset import Dataset
 
-    from shared.dicom.header import read_examination
+    from shared.dicom.examination import read_examination
 
     ds = Dataset()
     item = Dataset()
