@@ -60,17 +60,18 @@ async def decode(
     which is returned when the decode has really finished. While the budget has room for
     the largest image ``MAX_PIXELS`` allows, that much is held and the upload goes to a
     worker in one call; otherwise the header step runs first (every refusal comes from
-    it, in milliseconds) and the decode waits until the image's own cost fits.
-    The input selection rules run on the header in either step: what they refuse
-    is a 422 (``dicom.NotSelectedError``) before any pixel is decoded, for /upload
-    and /preview. Each step runs in a copy of this context so its log lines carry
-    the request id.
+    it, in milliseconds), the decode waits until the image's own cost fits and then
+    goes on from that step's header: the header is read once either way. The input
+    selection rules run on it, once: what they refuse is a 422
+    (``dicom.NotSelectedError``) before any pixel is decoded, for /upload and /preview.
+    Each step runs in a copy of this context so its log lines carry the request id.
     """
     loop = asyncio.get_running_loop()
     settings = pipeline.settings
     limits, workers = decode_limits(settings), pipeline.decoders
     budget = pipeline.decode_budget
     started = time.perf_counter()
+    inspection: dicom.Inspection | None = None  # the header step's, when there was one
     try:
         need = dicom.decode_bytes(settings.max_pixels, 1)  # the largest image allowed
         if not budget.try_acquire(need):
@@ -78,15 +79,15 @@ async def decode(
                 dicom.inspect_dicom, data, limits=limits, selection=pipeline.selection,
                 pool=workers,
             )
-            facts = await loop.run_in_executor(
+            inspection = await loop.run_in_executor(
                 pipeline.decode_pool, contextvars.copy_context().run, inspect
             )
-            need = facts.decode_bytes
+            need = inspection.decode_bytes
             await budget.acquire(need)
         work = functools.partial(
             dicom.decode_dicom, data, settings.canonical_long_side,
             reduced_j2k=settings.reduced_j2k, limits=limits, selection=pipeline.selection,
-            pool=workers,
+            pool=workers, inspection=inspection,
         )
         try:
             job = pipeline.decode_pool.submit(contextvars.copy_context().run, work)

@@ -32,7 +32,7 @@ from shared.dicom.selection import (
     load_rules,
     select,
 )
-from shared.dicom.steps import CanonicalImage, ImageFacts, InstanceIds
+from shared.dicom.steps import CanonicalImage, Inspection, InstanceIds
 
 __all__ = [
     "CanonicalImage",
@@ -41,7 +41,7 @@ __all__ = [
     "DicomError",
     "DicomLimitError",
     "DicomMetadata",
-    "ImageFacts",
+    "Inspection",
     "InstanceIds",
     "InvalidRulesError",
     "NotDicomError",

@@ -56,7 +56,7 @@ from shared.dicom.limits import DecodeLimits
 from shared.dicom.pool import DecoderPool
 from shared.dicom.probes import probe_syntaxes
 from shared.dicom.selection import SelectionRules
-from shared.dicom.steps import CanonicalImage, ImageFacts, InstanceIds
+from shared.dicom.steps import CanonicalImage, Inspection, InstanceIds
 
 __all__ = [
     "decodable_transfer_syntaxes",
@@ -84,6 +84,7 @@ def decode_dicom(
     limits: DecodeLimits = _DEFAULT_LIMITS,
     selection: SelectionRules | None = None,
     pool: DecoderPool | None = None,
+    inspection: Inspection | None = None,
 ) -> tuple[CanonicalImage, DicomMetadata]:
     """Parse once, render once. Raises DicomError subclasses for every bad input.
 
@@ -106,10 +107,16 @@ def decode_dicom(
 
     ``pool`` is the mode: None runs it all here, a pool runs it all in one of
     its workers (memory limit, deadline).
+
+    ``inspection``, what :func:`inspect_dicom` returned for these same bytes,
+    spares reading the header again (its checks and selection stand): the
+    gateway inspects first when its decode-memory budget has no room yet.
     """
     if long_side < 1:
         raise ValueError("long_side must be at least 1")
-    return _run(pool, steps.decode, data, long_side, reduced_j2k, limits, selection)
+    return _run(
+        pool, steps.decode, data, long_side, reduced_j2k, limits, selection, inspection
+    )
 
 
 def inspect_dicom(
@@ -118,8 +125,12 @@ def inspect_dicom(
     limits: DecodeLimits = _DEFAULT_LIMITS,
     selection: SelectionRules | None = None,
     pool: DecoderPool | None = None,
-) -> ImageFacts:
-    """Every header check of :func:`decode_dicom`, no pixel decoded: refusals come from here."""
+) -> Inspection:
+    """Every header check of :func:`decode_dicom`, no pixel decoded: refusals come from here.
+
+    The :class:`~shared.dicom.steps.Inspection` says what the image costs to decode
+    and, passed to :func:`decode_dicom` with the same bytes, spares it the header.
+    """
     return _run(pool, steps.inspect, data, limits, selection)
 
 

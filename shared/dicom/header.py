@@ -18,7 +18,7 @@ quotes an element value.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pydicom.dataset import Dataset
 from pydicom.uid import UID
@@ -74,10 +74,30 @@ class DicomMetadata:
 class PixelData:
     """The Pixel Data element as stored: its bytes and how they are encoded."""
 
-    value: bytes = field(repr=False)
+    value: bytes = field(repr=False)  # b"" while detached (:meth:`detached`)
     encapsulated: bool
     vr: str
     big_endian: bool
+    # (offset, length) of `value` in the upload's bytes; None where it is not a slice of
+    # them (the body of a Deflated file is inflated first).
+    span: tuple[int, int] | None = None
+
+    def detached(self, data: bytes) -> PixelData:
+        """Without its bytes where `data`, the upload, holds them at :attr:`span`: small
+        enough to cross a worker pipe; :meth:`attached` takes them from the upload again."""
+        if self.span is None or not self.value:
+            return self
+        offset, _length = self.span
+        if not data.startswith(self.value, offset):  # (a memcmp: no copy)
+            return self  # not where pydicom said: keep the bytes
+        return replace(self, value=b"")
+
+    def attached(self, data: bytes) -> PixelData:
+        """With its bytes again, taken from `data`: the same upload it was detached from."""
+        if self.value or self.span is None:
+            return self
+        offset, length = self.span
+        return replace(self, value=data[offset : offset + length])
 
 
 @dataclass(frozen=True)
@@ -98,7 +118,9 @@ def read_header(parsed: ParsedDicom) -> ImageHeader:
     ds = parsed.dataset
     geometry, notes = _read_geometry(ds)
     little_endian = parsed.deflated or ds.original_encoding[1] is not False
-    pixel_data = _read_pixel_data(ds, big_endian=not little_endian)
+    pixel_data = _read_pixel_data(
+        ds, big_endian=not little_endian, from_upload=not parsed.deflated
+    )
     syntax, syntax_notes = resolve_syntax(
         ds, parsed.transfer_syntax, pixel_data.encapsulated, pixel_data.value
     )
@@ -217,9 +239,14 @@ def _sample_format(ds: Dataset, notes: list[str]) -> tuple[int, int, bool]:
     return bits_allocated, bits_stored, representation == 1
 
 
-def _read_pixel_data(ds: Dataset, *, big_endian: bool) -> PixelData:
-    """The Pixel Data element, refusing an unreadable or empty one."""
+def _read_pixel_data(ds: Dataset, *, big_endian: bool, from_upload: bool) -> PixelData:
+    """The Pixel Data element, refusing an unreadable or empty one.
+
+    ``from_upload``: pydicom read `ds` from the upload's own bytes, so the
+    element's value position there (``value_tell``) is its span in the upload.
+    """
     try:
+        offset = getattr(ds.get_item("PixelData"), "value_tell", None) if from_upload else None
         element = ds["PixelData"]
         data = element.value
     except Exception:
@@ -233,6 +260,7 @@ def _read_pixel_data(ds: Dataset, *, big_endian: bool) -> PixelData:
         encapsulated=bool(element.is_undefined_length),
         vr=str(element.VR),
         big_endian=big_endian,
+        span=None if offset is None else (int(offset), len(data)),
     )
 
 

@@ -73,7 +73,8 @@ def error_reply(exc: Exception) -> object:
     return exc
 
 
-# What a reply may contain besides our dataclasses and errors: numpy arrays, builtin exceptions.
+# What a reply may contain besides our dataclasses and errors: numpy arrays, pydicom's UID
+# (a str subclass, in an Inspection's header), builtin exceptions.
 _GLOBALS = frozenset(
     {
         ("numpy", "dtype"),
@@ -84,6 +85,7 @@ _GLOBALS = frozenset(
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "scalar"),
         ("numpy._core.numeric", "_frombuffer"),
+        ("pydicom.uid", "UID"),
     }
 )
 

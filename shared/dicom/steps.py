@@ -9,7 +9,7 @@ so they are plain data: bytes, limits, rules, frozen dataclasses.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -25,8 +25,8 @@ from shared.dicom.source import uid_value
 __all__ = [
     "WARN_REDUCED_J2K",
     "CanonicalImage",
-    "ImageFacts",
     "InstanceIds",
+    "Inspection",
     "decode",
     "identify",
     "inspect",
@@ -53,18 +53,36 @@ class CanonicalImage:
 
 
 @dataclass(frozen=True)
-class ImageFacts:
-    """What the gateway learns of an upload before its pixels are decoded (for the budget)."""
+class Inspection:
+    """An upload's header, read, checked and selected once, before any pixel is decoded.
 
-    rows: int
-    columns: int
-    bits_allocated: int
-    transfer_syntax_uid: str
+    What the gateway learns for its decode-memory budget (:attr:`decode_bytes`), and what
+    :func:`decode` goes on from, so the header is never read twice. Without the Pixel
+    Data where the upload holds it (:meth:`~shared.dicom.header.PixelData.detached`):
+    it crosses the worker pipe in a few hundred bytes, and the decode takes the pixels
+    from the same upload again.
+    """
+
+    header: ImageHeader = field(repr=False)  # its metadata holds PHI
+    selected: Selection | None  # which input selection rule accepted it (None: no rules)
+
+    @property
+    def rows(self) -> int:
+        return self.header.geometry.rows
+
+    @property
+    def columns(self) -> int:
+        return self.header.geometry.columns
 
     @property
     def decode_bytes(self) -> int:
         """Peak memory decoding and rendering this image costs (the decode-memory budget)."""
         return decode_bytes(self.rows, self.columns)
+
+    def detached(self, data: bytes) -> Inspection:
+        """Without the Pixel Data that `data`, the upload, holds (to cross a pipe small)."""
+        pixel_data = self.header.pixel_data.detached(data)
+        return replace(self, header=replace(self.header, pixel_data=pixel_data))
 
 
 @dataclass(frozen=True)
@@ -89,15 +107,14 @@ def _read(data: bytes, limits: DecodeLimits) -> ImageHeader:
     return header
 
 
-def inspect(data: bytes, limits: DecodeLimits, selection: SelectionRules | None) -> ImageFacts:
+def inspect(data: bytes, limits: DecodeLimits, selection: SelectionRules | None) -> Inspection:
     """Every header check of :func:`decode`, no pixel decoded: refusals come from here."""
+    return _inspect(data, limits, selection).detached(data)
+
+
+def _inspect(data: bytes, limits: DecodeLimits, selection: SelectionRules | None) -> Inspection:
     header = _read(data, limits)
-    if selection is not None:
-        require_selected(header, selection)
-    geometry = header.geometry
-    return ImageFacts(
-        geometry.rows, geometry.columns, geometry.bits_allocated, str(header.transfer_syntax)
-    )
+    return Inspection(header, None if selection is None else require_selected(header, selection))
 
 
 def identify(data: bytes, limits: DecodeLimits) -> InstanceIds:
@@ -115,11 +132,14 @@ def decode(
     reduced_j2k: bool,
     limits: DecodeLimits,
     selection: SelectionRules | None,
+    inspection: Inspection | None = None,
 ) -> tuple[CanonicalImage, DicomMetadata]:
-    """Parse, read the header, select, decode frame 0, render: the canonical image."""
-    header = _read(data, limits)
-    selected = None if selection is None else require_selected(header, selection)
-    geometry, pixel_data = header.geometry, header.pixel_data
+    """Parse, read the header, select (or go on from the `inspection` of these same
+    bytes, which did that), decode frame 0, render: the canonical image."""
+    if inspection is None:
+        inspection = _inspect(data, limits, selection)  # its Pixel Data attached
+    header, selected = inspection.header, inspection.selected
+    geometry, pixel_data = header.geometry, header.pixel_data.attached(data)
     size = canonical_size(geometry.rows, geometry.columns, long_side)
     decoded = decode_frame(
         header.transfer_syntax,

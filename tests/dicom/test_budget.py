@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from bench.dicoms import make_dx_dicom, radiograph_pixels
 from shared import dicom
 from shared.dicom import limits, pool, protocol
 from tests.dicom import hostile
@@ -67,6 +69,45 @@ def test_isolated_decode_is_identical_to_in_process(decoder_pool: dicom.DecoderP
         facts = dicom.inspect_dicom(data, pool=decoder_pool)
         assert (facts.rows, facts.columns) == (meta_here.rows, meta_here.columns)
         assert facts.decode_bytes == facts.rows * facts.columns * limits.DECODE_BYTES_PER_PIXEL
+
+
+def _deflated_small() -> bytes:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    body = DicomBytesIO()
+    body.is_little_endian, body.is_implicit_VR = True, False
+    write_dataset(body, hostile.small_ds())
+    return hostile.deflated(hostile.deflate_raw(body.getvalue()))
+
+
+@pytest.mark.parametrize(
+    ("maker", "pixels_travel"),
+    [
+        (lambda: make_dx_dicom(radiograph_pixels(640, 480), compress=False), False),
+        (lambda: make_dx_dicom(radiograph_pixels(640, 480), compress=True), False),
+        (_deflated_small, True),  # inflated: its Pixel Data is not in the upload's bytes
+    ],
+    ids=["native", "j2k", "deflated"],
+)
+def test_the_decode_goes_on_from_the_inspection(
+    maker: Callable[[], bytes], pixels_travel: bool, decoder_pool: dicom.DecoderPool
+) -> None:
+    """The budget's two steps read the header once: the inspection crosses the pipe without
+    the Pixel Data the upload holds, and the decode that goes on from it gives what one
+    call gives."""
+    import pickle
+
+    data = maker()
+    whole, meta = dicom.decode_dicom(data, pool=decoder_pool)
+    inspection = dicom.inspect_dicom(data, pool=decoder_pool)
+    travelled = len(pickle.dumps(inspection, protocol=5))
+    assert (travelled > 6144) is pixels_travel, travelled  # small_ds: 6144 bytes of pixels
+    assert travelled < 16_384 or pixels_travel  # 640 x 480 x 2 = 600 KiB of pixels stay home
+    for where in (decoder_pool, None):
+        canonical, again = dicom.decode_dicom(data, pool=where, inspection=inspection)
+        assert np.array_equal(canonical.pixels, whole.pixels)
+        assert canonical.warnings == whole.warnings and again == meta
 
 
 def test_caps_are_configurable_and_inclusive() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
 from gateway.pipeline.budget import DecodeBudget
@@ -56,3 +57,34 @@ def test_a_cancelled_waiter_holds_nothing_and_blocks_nobody() -> None:
         assert budget.used == 0 and budget.try_acquire(100) and not budget.try_acquire(1)
 
     asyncio.run(main())
+
+
+@pytest.mark.parametrize("budget_mb", [2048, 8], ids=["room", "no_room"])
+def test_the_gateway_reads_an_uploads_header_once_whatever_the_budget(
+    monkeypatch: pytest.MonkeyPatch, budget_mb: int
+) -> None:
+    """With room for the largest image one call decodes; without it (8 MiB < 40 MP x 8
+    bytes) a header step comes first, and the decode goes on from its header."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bench.dicoms import make_dx_dicom, radiograph_pixels
+    from gateway.pipeline import decode as gateway_decode
+    from gateway.pipeline.context import Pipeline
+    from shared import dicom
+    from shared.dicom import steps
+    from shared.settings import Settings
+
+    parses: list[int] = []
+    parse = steps.parse_dicom
+    monkeypatch.setattr(steps, "parse_dicom", lambda *a: parses.append(1) or parse(*a))
+    data = make_dx_dicom(radiograph_pixels(640, 480), compress=False)  # 2.3 MiB to decode
+    settings = Settings(_env_file=None, dicom_isolate_decoders=False)  # in this process
+    with ThreadPoolExecutor(1) as threads:
+        pipeline = Pipeline(
+            settings=settings, classifier=None, detector=None,  # type: ignore[arg-type]
+            decode_pool=threads, decode_budget=DecodeBudget(budget_mb * 2**20),
+        )
+        canonical, _ = asyncio.run(gateway_decode.decode(pipeline, data))
+    assert len(parses) == 1
+    assert pipeline.decode_budget.used == 0
+    assert np.array_equal(canonical.pixels, dicom.decode_dicom(data)[0].pixels)
