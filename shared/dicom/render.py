@@ -33,6 +33,7 @@ import numpy as np
 __all__ = [
     "Lut",
     "RenderSpec",
+    "Rendered",
     "Window",
     "canonical_size",
     "display_window",
@@ -114,6 +115,18 @@ class RenderSpec:
     invert: bool = False
     padding: tuple[int, int] | None = None  # inclusive stored-value range
     notes: tuple[str, ...] = field(default=())  # header problems already worked around
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """What :func:`render` made of the stored values."""
+
+    pixels: np.ndarray  # uint8 display grey, the input's shape
+    warnings: tuple[str, ...]
+    # Lowest and highest modality value of the pixels it kept (not Pixel Padding), read off
+    # the histogram or the min/max it took anyway: what :func:`display_window` needs, so
+    # nothing looks at the pixels twice. None when no pixel was kept (all padding).
+    modality_range: tuple[float, float] | None
 
 
 def stored_domain(bits_stored: int, signed: bool) -> tuple[int, int]:
@@ -207,7 +220,10 @@ def _to_index(pixels: np.ndarray) -> tuple[np.ndarray, int]:
     return pixels.astype(np.uint16), 16  # int32 from JPEG 2000: wraps to the bit pattern
 
 
-def _render_lut(pixels: np.ndarray, spec: RenderSpec) -> tuple[np.ndarray, list[str]]:
+_Made = tuple[np.ndarray, list[str], tuple[float, float] | None]
+
+
+def _render_lut(pixels: np.ndarray, spec: RenderSpec) -> _Made:
     """General path: a uint8 table over every possible raw value, applied once."""
     index, bits = _to_index(pixels)
     present = _histogram(index, 1 << bits)
@@ -216,8 +232,9 @@ def _render_lut(pixels: np.ndarray, spec: RenderSpec) -> tuple[np.ndarray, list[
     valid = present & ~padding
     warnings: list[str] = []
     if not valid.any():
-        return np.zeros(pixels.shape, dtype=np.uint8), [WARN_ALL_PADDING]
+        return np.zeros(pixels.shape, dtype=np.uint8), [WARN_ALL_PADDING], None
     values = _modality(stored, spec)
+    kept = (float(values[valid].min()), float(values[valid].max()))
     voi = _voi(values, spec)
     if voi is not None:
         out, nominal = voi
@@ -237,8 +254,8 @@ def _render_lut(pixels: np.ndarray, spec: RenderSpec) -> tuple[np.ndarray, list[
     table = np.floor(t * 255.0).astype(np.uint8)
     table[padding] = 0
     if bits == 8:
-        return cv2.LUT(index, table), warnings
-    return np.take(table, index), warnings
+        return cv2.LUT(index, table), warnings, kept
+    return np.take(table, index), warnings, kept
 
 
 # ------------------------------------------------------------ affine path
@@ -310,9 +327,7 @@ def _render_affine(
 # ------------------------------------------------------------------ entry
 
 
-def render(
-    pixels: np.ndarray, spec: RenderSpec, *, approximate: bool = False
-) -> tuple[np.ndarray, tuple[str, ...]]:
+def render(pixels: np.ndarray, spec: RenderSpec, *, approximate: bool = False) -> Rendered:
     """Stored values (raw bit patterns allowed) -> uint8 display grey, plus warnings.
 
     ``approximate`` marks values from a reduced-resolution JPEG 2000 decode:
@@ -329,33 +344,31 @@ def render(
         vmin, vmax, _, _ = cv2.minMaxLoc(pixels)
         if lo_dom <= vmin and vmax <= hi_dom and math.isfinite(vmin):
             out, more = _render_affine(pixels, spec, vmin, vmax)
-            return out, tuple(warnings + more)
-    out, more = _render_lut(pixels, spec)
-    return out, tuple(warnings + more)
+            ends = sorted((vmin * spec.slope + spec.intercept, vmax * spec.slope + spec.intercept))
+            return Rendered(out, tuple(warnings + more), (ends[0], ends[1]))
+    out, more, kept = _render_lut(pixels, spec)
+    return Rendered(out, tuple(warnings + more), kept)
 
 
 # ------------------------------------------------------------ display window
 
 
-def display_window(pixels: np.ndarray, spec: RenderSpec) -> tuple[Window | None, bool]:
+def display_window(
+    modality_range: tuple[float, float] | None, spec: RenderSpec
+) -> tuple[Window | None, bool]:
     """The LINEAR window over modality values that :func:`render` effectively applied.
 
     For a presentation state that shows the image as the models saw it. ``render`` maps
     the VOI output min-max onto 0..255; for no VOI or a LINEAR window that is one linear
     window from the lowest to the highest modality value it kept (inside the file's
-    window, when there is one). ``(window, exact)``: ``exact`` is False where a VOI LUT,
-    a SIGMOID window or a Modality LUT can only be approximated by that window; the
-    window is None when no pixel is left (all padding, a single grey).
+    window, when there is one): ``modality_range`` is :attr:`Rendered.modality_range`.
+    ``(window, exact)``: ``exact`` is False where a VOI LUT, a SIGMOID window or a
+    Modality LUT can only be approximated by that window; the window is None when no
+    pixel is left (all padding, a single grey).
     """
-    if pixels.ndim != 2 or pixels.size == 0:
+    if modality_range is None:
         return None, False
-    index, bits = _to_index(pixels)
-    stored = _index_to_stored(bits, spec)
-    valid = _histogram(index, 1 << bits) & ~_is_padding(stored, spec)
-    if not valid.any():
-        return None, False
-    values = _modality(stored, spec)[valid]
-    lo, hi = float(values.min()), float(values.max())
+    lo, hi = modality_range
     exact = spec.voi_lut is None and spec.modality_lut is None
     window = spec.window
     if window is not None and spec.voi_lut is None:

@@ -149,8 +149,8 @@ def decode(
         vr=pixel_data.vr,
         j2k_target=size if reduced_j2k else None,
     )
-    grey, render_warnings = render(decoded.pixels, header.render, approximate=decoded.reduce > 0)
-    pixels = resize_to(grey, size, j2k_reduce=decoded.reduce)
+    rendered = render(decoded.pixels, header.render, approximate=decoded.reduce > 0)
+    pixels = resize_to(rendered.pixels, size, j2k_reduce=decoded.reduce)
     reduced = (WARN_REDUCED_J2K,) if decoded.reduce else ()
     canonical = CanonicalImage(
         pixels=pixels,
@@ -159,13 +159,13 @@ def decode(
         scale_x=size[0] / geometry.columns,
         scale_y=size[1] / geometry.rows,
         warnings=(
-            *header.notes, *reduced, *render_warnings, *(selected.warnings if selected else ()),
+            *header.notes, *reduced, *rendered.warnings, *(selected.warnings if selected else ()),
         ),
         selection=selected,
     )
     metadata = header.metadata
     if metadata.source is not None:  # the window a presentation state shows (see source.py)
-        window, exact = display_window(decoded.pixels, header.render)
+        window, exact = display_window(rendered.modality_range, header.render)
         source = replace(
             metadata.source, window=window, window_exact=exact, invert=header.render.invert
         )

@@ -62,10 +62,31 @@ def test_affine_path_equals_lut_path(
         window=None if window is None else Window(window[0], window[1], window[2]),
         invert=invert,
     )
-    fast, fast_warnings = render(pixels, spec)
-    table, table_warnings = _render_lut(pixels, spec)
-    assert int(np.abs(fast.astype(int) - table.astype(int)).max()) <= 1
-    assert set(fast_warnings) == set(table_warnings)
+    fast = render(pixels, spec)
+    table, table_warnings, table_range = _render_lut(pixels, spec)
+    assert int(np.abs(fast.pixels.astype(int) - table.astype(int)).max()) <= 1
+    assert set(fast.warnings) == set(table_warnings)
+    assert fast.modality_range == table_range  # the same values kept, by min/max or histogram
+
+
+@pytest.mark.parametrize(("padding", "histograms"), [(None, 0), (0, 1)], ids=["affine", "table"])
+def test_a_decode_takes_at_most_one_histogram(
+    monkeypatch: pytest.MonkeyPatch, padding: int | None, histograms: int
+) -> None:
+    """The presentation state's window comes from what the rendering kept, not a second
+    full-resolution pass (the affine path needs none: its min/max is the range)."""
+    from shared.dicom import render as rendering
+    from tests.dicom.corpus import to_bytes
+
+    taken: list[int] = []
+    histogram = rendering._histogram
+    monkeypatch.setattr(rendering, "_histogram", lambda *a: taken.append(1) or histogram(*a))
+    ds = hostile.small_ds()  # 12 bits stored, a LINEAR window
+    if padding is not None:
+        ds.PixelPaddingValue = padding  # padding takes the table path
+    _, metadata = dicom.decode_dicom(to_bytes(ds))
+    assert len(taken) == histograms
+    assert metadata.source is not None and metadata.source.window is not None
 
 
 def test_canonical_size() -> None:

@@ -98,11 +98,11 @@ def test_display_window_reproduces_the_rendering(window) -> None:
     """Windowing the modality values with it gives what render() gave (within 1 grey)."""
     pixels = radiograph_pixels(120, 80, bits=12, seed=4).astype(np.uint16)
     spec = RenderSpec(bits_stored=12, signed=False, slope=1.0, intercept=-100.0, window=window)
-    rendered, _ = render(pixels, spec)
-    found, exact = display_window(pixels, spec)
+    rendered = render(pixels, spec)
+    found, exact = display_window(rendered.modality_range, spec)
     assert exact and found is not None
     again = np.floor(255 * found.apply(pixels * 1.0 - 100.0)).astype(np.uint8)
-    assert np.abs(again.astype(int) - rendered.astype(int)).max() <= 1
+    assert np.abs(again.astype(int) - rendered.pixels.astype(int)).max() <= 1
 
 
 @pytest.mark.parametrize(
