@@ -217,42 +217,61 @@ def decode(
     image = ctypes.POINTER(_Image)()
     src = _MemoryStream(codestream)
     try:
-        for setter in ("opj_set_info_handler", "opj_set_warning_handler", "opj_set_error_handler"):
-            getattr(lib, setter)(codec, _quiet, None)
-        params = ctypes.create_string_buffer(_DPARAMS_SIZE)
-        lib.opj_set_default_decoder_parameters(params)
-        if not lib.opj_setup_decoder(codec, params):
-            raise J2kError("could not set up the OpenJPEG decoder")
-        lib.opj_codec_set_threads(codec, threads or min(4, os.cpu_count() or 1))
-        stream = lib.opj_stream_create(_STREAM_CHUNK, 1)
-        if not stream:
-            raise J2kError("could not create an OpenJPEG stream")
-        lib.opj_stream_set_read_function(stream, src.read)
-        lib.opj_stream_set_skip_function(stream, src.skip)
-        lib.opj_stream_set_seek_function(stream, src.seek)
-        lib.opj_stream_set_user_data(stream, None, None)
-        lib.opj_stream_set_user_data_length(stream, len(codestream))
+        _set_up(lib, codec, threads)
+        stream = _open_stream(lib, src, len(codestream))
         if not lib.opj_read_header(stream, codec, ctypes.byref(image)) or not image:
             raise J2kError("the JPEG 2000 header could not be read")
-        head = image.contents
-        rows, cols = head.y1 - head.y0, head.x1 - head.x0
-        if expected_size is not None and (rows, cols) != expected_size:
-            raise J2kError("the JPEG 2000 image size does not match Rows/Columns")
-        if head.numcomps < 1:
-            raise J2kError("the JPEG 2000 codestream has no components")
+        _check_header(image.contents, expected_size)
         if reduce and not lib.opj_set_decoded_resolution_factor(codec, reduce):
             raise J2kError("the requested resolution level is not in the codestream")
         if not lib.opj_decode(codec, stream, image) or not lib.opj_end_decompress(codec, stream):
             raise J2kError("the JPEG 2000 codestream is corrupt or truncated")
-        comp = image.contents.comps[0]
-        if not comp.data or comp.w == 0 or comp.h == 0:
-            raise J2kError("the JPEG 2000 decoder returned no samples")
-        shape = (int(comp.h), int(comp.w))
-        view = np.ctypeslib.as_array(comp.data, shape=shape)
-        return view.copy()
+        return _first_component(image.contents)
     finally:
         if stream:
             lib.opj_stream_destroy(stream)
         lib.opj_destroy_codec(codec)
         if image:
             lib.opj_image_destroy(image)
+
+
+def _set_up(lib: ctypes.CDLL, codec: int, threads: int) -> None:
+    """Silence the codec's messages, give it default parameters and its threads."""
+    for setter in ("opj_set_info_handler", "opj_set_warning_handler", "opj_set_error_handler"):
+        getattr(lib, setter)(codec, _quiet, None)
+    params = ctypes.create_string_buffer(_DPARAMS_SIZE)
+    lib.opj_set_default_decoder_parameters(params)
+    if not lib.opj_setup_decoder(codec, params):
+        raise J2kError("could not set up the OpenJPEG decoder")
+    lib.opj_codec_set_threads(codec, threads or min(4, os.cpu_count() or 1))
+
+
+def _open_stream(lib: ctypes.CDLL, src: _MemoryStream, length: int) -> int:
+    """An OpenJPEG input stream reading `src` (the caller destroys it)."""
+    stream = lib.opj_stream_create(_STREAM_CHUNK, 1)
+    if not stream:
+        raise J2kError("could not create an OpenJPEG stream")
+    lib.opj_stream_set_read_function(stream, src.read)
+    lib.opj_stream_set_skip_function(stream, src.skip)
+    lib.opj_stream_set_seek_function(stream, src.seek)
+    lib.opj_stream_set_user_data(stream, None, None)
+    lib.opj_stream_set_user_data_length(stream, length)
+    return stream  # type: ignore[no-any-return]
+
+
+def _check_header(head: _Image, expected_size: tuple[int, int] | None) -> None:
+    """Refuse an image of another size than Rows/Columns, or without components."""
+    rows, cols = head.y1 - head.y0, head.x1 - head.x0
+    if expected_size is not None and (rows, cols) != expected_size:
+        raise J2kError("the JPEG 2000 image size does not match Rows/Columns")
+    if head.numcomps < 1:
+        raise J2kError("the JPEG 2000 codestream has no components")
+
+
+def _first_component(image: _Image) -> np.ndarray:
+    """A copy of the decoded samples of component 0 (int32)."""
+    comp = image.comps[0]
+    if not comp.data or comp.w == 0 or comp.h == 0:
+        raise J2kError("the JPEG 2000 decoder returned no samples")
+    view = np.ctypeslib.as_array(comp.data, shape=(int(comp.h), int(comp.w)))
+    return view.copy()
