@@ -23,10 +23,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -40,6 +38,13 @@ from shared.dicomnet.destinations import (
     check_ae_title,
     check_dicomweb,
 )
+from shared.dicomnet.jobs import (
+    DeliveryCounts,
+    Job,
+    OnSettled,
+    RetryPolicy,
+    Settlement,
+)
 from shared.errors import ServiceError
 from shared.settings import Settings
 
@@ -51,76 +56,6 @@ class DeliveryQueueFull(ServiceError):
 
     status_code = 503
     retry_after_s = 5
-
-
-@dataclass(frozen=True)
-class DeliveryCounts:
-    """Objects (an SR or a GSPS for one destination) by fate so far; ``queued`` is now."""
-
-    delivered: int = 0
-    retried: int = 0
-    failed: int = 0
-    queued: int = 0
-    refused: int = 0
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """Exponential backoff ``initial_s * 2**n`` (capped at ``max_s``, 80-100 % jitter),
-    retried while the next attempt starts within ``budget_s`` of the submit."""
-
-    initial_s: float = 1.0
-    max_s: float = 60.0
-    budget_s: float = 600.0
-
-    def delay(self, attempt: int) -> float:
-        return min(self.initial_s * 2 ** attempt, self.max_s) * random.uniform(0.8, 1.0)
-
-
-# Outcomes for ``on_settled``, best first; across destinations the worst one wins.
-# ``shutdown`` is worst: the object may still succeed, so a caller that keeps it on disk
-# must keep it (even if another destination has it: a resend of the same SOP Instance
-# UID is a duplicate a PACS ignores or overwrites). ``budget`` beats ``rejected``: both
-# are given up, and the transient one is the likelier to be worth a manual retry.
-SETTLED_ORDER = ("delivered", "rejected", "budget", "shutdown")
-
-OnSettled = Callable[[str, str], None]
-
-
-class _Settlement:
-    """One submit's objects across its destinations: tells ``on_settled`` once per UID."""
-
-    def __init__(self, uids: list[str], destinations: int, on_settled: OnSettled) -> None:
-        self.left = dict.fromkeys(uids, destinations)
-        self.worst = dict.fromkeys(uids, 0)
-        self.on_settled = on_settled
-
-    def settle(self, uid: str, outcome: str) -> None:
-        if uid not in self.left:
-            return
-        self.worst[uid] = max(self.worst[uid], SETTLED_ORDER.index(outcome))
-        self.left[uid] -= 1
-        if self.left[uid] > 0:
-            return
-        del self.left[uid]
-        try:
-            self.on_settled(uid, SETTLED_ORDER[self.worst.pop(uid)])
-        except Exception:  # noqa: BLE001 - the caller's bug must not stop delivery
-            log.exception("on_settled raised for result %s", uid)
-
-
-@dataclass
-class _Job:
-    destination: Destination
-    study_uid: str
-    items: dict[str, bytes]  # SOP Instance UID -> Part 10 bytes, still to deliver
-    submitted: float = field(default_factory=time.monotonic)
-    attempt: int = 0
-    settlement: _Settlement | None = None
-
-    def settled(self, uid: str, outcome: str) -> None:
-        if self.settlement is not None:
-            self.settlement.settle(uid, outcome)
 
 
 class _Metrics:
@@ -171,8 +106,8 @@ class ResultsDelivery:
         self._metrics = _Metrics(self.registry)
         self._counts = {"delivered": 0, "retried": 0, "failed": 0, "refused": 0}
         self._pending = 0
-        self._live: dict[int, _Job] = {}
-        self._queue: asyncio.Queue[_Job] | None = None
+        self._live: dict[int, Job] = {}
+        self._queue: asyncio.Queue[Job] | None = None
         self._workers: list[asyncio.Task[None]] = []
         self._timers: dict[int, asyncio.TimerHandle] = {}
         self._idle = asyncio.Event()
@@ -279,10 +214,10 @@ class ResultsDelivery:
                 f"the results queue is full ({self.queue_size} objects, RESULTS_QUEUE_SIZE)"
             )
         settlement = (
-            _Settlement(sop_uids, len(self.destinations), on_settled) if on_settled else None
+            Settlement(sop_uids, len(self.destinations), on_settled) if on_settled else None
         )
         for destination in self.destinations:
-            job = _Job(destination, study_uid, dict(zip(sop_uids, instances, strict=True)),
+            job = Job(destination, study_uid, dict(zip(sop_uids, instances, strict=True)),
                        settlement=settlement)
             self._live[id(job)] = job
             self._queue.put_nowait(job)
@@ -313,7 +248,7 @@ class ResultsDelivery:
                 outcome = SendOutcome.all_retry(list(job.items), f"error ({type(exc).__name__})")
             self._settle(job, outcome)
 
-    def _settle(self, job: _Job, outcome: SendOutcome) -> None:
+    def _settle(self, job: Job, outcome: SendOutcome) -> None:
         """Count what this attempt did; schedule the retry of what may still succeed."""
         name = job.destination.name
         for uid in outcome.stored:
@@ -344,12 +279,12 @@ class ResultsDelivery:
         loop = asyncio.get_running_loop()
         self._timers[id(job)] = loop.call_later(delay, self._requeue, job)
 
-    def _requeue(self, job: _Job) -> None:
+    def _requeue(self, job: Job) -> None:
         self._timers.pop(id(job), None)
         if self._queue is not None:
             self._queue.put_nowait(job)
 
-    def _give_up(self, job: _Job, reasons: dict[str, str], why: str) -> None:
+    def _give_up(self, job: Job, reasons: dict[str, str], why: str) -> None:
         name = job.destination.name
         for uid in reasons:
             job.items.pop(uid, None)
