@@ -13,7 +13,7 @@ import pytest
 from gateway.audit import AuditFacts, AuditLog, uid_hash
 from gateway.http.ratelimit import ConcurrencyLimiter, TokenBucketLimiter, retry_after_header
 from gateway.http.security import ApiKeys, docs_page, security_headers
-from model_server.app import _caller_timeout_s
+from model_server.infer import caller_timeout_s
 from shared.settings import Settings
 from spine.supervisor import Child, stop_all, supervise
 
@@ -98,9 +98,9 @@ def test_audit_file_has_one_json_line_per_record(tmp_path) -> None:
 
 
 def test_caller_timeout_parameter_is_tritons_microseconds() -> None:
-    assert _caller_timeout_s({"timeout": 2_500_000}) == 2.5
+    assert caller_timeout_s({"timeout": 2_500_000}) == 2.5
     for bad in ({}, {"timeout": 0}, {"timeout": "5"}, {"timeout": True}, {"timeout": -1}):
-        assert _caller_timeout_s(bad) is None
+        assert caller_timeout_s(bad) is None
 
 
 def _sleeper(name: str) -> Child:

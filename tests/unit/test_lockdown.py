@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from gateway.pipeline.phi import public_study_date
-from model_server.app import _run
 from model_server.batching import DynamicBatcher
 from model_server.errors import ModelFailedError
+from model_server.infer import infer_images
 from shared.lockdown import exposure_problems, is_loopback, weak_secret
 from shared.settings import PhiMode, Settings, StudyDateMode
 from spine.secrets import SECRET_FILE, install_secret, lock_children_env
@@ -109,7 +109,7 @@ def test_a_failed_request_cancels_its_remaining_images() -> None:
 
         images = [np.full((8, 8), i, np.uint8) for i in range(10)]
         with pytest.raises(ModelFailedError):
-            await _run(served, images, time.perf_counter() + 30, receive)  # type: ignore[arg-type]
+            await infer_images(served, images, time.perf_counter() + 30, receive)  # type: ignore[arg-type]
         await asyncio.sleep(0.5)
         await batcher.stop()
 
