@@ -15,6 +15,39 @@ from model_server.batching import BatchStats
 from shared.observability import HttpMetrics
 
 
+class GpuMemoryGauges:
+    """Triton's GPU memory gauges per device, plus what this process's tensors hold."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.used = Gauge(
+            "nv_gpu_memory_used_bytes", "GPU memory in use (whole device)", ["gpu_uuid"],
+            registry=registry,
+        )
+        self.total = Gauge(
+            "nv_gpu_memory_total_bytes", "GPU memory of the device", ["gpu_uuid"],
+            registry=registry,
+        )
+        self.allocated = Gauge(
+            "spine_gpu_memory_allocated_bytes", "GPU memory held by this process's tensors",
+            ["gpu_uuid"], registry=registry,
+        )
+
+    def observe(self) -> None:
+        """Read at scrape time; nothing when torch has no CUDA device."""
+        torch = sys.modules.get("torch")  # never import torch here: the model did, or no GPU
+        if torch is None or not torch.cuda.is_available():
+            return
+        for index in range(torch.cuda.device_count()):
+            try:
+                free, total = torch.cuda.mem_get_info(index)
+                name = str(getattr(torch.cuda.get_device_properties(index), "uuid", index))
+            except Exception:  # noqa: BLE001 - metrics must never break the scrape
+                continue
+            self.used.labels(name).set(total - free)
+            self.total.labels(name).set(total)
+            self.allocated.labels(name).set(torch.cuda.memory_allocated(index))
+
+
 class ModelMetrics:
     """Prometheus metrics in Triton's naming where they mean the same thing."""
 
@@ -74,37 +107,14 @@ class ModelMetrics:
             registry=self.registry,
         )
         self.http = HttpMetrics(self.registry)
-        self.gpu_used = Gauge(
-            "nv_gpu_memory_used_bytes", "GPU memory in use (whole device)", ["gpu_uuid"],
-            registry=self.registry,
-        )
-        self.gpu_total = Gauge(
-            "nv_gpu_memory_total_bytes", "GPU memory of the device", ["gpu_uuid"],
-            registry=self.registry,
-        )
-        self.gpu_allocated = Gauge(
-            "spine_gpu_memory_allocated_bytes", "GPU memory held by this process's tensors",
-            ["gpu_uuid"], registry=self.registry,
-        )
+        self.gpus = GpuMemoryGauges(self.registry)
 
     def set_queue_depth(self, depth: int) -> None:
         self.queue_depth.labels(**self.labels).set(depth)
         self.pending.labels(**self.labels).set(depth)
 
     def observe_gpus(self) -> None:
-        """GPU memory gauges, read at scrape time; nothing when torch has no CUDA device."""
-        torch = sys.modules.get("torch")  # never import torch here: the model did, or no GPU
-        if torch is None or not torch.cuda.is_available():
-            return
-        for index in range(torch.cuda.device_count()):
-            try:
-                free, total = torch.cuda.mem_get_info(index)
-                name = str(getattr(torch.cuda.get_device_properties(index), "uuid", index))
-            except Exception:  # noqa: BLE001 - metrics must never break the scrape
-                continue
-            self.gpu_used.labels(name).set(total - free)
-            self.gpu_total.labels(name).set(total)
-            self.gpu_allocated.labels(name).set(torch.cuda.memory_allocated(index))
+        self.gpus.observe()
 
     def observe_batch(self, stats: BatchStats) -> None:
         self.exec_count.labels(**self.labels).inc()
