@@ -61,7 +61,8 @@ from typing import Any
 
 import numpy as np
 
-from shared.paths import prepare_ultralytics_env
+from shared.paths import keep_ultralytics_offline, prepare_ultralytics_env
+from shared.settings import CommonSettings
 
 FAITHFUL = "faithful"
 EQUAL_WORK = "equal-work"
@@ -153,7 +154,7 @@ class OriginalPipeline:
     def __init__(self, model_dir: Path, device: str = "cpu", mode: str = FAITHFUL) -> None:
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        prepare_ultralytics_env()
+        keep_ultralytics_offline()
         import torch
         from ultralytics import YOLO
 
@@ -328,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--mode", default=FAITHFUL, choices=MODES)
     args = parser.parse_args(argv)
+    prepare_ultralytics_env(CommonSettings())  # this process's entry point
     _Handler.pipeline = OriginalPipeline(args.model_dir, args.device, args.mode)
     server = _Server((args.host, args.port), _Handler)
     print(f"baseline ({args.mode}) listening on http://{args.host}:{server.server_address[1]}",

@@ -32,6 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from shared.paths import prepare_ultralytics_env
+from shared.settings import GatewaySettings, ModelServerSettings
+
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 @dataclass
@@ -104,7 +107,9 @@ def annotated_png(pixels: np.ndarray, boxes: int = 3) -> str:
 
 
 def measure(model_dir: Path, rows: int, cols: int, kinds: tuple[str, ...],
-            rounds: int) -> Ceiling:
+            rounds: int, gateway: GatewaySettings, models: ModelServerSettings) -> Ceiling:
+    """``gateway`` (the canonical size) and ``models`` (ONNX cache, letterbox): the
+    settings our services would read from this environment."""
     import torch
 
     torch.set_num_threads(1)
@@ -123,19 +128,17 @@ def measure(model_dir: Path, rows: int, cols: int, kinds: tuple[str, ...],
     from model_server.onnx_runtime import options_from_settings, try_onnx
     from shared.bundle import check_pins, load_manifest, resolve_checkpoint
     from shared.dicom import decode_dicom
-    from shared.settings import Settings
 
-    settings = Settings()
-    options = replace(options_from_settings(settings, 1), threads=1)
+    options = replace(options_from_settings(models, 1), threads=1)
     manifest = load_manifest(model_dir)
     uploads = bench_uploads(rows, cols, kinds)
     cpu = torch.device("cpu")
     decodes = [
-        cpu_and_wall_ms(lambda u=u: decode_dicom(u.data, settings.canonical_long_side), rounds)
+        cpu_and_wall_ms(lambda u=u: decode_dicom(u.data, gateway.canonical_long_side), rounds)
         for u in uploads
     ]
     decode_ms = statistics.mean(cpu for cpu, _ in decodes)
-    canonical = decode_dicom(uploads[0].data, settings.canonical_long_side)[0].pixels
+    canonical = decode_dicom(uploads[0].data, gateway.canonical_long_side)[0].pixels
     height, width = canonical.shape
     render_ms = _median_ms(lambda: annotated_png(canonical), rounds)
     ceiling = Ceiling(os.cpu_count() or 1, decode_ms, render_ms,
@@ -168,7 +171,7 @@ def measure(model_dir: Path, rows: int, cols: int, kinds: tuple[str, ...],
         if hasattr(network, "fuse"):
             network = network.fuse(verbose=False)
         reset_anchor_cache(network)
-        rect = settings.detector_letterbox == "rect"  # what the detector service does
+        rect = models.detector_letterbox == "rect"  # what the detector service does
         stride = max(int(torch.as_tensor(network.stride).max()), 1) if rect else None
         batch, _ = letterbox_batch([canonical], spec.image_size, cpu, stride)
         mirrored = canonical[:, ::-1].copy()
@@ -197,8 +200,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inputs", default="j2k,raw")
     args = parser.parse_args(argv)
     rows, _, cols = args.image_size.partition("x")
+    models = ModelServerSettings()  # this process's entry point: the services' settings
+    prepare_ultralytics_env(models)
     ceiling = measure(args.model_dir, int(rows), int(cols), tuple(args.inputs.split(",")),
-                      max(1, args.rounds))
+                      max(1, args.rounds), GatewaySettings(), models)
     print(json.dumps(ceiling.as_dict()), flush=True)
     return 0
 

@@ -47,13 +47,19 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
 
+    from shared.paths import prepare_ultralytics_env
+    from shared.settings import CommonSettings
     from spine.bundles import demo_bundle_dir, ensure_demo_bundle
     from training.demo_bundle import DEMO_SEED, build_demo_bundle
     if args.seed == DEMO_SEED:
         parser.error("the test seed must differ from the demo bundle's training seed")
-    built = args.rebuild or not (demo_bundle_dir() / "manifest.yaml").is_file()
+    settings = CommonSettings()  # this process's entry point: the cache root
+    prepare_ultralytics_env(settings)
+    built = args.rebuild or not (demo_bundle_dir(settings) / "manifest.yaml").is_file()
     started = time.perf_counter()
-    bundle = build_demo_bundle(out / "bundle") if args.rebuild else ensure_demo_bundle()
+    bundle = (
+        build_demo_bundle(out / "bundle") if args.rebuild else ensure_demo_bundle(settings)
+    )
     build_s = time.perf_counter() - started
     print(f"[demo-quality] bundle {bundle} ready in {build_s:.0f} s", flush=True)
 

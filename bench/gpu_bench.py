@@ -33,6 +33,8 @@ from bench import service_counters
 from bench.procs import Proc, free_port, wait_ready
 from bench.runner import bench_bundle
 from shared import contract
+from shared.paths import prepare_ultralytics_env
+from shared.settings import CommonSettings
 
 CANONICAL = (1024, 683)  # a VinDr image's canonical shape (long side 1024)
 
@@ -147,16 +149,16 @@ OUTPUTS = {
 }
 
 
-async def _drive(url: str, model: str, batch: int, seconds: float, in_flight: int = 2) -> float:
+async def _drive(
+    url: str, model: str, batch: int, seconds: float, token: str, in_flight: int = 2
+) -> float:
     """Images/s of requests carrying ``batch`` images each, ``in_flight`` at a time."""
     from shared import oip
-    from shared.settings import Settings
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(batch, 1, *CANONICAL), dtype=np.uint8)
     body, headers = oip.encode_request({contract.IMAGE.name: images}, outputs=OUTPUTS[model])
-    secret = Settings().internal_token
-    if token := secret.get_secret_value() if secret is not None else "":
+    if token:  # the services inherit this process's INTERNAL_TOKEN
         headers = {**headers, "Authorization": f"Bearer {token}"}
     done = 0
     async with httpx.AsyncClient(timeout=600) as client:
@@ -181,7 +183,7 @@ ServiceRates = dict[str, dict[int, tuple[float, float | None]]]
 
 
 def service_rates(model_dir: Path, batches: list[int], precision: str, device: str,
-                  seconds: float, log_dir: Path) -> ServiceRates:
+                  seconds: float, log_dir: Path, token: str) -> ServiceRates:
     """Per service: images/s and mean executed batch per offered batch size."""
     env = {"MODEL_DEVICE": device, "MODEL_PRECISION": precision,
            "MAX_BATCH_SIZE": str(max(batches)), "MAX_DELAY_MS": "2", "MAX_QUEUE_SIZE": "1024"}
@@ -194,7 +196,7 @@ def service_rates(model_dir: Path, batches: list[int], precision: str, device: s
             out[name] = {}
             for batch in batches:
                 before = service_counters.scrape(proc.url)
-                rate = asyncio.run(_drive(proc.url, model, batch, seconds))
+                rate = asyncio.run(_drive(proc.url, model, batch, seconds, token))
                 run = service_counters.difference(before, service_counters.scrape(proc.url))
                 out[name][batch] = (rate, run.mean_batch if run else None)
         finally:
@@ -229,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-dir", type=Path, default=Path("bench-gpu-logs"))
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batches.split(",")]
-    model_dir = bench_bundle(args.model_dir, args.yolo)
+    settings = CommonSettings()  # this process's entry point
+    prepare_ultralytics_env(settings)
+    token = settings.internal_token.get_secret_value() if settings.internal_token else ""
+    model_dir = bench_bundle(args.model_dir, args.yolo, settings)
     header = [f"## bench.gpu_bench ({time.strftime('%Y-%m-%d %H:%M:%S')})", "",
               f"- bundle: {model_dir}", f"- device: {args.device}", f"- batches: {batches}"]
     try:
@@ -244,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[gpu_bench] bare loops, {precision} ...", file=sys.stderr, flush=True)
         bare = bare_rates(model_dir, batches, precision, args.device, args.seconds)
         served = {} if args.no_service else service_rates(
-            model_dir, batches, precision, args.device, args.seconds, args.log_dir)
+            model_dir, batches, precision, args.device, args.seconds, args.log_dir, token)
         for model, per_batch in bare.items():
             service = {"classifier (ensemble)": "classifier", "detector": "detector"}.get(model)
             for batch in batches:

@@ -150,12 +150,14 @@ def wait_ready(procs: list[Proc], timeout_s: float = 900.0) -> None:
 def start_ours(model_dir: Path, log_dir: Path, env_overrides: dict[str, str]) -> list[Proc]:
     """Gateway, classifier and detector with ``spine serve``'s environment (thread split
     included), on free ports, logs to ``log_dir``."""
+    from shared.settings import CliSettings, child_settings
     from spine.supervisor import build_children
 
     host = "127.0.0.1"
     ports = {"gateway": free_port(), "classifier": free_port(), "detector": free_port()}
     base_env = {**os.environ, "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1", **env_overrides}
     children = build_children(
+        child_settings(CliSettings, base_env),  # a variant's DETECTOR_* included
         host=host, gateway_port=ports["gateway"], classifier_port=ports["classifier"],
         detector_port=ports["detector"], model_dir=model_dir, base_env=base_env,
     )

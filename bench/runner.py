@@ -39,6 +39,7 @@ from bench.procs import (
 )
 from bench.stats import RunSummary, summarise
 from shared.filelock import file_lock, hidden_lock_path
+from shared.settings import CliSettings, CommonSettings
 
 # All bench clients come from one address, and the levels may exceed the gateway's
 # admission caps (8 per client, 32 in flight): lift them so no upload is refused.
@@ -94,7 +95,7 @@ class _Target:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def bench_bundle(model_dir: Path | None, yolo: str) -> Path:
+def bench_bundle(model_dir: Path | None, yolo: str, settings: CommonSettings) -> Path:
     """The bundle both sides serve: ``--model-dir``, else random weights in the real
     architectures (densenet121@384, resnet50@224, tf_efficientnetv2_s@384, ``yolo``@640),
     built once under ``$SPINE_CACHE_DIR/bundles``. Speed does not depend on the weights."""
@@ -102,7 +103,7 @@ def bench_bundle(model_dir: Path | None, yolo: str) -> Path:
         return model_dir
     from shared.paths import cache_root
 
-    target = cache_root() / "bundles" / f"bench-untrained-seed0-{yolo}"
+    target = cache_root(settings) / "bundles" / f"bench-untrained-seed0-{yolo}"
     with file_lock(hidden_lock_path(target)):
         if not (target / "manifest.yaml").is_file():
             from training.untrained_bundle import build_untrained_bundle
@@ -133,7 +134,9 @@ def _describe(variant: Variant) -> str:
     return f"{variant.name} {variant.env or '(defaults)'}{extra}"
 
 
-def _start_targets(config: BenchConfig, model_dir: Path, work: Path) -> list[_Target]:
+def _start_targets(
+    config: BenchConfig, model_dir: Path, work: Path, settings: CliSettings
+) -> list[_Target]:
     targets: list[_Target] = []
     if config.gateway_url:
         models = {k: v for k, v in (("classifier", config.classifier_url),
@@ -147,7 +150,7 @@ def _start_targets(config: BenchConfig, model_dir: Path, work: Path) -> list[_Ta
             env = {**BENCH_ENV, "MODEL_DEVICE": config.device, **variant.env}
             if variant.name == triton_variant.NAME:  # our gateway, tritonserver behind it
                 procs, url, models = triton_variant.start_triton_stack(
-                    model_dir, work / variant.name, env)
+                    model_dir, work / variant.name, env, settings)
                 targets.append(_Target(variant.name, url, procs, models, variant.annotate))
                 continue
             procs = start_ours(model_dir, work / variant.name, env)
@@ -221,11 +224,16 @@ def _measure(target: _Target, uploads: list[Upload], concurrency: int,
     return summary
 
 
-def run_bench(config: BenchConfig, echo: Callable[[str], None] = print) -> str:
-    """Run everything ``config`` asks for and return the report (also echoed as it goes)."""
+def run_bench(
+    config: BenchConfig, settings: CliSettings, echo: Callable[[str], None] = print
+) -> str:
+    """Run everything ``config`` asks for and return the report (also echoed as it goes).
+
+    ``settings``: the ``spine`` command's (cache root of the default bundle, Triton's
+    environment)."""
     echo("[bench] making the uploads ...")
     uploads = bench_uploads(config.image_rows, config.image_cols, config.kinds)
-    model_dir = bench_bundle(config.model_dir, config.yolo)
+    model_dir = bench_bundle(config.model_dir, config.yolo, settings)
     context = _context(config, model_dir, uploads)
     work = Path(tempfile.mkdtemp(prefix="spine-bench-"))
     targets: list[_Target] = []
@@ -234,7 +242,7 @@ def run_bench(config: BenchConfig, echo: Callable[[str], None] = print) -> str:
     ceiling: Ceiling | None = None
     try:
         echo(f"[bench] starting the systems (logs in {work}) ...")
-        targets = _start_targets(config, model_dir, work)
+        targets = _start_targets(config, model_dir, work, settings)
         wait_ready([proc for target in targets for proc in target.procs])
         warmup = config.warmup or len(uploads)
         for target in targets:

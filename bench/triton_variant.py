@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 
 from bench.procs import Proc, free_port
+from shared.settings import CliSettings, ModelServerSettings
 
 NAME = "triton"
 COUNTERS = ("nv_inference_count", "nv_inference_exec_count")
@@ -60,7 +61,7 @@ def _threads(env: dict[str, str]) -> int:
 
 
 def start_triton_stack(
-    model_dir: Path, log_dir: Path, env_overrides: dict[str, str]
+    model_dir: Path, log_dir: Path, env_overrides: dict[str, str], cli: CliSettings
 ) -> tuple[list[Proc], str, dict[str, str]]:
     """Export ``model_dir``, start tritonserver on it and our gateway pointed at it.
 
@@ -69,13 +70,12 @@ def start_triton_stack(
     """
     import subprocess
 
-    from shared.settings import Settings
     from spine.triton.export import ExportOptions, export_repository
     from spine.triton.server import Ports, TritonServer
 
     env = {**os.environ, "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1", **env_overrides}
     log_dir.mkdir(parents=True, exist_ok=True)
-    settings = Settings(**{  # the batching limits our services would read from env
+    settings = ModelServerSettings(**{  # the batching limits our services would read from env
         key.lower(): env[key] for key in ("MAX_BATCH_SIZE", "MAX_DELAY_MS", "MAX_QUEUE_SIZE")
         if key in env
     })
@@ -85,7 +85,7 @@ def start_triton_stack(
           f"({options.threads} ONNX Runtime threads per model)", file=sys.stderr, flush=True)
     server = TritonServer(
         report.repo, ports=Ports(free_port(), free_port(), free_port()),
-        log_path=log_dir / "tritonserver.log",
+        log_path=log_dir / "tritonserver.log", settings=cli,
     )
     server.start()
     assert server.process is not None

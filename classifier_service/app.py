@@ -6,8 +6,8 @@ from fastapi import FastAPI
 
 from classifier_service.model import ClassifierModel
 from model_server.app import create_bundle_app
-from shared.settings import Settings
+from shared.settings import ModelServerSettings
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: ModelServerSettings) -> FastAPI:
     return create_bundle_app(ClassifierModel, "Spine classifier service (OIP v2)", settings)

@@ -25,7 +25,7 @@ from model_server.safe_load import (
     UnreadableCheckpointError,
     load_checkpoint_file,
 )
-from shared.paths import prepare_ultralytics_env
+from shared.paths import keep_ultralytics_offline
 
 PAD_VALUE = 114 / 255.0
 
@@ -97,7 +97,7 @@ def load_yolo(
     default args attached, ``inplace`` set). ``trusted``: the manifest's
     ``allow_unsafe_pickle_sha256`` names this exact file.
     """
-    prepare_ultralytics_env()
+    keep_ultralytics_offline()
     from ultralytics.nn.tasks import DetectionModel
 
     if path.suffix in (".yaml", ".yml"):

@@ -29,7 +29,7 @@ from dicom_listener.spool import Spool, SpoolEntry, SpoolFull, read_uids
 from shared.dicom.codecs import SUPPORTED_SYNTAXES
 from shared.dicom.selection import load_rules
 from shared.lockdown import is_loopback
-from shared.settings import Settings
+from shared.settings import ListenerSettings
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class ScpConfig:
     sop_classes: tuple[str, ...]
 
     @classmethod
-    def from_settings(cls, settings: Settings, host: str, port: int) -> ScpConfig:
+    def from_settings(cls, settings: ListenerSettings, host: str, port: int) -> ScpConfig:
         rules = load_rules(settings.input_selection_rules)
         classes = [c.uid for c in rules.sop_classes.accept]
         classes += [c.uid for c in rules.sop_classes.secondary_capture_classes]

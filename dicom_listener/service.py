@@ -47,7 +47,7 @@ from dicom_listener.studyreport import ListenerMetrics, StudyReports, report
 from shared.dicomnet.delivery import DeliveryQueueFull, ResultsDelivery
 from shared.dicomnet.spool import DurableResults
 from shared.paths import cache_root
-from shared.settings import Settings
+from shared.settings import ListenerSettings
 
 log = logging.getLogger(__name__)
 # pynetdicom's INFO/DEBUG lines narrate every association and, in DEBUG, print
@@ -66,7 +66,7 @@ class ListenerService:
     """SCP + spool + forwarders + study reports + status server, on one event loop."""
 
     def __init__(
-        self, settings: Settings, *, host: str, port: int, status_port: int | None = None
+        self, settings: ListenerSettings, *, host: str, port: int, status_port: int | None = None
     ) -> None:
         self.settings = settings
         logging.getLogger("pynetdicom").setLevel(PYNETDICOM_LOG_LEVEL)
@@ -316,7 +316,7 @@ class ListenerService:
                  "the next start", self.spool.count, self.spool.result_count)
 
 
-async def run(settings: Settings, *, host: str, port: int) -> None:
+async def run(settings: ListenerSettings, *, host: str, port: int) -> None:
     """Run until SIGTERM / SIGINT, then stop cleanly."""
     service = ListenerService(settings, host=host, port=port)
     stop = asyncio.Event()

@@ -24,7 +24,7 @@ from model_server.metrics import ModelMetrics
 from model_server.routes import refuse, router
 from model_server.served import Batcher, BodyLimits, Served
 from shared.observability import ASGIApp, Receive, RequestContextMiddleware, Scope, Send, send_json
-from shared.settings import Settings, get_settings
+from shared.settings import ModelServerSettings
 
 # Probes and scrapes stay open when INTERNAL_TOKEN is set (kubelet and Prometheus).
 OPEN_PATHS = frozenset({"/v2/health/live", "/v2/health/ready", "/metrics"})
@@ -75,14 +75,13 @@ def create_model_app(
     max_batch_size: int,
     max_delay_ms: float,
     max_queue_size: int,
+    settings: ModelServerSettings,
     request_timeout_s: float = DEFAULT_INFER_DEADLINE_S,
-    settings: Settings | None = None,
 ) -> FastAPI:
     """The KServe v2 REST app (with Triton's binary tensor extension) around ``model``.
 
-    ``settings`` (default: the environment) supplies INTERNAL_TOKEN.
+    ``settings`` supplies INTERNAL_TOKEN and the request limits.
     """
-    settings = settings or get_settings()
     metrics = ModelMetrics(model.name)
     batcher: Batcher = DynamicBatcher(
         model.predict_batch,
@@ -110,12 +109,13 @@ def create_model_app(
 
 
 def create_bundle_app(
-    model_type: type[BundleModel], title: str, settings: Settings | None = None
+    model_type: type[BundleModel], title: str, settings: ModelServerSettings
 ) -> FastAPI:
-    """The OIP app of a model service, configured from the environment."""
-    settings = settings or get_settings()
+    """The OIP app of a model service, configured by the settings its entry point read."""
     if settings.model_dir is None:
-        raise RuntimeError("MODEL_DIR is not set (the `spine` CLI sets it to the default bundle)")
+        raise RuntimeError(
+            "MODEL_DIR is not set (`spine classifier|detector` chooses the default bundle)"
+        )
     model = model_type(
         settings.model_dir, settings.model_device, settings.torch_threads, settings=settings
     )

@@ -19,7 +19,7 @@ import numpy as np
 
 from shared import contract, oip
 from shared.bundle import BundleManifest, load_manifest
-from shared.settings import Settings, get_settings
+from shared.settings import ModelServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -93,13 +93,14 @@ class BundleModel(BatchedModel):
         model_dir: Path,
         device: str = "auto",
         torch_threads: int = 0,
-        settings: Settings | None = None,
+        *,
+        settings: ModelServerSettings,
     ) -> None:
         super().__init__()
         self.model_dir = model_dir
         self.device_setting = device
         self.torch_threads = torch_threads
-        self.settings = settings or get_settings()
+        self.settings = settings
         self.manifest: BundleManifest = load_manifest(model_dir)
 
     def bundle_facts(self) -> contract.BundleFacts:

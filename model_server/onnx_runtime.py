@@ -52,7 +52,7 @@ from torch import nn
 
 from shared.filelock import file_lock
 from shared.paths import cache_root
-from shared.settings import Settings
+from shared.settings import ModelServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +95,7 @@ class OnnxLoadReport:
     seconds: float
 
 
-def onnx_cache_dir(settings: Settings) -> Path:
+def onnx_cache_dir(settings: ModelServerSettings) -> Path:
     """``<cache root>/onnx`` (the one cache root: :func:`shared.paths.cache_root`)."""
     return cache_root(settings) / "onnx"
 
@@ -369,7 +369,7 @@ def try_onnx(
     return runner
 
 
-def options_from_settings(settings: Settings, torch_threads: int = 0) -> OnnxOptions:
+def options_from_settings(settings: ModelServerSettings, torch_threads: int = 0) -> OnnxOptions:
     """ONNX Runtime gets ``ORT_THREADS``, else the service's torch thread budget.
 
     ``spine serve`` gives each model service half the cores, so the two sessions never

@@ -19,7 +19,7 @@ from model_server.lifecycle import BatchedModel
 from model_server.metrics import ModelMetrics
 from shared import contract
 from shared.bodies import BodyRefusedError, read_capped
-from shared.settings import Settings
+from shared.settings import ModelServerSettings
 
 # MODEL_MAX_BODY_BYTES by default: N images of 4096 x 4096 UINT8 (binary tensor data)
 # plus room for the JSON header.
@@ -39,7 +39,7 @@ class BodyLimits:
     idle_timeout_s: float = 10.0
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> BodyLimits:
+    def from_settings(cls, settings: ModelServerSettings) -> BodyLimits:
         images = settings.model_max_images_per_request or settings.max_batch_size
         return cls(
             max_images=images,

@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import ipaddress
 
-from shared.settings import PhiMode, Settings
+from shared.settings import CommonSettings, GatewaySettings, PhiMode
 
 # Long enough that guessing is out of reach (``secrets.token_urlsafe(32)`` gives 43).
 MIN_SECRET_CHARS = 16
-# Values published in this repository (Settings' default, deploy/kubernetes/base/secrets.env,
+# Values published in this repository (the settings' default, deploy/kubernetes/base/secrets.env,
 # docs) or typical of copy-pasted examples: as good as no secret.
 KNOWN_PLACEHOLDERS = frozenset({
     "change-me", "changeme", "change_me", "secret", "password", "token", "test",
@@ -47,8 +47,11 @@ def weak_secret(value: str) -> str | None:
     return None
 
 
-def exposure_problems(service: str, host: str, settings: Settings) -> list[str]:
-    """What stops ``service`` from binding ``host``; empty on loopback or when all is set."""
+def exposure_problems(service: str, host: str, settings: CommonSettings) -> list[str]:
+    """What stops ``service`` from binding ``host``; empty on loopback or when all is set.
+
+    ``settings`` is the service's own: a gateway's are checked for the pseudonym secret too.
+    """
     if is_loopback(host):
         return []
     problems = []
@@ -60,7 +63,7 @@ def exposure_problems(service: str, host: str, settings: Settings) -> list[str]:
         )
     elif token and (why := weak_secret(token)):
         problems.append(f"INTERNAL_TOKEN is {why}")
-    if service == "gateway" and settings.phi_mode is PhiMode.PSEUDONYMIZE:
+    if isinstance(settings, GatewaySettings) and settings.phi_mode is PhiMode.PSEUDONYMIZE:
         why = weak_secret(settings.pseudonym_secret)
         if why:
             problems.append(

@@ -8,6 +8,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from shared.settings import CliSettings, GatewaySettings, ModelServerSettings
+from spine.config import read_settings
+
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Every option's help ends with its default, except where there is none to show
@@ -27,26 +30,33 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-def _run_uvicorn(service: str, factory: str, host: str, port: int) -> int:
+def _serve_http(
+    service: str, app_factory: str, settings: GatewaySettings | ModelServerSettings,
+    host: str, port: int,
+) -> int:
+    """Refuse an unsafe exposure, set up logging, build the app from ``settings``, serve it.
+
+    ``app_factory`` is named, as uvicorn names it: the CLI never imports the gateway's code.
+    """
     import uvicorn
+    from uvicorn.importer import import_from_string
 
     from shared.lockdown import exposure_problems, refusal_message
     from shared.logging import configure_logging
-    from shared.settings import get_settings
     from spine.guarded_http import protocol_with_header_timeout
     from spine.supervisor import UVICORN_GRACE_S
 
-    settings = get_settings()
     if problems := exposure_problems(service, host, settings):
         sys.exit(refusal_message(service, host, problems))
-    if service == "gateway":
+    if isinstance(settings, GatewaySettings):
         from shared.dicomnet.delivery import results_config_problem
 
         if problem := results_config_problem(settings):
             sys.exit(f"spine gateway: refusing to start: {problem}")
     configure_logging(service, settings.log_level, settings.log_json)
+    app = import_from_string(app_factory)(settings)
     uvicorn.run(
-        factory, factory=True, host=host, port=port, log_config=None,
+        app, host=host, port=port, log_config=None,
         timeout_graceful_shutdown=UVICORN_GRACE_S, access_log=False,
         # h11 refuses a request whose headers exceed this before any app code runs.
         h11_max_incomplete_event_size=settings.max_header_bytes,
@@ -58,31 +68,29 @@ def _run_uvicorn(service: str, factory: str, host: str, port: int) -> int:
     return 0
 
 
-def _ensure_model_dir(args: argparse.Namespace) -> Path:
-    """``--model-dir`` / ``MODEL_DIR``, else the default bundle (built on first use)."""
-    from shared.settings import Settings
+def _ensure_model_dir(chosen: str | None, settings: CliSettings | ModelServerSettings) -> Path:
+    """``--model-dir``, else ``MODEL_DIR``, else the default bundle (built on first use)."""
     from spine.bundles import ensure_default_bundle
 
-    chosen = getattr(args, "model_dir", None) or Settings().model_dir
-    if chosen:
-        path = Path(chosen).expanduser().resolve()
+    chosen_dir = chosen or settings.model_dir
+    if chosen_dir:
+        path = Path(chosen_dir).expanduser().resolve()
         if not path.is_dir():
             sys.exit(f"spine: model folder {path} does not exist")
         return path
-    return ensure_default_bundle()
+    return ensure_default_bundle(settings)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def cmd_serve(args: argparse.Namespace, settings: CliSettings) -> int:
+    from spine.secrets import lock_children_env
     from spine.supervisor import build_children, serve
 
-    model_dir = _ensure_model_dir(args)
-    from spine.secrets import lock_children_env
-
-    env = lock_children_env(dict(os.environ), args.host)
+    model_dir = _ensure_model_dir(args.model_dir, settings)
+    env = lock_children_env(dict(os.environ), args.host, settings)
     if args.device:
         env["MODEL_DEVICE"] = args.device
     children = build_children(
-        host=args.host, gateway_port=args.port, classifier_port=args.classifier_port,
+        settings, host=args.host, gateway_port=args.port, classifier_port=args.classifier_port,
         detector_port=args.detector_port, model_dir=model_dir, base_env=env,
         dicom_port=args.dicom_port,
     )
@@ -90,14 +98,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(children, f"http://{args.host}:{args.port}")
 
 
-def cmd_model_service(args: argparse.Namespace) -> int:
-    os.environ["MODEL_DIR"] = str(_ensure_model_dir(args))
+def cmd_model_service(args: argparse.Namespace, _cli: CliSettings) -> int:
+    """``spine classifier|detector``: this process's settings, read once, with the bundle
+    chosen here (``--model-dir``, ``MODEL_DIR`` or the default) passed to its app."""
+    settings = read_settings(ModelServerSettings)
+    model_dir = _ensure_model_dir(args.model_dir, settings)
+    settings = settings.model_copy(update={"model_dir": model_dir})
     factory = f"{args.command}_service.app:create_app"
-    return _run_uvicorn(args.command, factory, args.host, args.port)
+    return _serve_http(args.command, factory, settings, args.host, args.port)
 
 
-def cmd_gateway(args: argparse.Namespace) -> int:
-    return _run_uvicorn("gateway", "gateway.app:create_app", args.host, args.port)
+def cmd_gateway(args: argparse.Namespace, _cli: CliSettings) -> int:
+    settings = read_settings(GatewaySettings)
+    return _serve_http("gateway", "gateway.app:create_app", settings, args.host, args.port)
 
 
 MODEL_DIR_HELP = (
@@ -106,10 +119,8 @@ MODEL_DIR_HELP = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from shared.settings import Settings
-
-    settings = Settings()  # defaults of the options below come from the environment
+def build_parser(settings: CliSettings) -> argparse.ArgumentParser:
+    """The ``spine`` parser; its options' defaults are ``settings`` (the environment)."""
     parser = Parser(prog="spine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
@@ -156,20 +167,15 @@ def build_parser() -> argparse.ArgumentParser:
     commands_training.register(sub)
     commands_bench.register(sub)
     commands_bundle.register(sub)
-    commands_listener.register(sub)
+    commands_listener.register(sub, settings)
     commands_triton.register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pydantic import ValidationError
-
-    try:
-        parser = build_parser()  # reads Settings: a bad variable fails here, named
-    except ValidationError as exc:
-        sys.exit(f"spine: invalid configuration in the environment:\n{exc}")
-    args = parser.parse_args(argv)
-    return int(args.func(args) or 0)
+    settings = read_settings(CliSettings)  # a bad variable stops here, named
+    args = build_parser(settings).parse_args(argv)
+    return int(args.func(args, settings) or 0)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from pydantic import SecretStr
+
+from shared.settings import CliSettings
+
 
 def _ints(text: str) -> list[int]:
     try:
@@ -28,6 +32,10 @@ def _size(text: str) -> tuple[int, int]:
     return size
 
 
+def _secret(value: SecretStr | None) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
 def _variant(text: str) -> tuple[str, dict[str, str]]:
     """``NAME`` or ``NAME:KEY=VALUE,KEY=VALUE`` (environment of that stack; the key
     ``ANNOTATE=false`` is the bench's own: that stack's uploads ask for no PNG)."""
@@ -43,15 +51,11 @@ def _variant(text: str) -> tuple[str, dict[str, str]]:
     return name, env
 
 
-def _env_api_key() -> str | None:
-    from shared.settings import Settings
-
-    key = Settings().spine_api_key
-    return key.get_secret_value() if key is not None else None
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
+def cmd_bench(args: argparse.Namespace, settings: CliSettings) -> int:
     from bench.runner import BenchConfig, Variant, run_bench
+    from shared.paths import prepare_ultralytics_env
+
+    prepare_ultralytics_env(settings)  # the bench builds and exports bundles in this process
 
     variants = []
     chosen = list(args.variant or [("ours", {})])
@@ -69,7 +73,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         kinds=tuple(args.inputs.split(",")),
         annotate=not args.no_annotate,
         gateway_url=args.gateway,
-        api_key=args.api_key or _env_api_key(),
+        api_key=args.api_key or _secret(settings.spine_api_key),
         classifier_url=args.classifier_url,
         detector_url=args.detector_url,
         baselines=() if args.no_baseline else tuple(args.baselines.split(",")),
@@ -84,7 +88,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         image_rows=args.image_size[0],
         image_cols=args.image_size[1],
     )
-    text = run_bench(config, echo=lambda line: print(line, file=sys.stderr, flush=True))
+    text = run_bench(config, settings, echo=lambda line: print(line, file=sys.stderr, flush=True))
     print(text, flush=True)
     return 0
 

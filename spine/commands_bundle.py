@@ -6,13 +6,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from shared.settings import CliSettings
+
 HELP = (
     "read a refused checkpoint inertly (nothing its pickle names is called) and write a "
     "weights-only copy the services load safely"
 )
 
 
-def cmd_convert_checkpoint(args: argparse.Namespace) -> int:
+def cmd_convert_checkpoint(args: argparse.Namespace, _settings: CliSettings) -> int:
     from model_server.convert import convert_checkpoint
     from shared.bundle import sha256_file
 

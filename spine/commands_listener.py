@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import sys
 
+from shared.settings import CliSettings, ListenerSettings
+
 HELP = (
     "receive images by DICOM C-STORE (pynetdicom SCP), analyse each through the gateway "
     "over HTTP and send the SR + presentation state to RESULTS_DICOMWEB_URL / "
@@ -13,14 +15,15 @@ HELP = (
 )
 
 
-def cmd_dicom_listener(args: argparse.Namespace) -> int:
+def cmd_dicom_listener(args: argparse.Namespace, _cli: CliSettings) -> int:
+    """The listener process: its settings read once, the options applied over them."""
     from dicom_listener.scp import ListenerConfigError
     from dicom_listener.service import run
     from shared.dicomnet.destinations import DestinationConfigError
     from shared.logging import configure_logging
-    from shared.settings import get_settings
+    from spine.config import read_settings
 
-    settings = get_settings()
+    settings = read_settings(ListenerSettings)
     updates = {"listener_ae_title": args.ae_title, "listener_gateway_url": args.gateway_url}
     if args.status_port is not None:
         updates["listener_status_port"] = args.status_port
@@ -33,10 +36,7 @@ def cmd_dicom_listener(args: argparse.Namespace) -> int:
     return 0
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from shared.settings import Settings
-
-    settings = Settings()
+def register(sub: argparse._SubParsersAction, settings: CliSettings) -> None:  # type: ignore[type-arg]
     listener = sub.add_parser("dicom-listener", help=HELP, description=HELP)
     listener.add_argument("--host", default=settings.spine_host, help="address (env SPINE_HOST)")
     listener.add_argument("--port", type=int, default=settings.listener_port,

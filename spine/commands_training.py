@@ -6,8 +6,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from shared.settings import CliSettings
 
-def cmd_phantoms(args: argparse.Namespace) -> int:
+
+def cmd_phantoms(args: argparse.Namespace, _settings: CliSettings) -> int:
     from training.phantoms import generate_phantoms
 
     out = generate_phantoms(Path(args.out), args.count, args.seed, args.split)
@@ -15,7 +17,7 @@ def cmd_phantoms(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_samples(args: argparse.Namespace) -> int:
+def cmd_samples(args: argparse.Namespace, _settings: CliSettings) -> int:
     from training.samples import SYNTHETIC_NOTE, write_samples
 
     out = Path(args.out)
@@ -27,8 +29,9 @@ def cmd_samples(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_train(args: argparse.Namespace) -> int:
+def cmd_train(args: argparse.Namespace, settings: CliSettings) -> int:
     from shared.bundle import load_manifest
+    from shared.paths import prepare_ultralytics_env
     from training.canonical import canonical_images, labelled_images
     from training.datasets import load_vindr, split_train_val
     from training.train_classifier import ClassifierTrainConfig, train_classifier
@@ -53,6 +56,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             members, bundle, labelled_images(train, entries), labelled_images(val, entries), config
         )
     else:
+        prepare_ultralytics_env(settings)
         data_yaml = write_yolo_dataset(
             bundle / ".train" / "yolo", {"train": (train, entries), "val": (val, entries)}
         )
@@ -67,15 +71,23 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
+def cmd_evaluate(args: argparse.Namespace, _settings: CliSettings) -> int:
+    from shared.paths import prepare_ultralytics_env
+    from shared.settings import ModelServerSettings
+    from spine.config import read_settings
     from training.evaluate import evaluate
 
+    model_settings = None
+    if args.model_dir:  # the models run in this process: configured as a model service
+        model_settings = read_settings(ModelServerSettings)
+        prepare_ultralytics_env(model_settings)
     report = evaluate(
         Path(args.data),
         Path(args.out),
         split=args.split,
         gateway=args.gateway,
         model_dir=Path(args.model_dir) if args.model_dir else None,
+        model_settings=model_settings,
         concurrency=args.concurrency,
         dicom_out=Path(args.dicom_out) if args.dicom_out else None,
     )
@@ -86,15 +98,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo_bundle(args: argparse.Namespace) -> int:
+def cmd_demo_bundle(args: argparse.Namespace, settings: CliSettings) -> int:
+    from shared.paths import prepare_ultralytics_env
     from spine.bundles import ensure_demo_bundle
 
     if args.out:
         from training.demo_bundle import build_demo_bundle
 
+        prepare_ultralytics_env(settings)
         build_demo_bundle(Path(args.out))
     else:
-        print(ensure_demo_bundle())
+        print(ensure_demo_bundle(settings))
     return 0
 
 

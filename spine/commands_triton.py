@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 from types import FrameType
 
+from shared.settings import CliSettings
+
 EXPORT_HELP = (
     "write a Triton model repository (spine-classifier, spine-detector: Python backend, "
     "ONNX Runtime) that serves BUNDLE exactly as our model services do"
@@ -18,15 +20,19 @@ TRITON_HELP = (
 )
 
 
-def cmd_export_triton(args: argparse.Namespace) -> int:
+def cmd_export_triton(args: argparse.Namespace, _cli: CliSettings) -> int:
+    """Reads the model services' settings: the repository serves the bundle as they do."""
     from shared.bundle import BundleError
-    from shared.settings import Settings
+    from shared.paths import prepare_ultralytics_env
+    from shared.settings import ModelServerSettings
     from spine.bundles import ensure_default_bundle
+    from spine.config import read_settings
     from spine.triton.export import ExportError, ExportOptions, export_repository, onnx_digests
 
-    settings = Settings()
+    settings = read_settings(ModelServerSettings)
+    prepare_ultralytics_env(settings)
     chosen = args.model_dir or settings.model_dir
-    model_dir = Path(chosen).expanduser().resolve() if chosen else ensure_default_bundle()
+    model_dir = Path(chosen).expanduser().resolve() if chosen else ensure_default_bundle(settings)
     if not model_dir.is_dir():
         sys.exit(f"spine export-triton: model folder {model_dir} does not exist")
     options = ExportOptions.from_settings(
@@ -49,7 +55,7 @@ def cmd_export_triton(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_triton(args: argparse.Namespace) -> int:
+def cmd_triton(args: argparse.Namespace, settings: CliSettings) -> int:
     from spine.triton.server import (
         Ports,
         TritonNotInstalledError,
@@ -63,6 +69,7 @@ def cmd_triton(args: argparse.Namespace) -> int:
             ports=Ports(args.http_port, args.grpc_port, args.metrics_port),
             host=args.host,
             venv=Path(args.venv).expanduser() if args.venv else None,
+            settings=settings,
         )
         server.start()
     except (TritonNotInstalledError, TritonStartError, OSError) as exc:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from shared.lockdown import is_loopback, weak_secret
 from shared.paths import cache_root
-from shared.settings import Settings
+from shared.settings import CliSettings, PseudonymSecretSettings
 
 SECRET_FILE = "pseudonym_secret"
 
@@ -37,11 +37,12 @@ def install_secret(root: Path) -> tuple[str, bool]:
     return value, True
 
 
-def lock_children_env(env: dict[str, str], host: str) -> dict[str, str]:
-    """``env`` with a pseudonym secret and, beyond loopback, an internal token filled in."""
-    settings = Settings()  # the environment, read now
+def lock_children_env(env: dict[str, str], host: str, settings: CliSettings) -> dict[str, str]:
+    """``env`` with a pseudonym secret and, beyond loopback, an internal token filled in,
+    where ``settings`` (``spine serve``'s, read from the environment ``env`` copies) lack them."""
     env = dict(env)
-    if settings.pseudonym_secret == Settings.model_fields["pseudonym_secret"].default:
+    default_secret = PseudonymSecretSettings.model_fields["pseudonym_secret"].default
+    if settings.pseudonym_secret == default_secret:
         root = cache_root(settings)
         value, created = install_secret(root)
         env["PSEUDONYM_SECRET"] = value

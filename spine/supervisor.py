@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from shared.settings import Settings
+from shared.settings import CliSettings
 
 READY_TIMEOUT_S = 600.0
 RESTART_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
@@ -120,7 +120,7 @@ class CpuPlan:
     detector_replicas: int
 
 
-def cpu_plan(cores: int, settings: Settings) -> CpuPlan:
+def cpu_plan(cores: int, settings: CliSettings) -> CpuPlan:
     """The operator's ``CLASSIFIER_THREADS`` / ``DETECTOR_THREADS`` / ``DETECTOR_REPLICAS``;
     unset threads are half the cores (two services side by side). ONNX Runtime threads do
     not spin, so a service given more threads than its share only uses them while the
@@ -140,15 +140,17 @@ def free_loopback_port(host: str) -> int:
 
 
 def build_children(
-    *, host: str, gateway_port: int, classifier_port: int, detector_port: int,
-    model_dir: Path, base_env: dict[str, str], dicom_port: int | None = None,
+    settings: CliSettings, *, host: str, gateway_port: int, classifier_port: int,
+    detector_port: int, model_dir: Path, base_env: dict[str, str], dicom_port: int | None = None,
     extra_detector_ports: list[int] | None = None,
 ) -> list[Child]:
     """The classifier, the detector (and its extra replicas: ``detector-2`` ... on
     ``extra_detector_ports``, default free ports when ``DETECTOR_REPLICAS`` > 1), the
-    gateway and (with ``dicom_port``) the DICOM listener, with their environments."""
+    gateway and (with ``dicom_port``) the DICOM listener, with their environments
+    (``base_env`` plus what each needs). ``settings``: ``spine serve``'s own, read from
+    the environment ``base_env`` copies (the CPU plan, the listener's status address)."""
     python = [sys.executable, "-m", "spine.cli"]
-    plan = cpu_plan(os.cpu_count() or 2, Settings(**_settings_env(base_env)))
+    plan = cpu_plan(os.cpu_count() or 2, settings)
     if extra_detector_ports is None:
         extra_detector_ports = [free_loopback_port(host) for _ in range(plan.detector_replicas - 1)]
     model_env = {**base_env, "MODEL_DIR": str(model_dir)}
@@ -183,28 +185,20 @@ def build_children(
         ),
     ]
     if dicom_port is not None:
-        children.append(listener_child(host, dicom_port, gateway_port, base_env))
+        children.append(listener_child(settings, host, dicom_port, gateway_port, base_env))
     return children
 
 
-def listener_child(host: str, dicom_port: int, gateway_port: int, env: dict[str, str]) -> Child:
+def listener_child(
+    settings: CliSettings, host: str, dicom_port: int, gateway_port: int, env: dict[str, str]
+) -> Child:
     """``spine dicom-listener`` sending to this gateway; ready when its status server is."""
-    from shared.settings import Settings
-
-    settings = Settings()
     status_port = settings.listener_status_port or DEFAULT_LISTENER_STATUS_PORT
     status_host = settings.listener_status_host
     argv = [sys.executable, "-m", "spine.cli", LISTENER, "--host", host,
             "--port", str(dicom_port), "--gateway-url", f"http://{host}:{gateway_port}",
             "--status-port", str(status_port)]
     return Child(LISTENER, argv, env, f"http://{status_host}:{status_port}/health")
-
-
-def _settings_env(env: dict[str, str]) -> dict[str, object]:
-    """The CPU-plan fields as ``Settings`` keyword arguments, read from ``env`` (the
-    children's environment, which may differ from this process's)."""
-    fields = ("classifier_threads", "detector_threads", "detector_replicas")
-    return {name: env[name.upper()] for name in fields if env.get(name.upper())}
 
 
 def wait_until_ready(children: list[Child], timeout_s: float = READY_TIMEOUT_S) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from shared.settings import FusionMode, Settings
+from shared.settings import FusionMode, GatewaySettings, ModelServerSettings, documented_defaults
 from training.canonical import CanonicalEntry
 from training.datasets import CLASS_NAMES, ImageRecord
 from training.metrics import coco_map, roc_auc
@@ -64,7 +64,7 @@ def choose_point(points: Sequence[SweepPoint], tolerance: float = TOLERANCE) -> 
 def served(
     detections: list[tuple[str, float, tuple[float, float, float, float]]],
     abnormal: bool,
-    settings: Settings,
+    settings: GatewaySettings,
 ) -> list[tuple[str, float, tuple[float, float, float, float]]]:
     """The gateway's fusion rule (``gateway.pipeline.fusion.apply_fusion``) on one image's boxes."""
     if abnormal:
@@ -106,8 +106,10 @@ def sweep_detector(
     from classifier_service.model import ClassifierModel
     from detector_service.model import DetectorModel
 
-    settings = Settings(model_backend="torch")
-    defaults = Settings()  # fusion as the stack serves it by default
+    # A bundle is built from its recipe, not from where it is built: the models and the
+    # fusion rule as the stack serves them by default, whatever this environment says.
+    settings = documented_defaults(ModelServerSettings, model_backend="torch")
+    defaults = documented_defaults(GatewaySettings)
     classifier = ClassifierModel(bundle_dir, "cpu", settings=settings)
     detector = DetectorModel(bundle_dir, "cpu", settings=settings)
     classifier.load()

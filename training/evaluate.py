@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from shared.geometry import canonical_to_original
+from shared.settings import ModelServerSettings
 from training.datasets import CLASS_NAMES, ImageRecord, choose_split, load_vindr
 from training.metrics import (
     binary_metrics_at,
@@ -126,7 +127,8 @@ async def _predict_via_gateway(
 
 
 def _predict_in_process(
-    records: list[ImageRecord], model_dir: Path, progress: bool, dicom_out: Path | None = None
+    records: list[ImageRecord], model_dir: Path, settings: ModelServerSettings, progress: bool,
+    dicom_out: Path | None = None,
 ) -> PredictionSet:
     from tqdm import tqdm
 
@@ -134,8 +136,8 @@ def _predict_in_process(
     from detector_service.model import DetectorModel
     from shared.dicom import decode_dicom
 
-    classifier = ClassifierModel(model_dir, "auto")
-    detector = DetectorModel(model_dir, "auto")
+    classifier = ClassifierModel(model_dir, "auto", settings=settings)
+    detector = DetectorModel(model_dir, "auto", settings=settings)
     classifier.load()
     detector.load()
     names = classifier.ensemble.member_names if classifier.ensemble else []
@@ -326,13 +328,16 @@ def evaluate(
     split: str | None = None,
     gateway: str | None = None,
     model_dir: Path | None = None,
+    model_settings: ModelServerSettings | None = None,
     concurrency: int = 4,
     progress: bool = True,
     dicom_out: Path | None = None,
 ) -> dict[str, Any]:
     """Predict every image of ``split``, write the CSVs, report.json, figures and report.md.
 
-    ``dicom_out``: also write each image's SR and presentation state there.
+    ``model_dir`` runs the models in this process, configured by ``model_settings`` (the
+    caller's entry point read them; required then). ``dicom_out``: also write each image's
+    SR and presentation state there.
 
     Without ``split``: ``test`` if present, else the only split of ``data_dir``
     (:func:`training.datasets.choose_split`).
@@ -341,6 +346,8 @@ def evaluate(
 
     if (gateway is None) == (model_dir is None):
         raise ValueError("give exactly one of gateway or model_dir")
+    if model_dir is not None and model_settings is None:
+        raise ValueError("model_dir needs model_settings (how the models run in-process)")
     records = load_vindr(data_dir, choose_split(data_dir, split))
     if dicom_out is not None:
         dicom_out.mkdir(parents=True, exist_ok=True)
@@ -350,7 +357,7 @@ def evaluate(
         )
     else:
         predictions = _predict_in_process(
-            records, model_dir, progress, dicom_out  # type: ignore[arg-type]
+            records, model_dir, model_settings, progress, dicom_out  # type: ignore[arg-type]
         )
     out.mkdir(parents=True, exist_ok=True)
     _write_csvs(out, predictions)

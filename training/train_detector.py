@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from shared.paths import prepare_ultralytics_env
+from shared.paths import keep_ultralytics_offline
 from training.canonical import CanonicalEntry
 from training.datasets import CLASS_NAMES, ImageRecord
 
@@ -96,7 +96,7 @@ def epochs_done(bundle_dir: Path) -> int:
 
 def train_detector(data_yaml: Path, bundle_dir: Path, config: DetectorTrainConfig) -> Path:
     """Train (or resume) and copy ``best.pt`` into the bundle; returns its path."""
-    prepare_ultralytics_env()
+    keep_ultralytics_offline()
     from ultralytics import YOLO
 
     run_root = bundle_dir / ".train" / "detector"

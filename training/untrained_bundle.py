@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from shared.bundle import DEFAULT_MANIFEST, BundleKind
-from shared.paths import prepare_ultralytics_env
+from shared.paths import keep_ultralytics_offline
 from training.datasets import CLASS_NAMES as VINDR_CLASSES
 
 
@@ -35,7 +35,7 @@ def save_classifier_checkpoint(model: torch.nn.Module, path: Path, epoch: int = 
 
 def save_yolo_checkpoint(yaml_name: str, path: Path, class_names: tuple[str, ...]) -> None:
     """An Ultralytics ``best.pt`` built from a model yaml (no download), with class names."""
-    prepare_ultralytics_env()
+    keep_ultralytics_offline()
     from ultralytics import YOLO
     from ultralytics.nn.tasks import DetectionModel
 

@@ -46,7 +46,7 @@ from shared.dicomnet.jobs import (
     Settlement,
 )
 from shared.errors import ServiceError
-from shared.settings import Settings
+from shared.settings import ResultsDeliverySettings
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class ResultsDelivery:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, registry: CollectorRegistry | None = None
+        cls, settings: ResultsDeliverySettings, registry: CollectorRegistry | None = None
     ) -> ResultsDelivery:
         """The destinations ``RESULTS_*`` configure (none: a no-op delivery).
 
@@ -335,7 +335,7 @@ class ResultsDelivery:
             await destination.close()
 
 
-def results_config_problem(settings: Settings) -> str | None:
+def results_config_problem(settings: ResultsDeliverySettings) -> str | None:
     """Why the ``RESULTS_*`` destinations cannot be used (a service refuses to start), or None."""
     try:
         if settings.results_dicomweb_url:

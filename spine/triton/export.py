@@ -47,7 +47,7 @@ from detector_service.yolo import check_images as detector_check_images
 from model_server.onnx_runtime import create_session, export_onnx, max_abs_diff
 from shared import contract
 from shared.bundle import BundleManifest, MemberSpec, check_pins, load_manifest, resolve_checkpoint
-from shared.settings import Settings
+from shared.settings import ModelServerSettings
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ class ExportOptions:
     letterbox: str = "rect"  # DETECTOR_LETTERBOX: rect (minimal stride rectangle) | square
 
     @classmethod
-    def from_settings(cls, settings: Settings, **overrides: object) -> ExportOptions:
+    def from_settings(cls, settings: ModelServerSettings, **overrides: object) -> ExportOptions:
         """Our services' own batching limits (MAX_BATCH_SIZE, MAX_DELAY_MS, MAX_QUEUE_SIZE)."""
         values: dict[str, object] = {
             "max_batch_size": settings.max_batch_size,

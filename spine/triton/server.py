@@ -32,7 +32,7 @@ from types import TracebackType
 import httpx
 
 from shared.paths import cache_root
-from shared.settings import Settings
+from shared.settings import CliSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VENV = PROJECT_ROOT / ".venv-triton"
@@ -78,9 +78,9 @@ class TritonInstall:
         return [path for path in candidates if path.is_dir()]
 
 
-def triton_venv(settings: Settings | None = None) -> Path:
+def triton_venv(settings: CliSettings) -> Path:
     """``TRITON_VENV``, else ``.venv-triton`` at the project root."""
-    configured = (settings or Settings()).triton_venv
+    configured = settings.triton_venv
     return Path(configured).expanduser() if configured else DEFAULT_VENV
 
 
@@ -167,13 +167,12 @@ class TritonServer:
         self,
         repo: Path,
         *,
+        settings: CliSettings,
         ports: Ports | None = None,
         host: str = "127.0.0.1",
         venv: Path | None = None,
         log_path: Path | None = None,
-        settings: Settings | None = None,
     ) -> None:
-        settings = settings or Settings()
         self.repo = repo.resolve()
         self.ports = ports or Ports()
         self.host = host

@@ -6,6 +6,7 @@ import argparse
 
 from bench.stats import RunSummary
 from bench.triton_variant import _threads, ratio_lines
+from shared.settings import CliSettings
 
 
 def _summary(system: str, level: int, throughput: float, p50: float, p95: float,
@@ -38,7 +39,7 @@ def test_variant_triton_is_measured_against_ours(monkeypatch) -> None:
 
     seen = {}
 
-    def fake_run_bench(config, echo):  # type: ignore[no-untyped-def]
+    def fake_run_bench(config, settings, echo):  # type: ignore[no-untyped-def]
         seen["variants"] = [variant.name for variant in config.variants]
         return ""
 
@@ -46,5 +47,5 @@ def test_variant_triton_is_measured_against_ours(monkeypatch) -> None:
     parser = argparse.ArgumentParser()
     commands_bench.register(parser.add_subparsers())
     args = parser.parse_args(["bench", "--variant", "triton", "--no-baseline"])
-    args.func(args)
+    args.func(args, CliSettings())
     assert seen["variants"] == ["ours", "triton"]

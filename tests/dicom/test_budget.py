@@ -246,9 +246,9 @@ def test_errors_with_keyword_arguments_cross_the_worker_pipe(
 ) -> None:
     """Input selection refusals (NotSelectedError takes ``rule=``) come back as themselves."""
     from gateway.pipeline.decode import selection_rules
-    from shared.settings import Settings
+    from shared.settings import GatewaySettings
 
-    rules = selection_rules(Settings(_env_file=None))
+    rules = selection_rules(GatewaySettings(_env_file=None))
     assert rules is not None
     ds = hostile.small_ds()
     ds.BodyPartExamined = "CHEST"

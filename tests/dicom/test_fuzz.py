@@ -30,7 +30,7 @@ from pydicom.uid import JPEG2000Lossless, RLELossless
 
 from gateway.pipeline.decode import decode_limits, decoder_pool
 from shared import dicom
-from shared.settings import Settings
+from shared.settings import GatewaySettings
 from tests.dicom import hostile
 from tests.dicom.corpus import ENCODINGS, convert, to_bytes
 from tests.tools import have_tools
@@ -81,8 +81,8 @@ def seeds(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
     return _seeds(tmp_path_factory.mktemp("fuzz"))
 
 
-# The gateway's way from default Settings: its caps, in its workers (RLIMIT_AS, deadline).
-GATEWAY = Settings(_env_file=None)
+# The gateway's way from default settings: its caps, in its workers (RLIMIT_AS, deadline).
+GATEWAY = GatewaySettings(_env_file=None)
 LIMITS = decode_limits(GATEWAY)
 
 

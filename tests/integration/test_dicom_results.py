@@ -258,13 +258,15 @@ def test_evaluate_writes_both_objects_for_every_image(
 ) -> None:
     """``spine evaluate --dicom-out``: through /upload/dicom, or the shared writer in-process."""
     require_tools("dciodvfy")
+    from shared.settings import ModelServerSettings
     from training.evaluate import evaluate
     from training.phantoms import generate_phantoms
 
     data = generate_phantoms(tmp_path / "data", 3, seed=5, split="test", progress=False)
     out = tmp_path / "dicom"
     source = (
-        {"gateway": abnormal_stack.gateway} if mode == "gateway" else {"model_dir": tiny_bundle}
+        {"gateway": abnormal_stack.gateway} if mode == "gateway"
+        else {"model_dir": tiny_bundle, "model_settings": ModelServerSettings()}
     )
     evaluate(data, tmp_path / "report", split="test", progress=False, dicom_out=out, **source)
     images = sorted((data / "test_images").glob("*.dicom"))

@@ -13,6 +13,7 @@ import yaml
 
 from model_server.safe_load import ULTRALYTICS, safe_load
 from shared.bundle import sha256_file
+from shared.settings import ModelServerSettings
 from tests.factories import TouchMarker
 from tests.integration.stack import base_env, start_service
 
@@ -81,7 +82,7 @@ def test_a_wrong_sha256_pin_is_a_startup_error(tmp_path: Path) -> None:
 
     bundle = _bundle(tmp_path / "bundle", tmp_path / "MARKER", sha256="0" * 64)
     actual = sha256_file(bundle / MEMBER)
-    model = ClassifierModel(bundle, "cpu")
+    model = ClassifierModel(bundle, "cpu", settings=ModelServerSettings())
     with pytest.raises(RuntimeError, match=rf"model_best\.pth.*sha256 mismatch.*{'0' * 64}.*{actual}"):
         model.load()
     assert not (tmp_path / "MARKER").exists()

@@ -11,6 +11,7 @@ import pytest
 import torch
 from pydicom.uid import JPEG2000Lossless
 
+from shared.settings import ModelServerSettings
 from tests.factories import make_dicom, radiograph_pixels
 from tests.integration.stack import Stack, start_stack
 from tests.integration.test_upload import _direct_member_probability, preview
@@ -78,6 +79,6 @@ def test_a_checkpoint_that_does_not_fit_is_a_clear_startup_error(
         broken / "ensemble output/resnet50_optimized/model_best.pth",
         broken / "ensemble output/densenet121_balanced/model_best.pth",
     )
-    model = ClassifierModel(broken, "cpu")
+    model = ClassifierModel(broken, "cpu", settings=ModelServerSettings())
     with pytest.raises(RuntimeError, match="densenet121_balanced/model_best.pth.*densenet121"):
         model.load()

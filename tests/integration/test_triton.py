@@ -100,11 +100,11 @@ def stack(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
 @pytest.fixture(scope="module")
 def triton_repo(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The bundle exported as `spine export-triton` does (our batching defaults)."""
-    from shared.settings import Settings
+    from shared.settings import ModelServerSettings
     from spine.triton.export import ExportOptions, export_repository
 
     repo = tmp_path_factory.mktemp("triton") / "repo"
-    options = ExportOptions.from_settings(Settings(), threads=1)
+    options = ExportOptions.from_settings(ModelServerSettings(), threads=1)
     assert options.letterbox == "rect"  # DETECTOR_LETTERBOX's default, as our detector's
     report = export_repository(bundle, repo, options)
     runtime = json.loads((repo / "spine-detector/1/runtime.json").read_text())
@@ -115,7 +115,7 @@ def triton_repo(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def start_triton(repo: Path, folder: Path, name: str = "triton"):  # type: ignore[no-untyped-def]
     """tritonserver on free loopback ports, as `spine triton` starts it."""
-    from shared.settings import Settings
+    from shared.settings import CliSettings
     from spine.triton.server import Ports, TritonNotInstalledError, TritonServer
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -123,7 +123,7 @@ def start_triton(repo: Path, folder: Path, name: str = "triton"):  # type: ignor
         server = TritonServer(
             repo, ports=Ports(free_port(), free_port(), free_port()),
             log_path=folder / f"{name}.log",
-            settings=Settings(spine_cache_dir=folder / "cache"),
+            settings=CliSettings(spine_cache_dir=folder / "cache"),
         )
     except TritonNotInstalledError as exc:
         unavailable(str(exc))
@@ -423,6 +423,6 @@ def test_triton_for_both_models_killed_is_a_503(
 
 
 def _settings(cache: Path):  # type: ignore[no-untyped-def]
-    from shared.settings import Settings
+    from shared.settings import CliSettings
 
-    return Settings(spine_cache_dir=cache)
+    return CliSettings(spine_cache_dir=cache)

@@ -93,7 +93,7 @@ def test_probe_timeouts_fit_what_the_probes_can_take(manifests) -> None:
     The gateway's /readyz reads cached state; the slowest it can take is a first answer
     while nothing is cached yet, bounded by READINESS_TIMEOUT_S.
     """
-    from shared.settings import Settings
+    from shared.settings import GatewaySettings
 
     _, docs = manifests
     deployments = by_kind(docs, "Deployment")
@@ -104,7 +104,7 @@ def test_probe_timeouts_fit_what_the_probes_can_take(manifests) -> None:
             assert timeout >= 2, (name, probe, timeout)
     gateway = deployments["gateway"]["spec"]["template"]["spec"]["containers"][0]
     assert gateway["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert gateway["readinessProbe"]["timeoutSeconds"] >= 2 * Settings().readiness_timeout_s
+    assert gateway["readinessProbe"]["timeoutSeconds"] >= 2 * GatewaySettings().readiness_timeout_s
 
 
 def test_one_autoscaler_per_model_service(manifests) -> None:

@@ -14,7 +14,7 @@ from gateway.audit import AuditFacts, AuditLog, uid_hash
 from gateway.http.ratelimit import ConcurrencyLimiter, TokenBucketLimiter, retry_after_header
 from gateway.http.security import ApiKeys, docs_page, security_headers
 from model_server.infer import caller_timeout_s
-from shared.settings import Settings
+from shared.settings import CliSettings, GatewaySettings
 from spine.supervisor import Child, stop_all, supervise
 
 
@@ -51,16 +51,16 @@ def test_settings_parse_keys_and_origins(monkeypatch: pytest.MonkeyPatch) -> Non
     digest = hashlib.sha256(b"k").hexdigest()
     monkeypatch.setenv("API_KEYS_SHA256", f"a:{digest}, b:{digest.upper()}")
     monkeypatch.setenv("CORS_ALLOW_ORIGINS", "https://a.org, https://b.org/")
-    settings = Settings()
+    settings = GatewaySettings()
     assert settings.api_keys_sha256 == {"a": digest, "b": digest}
     assert settings.cors_allow_origins == ["https://a.org", "https://b.org"]
     monkeypatch.setenv("API_KEYS_SHA256", "a:not-a-digest")
     with pytest.raises(ValueError, match="API_KEYS_SHA256"):
-        Settings()
+        GatewaySettings()
 
 
 def test_defaults_keep_the_door_as_it_was() -> None:
-    settings = Settings()
+    settings = GatewaySettings()
     assert settings.api_keys_sha256 == {} and settings.rate_limit_per_minute == 0
     assert settings.cors_allow_origins == [] and settings.internal_token is None
 
@@ -224,14 +224,21 @@ def test_refusals_and_unexpected_failures_are_audited_once(tmp_path) -> None:
     assert "PID-SENTINEL" not in (tmp_path / "audit.jsonl").read_text()
 
 
-def test_spine_serve_shares_the_cores_as_the_operator_says(tmp_path) -> None:
+def test_spine_serve_shares_the_cores_as_the_operator_says(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Default: half the cores per model service, one detector; CLASSIFIER_THREADS,
     DETECTOR_THREADS and DETECTOR_REPLICAS change the split and the gateway's URLs."""
     from spine.supervisor import build_children
 
     def children(env: dict[str, str]) -> dict[str, Child]:
-        built = build_children(host="127.0.0.1", gateway_port=1, classifier_port=2,
-                               detector_port=3, model_dir=tmp_path, base_env=env)
+        for name in ("CLASSIFIER_THREADS", "DETECTOR_THREADS", "DETECTOR_REPLICAS"):
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():  # `spine serve` reads its settings from this env
+            monkeypatch.setenv(name, value)
+        built = build_children(CliSettings(), host="127.0.0.1", gateway_port=1,
+                               classifier_port=2, detector_port=3, model_dir=tmp_path,
+                               base_env=env)
         return {child.name: child for child in built}
 
     half = str(max(1, (os.cpu_count() or 2) // 2))

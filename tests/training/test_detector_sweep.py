@@ -7,7 +7,7 @@ import math
 import pytest
 
 from gateway.pipeline.fusion import Box, apply_fusion
-from shared.settings import FusionMode, Settings
+from shared.settings import FusionMode, GatewaySettings
 from training.demo_bundle import DEMO_SEED, DemoConfig
 from training.detector_sweep import SweepPoint, choose_point, served
 
@@ -38,7 +38,7 @@ def test_a_grid_without_ground_truth_still_chooses() -> None:
 @pytest.mark.parametrize("abnormal", [True, False])
 @pytest.mark.parametrize("mode", list(FusionMode))
 def test_the_restated_fusion_rule_is_the_gateways(abnormal: bool, mode: FusionMode) -> None:
-    settings = Settings(fusion_mode=mode)
+    settings = GatewaySettings(fusion_mode=mode)
     raw = [("Osteophytes", 0.9, (0, 0, 5, 5)), ("Osteophytes", 0.3, (1, 1, 6, 6))]
     boxes = [Box(0, name, score, *xyxy) for name, score, xyxy in raw]
     kept, _ = apply_fusion(

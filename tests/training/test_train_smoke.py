@@ -11,6 +11,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from shared.bundle import BundleKind, MemberSpec, load_manifest
+from shared.settings import ModelServerSettings
 from training.demo_bundle import DemoConfig, build_demo_bundle
 from training.detector_sweep import CONF_GRID, IOU_GRID
 from training.train_classifier import ClassifierTrainConfig, choose_weights
@@ -55,9 +56,9 @@ def test_the_bundle_is_labelled_demo_and_loads(smoke_bundle: Path) -> None:
     assert len(recipe["detector"]["grid"]) == len(CONF_GRID) * len(IOU_GRID)
     assert recipe["seeds"]["validation_images"] > 0
 
-    classifier = ClassifierModel(smoke_bundle, "cpu")
+    classifier = ClassifierModel(smoke_bundle, "cpu", settings=ModelServerSettings())
     classifier.load()
-    detector = DetectorModel(smoke_bundle, "cpu")
+    detector = DetectorModel(smoke_bundle, "cpu", settings=ModelServerSettings())
     detector.load()
     image = np.random.default_rng(0).integers(0, 255, (400, 300), dtype=np.uint8)
     assert 0 <= classifier.predict_batch([image])[0]["abnormal_probability"][0] <= 1
@@ -77,7 +78,8 @@ def test_evaluation_report_agrees_with_sklearn(smoke_bundle: Path, tmp_path: Pat
     from training.phantoms import generate_phantoms
 
     data = generate_phantoms(tmp_path / "test", 12, seed=99, split="test", progress=False)
-    report = evaluate(data, tmp_path / "out", split="test", model_dir=smoke_bundle, progress=False)
+    report = evaluate(data, tmp_path / "out", split="test", model_dir=smoke_bundle,
+                      model_settings=ModelServerSettings(), progress=False)
     with (tmp_path / "out" / "predictions.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     from training.datasets import load_vindr

@@ -6,6 +6,7 @@ import argparse
 
 import pytest
 
+from shared.settings import CliSettings
 from spine.cli import build_parser, main
 
 
@@ -17,7 +18,7 @@ def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentP
 
 
 def test_every_option_has_help_showing_its_default() -> None:
-    commands = _subparsers(build_parser())
+    commands = _subparsers(build_parser(CliSettings()))
     assert {"serve", "gateway", "phantoms", "evaluate", "samples", "bench"} <= set(commands)
     for name, parser in commands.items():
         text = parser.format_help()
@@ -33,10 +34,10 @@ def test_every_option_has_help_showing_its_default() -> None:
 def test_defaults_come_from_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GATEWAY_PORT", "9000")
     monkeypatch.setenv("SPINE_HOST", "0.0.0.0")
-    args = build_parser().parse_args(["serve"])
+    args = build_parser(CliSettings()).parse_args(["serve"])
     assert (args.host, args.port, args.classifier_port) == ("0.0.0.0", 9000, 8001)
     monkeypatch.setenv("PORT", "9100")
-    assert build_parser().parse_args(["detector"]).port == 9100
+    assert build_parser(CliSettings()).parse_args(["detector"]).port == 9100
 
 
 def test_a_bad_variable_is_named_without_a_traceback(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -72,13 +72,13 @@ def test_the_gateway_reads_an_uploads_header_once_whatever_the_budget(
     from gateway.pipeline.context import Pipeline
     from shared import dicom
     from shared.dicom import steps
-    from shared.settings import Settings
+    from shared.settings import GatewaySettings
 
     parses: list[int] = []
     parse = steps.parse_dicom
     monkeypatch.setattr(steps, "parse_dicom", lambda *a: parses.append(1) or parse(*a))
     data = make_dx_dicom(radiograph_pixels(640, 480), compress=False)  # 2.3 MiB to decode
-    settings = Settings(_env_file=None, dicom_isolate_decoders=False)  # in this process
+    settings = GatewaySettings(_env_file=None, dicom_isolate_decoders=False)  # in this process
     with ThreadPoolExecutor(1) as threads:
         pipeline = Pipeline(
             settings=settings, classifier=None, detector=None,  # type: ignore[arg-type]

@@ -19,7 +19,7 @@ from dicom_listener.scp import ListenerConfigError, ScpConfig
 from dicom_listener.spool import Spool, SpoolFull, read_uids
 from dicom_listener.studies import ImageResult, StudyTracker
 from dicom_listener.studyreport import ListenerMetrics, StudyReports
-from shared.settings import Settings
+from shared.settings import CliSettings, ListenerSettings
 from spine.supervisor import LISTENER, build_children, stop_order
 from tests.factories import make_dicom, radiograph_pixels
 
@@ -163,11 +163,11 @@ def test_the_gateways_answers_decide_the_fate() -> None:
 
 
 def test_any_calling_ae_only_on_loopback() -> None:
-    settings = Settings()
+    settings = ListenerSettings()
     assert ScpConfig.from_settings(settings, "127.0.0.1", 11112).allowed_calling == ()
     with pytest.raises(ListenerConfigError, match="LISTENER_ALLOWED_AE_TITLES"):
         ScpConfig.from_settings(settings, "0.0.0.0", 11112)
-    listed = Settings(listener_allowed_ae_titles="ORTHANC, PACS")
+    listed = ListenerSettings(listener_allowed_ae_titles="ORTHANC, PACS")
     config = ScpConfig.from_settings(listed, "0.0.0.0", 11112)
     assert config.allowed_calling == ("ORTHANC", "PACS")
     # What input selection can accept: DX, CR, and Secondary Capture (if switched on).
@@ -177,7 +177,7 @@ def test_any_calling_ae_only_on_loopback() -> None:
 
 def test_serve_with_a_dicom_port_supervises_a_listener_stopped_first(tmp_path: Path) -> None:
     children = build_children(
-        host="127.0.0.1", gateway_port=8000, classifier_port=8001, detector_port=8002,
+        CliSettings(), host="127.0.0.1", gateway_port=8000, classifier_port=8001, detector_port=8002,
         model_dir=tmp_path, base_env={}, dicom_port=11112,
     )
     listener = next(child for child in children if child.name == LISTENER)
@@ -187,6 +187,6 @@ def test_serve_with_a_dicom_port_supervises_a_listener_stopped_first(tmp_path: P
     assert listener.ready_url.endswith("/health")
     assert [group[0].name for group in stop_order(children)][:2] == [LISTENER, "gateway"]
     assert LISTENER not in {c.name for c in build_children(
-        host="127.0.0.1", gateway_port=8000, classifier_port=8001, detector_port=8002,
+        CliSettings(), host="127.0.0.1", gateway_port=8000, classifier_port=8001, detector_port=8002,
         model_dir=tmp_path, base_env={},
     )}

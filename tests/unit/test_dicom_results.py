@@ -14,7 +14,7 @@ from shared.dicom import decode_dicom
 from shared.dicom.render import RenderSpec, Window, display_window, render
 from shared.dicom.results import AnalysisResult, ResultBox, ResultWriteError, write_results
 from shared.dicom.results.common import reference_dataset
-from shared.settings import ResultPatientMode, Settings
+from shared.settings import GatewaySettings, ResultPatientMode
 from tests.factories import make_dicom, radiograph_pixels
 
 
@@ -78,7 +78,7 @@ def test_an_image_without_uids_gets_a_clear_refusal(source) -> None:
 
 
 def test_pseudonymised_results_keep_the_study(source) -> None:
-    settings = Settings(dicom_result_patient=ResultPatientMode.PSEUDONYMIZE, pseudonym_secret="s")
+    settings = GatewaySettings(dicom_result_patient=ResultPatientMode.PSEUDONYMIZE, pseudonym_secret="s")
     hidden = dicom_out.result_source(source, settings)
     attributes = hidden.attributes()
     assert attributes["PatientID"].startswith("anon-")
@@ -88,7 +88,7 @@ def test_pseudonymised_results_keep_the_study(source) -> None:
     sr = pydicom.dcmread(io.BytesIO(write_results(hidden, result()).sr))
     assert sr.PatientID == attributes["PatientID"]
     assert sr.StudyInstanceUID == source.study_instance_uid
-    assert dicom_out.result_source(source, Settings()) is source  # copy is the default
+    assert dicom_out.result_source(source, GatewaySettings()) is source  # copy is the default
 
 
 @pytest.mark.parametrize(

@@ -40,10 +40,11 @@ import numpy as np
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless
 import dicom_listener.service
 import gateway.app
+from shared.settings import GatewaySettings
 from shared.dicom import decode_dicom
 from training.dicom_writer import file_bytes, xray_dataset
 
-gateway.app.create_app()
+gateway.app.create_app(GatewaySettings())
 pixels = (np.arange(64 * 48, dtype=np.uint16).reshape(64, 48) * 7) % 4096
 for syntax in (ExplicitVRLittleEndian, JPEG2000Lossless, RLELossless):
     decode_dicom(file_bytes(xray_dataset(pixels, sop_instance_uid="1.2.3", transfer_syntax=syntax)))

@@ -14,7 +14,7 @@ from detector_service.letterbox import letterbox_geometry, letterbox_shape
 from detector_service.model import DetectorModel
 from shared.bundle import load_manifest, resolve_checkpoint
 from shared.paths import prepare_ultralytics_env
-from shared.settings import Settings
+from shared.settings import ModelServerSettings
 
 SHAPES = [(2400, 1600), (1024, 670), (670, 1024), (512, 342), (640, 640), (300, 1024), (1024, 17)]
 
@@ -30,7 +30,7 @@ def test_the_shape_rule() -> None:
 @pytest.mark.parametrize(("height", "width"), SHAPES)
 @pytest.mark.parametrize("auto", [True, False])
 def test_geometry_is_ultralytics_letterbox(height: int, width: int, auto: bool) -> None:
-    prepare_ultralytics_env()
+    prepare_ultralytics_env(ModelServerSettings())
     from ultralytics.data.augment import LetterBox
 
     theirs = LetterBox(640, auto=auto, stride=32)
@@ -53,11 +53,11 @@ def radiograph() -> np.ndarray:
 @pytest.mark.parametrize("backend", ["onnx", "torch"])
 def test_boxes_match_ultralytics_predict(tiny_bundle: Path, tmp_path: Path, radiograph,
                                          backend: str) -> None:
-    prepare_ultralytics_env()
+    prepare_ultralytics_env(ModelServerSettings())
     from ultralytics import YOLO
 
-    settings = Settings(model_backend=backend, spine_cache_dir=tmp_path, ort_threads=1,
-                        detector_letterbox="rect")
+    settings = ModelServerSettings(model_backend=backend, spine_cache_dir=tmp_path,
+                                   ort_threads=1, detector_letterbox="rect")
     model = DetectorModel(tiny_bundle, "cpu", 1, settings=settings)
     model.load()
     assert model.backend == backend and model.stride == 32

@@ -17,7 +17,13 @@ from model_server.batching import DynamicBatcher
 from model_server.errors import ModelFailedError
 from model_server.infer import infer_images
 from shared.lockdown import exposure_problems, is_loopback, weak_secret
-from shared.settings import PhiMode, Settings, StudyDateMode
+from shared.settings import (
+    CliSettings,
+    GatewaySettings,
+    ModelServerSettings,
+    PhiMode,
+    StudyDateMode,
+)
 from spine.secrets import SECRET_FILE, install_secret, lock_children_env
 
 GOOD = "x" * 43
@@ -39,16 +45,17 @@ def test_weak_secrets_are_named() -> None:
 
 
 def test_exposure_problems_beyond_loopback_only() -> None:
-    bare = Settings(internal_token=None, pseudonym_secret="change-me")
-    assert exposure_problems("classifier", "127.0.0.1", bare) == []
+    bare = GatewaySettings(internal_token=None, pseudonym_secret="change-me")
+    bare_model = ModelServerSettings(internal_token=None)
+    assert exposure_problems("classifier", "127.0.0.1", bare_model) == []
     assert exposure_problems("gateway", "127.0.0.1", bare) == []
-    assert "INTERNAL_TOKEN is not set" in exposure_problems("detector", "0.0.0.0", bare)[0]
+    assert "INTERNAL_TOKEN is not set" in exposure_problems("detector", "0.0.0.0", bare_model)[0]
     assert "PSEUDONYM_SECRET" in exposure_problems("gateway", "0.0.0.0", bare)[0]
-    good = Settings(internal_token=GOOD, pseudonym_secret=GOOD)
-    assert exposure_problems("classifier", "0.0.0.0", good) == []
+    good = GatewaySettings(internal_token=GOOD, pseudonym_secret=GOOD)
+    assert exposure_problems("classifier", "0.0.0.0", ModelServerSettings(internal_token=GOOD)) == []
     assert exposure_problems("gateway", "0.0.0.0", good) == []
     # redact and passthrough never use the secret
-    assert exposure_problems("gateway", "0.0.0.0", Settings(phi_mode="redact")) == []
+    assert exposure_problems("gateway", "0.0.0.0", GatewaySettings(phi_mode="redact")) == []
 
 
 @pytest.mark.parametrize(("mode", "phi", "expected"), [
@@ -74,9 +81,9 @@ def test_the_install_secret_is_private_and_stable(
     monkeypatch.setenv("SPINE_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("PSEUDONYM_SECRET", raising=False)
     monkeypatch.delenv("INTERNAL_TOKEN", raising=False)
-    env = lock_children_env({}, "127.0.0.1")
+    env = lock_children_env({}, "127.0.0.1", CliSettings())
     assert weak_secret(env["PSEUDONYM_SECRET"]) is None and "INTERNAL_TOKEN" not in env
-    again = lock_children_env({}, "0.0.0.0")
+    again = lock_children_env({}, "0.0.0.0", CliSettings())
     assert again["PSEUDONYM_SECRET"] == env["PSEUDONYM_SECRET"]
     assert weak_secret(again["INTERNAL_TOKEN"]) is None
     assert capsys.readouterr().out.count("generated a per-install secret") == 1

@@ -21,13 +21,13 @@ from model_server.onnx_runtime import (
     load_or_export,
     try_onnx,
 )
-from shared.settings import Settings
+from shared.settings import ModelServerSettings
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def _settings(cache: Path, backend: str = "onnx") -> Settings:
-    return Settings(model_backend=backend, spine_cache_dir=cache, ort_threads=1)
+def _settings(cache: Path, backend: str = "onnx") -> ModelServerSettings:
+    return ModelServerSettings(model_backend=backend, spine_cache_dir=cache, ort_threads=1)
 
 
 def _images() -> list[np.ndarray]:

@@ -31,7 +31,7 @@ from shared.dicomnet import (
 )
 from shared.dicomnet.delivery import RetryPolicy, results_config_problem
 from shared.dicomnet.destinations import AeAddress, read_store_response
-from shared.settings import Settings
+from shared.settings import ResultsDeliverySettings
 from tests.integration.stack import free_port
 from tests.peers.orthanc import Orthanc
 from training.dicom_writer import file_bytes, xray_dataset
@@ -100,8 +100,10 @@ async def test_sr_and_gsps_land_in_the_source_study(orthanc: Orthanc, protocol) 
 
 
 async def test_from_settings_sends_to_both_destinations(orthanc: Orthanc) -> None:
-    settings = Settings(results_dicomweb_url=orthanc.dicomweb, results_store_ae=orthanc.store_ae,
-                        results_calling_ae="SPINETEST")
+    settings = ResultsDeliverySettings(
+        results_dicomweb_url=orthanc.dicomweb, results_store_ae=orthanc.store_ae,
+        results_calling_ae="SPINETEST",
+    )
     study, objects, uids = results()
     delivery = ResultsDelivery.from_settings(settings)
     assert delivery.describe() == f"STOW-RS {orthanc.dicomweb}/studies, C-STORE {orthanc.store_ae}"
@@ -290,7 +292,7 @@ def test_store_response_without_sequences_follows_the_status(status, stored, ret
 
 
 async def test_no_destination_is_a_no_op() -> None:
-    delivery = ResultsDelivery.from_settings(Settings())
+    delivery = ResultsDelivery.from_settings(ResultsDeliverySettings())
     assert not delivery.enabled and delivery.describe() == "off"
     await delivery.start()
     await delivery.submit([b"x"], study_uid="1.2", sop_uids=["1.2.3"])
@@ -313,9 +315,9 @@ async def test_no_destination_is_a_no_op() -> None:
 )
 def test_unusable_destinations_are_refused_naming_the_variable(settings, message) -> None:
     with pytest.raises(DestinationConfigError, match="RESULTS_") as refused:
-        ResultsDelivery.from_settings(Settings(**settings))
+        ResultsDelivery.from_settings(ResultsDeliverySettings(**settings))
     assert message in str(refused.value)
-    assert results_config_problem(Settings(**settings)) == str(refused.value)
+    assert results_config_problem(ResultsDeliverySettings(**settings)) == str(refused.value)
 
 
 def test_the_gateway_refuses_to_start_with_an_unusable_destination(tmp_path) -> None:
@@ -331,7 +333,7 @@ def test_the_gateway_refuses_to_start_with_an_unusable_destination(tmp_path) -> 
 def test_credentials_are_allowed_over_https_and_on_loopback() -> None:
     for url in ("https://pacs.example.org/dicom-web", "http://127.0.0.1:8042/dicom-web"):
         delivery = ResultsDelivery.from_settings(
-            Settings(results_dicomweb_url=url, results_dicomweb_bearer_token="t" * 20)
+            ResultsDeliverySettings(results_dicomweb_url=url, results_dicomweb_bearer_token="t" * 20)
         )
         assert delivery.enabled
 

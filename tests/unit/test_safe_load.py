@@ -246,8 +246,9 @@ def test_an_allowed_class_called_as_a_function_is_refused(tmp_path: Path) -> Non
     """Allowing ``DetectionModel`` must not let a pickle call its constructor, whose cfg
     ``activation`` string Ultralytics evaluates: REDUCE on a policy class is refused."""
     from shared.paths import prepare_ultralytics_env
+    from shared.settings import CommonSettings
 
-    prepare_ultralytics_env()
+    prepare_ultralytics_env(CommonSettings())
     from ultralytics.nn.tasks import DetectionModel, yaml_model_load
 
     from detector_service.yolo import load_yolo

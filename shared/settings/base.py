@@ -1,0 +1,66 @@
+"""What every process's settings are built on: one pydantic-settings base and the fields
+every process reads (logging, the internal token, the cache root).
+
+Each process has its own class (:mod:`shared.settings`), read from the environment once
+by its entry point and passed down; a field two processes read lives once, here or in a
+section of :mod:`shared.settings.sections`. The variable of a field is its name in
+capitals, whichever class reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+class SettingsBase(BaseSettings):
+    """Environment only (no .env file), names in any case; other processes' variables
+    are ignored, so one environment can serve every process."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+
+class CommonSettings(SettingsBase):
+    """Read by every process."""
+
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING or ERROR")
+    log_json: bool = Field(True, description="One JSON object per log line")
+    internal_token: SecretStr | None = Field(
+        None, description="Model services refuse OIP calls without it; the gateway sends it"
+    )
+    spine_cache_dir: Path | None = Field(
+        None, description="cache root (built bundles, ONNX exports, samples, Ultralytics "
+        "config: shared.paths.cache_root); None = ~/.cache/spine",
+    )
+    yolo_config_dir: Path | None = Field(
+        None, description="Ultralytics' settings folder (read by Ultralytics itself); "
+        "None = <cache root>/ultralytics",
+    )
+
+
+def documented_defaults(cls: type[S], **overrides: object) -> S:
+    """``cls`` with its documented defaults (and ``overrides``), the environment not read:
+    for what must not depend on where it runs (an artifact built from a fixed recipe)."""
+    return cls.model_construct(**overrides)
+
+
+def child_settings(cls: type[S], environ: Mapping[str, str]) -> S:
+    """``cls`` as a child process started with ``environ`` will read it, where ``environ``
+    is this process's environment plus the child's own variables (which win): for a
+    launcher deciding from a child's environment (the bench's stack variants)."""
+    fields = cls.model_fields
+    return cls(**{k.lower(): v for k, v in environ.items() if k.lower() in fields})
+
+
+def split_list(value: object, *, strip_slash: bool = False) -> object:
+    """``"a, b,"`` -> ``["a", "b"]`` (a trailing ``/`` dropped from each for URLs)."""
+    if not isinstance(value, str):
+        return value
+    parts = [part.strip() for part in value.split(",") if part.strip()]
+    return [part.rstrip("/") for part in parts] if strip_slash else parts

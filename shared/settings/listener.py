@@ -1,0 +1,89 @@
+"""The DICOM listener's settings (``spine dicom-listener``; docs/INTEGRATION.md,
+docs/OPERATIONS.md "DICOM listener"): read once by its entry point, passed to
+``dicom_listener.service.run``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
+
+from shared.settings.base import CommonSettings, split_list
+from shared.settings.sections import (
+    ListenerEndpointSettings,
+    ResultsDeliverySettings,
+    SelectionRulesSettings,
+)
+
+
+class ListenerSettings(
+    CommonSettings, ListenerEndpointSettings, ResultsDeliverySettings, SelectionRulesSettings
+):
+    """The C-STORE SCP, its spool and study reports, and its client of the gateway."""
+
+    # --- associations --------------------------------------------------------------------
+    listener_allowed_ae_titles: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="calling AE titles allowed to associate, "
+        "comma-separated; empty = any, allowed only when the listener binds loopback",
+    )
+    listener_check_called_ae: bool = Field(
+        True, description="reject an association whose called AE title is not LISTENER_AE_TITLE"
+    )
+    listener_max_associations: int = Field(
+        10, ge=1, le=256, description="DICOM associations served at once"
+    )
+
+    # --- the spool and the study reports -------------------------------------------------
+    listener_spool_dir: Path | None = Field(
+        None, description="where received instances wait (durably) for analysis; "
+        "None = SPINE_CACHE_DIR/listener/spool",
+    )
+    listener_results_dir: Path | None = Field(
+        None, description="one JSON report per study; None = SPINE_CACHE_DIR/listener/studies"
+    )
+    listener_max_instance_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="largest instance accepted by C-STORE "
+        "(bigger: status A700 out of resources)",
+    )
+    listener_spool_max_bytes: int = Field(
+        2 * 1024 ** 3, ge=1024 * 1024, description="most bytes waiting in the spool; a C-STORE "
+        "beyond it is answered A700 (out of resources), so the sender retries later",
+    )
+    listener_study_idle_s: float = Field(
+        15.0, gt=0, description="a study is closed (reported) this long after its last "
+        "instance arrived, once all its instances are done",
+    )
+
+    # --- sending to the gateway ----------------------------------------------------------
+    listener_gateway_api_key: SecretStr | None = Field(
+        None, description="API key the listener sends to the gateway (X-API-Key); None = none"
+    )
+    listener_forward_timeout_s: float = Field(
+        120.0, gt=0, description="deadline of one gateway request of the listener"
+    )
+    listener_concurrency: int = Field(
+        2, ge=1, le=64, description="instances the listener sends to the gateway at once"
+    )
+    listener_retry_initial_s: float = Field(
+        1.0, gt=0, description="first delay before the listener retries the gateway; doubled "
+        "each time up to LISTENER_RETRY_MAX_S",
+    )
+    listener_retry_max_s: float = Field(
+        60.0, gt=0, description="longest delay between the listener's gateway retries"
+    )
+    listener_retry_budget_s: float = Field(
+        3600.0, gt=0, description="an instance the gateway did not take this long after it "
+        "was received (or replayed) is logged and counted as failed and moved to the spool's "
+        "failed/ folder",
+    )
+    listener_drain_timeout_s: float = Field(
+        20.0, ge=0, description="at shutdown, how long gateway requests in flight may finish; "
+        "instances not analysed stay in the spool for the next start",
+    )
+
+    @field_validator("listener_allowed_ae_titles", mode="before")
+    @classmethod
+    def _parse_ae_titles(cls, value: object) -> object:
+        return split_list(value)

@@ -1,0 +1,146 @@
+"""Sections read by two processes, declared once and mixed into each process's class.
+
+| section | read by |
+|---|---|
+| :class:`HttpServerSettings` | the gateway, the model services |
+| :class:`ResultsDeliverySettings` | the gateway (STOW-RS), the DICOM listener |
+| :class:`SelectionRulesSettings` | the gateway (refuses), the DICOM listener (its SOP classes) |
+| :class:`BundleSettings` | the model services, the ``spine`` command (builds the default) |
+| :class:`PseudonymSecretSettings` | the gateway, ``spine serve`` (fills in a per-install one) |
+| :class:`ListenerEndpointSettings` | the DICOM listener, ``spine serve`` (starts and polls it) |
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+
+from shared.settings.base import SettingsBase
+
+
+class DefaultBundle(StrEnum):
+    """What the model services serve without ``MODEL_DIR``."""
+
+    DEMO = "demo"  # trained on synthetic phantoms on first use (minutes), then cached
+    UNTRAINED = "untrained"  # the real architectures with random weights (seconds)
+
+
+class HttpServerSettings(SettingsBase):
+    """Limits of a uvicorn server facing callers we do not control."""
+
+    max_header_bytes: int = Field(16384, ge=1024, description="All request headers (431)")
+    http_header_timeout_s: float = Field(
+        10.0, gt=0, description="Time to send a request's headers; the connection is closed "
+        "after it (every service)",
+    )
+    http_body_idle_timeout_s: float = Field(
+        10.0, gt=0, description="Longest wait for the next chunk of a request body (408)"
+    )
+    http_max_connections: int = Field(
+        512, ge=0, description="Open connections + requests per process; beyond it uvicorn "
+        "answers 503 (every service); 0 = unlimited",
+    )
+
+
+class ResultsDeliverySettings(SettingsBase):
+    """Where SR + presentation state go, and how hard we try (shared/dicomnet/delivery.py;
+    docs/OPERATIONS.md "STOW-RS in and results delivery")."""
+
+    results_dicomweb_url: str | None = Field(
+        None, description="DICOMweb root results are stored into by STOW-RS "
+        "(POST {url}/studies), e.g. http://pacs:8042/dicom-web; None = no STOW-RS delivery",
+    )
+    results_dicomweb_bearer_token: SecretStr | None = Field(
+        None, description="Authorization: Bearer token for RESULTS_DICOMWEB_URL "
+        "(refused over http:// beyond loopback)",
+    )
+    results_dicomweb_user: str | None = Field(
+        None, description="HTTP basic user for RESULTS_DICOMWEB_URL (instead of a bearer token)"
+    )
+    results_dicomweb_password: SecretStr | None = Field(
+        None, description="HTTP basic password for RESULTS_DICOMWEB_USER"
+    )
+    results_store_ae: str | None = Field(
+        None, description="C-STORE destination of results as AE@host:port; None = no C-STORE"
+    )
+    results_calling_ae: str = Field(
+        "SPINE", min_length=1, max_length=16,
+        description="our calling AE title when sending results by C-STORE",
+    )
+    results_queue_size: int = Field(
+        1000, ge=1, description="result objects (per destination) queued or waiting to retry; "
+        "beyond it the request that made them is refused (503 + Retry-After)",
+    )
+    results_concurrency: int = Field(
+        2, ge=1, le=64, description="result deliveries in flight at once (all destinations)"
+    )
+    results_timeout_s: float = Field(
+        30.0, gt=0, description="deadline of one delivery attempt (connect, send, answer)"
+    )
+    results_retry_initial_s: float = Field(
+        1.0, gt=0, description="first retry delay; doubled each retry up to RESULTS_RETRY_MAX_S"
+    )
+    results_retry_max_s: float = Field(60.0, gt=0, description="longest delay between retries")
+    results_retry_budget_s: float = Field(
+        600.0, gt=0, description="a result not delivered this long after its submit is given "
+        "up: logged with its SOP Instance UID and counted (spine_results_failed_total)",
+    )
+    results_drain_timeout_s: float = Field(
+        10.0, ge=0, description="at shutdown, how long pending results may still be delivered; "
+        "what is left is logged and counted as failed (reason shutdown)",
+    )
+
+
+class SelectionRulesSettings(SettingsBase):
+    """The input selection rules (README "Input selection"; shared/dicom/selection.py)."""
+
+    input_selection_rules: Path | None = Field(
+        None, description="YAML file merged over the shipped rules "
+        "(shared/dicom/selection_default.yaml); None = the shipped rules",
+    )
+
+
+class BundleSettings(SettingsBase):
+    """Which model bundle the model services serve."""
+
+    model_dir: Path | None = Field(None, description="Model bundle folder; None = demo bundle")
+    spine_default_bundle: DefaultBundle = Field(
+        DefaultBundle.DEMO, description="bundle served without MODEL_DIR: demo or untrained"
+    )
+
+    @field_validator("spine_default_bundle", mode="before")
+    @classmethod
+    def _lower_bundle(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+
+class PseudonymSecretSettings(SettingsBase):
+    """The key of patient pseudonyms (the gateway uses it; ``spine serve`` supplies one)."""
+
+    pseudonym_secret: str = Field(
+        "change-me", description="HMAC key for patient_id pseudonyms; set it in production"
+    )
+
+
+class ListenerEndpointSettings(SettingsBase):
+    """Where the DICOM listener answers and sends (also what ``spine serve`` polls)."""
+
+    listener_ae_title: str = Field(
+        "SPINE", min_length=1, max_length=16, description="AE title of `spine dicom-listener`"
+    )
+    listener_port: int = Field(
+        11112, ge=1, le=65535, description="DICOM port of `spine dicom-listener`"
+    )
+    listener_gateway_url: str = Field(
+        "http://127.0.0.1:8000", description="the gateway the listener sends each instance to "
+        "(POST /upload/dicom)",
+    )
+    listener_status_host: str = Field(
+        "127.0.0.1", description="address of the listener's status server "
+        "(/health, /metrics, /studies)",
+    )
+    listener_status_port: int = Field(
+        8003, ge=0, le=65535, description="port of the listener's status server; 0 = none"
+    )
