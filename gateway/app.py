@@ -1,6 +1,6 @@
 """The gateway app: wiring only. Routes live in their rooms, the work in the modules they call.
 
-``create_app(settings)`` builds one app from one :class:`~shared.settings.Settings`:
+``create_app(settings)`` builds one app from one :class:`~shared.settings.GatewaySettings`:
 the routers (:mod:`gateway.http.routes`, :mod:`gateway.http.samples`,
 :mod:`gateway.dicomweb.routes`), the static page and Swagger UI, and around the routes,
 outermost first: request context (request id, security headers, header limits, metrics,
@@ -37,7 +37,7 @@ from gateway.http.security import (
 from gateway.runtime import Gateway
 from gateway.telemetry import GatewayMetrics
 from shared.observability import REQUEST_ID_HEADER, RequestContextMiddleware
-from shared.settings import Settings, get_settings
+from shared.settings import GatewaySettings
 from shared.version import SOFTWARE_VERSION
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,8 @@ EXPOSED_HEADERS = [
 ]
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or get_settings()
+def create_app(settings: GatewaySettings) -> FastAPI:
+    """The gateway around ``settings``, read once by the entry point (``spine gateway``)."""
     metrics = GatewayMetrics()
     api_keys = ApiKeys(settings.api_keys_sha256)
     app = FastAPI(
@@ -81,7 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def _lifespan(
-    settings: Settings, metrics: GatewayMetrics, api_keys: ApiKeys
+    settings: GatewaySettings, metrics: GatewayMetrics, api_keys: ApiKeys
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """Start-up and shut-down: the model clients, decode pool and audit log of one app."""
 
@@ -105,7 +105,7 @@ def _lifespan(
 
 
 def _add_middleware(
-    app: FastAPI, settings: Settings, metrics: GatewayMetrics, api_keys: ApiKeys
+    app: FastAPI, settings: GatewaySettings, metrics: GatewayMetrics, api_keys: ApiKeys
 ) -> None:
     # add_middleware puts each one outside the previous: admission innermost.
     app.add_middleware(

@@ -35,7 +35,7 @@ from shared.contract import ClassifierFacts, DetectorFacts
 from shared.dicomnet import ResultsDelivery
 from shared.dicomnet.spool import DurableResults, ResultStore
 from shared.filelock import HeldLock, LockHeld
-from shared.settings import Settings
+from shared.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ SPOOL_LOCK_NAME = ".owner.lock"
 class Gateway:
     """Everything the routes need, built once at start-up."""
 
-    settings: Settings
+    settings: GatewaySettings
     http: httpx.AsyncClient
     pipeline: Pipeline
     audit: AuditLog | None = None
@@ -65,7 +65,7 @@ class Gateway:
         return self.pipeline.metrics
 
     @classmethod
-    def create(cls, settings: Settings, metrics: GatewayMetrics | None = None) -> Gateway:
+    def create(cls, settings: GatewaySettings, metrics: GatewayMetrics | None = None) -> Gateway:
         metrics = metrics or GatewayMetrics()
         http = httpx.AsyncClient(
             limits=httpx.Limits(
@@ -159,7 +159,7 @@ class Gateway:
 
 
 def model_clients(
-    settings: Settings, http: httpx.AsyncClient, metrics: GatewayMetrics
+    settings: GatewaySettings, http: httpx.AsyncClient, metrics: GatewayMetrics
 ) -> tuple[ModelClient[ClassifierFacts], ModelClient[DetectorFacts]]:
     """The classifier's and the detector's clients, over one HTTP pool."""
     token = settings.internal_token.get_secret_value() if settings.internal_token else None
@@ -190,7 +190,7 @@ class SpoolInUseError(RuntimeError):
 
 
 def durable_results(
-    settings: Settings, delivery: ResultsDelivery
+    settings: GatewaySettings, delivery: ResultsDelivery
 ) -> tuple[DurableResults, HeldLock] | tuple[None, None]:
     """The results spool (``RESULTS_SPOOL_DIR``), capped at ``RESULTS_QUEUE_SIZE`` objects,
     and the lock that makes this process its only owner (two gateways on one folder would

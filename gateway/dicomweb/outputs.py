@@ -34,7 +34,7 @@ from shared.dicom.results import (
 )
 from shared.dicom.source import SourceImage
 from shared.errors import ServiceError
-from shared.settings import PhiMode, ResultPatientMode, Settings
+from shared.settings import GatewaySettings, PhiMode, ResultPatientMode
 from shared.version import SOFTWARE_VERSION
 
 DICOM = "application/dicom"
@@ -66,7 +66,7 @@ class DicomAnswer:
     filename: str | None = None
 
 
-def result_source(source: SourceImage, settings: Settings) -> SourceImage:
+def result_source(source: SourceImage, settings: GatewaySettings) -> SourceImage:
     """The source as the results may show its patient (``DICOM_RESULT_PATIENT``)."""
     if settings.dicom_result_patient is ResultPatientMode.COPY:
         return source
@@ -81,7 +81,7 @@ def result_source(source: SourceImage, settings: Settings) -> SourceImage:
     return dataclasses.replace(source, patient_study=tuple(attributes.items()))
 
 
-def analysis_result(findings: Findings, settings: Settings) -> AnalysisResult:
+def analysis_result(findings: Findings, settings: GatewaySettings) -> AnalysisResult:
     """What the DICOM objects state, from the findings by the ``/upload`` JSON's own rules
     (rounding, boxes in original pixels)."""
     classified, detected = findings.classified, findings.detected

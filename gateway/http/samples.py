@@ -14,11 +14,12 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from fastapi import APIRouter, HTTPException
+from fastapi import APIRouter, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
+from gateway.http.routes import gateway_of
 from gateway.schemas import ErrorResponse
 from shared.paths import cache_root
 
@@ -44,21 +45,21 @@ class SampleList(BaseModel):
 
 
 class _Store:
-    """The sample DICOMs of this process, generated or read once under a lock."""
+    """The sample DICOMs of each cache root, generated or read once under a lock."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._files: dict[str, bytes] = {}
+        self._files: dict[Path, dict[str, bytes]] = {}
 
-    def files(self) -> dict[str, bytes]:
+    def files(self, root: Path) -> dict[str, bytes]:
         with self._lock:
-            if not self._files:
+            if root not in self._files:
                 from training.samples import SAMPLE_SEED, read_samples, write_samples
 
-                folder: Path = cache_root() / "samples" / f"seed{SAMPLE_SEED}"
+                folder = root / "samples" / f"seed{SAMPLE_SEED}"
                 samples = read_samples(folder) or write_samples(folder)
-                self._files = {s.name: (folder / s.file).read_bytes() for s in samples}
-            return self._files
+                self._files[root] = {s.name: (folder / s.file).read_bytes() for s in samples}
+            return self._files[root]
 
 
 _store = _Store()
@@ -89,14 +90,14 @@ async def list_samples() -> SampleList:
         503: {"model": ErrorResponse, "description": "The phantom generator is not installed"},
     },
 )
-async def get_sample(name: str) -> Response:
+async def get_sample(name: str, request: Request) -> Response:
     try:
         from training.samples import SAMPLE_NAMES
     except ImportError as exc:
         raise HTTPException(503, UNAVAILABLE) from exc
     if name not in SAMPLE_NAMES:
         raise HTTPException(404, f"no sample {name!r}; GET /samples lists them")
-    files = await run_in_threadpool(_store.files)
+    files = await run_in_threadpool(_store.files, cache_root(gateway_of(request).settings))
     return Response(
         files[name],
         media_type="application/dicom",

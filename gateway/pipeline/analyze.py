@@ -26,7 +26,7 @@ from gateway.upstream.client import InferResult
 from gateway.upstream.errors import UpstreamError, UpstreamTimeoutError
 from shared import contract, dicom
 from shared.contract import ClassifierFacts, DetectorFacts
-from shared.settings import Settings
+from shared.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -168,7 +168,7 @@ def _detection_warning(failure: Exception) -> str:
 
 
 def fuse(
-    settings: Settings,
+    settings: GatewaySettings,
     classified: InferResult[ClassifierFacts],
     detected: InferResult[DetectorFacts] | None,
 ) -> Fused:

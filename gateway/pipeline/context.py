@@ -15,14 +15,14 @@ from gateway.telemetry import GatewayMetrics
 from gateway.upstream.client import ModelClient
 from shared import dicom
 from shared.contract import ClassifierFacts, DetectorFacts
-from shared.settings import Settings
+from shared.settings import GatewaySettings
 
 
 @dataclass
 class Pipeline:
     """The models, the decode workers and the rules of one gateway."""
 
-    settings: Settings
+    settings: GatewaySettings
     classifier: ModelClient[ClassifierFacts]
     detector: ModelClient[DetectorFacts]
     decode_pool: ThreadPoolExecutor

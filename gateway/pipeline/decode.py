@@ -17,10 +17,10 @@ import time
 from gateway.pipeline.budget import DecodeBudget
 from gateway.pipeline.context import Pipeline
 from shared import dicom
-from shared.settings import Settings
+from shared.settings import GatewaySettings
 
 
-def decode_limits(settings: Settings) -> dicom.DecodeLimits:
+def decode_limits(settings: GatewaySettings) -> dicom.DecodeLimits:
     """The caps one upload must stay under (``MAX_PIXELS``, ``MAX_DICOM_*``)."""
     return dicom.DecodeLimits(
         max_elements=settings.max_dicom_elements,
@@ -33,7 +33,7 @@ def decode_limits(settings: Settings) -> dicom.DecodeLimits:
     )
 
 
-def decoder_pool(settings: Settings) -> dicom.DecoderPool | None:
+def decoder_pool(settings: GatewaySettings) -> dicom.DecoderPool | None:
     """The memory-limited worker processes uploads are parsed and decoded in; None with
     ``DICOM_ISOLATE_DECODERS=false`` (in-process, debugging only). Its owner closes it."""
     if not settings.dicom_isolate_decoders:
@@ -43,7 +43,7 @@ def decoder_pool(settings: Settings) -> dicom.DecoderPool | None:
     )
 
 
-def selection_rules(settings: Settings) -> dicom.SelectionRules | None:
+def selection_rules(settings: GatewaySettings) -> dicom.SelectionRules | None:
     """The input selection rules (``INPUT_SELECTION_RULES``), or None when ``INPUT_SELECTION``
     is off. A rules file that does not load stops the start (InvalidRulesError)."""
     if not settings.input_selection:

@@ -21,10 +21,10 @@ from gateway.schemas import (
 )
 from shared import contract, dicom
 from shared.contract import ServedFacts
-from shared.settings import Settings
+from shared.settings import GatewaySettings
 
 
-def upload_response(findings: Findings, settings: Settings) -> UploadResponse:
+def upload_response(findings: Findings, settings: GatewaySettings) -> UploadResponse:
     """The ``/upload`` JSON of one finished analysis."""
     facts = findings.classified.facts
     detected = findings.detected
@@ -94,7 +94,7 @@ def detection(box: Box, canonical: dicom.CanonicalImage) -> Detection:
     )
 
 
-def dicom_summary(metadata: dicom.DicomMetadata, settings: Settings) -> DicomSummary:
+def dicom_summary(metadata: dicom.DicomMetadata, settings: GatewaySettings) -> DicomSummary:
     """The image's metadata, with the patient ID as ``PHI_MODE`` allows."""
     return DicomSummary(
         patient_id=phi.public_patient_id(
