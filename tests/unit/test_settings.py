@@ -34,6 +34,14 @@ SETTINGS_PRODUCT = ("gateway", "shared", "model_server", "spine", "classifier_se
                     "detector_service", "dicom_listener", "training")
 SETTINGS_BUILT = re.compile(r"\b[A-Z]\w*Settings\(")
 BUILDERS_ALLOWED = {"spine/config.py"}
+# README's "Configuration (environment)": one heading per process, its rows under it.
+PROCESSES = {
+    "Every process": CommonSettings,
+    "Gateway": GatewaySettings,
+    "Model services": ModelServerSettings,
+    "DICOM listener": ListenerSettings,
+    "The `spine` command": CliSettings,
+}
 EVERY_CLASS = (GatewaySettings, ModelServerSettings, ListenerSettings, CliSettings)
 
 
@@ -52,6 +60,22 @@ def _documented() -> set[str]:
     return names
 
 
+def _readme_by_process() -> dict[str, set[str]]:
+    """README's configuration rows, by the ``###`` heading (process) they sit under."""
+    section = ROOT.joinpath("README.md").read_text().split("## Configuration (environment)")[1]
+    section = section.split("\n## ")[0]
+    rows: dict[str, set[str]] = {}
+    heading = ""
+    for line in section.splitlines():
+        if line.startswith("### "):
+            heading = line[4:].strip()
+            rows[heading] = set()
+        elif line.startswith("| `"):
+            assert heading, f"a variable row before any process heading: {line}"
+            rows[heading] |= _names(line)
+    return rows
+
+
 def test_every_field_has_a_description_and_a_table_row() -> None:
     documented = _documented()
     fields = {name: f for cls in EVERY_CLASS for name, f in cls.model_fields.items()}
@@ -59,6 +83,18 @@ def test_every_field_has_a_description_and_a_table_row() -> None:
     undocumented = [n.upper() for n in fields if n.upper() not in documented]
     assert undescribed == []
     assert undocumented == []
+
+
+def test_readme_groups_the_variables_by_the_process_that_reads_them() -> None:
+    rows = _readme_by_process()
+    assert set(rows) == set(PROCESSES), "README's headings are the processes"
+    misplaced = {
+        heading: sorted(n for n in names if n.lower() not in PROCESSES[heading].model_fields)
+        for heading, names in rows.items()
+    }
+    assert all(not names for names in misplaced.values()), misplaced
+    common = set(CommonSettings.model_fields)
+    assert {n.lower() for n in rows["Every process"]} <= common
 
 
 def test_a_field_two_processes_read_is_declared_once() -> None:
