@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from shared.settings import CliSettings, GatewaySettings, ModelServerSettings
+from shared.settings import CliSettings, GatewaySettings, ListenerSettings, ModelServerSettings
 from spine.config import read_settings
 
 
@@ -82,9 +82,13 @@ def _ensure_model_dir(chosen: str | None, settings: CliSettings | ModelServerSet
 
 
 def cmd_serve(args: argparse.Namespace, settings: CliSettings) -> int:
+    from spine.config import check_settings
     from spine.secrets import lock_children_env
     from spine.supervisor import build_children, serve
 
+    check_settings(GatewaySettings, ModelServerSettings)  # the children read the same env
+    if args.dicom_port is not None:
+        check_settings(ListenerSettings)
     model_dir = _ensure_model_dir(args.model_dir, settings)
     env = lock_children_env(dict(os.environ), args.host, settings)
     if args.device:

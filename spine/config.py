@@ -24,3 +24,10 @@ def read_settings(cls: type[S]) -> S:
         return cls()
     except ValidationError as exc:
         sys.exit(f"spine: invalid configuration in the environment:\n{exc}")
+
+
+def check_settings(*classes: type[SettingsBase]) -> None:
+    """Exit naming a bad variable of any of ``classes``: ``spine serve`` checks its
+    children's before starting one, so a typo fails at once, not after a restart loop."""
+    for cls in classes:
+        read_settings(cls)

@@ -44,3 +44,17 @@ def test_a_bad_variable_is_named_without_a_traceback(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("GATEWAY_PORT", "eighty")
     with pytest.raises(SystemExit, match="gateway_port"):
         main(["serve"])
+
+
+def test_serve_names_a_bad_variable_of_a_child_before_starting_any(
+    monkeypatch: pytest.MonkeyPatch, tmp_path
+) -> None:
+    """The gateway reads PHI_MODE, not `spine` itself: `spine serve` still refuses it first."""
+    monkeypatch.setenv("PHI_MODE", "bogus")
+    monkeypatch.setenv("MODEL_DIR", str(tmp_path / "missing"))  # a later refusal, never a build
+    with pytest.raises(SystemExit, match="phi_mode"):
+        main(["serve"])
+    monkeypatch.delenv("PHI_MODE")
+    monkeypatch.setenv("LISTENER_MAX_ASSOCIATIONS", "0")  # the listener's own
+    with pytest.raises(SystemExit, match="listener_max_associations"):
+        main(["serve", "--dicom-port", "11112"])
