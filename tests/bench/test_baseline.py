@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import base64
 import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pydicom
 import pytest
+import torch
 
 from bench.baseline import (
     EQUAL_WORK,
@@ -24,6 +26,15 @@ from tests.factories import make_dicom, radiograph_pixels, write_tiny_bundle
 
 ROWS, COLS = 200, 136
 NORMAL, ABNORMAL = 1.0, 0.0  # thresholds that make every score Normal / Abnormal
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _grad_mode_restored() -> Iterator[None]:
+    """The original's pipeline turns autograd off process-wide (as its own process did);
+    in the test process that must not leak into the tests that train after these."""
+    enabled = torch.is_grad_enabled()
+    yield
+    torch.set_grad_enabled(enabled)
 
 
 @pytest.fixture(scope="module")
