@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import highdicom as hd
 import numpy as np
+from pydicom.dataset import Dataset
 
 from shared.dicom.results.common import (
     DEVICE_SERIAL,
@@ -53,11 +54,10 @@ def _summary(result: AnalysisResult) -> str:
     )
 
 
-def build_gsps(
-    source: SourceImage, result: AnalysisResult, uids: ResultUids
-) -> hd.pr.GrayscaleSoftcopyPresentationState:
-    """The presentation state dataset (raises ResultWriteError without the source's UIDs)."""
-    image = reference_dataset(source)
+def _annotation(
+    source: SourceImage, result: AnalysisResult, image: Dataset
+) -> tuple[hd.pr.GraphicAnnotation, hd.pr.GraphicLayer]:
+    """Each box as a rectangle with its class and confidence above it, and the call on top."""
     rows, columns = source.rows, source.columns
     graphics, texts = [], []
     for box in result.boxes or ():
@@ -87,14 +87,27 @@ def build_gsps(
         graphic_objects=graphics or None,
         text_objects=texts,
     )
-    voi = None
-    if source.window is not None:
-        voi = [hd.pr.SoftcopyVOILUTTransformation(
-            window_center=round(source.window.center, 4),
-            window_width=round(source.window.width, 4),
-            window_explanation="as analysed" if source.window_exact else "as analysed (approx.)",
-            voi_lut_function=hd.VOILUTFunctionValues.LINEAR,
-        )]
+    return annotation, layer
+
+
+def _voi(source: SourceImage) -> list[hd.pr.SoftcopyVOILUTTransformation] | None:
+    """The window the models saw (None: the source had none and min-max was used)."""
+    if source.window is None:
+        return None
+    return [hd.pr.SoftcopyVOILUTTransformation(
+        window_center=round(source.window.center, 4),
+        window_width=round(source.window.width, 4),
+        window_explanation="as analysed" if source.window_exact else "as analysed (approx.)",
+        voi_lut_function=hd.VOILUTFunctionValues.LINEAR,
+    )]
+
+
+def build_gsps(
+    source: SourceImage, result: AnalysisResult, uids: ResultUids
+) -> hd.pr.GrayscaleSoftcopyPresentationState:
+    """The presentation state dataset (raises ResultWriteError without the source's UIDs)."""
+    image = reference_dataset(source)
+    annotation, layer = _annotation(source, result, image)
     shape = (
         hd.PresentationLUTShapeValues.INVERSE if source.invert
         else hd.PresentationLUTShapeValues.IDENTITY
@@ -113,7 +126,7 @@ def build_gsps(
         content_description=result.disclaimer[:64],
         graphic_annotations=[annotation],
         graphic_layers=[layer],
-        voi_lut_transformations=voi,
+        voi_lut_transformations=_voi(source),
         presentation_lut_transformation=hd.PresentationLUTTransformation(
             presentation_lut_shape=shape
         ),
