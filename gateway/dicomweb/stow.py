@@ -2,7 +2,7 @@
 
 Every instance of a ``multipart/related; type="application/dicom"`` body (read by
 :mod:`gateway.http.multipart`, bounded like ``/upload``) goes through the ``/upload`` pipeline
-(:func:`gateway.analysis.analyze`: isolated decode, input selection, both models, every
+(:func:`gateway.pipeline.analyze.analyze`: isolated decode, input selection, both models, every
 hostile-input limit), concurrently. The answer is the Store Instances Response
 (``application/dicom+json``, PS3.18 Annex I): analysed instances in ReferencedSOPSequence,
 refused ones in FailedSOPSequence with a FailureReason (:func:`failure_reason`), status 200
