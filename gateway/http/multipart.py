@@ -31,6 +31,11 @@ from shared.errors import ServiceError
 # Room for the multipart boundaries and part headers around the file itself.
 ENVELOPE_BYTES = 64 * 1024
 MAX_PART_HEADERS = 16
+# The python-multipart events a reader may handle (a method of the same name).
+PARSER_EVENTS = (
+    "on_part_begin", "on_header_field", "on_header_value", "on_header_end",
+    "on_headers_finished", "on_part_data", "on_part_end",
+)
 DICOM = b"application/dicom"
 
 
@@ -164,6 +169,10 @@ class PartHeaders:
         self.header_field = bytearray()
         self.header_value = bytearray()
 
+    def callbacks(self) -> dict[str, object]:
+        """python-multipart's callbacks: every ``on_*`` event this reader handles."""
+        return {name: getattr(self, name) for name in PARSER_EVENTS if hasattr(self, name)}
+
     def start_headers(self) -> None:
         self.header_bytes = self.header_count = 0
 
@@ -208,16 +217,6 @@ class _FieldReader(PartHeaders):
         self.data = bytearray()
         self.found: tuple[bytes, str | None] | None = None
 
-    def callbacks(self) -> dict[str, object]:
-        return {
-            "on_part_begin": self.on_part_begin,
-            "on_header_field": self.on_header_field,
-            "on_header_value": self.on_header_value,
-            "on_header_end": self.on_header_end,
-            "on_headers_finished": self.on_headers_finished,
-            "on_part_data": self.on_part_data,
-            "on_part_end": self.on_part_end,
-        }
 
     def on_part_begin(self) -> None:
         self.parts += 1
@@ -264,15 +263,6 @@ class _PartsReader(PartHeaders):
         self.parts: list[bytes] = []
         self.data = bytearray()
 
-    def callbacks(self) -> dict[str, object]:
-        return {
-            "on_part_begin": self.on_part_begin,
-            "on_header_field": self.on_header_field,
-            "on_header_value": self.on_header_value,
-            "on_header_end": self.on_header_end,
-            "on_part_data": self.on_part_data,
-            "on_part_end": self.on_part_end,
-        }
 
     def on_part_begin(self) -> None:
         if len(self.parts) >= self.limits.max_instances:
