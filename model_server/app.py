@@ -83,6 +83,7 @@ def create_model_app(
     ``settings`` supplies INTERNAL_TOKEN and the request limits.
     """
     metrics = ModelMetrics(model.name)
+    metrics.watch_model(model)
     batcher: Batcher = DynamicBatcher(
         model.predict_batch,
         max_batch_size=max_batch_size,

@@ -2,14 +2,19 @@
 
 ``nv_inference_*`` counters and ``nv_gpu_memory_*`` gauges match what a Triton server
 exports, so dashboards written for Triton read these services too; ``spine_*`` adds
-histograms Triton does not have (batch size, queue and compute time per image).
+histograms Triton does not have (batch size, queue and compute time per image), and
+the model's state (ready, failed loads), read from the model at scrape time.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from model_server.batching import BatchStats
 from shared.observability import HttpMetrics
@@ -46,6 +51,36 @@ class GpuMemoryGauges:
             self.used.labels(name).set(total - free)
             self.total.labels(name).set(total)
             self.allocated.labels(name).set(torch.cuda.memory_allocated(index))
+
+
+class ModelState(Protocol):
+    """What the state metrics read of the served model (a ``BatchedModel``)."""
+
+    name: str
+    ready: bool
+    load_failures: int
+
+
+class ModelStateCollector(Collector):
+    """``spine_model_ready`` and ``spine_model_load_failures_total``, read at scrape time,
+    so a load that fails before the first scrape is still seen (alerts key off them)."""
+
+    def __init__(self, model: ModelState) -> None:
+        self.model = model
+
+    def collect(self) -> Iterator[Metric]:
+        ready = GaugeMetricFamily(
+            "spine_model_ready", "1 once the bundle is loaded and served, 0 while loading "
+            "or after a failed load", labels=["model"],
+        )
+        ready.add_metric([self.model.name], 1.0 if self.model.ready else 0.0)
+        failures = CounterMetricFamily(
+            "spine_model_load_failures", "Bundle loads that failed (the reason: "
+            "/v2/health/ready and the log)", labels=["model"],
+        )
+        failures.add_metric([self.model.name], float(self.model.load_failures))
+        yield ready
+        yield failures
 
 
 class ModelMetrics:
@@ -108,6 +143,10 @@ class ModelMetrics:
         )
         self.http = HttpMetrics(self.registry)
         self.gpus = GpuMemoryGauges(self.registry)
+
+    def watch_model(self, model: ModelState) -> None:
+        """Export ``model``'s readiness and failed loads with the other metrics."""
+        self.registry.register(ModelStateCollector(model))
 
     def set_queue_depth(self, depth: int) -> None:
         self.queue_depth.labels(**self.labels).set(depth)

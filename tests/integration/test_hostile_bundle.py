@@ -60,6 +60,16 @@ def _load_error(url: str, timeout_s: float = 180) -> tuple[int, str]:
     raise AssertionError(f"{url} neither ready nor failed in {timeout_s} s")
 
 
+def _model_state(url: str) -> dict[str, float]:
+    """The model-state metrics the alert rules read (deploy/prometheus/), from /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    return {
+        line.split("{", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(("spine_model_ready{", "spine_model_load_failures_total{"))
+    }
+
+
 def test_model_services_refuse_a_hostile_bundle_and_run_nothing(tmp_path: Path) -> None:
     marker = tmp_path / "MARKER"
     bundle = _bundle(tmp_path / "bundle", marker)
@@ -71,6 +81,8 @@ def test_model_services_refuse_a_hostile_bundle_and_run_nothing(tmp_path: Path) 
             assert status == 503, service.log_text()[-2000:]
             assert checkpoint in error and "posix.system" in error, error
             assert "spine convert-checkpoint" in error
+            assert _model_state(service.url) == {"spine_model_ready": 0.0,
+                                                 "spine_model_load_failures_total": 1.0}
     finally:
         for service in services:
             service.stop()
