@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import re
 import secrets
 import shutil
 import statistics
@@ -32,6 +31,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from tests.factories import make_dicom, radiograph_pixels
+from tests.integration.scrape import metric
 from tests.integration.stack import Stack, start_stack
 from tests.peers.orthanc import Orthanc, start_orthanc
 
@@ -130,16 +130,6 @@ def value(item: dict, tag: str) -> object:
 def extension(item: dict) -> dict:
     assert value(item, "00090010") == "SPINE ANALYSIS 1"
     return json.loads(value(item, "00091001"))
-
-
-def metric(gateway: str, name: str, **labels: str) -> float:
-    text = httpx.get(f"{gateway}/metrics", timeout=10).text
-    wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-    for line in text.splitlines():
-        match = re.match(rf"^{name}(?:\{{(.*)\}})? (\S+)$", line)
-        if match and ",".join(sorted((match.group(1) or "").split(","))) == wanted:
-            return float(match.group(2))
-    return 0.0
 
 
 def drained(gateway: str, timeout_s: float = 30.0) -> None:
