@@ -80,7 +80,7 @@ class Gateway:
         delivery = ResultsDelivery.from_settings(settings, metrics.registry)
         results, spool_owner = durable_results(settings, delivery)
         classifier, detector = model_clients(settings, http, metrics)
-        return cls(
+        gateway = cls(
             settings=settings,
             http=http,
             pipeline=Pipeline(
@@ -102,6 +102,8 @@ class Gateway:
             results=results,
             spool_owner=spool_owner,
         )
+        metrics.watch_replicas(gateway.replica_states)
+        return gateway
 
     async def start(self) -> None:
         """Poll readiness once (``/readyz`` never answers from nothing), then keep polling."""
@@ -127,6 +129,11 @@ class Gateway:
                 await self.poll_readiness()
             except Exception:  # noqa: BLE001 - a failed poll leaves the cache to go stale
                 log.exception("readiness poll failed")
+
+    def replica_states(self) -> dict[str, dict[str, int]]:
+        """Each model service's replicas by state (``spine_upstream_replicas``)."""
+        clients = (self.pipeline.classifier, self.pipeline.detector)
+        return {c.service: c.replica_states(self.readiness_max_age_s) for c in clients}
 
     @property
     def readiness_max_age_s(self) -> float:
@@ -167,6 +174,7 @@ def model_clients(
         "http": http,
         "token": token or None,
         "observe": metrics.observe_attempt,
+        "on_eject": metrics.ejected,
         "breaker_failures": settings.breaker_failures,
         "breaker_cooldown_s": settings.breaker_cooldown_s,
     }

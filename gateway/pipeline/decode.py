@@ -96,6 +96,9 @@ async def decode(
             raise
         job.add_done_callback(lambda _: _release_soon(loop, budget, need))
         return await asyncio.wrap_future(job)
+    except dicom.DicomError as exc:
+        pipeline.metrics.decode_refused(exc)
+        raise
     finally:
         pipeline.metrics.decode_seconds.observe(time.perf_counter() - started)
 

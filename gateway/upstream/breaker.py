@@ -59,6 +59,10 @@ class Breaker:
         """Not resting, and no trial call in flight."""
         return now >= self.open_until and not self.trial
 
+    def ejected(self, now: float) -> bool:
+        """Resting after an ejection (a 503's pause is not one)."""
+        return self.tripped and now < self.open_until
+
     def state(self, now: float) -> str:
         if now < self.open_until:
             return "open"

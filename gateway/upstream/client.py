@@ -49,6 +49,7 @@ from gateway.upstream.breaker import (
     BREAKER_FAILURES,
     Breaker,
     BreakerPolicy,
+    Change,
     Verdict,
 )
 from gateway.upstream.discovery import Discovery
@@ -59,7 +60,7 @@ from gateway.upstream.errors import (
 )
 from gateway.upstream.facts import F, ReadFacts, read_facts
 from gateway.upstream.outcome import Outcome
-from gateway.upstream.readiness import ReadinessCache, probe_ready
+from gateway.upstream.readiness import ReadinessCache, count_states, probe_ready
 from gateway.upstream.replica import Replica
 from gateway.upstream.transport import decode_answer, post_infer
 from shared import contract, oip
@@ -72,6 +73,8 @@ MAX_ATTEMPTS = 2
 MIN_ATTEMPT_BUDGET_S = 0.01
 # Observer of every attempt: (service, outcome label, seconds), outcome.Outcome's labels.
 AttemptObserver = Callable[[str, str, float], None]
+# Told the service's name each time its breaker ejects a replica.
+EjectionObserver = Callable[[str], None]
 # Checks an answer (outputs, facts, the request's inputs); raises ContractError/OipError.
 AnswerCheck = Callable[[Mapping[str, np.ndarray], F, Mapping[str, np.ndarray]], None]
 
@@ -99,6 +102,7 @@ class ModelClient(Generic[F]):
     check: AnswerCheck[F] | None = field(default=None, kw_only=True)
     token: str | None = None
     observe: AttemptObserver | None = None
+    on_eject: EjectionObserver | None = field(default=None, kw_only=True)
     breaker_failures: int = field(default=BREAKER_FAILURES, kw_only=True)
     breaker_cooldown_s: float = field(default=BREAKER_COOLDOWN_S, kw_only=True)
     replicas: list[Replica[F]] = field(init=False)
@@ -238,10 +242,14 @@ class ModelClient(Generic[F]):
     def _judge(
         self, replica: Replica[F], verdict: Verdict, why: str, rest_s: float | None = None
     ) -> None:
-        """Tell ``replica``'s breaker a verdict and log what it did."""
+        """Tell ``replica``'s breaker a verdict, log what it did and count an ejection:
+        the one place a breaker's :class:`~gateway.upstream.breaker.Change` is applied
+        (an attempt's outcome, or facts that could not be read)."""
         change = replica.breaker.record(verdict, time.monotonic(), rest_s)
         if (said := replica.breaker.describe(change, why, rest_s)) is not None:
             log.warning("%s replica %s%s", self.service, replica.url, said)
+        if change is Change.EJECTED and self.on_eject is not None:
+            self.on_eject(self.service)
 
     def _nobody_to_ask(self) -> UpstreamError:
         """Why no replica was tried: facts unreadable or in disagreement (which, and why),
@@ -297,6 +305,12 @@ class ModelClient(Generic[F]):
         }
         urls = [r.url for r in self.replicas]
         return self.readiness.view(now, max_age_s, urls, in_rotation)
+
+    def replica_states(self, max_age_s: float) -> dict[str, int]:
+        """Replicas by state (ready, ejected, not_ready), for the metrics: readiness as
+        :meth:`cached_readiness` answers it."""
+        now = time.monotonic()
+        return count_states(self.replicas, self.cached_readiness(max_age_s), now)
 
     async def replica_readiness(self, timeout_s: float = 2.0) -> dict[str, bool]:
         """``url -> ready`` for every replica, asked now (``/health``)."""

@@ -6,18 +6,24 @@
 (:mod:`gateway.runtime`) and :class:`ReadinessCache` keeps the answer. A cached answer
 counts only for a replica that is also in rotation (not resting, facts agreed), and a
 cache older than its maximum age (the poller stopped) knows nothing: not ready.
+:func:`count_states` sums it up per state for the metrics (``spine_upstream_replicas``).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
+from gateway.upstream.replica import Replica
+
 # Readiness older than this many poll intervals counts as unknown (not ready).
 READINESS_STALE_INTERVALS = 3
+# What count_states counts, in this order.
+REPLICA_STATES = ("ready", "ejected", "not_ready")
 
 
 async def probe_ready(
@@ -50,3 +56,18 @@ class ReadinessCache:
         if now - self.polled_at > max_age_s:
             return dict.fromkeys(replicas, False)
         return {url: ready and url in in_rotation for url, ready in self.ready.items()}
+
+
+def count_states(
+    replicas: Iterable[Replica[Any]], ready: Mapping[str, bool], now: float
+) -> dict[str, int]:
+    """How many ``replicas`` are in each of :data:`REPLICA_STATES`: ejected (resting after
+    its breaker tripped), else ready when ``ready`` (a :meth:`ReadinessCache.view`) says
+    so, else not_ready (loading, unreachable, facts out of rotation, paused by a 503)."""
+    counts = dict.fromkeys(REPLICA_STATES, 0)
+    for replica in replicas:
+        if replica.breaker.ejected(now):
+            counts["ejected"] += 1
+        else:
+            counts["ready" if ready.get(replica.url) else "not_ready"] += 1
+    return counts

@@ -19,6 +19,7 @@ import pytest
 
 from tests.dicom import hostile
 from tests.factories import make_dicom, radiograph_pixels
+from tests.integration.scrape import metric
 from tests.integration.stack import Service, base_env, free_port, start_service, wait_ready
 
 pytestmark = pytest.mark.timeout(180)
@@ -86,6 +87,7 @@ def test_hostile_upload_is_refused_fast_and_costs_the_gateway_nothing(
 ) -> None:
     maker, limit = hostile.BOMBS[name]
     data = maker()
+    refused = metric(gateway.url, "spine_decode_refusals_total", reason="limit")
     pid = gateway.process.pid
     before = resident_mb(pid)
     with PeakRss(pid) as peak:
@@ -102,6 +104,21 @@ def test_hostile_upload_is_refused_fast_and_costs_the_gateway_nothing(
     assert after - before < 64, f"{name}: resident memory grew {after - before:.0f} MiB"
     assert peak.peak - before < 64, f"{name}: resident memory peaked {peak.peak - before:.0f} MiB"
     assert len(data) < 17 * MiB  # under MAX_CONTENT_LENGTH, so the caps (not the size) refuse it
+    # counted for the decode-refusal alert (deploy/prometheus/)
+    assert metric(gateway.url, "spine_decode_refusals_total", reason="limit") == refused + 1
+
+
+@pytest.mark.parametrize(("reason", "data"), [
+    ("not_dicom", b"this is not a DICOM file" * 10),
+    ("not_selected", make_dicom(radiograph_pixels(64, 64, seed=5), body_part="CHEST")),
+])
+def test_each_refused_decode_is_counted_by_reason(
+    gateway: Service, reason: str, data: bytes
+) -> None:
+    before = metric(gateway.url, "spine_decode_refusals_total", reason=reason)
+    response = httpx.post(f"{gateway.url}/upload", files={"file": ("x.dcm", data)}, timeout=60)
+    assert response.status_code in (400, 422), response.text
+    assert metric(gateway.url, "spine_decode_refusals_total", reason=reason) == before + 1
 
 
 def test_a_valid_upload_still_decodes_after_the_bombs(gateway: Service) -> None:

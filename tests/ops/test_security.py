@@ -201,6 +201,8 @@ def test_metrics_cover_routes_upstreams_and_decode(ops_stack: Stack) -> None:
         'spine_upstream_requests_total{outcome="ok",service="detector"}',
         'spine_analyses_total{result="complete"}',
         "spine_uploads_in_flight",
+        'spine_upstream_replicas{service="classifier",state="ready"} 1.0',
+        'spine_upstream_replicas{service="detector",state="ready"} 1.0',
     ):
         assert name in text, name
     model = httpx.get(f"{ops_stack.classifier}/metrics").text
@@ -210,5 +212,7 @@ def test_metrics_cover_routes_upstreams_and_decode(ops_stack: Stack) -> None:
         "spine_queue_duration_seconds_bucket", "spine_compute_duration_seconds_bucket",
         "spine_batch_size_bucket",
         'spine_http_requests_total{method="POST",route="/v2/models/{name}/infer",status="200"}',
+        'spine_model_ready{model="spine-classifier"} 1.0',
+        'spine_model_load_failures_total{model="spine-classifier"} 0.0',
     ):
         assert name in model, name

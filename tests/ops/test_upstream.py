@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from shared import contract
+from tests.integration.scrape import metric
 from tests.integration.stack import Service, Stack
 from tests.ops.conftest import INTERNAL_TOKEN, PATIENT_ID, PATIENT_NAME, GatewayFactory
 from tests.ops.standin import (
@@ -178,6 +179,8 @@ def test_failing_replica_is_ejected_then_probed_back(
             ejected_at = time.monotonic()
     assert fake.calls == 2  # ejected after BREAKER_FAILURES, then left alone
     assert "ejected" in gateway.log_text()
+    assert _classifier_replicas(gateway.url) == {"ready": 1, "ejected": 1, "not_ready": 0}
+    assert metric(gateway.url, "spine_upstream_ejections_total", service="classifier") == 1
 
     # The rest is over: the next call is a trial, which fails again (and is retried).
     time.sleep(max(0.0, ejected_at + cooldown + 0.3 - time.monotonic()))
@@ -185,6 +188,7 @@ def test_failing_replica_is_ejected_then_probed_back(
     assert fake.calls == 3
     assert upload(gateway.url, dicom_bytes).status_code == 200
     assert fake.calls == 3  # ejected again at once
+    assert metric(gateway.url, "spine_upstream_ejections_total", service="classifier") == 2
 
     fake.mode = "ok"
     time.sleep(cooldown + 0.3)
@@ -194,6 +198,15 @@ def test_failing_replica_is_ejected_then_probed_back(
     upload(gateway.url, dicom_bytes)
     assert fake.calls == 5
     assert fake.config_reads == 1  # its facts were read once, not per answer
+    assert _classifier_replicas(gateway.url) == {"ready": 2, "ejected": 0, "not_ready": 0}
+
+
+def _classifier_replicas(url: str) -> dict[str, float]:
+    """``spine_upstream_replicas`` of the classifier by state (what the alerts read)."""
+    return {
+        state: metric(url, "spine_upstream_replicas", service="classifier", state=state)
+        for state in ("ready", "ejected", "not_ready")
+    }
 
 
 # ------------------------------------------------------------------ facts unreadable

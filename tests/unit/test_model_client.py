@@ -75,15 +75,23 @@ class Attempts(list[str]):
         self.append(outcome)
 
 
+class Ejections(list[str]):
+    """The services whose breaker ejected a replica, once per ejection."""
+
+    def __call__(self, service: str) -> None:
+        self.append(service)
+
+
 @asynccontextmanager
 async def client(
-    urls: list[str], attempts: Attempts, **breaker: float
+    urls: list[str], attempts: Attempts, ejections: Ejections | None = None, **breaker: float
 ) -> AsyncIterator[ModelClient[ClassifierFacts]]:
     async with httpx.AsyncClient() as http:
         yield ModelClient(
             "classifier", contract.CLASSIFIER_MODEL, urls, http, 10.0, observe=attempts,
             facts_type=ClassifierFacts, output_specs=contract.CLASSIFIER_OUTPUTS,
-            check=check_classifier_answer, **breaker,  # type: ignore[arg-type]
+            check=check_classifier_answer, on_eject=ejections,
+            **breaker,  # type: ignore[arg-type]
         )
 
 
@@ -130,6 +138,44 @@ async def test_a_failed_trial_call_ejects_the_replica_again_at_once(
     finally:
         if late._thread.is_alive():
             late.stop()
+
+
+async def test_each_ejection_is_counted_once_and_the_replicas_are_counted_by_state(
+    first: StandIn, second: StandIn, clock: Clock
+) -> None:
+    """A failure below the breaker's count is no ejection; the one that reaches it is, and
+    so is a failed trial call; the trial that succeeds puts the replica back in the count."""
+    attempts, ejections = Attempts(), Ejections()
+    async with client([first.url, second.url], attempts, ejections, breaker_failures=2) as models:
+        await models.poll_readiness(2.0)
+        assert models.replica_states(60.0) == {"ready": 2, "ejected": 0, "not_ready": 0}
+        first.mode = "500"
+        await models.infer(image(), OUTPUTS, "r1")  # 1 failure of 2, retried
+        assert ejections == []
+        await models.infer(image(), OUTPUTS, "r2")  # 2 in a row: ejected
+        assert ejections == ["classifier"]
+        assert models.replica_states(60.0) == {"ready": 1, "ejected": 1, "not_ready": 0}
+        clock.now += BREAKER_COOLDOWN_S
+        await models.infer(image(), OUTPUTS, "trial")  # the trial fails: ejected again
+        assert ejections == ["classifier", "classifier"] and first.calls == 3
+        first.mode = "ok"
+        clock.now += BREAKER_COOLDOWN_S
+        await models.infer(image(), OUTPUTS, "back")
+        await models.poll_readiness(2.0)
+        assert ejections == ["classifier", "classifier"]
+        assert models.replica_states(60.0) == {"ready": 2, "ejected": 0, "not_ready": 0}
+        assert models.replica_states(-1.0) == {"ready": 0, "ejected": 0, "not_ready": 2}  # stale
+
+
+async def test_a_replica_unreachable_while_its_facts_are_read_is_an_ejection(
+    second: StandIn
+) -> None:
+    attempts, ejections = Attempts(), Ejections()
+    down = StandIn(contract.CLASSIFIER_MODEL)  # not started: its port refuses connections
+    async with client([down.url, second.url], attempts, ejections) as models:
+        await models.infer(image(), OUTPUTS, "r")
+        assert ejections == ["classifier"] and attempts == ["ok"]
+        assert models.replica_states(60.0)["ejected"] == 1
 
 
 async def test_a_refusal_of_the_request_itself_is_not_retried_nor_held_against_the_replica(

@@ -55,6 +55,15 @@ def test_a_503_pauses_for_its_retry_after_without_ejecting() -> None:
     assert breaker.open_until == 13.0
 
 
+def test_only_a_tripped_breaker_resting_counts_as_ejected() -> None:
+    breaker = Breaker(POLICY)
+    breaker.record(Verdict.BUSY, 0.0, rest_s=2.0)
+    assert not breaker.available(1.0) and not breaker.ejected(1.0)  # a 503's pause
+    breaker.record(Verdict.DOWN, 5.0)
+    assert breaker.ejected(14.9) and not breaker.ejected(15.0)  # rested: on trial, not out
+    assert breaker.tripped
+
+
 def test_each_change_is_worded_for_the_log() -> None:
     breaker = Breaker(BreakerPolicy(failures=2, cooldown_s=6.0))
     change = breaker.record(Verdict.FAILURE, 0.0)

@@ -7,7 +7,9 @@ import time
 
 import httpx
 
-from gateway.upstream.readiness import ReadinessCache, probe_ready
+from gateway.upstream.breaker import Breaker, Verdict
+from gateway.upstream.readiness import ReadinessCache, count_states, probe_ready
+from gateway.upstream.replica import Replica
 
 
 def test_a_cached_answer_counts_only_for_replicas_in_rotation() -> None:
@@ -25,6 +27,16 @@ def test_a_poll_older_than_its_maximum_age_knows_nothing() -> None:
     assert cache.view(105.1, 5.0, ["http://a", "http://b"], {"http://a"}) == {
         "http://a": False, "http://b": False,
     }
+
+
+def test_replicas_are_counted_ejected_before_ready_and_the_rest_not_ready() -> None:
+    ejected, paused, ready, loading = (Replica(f"http://{n}", Breaker()) for n in "abcd")
+    ejected.breaker.record(Verdict.DOWN, 100.0)
+    paused.breaker.record(Verdict.BUSY, 100.0, rest_s=1.0)
+    view = {"http://a": True, "http://b": False, "http://c": True, "http://d": False}
+    replicas = [ejected, paused, ready, loading]
+    assert count_states(replicas, view, 100.5) == {"ready": 1, "ejected": 1, "not_ready": 2}
+    assert count_states([], {}, 0.0) == {"ready": 0, "ejected": 0, "not_ready": 0}
 
 
 async def test_a_probe_is_ready_only_on_200_and_bounded_as_a_whole() -> None:
