@@ -78,6 +78,7 @@ class ListenerService:
         )
         self.registry = CollectorRegistry()
         self.metrics = ListenerMetrics(self.registry)
+        self.metrics.spool_capacity_bytes.set(settings.listener_spool_max_bytes)
         self.reports = StudyReports(
             Path(settings.listener_results_dir or listener_root / "studies").expanduser(),
             self.metrics,

@@ -67,6 +67,11 @@ class ListenerMetrics:
         self.spool_bytes = Gauge(
             "spine_listener_spool_bytes", "Bytes waiting in the spool", registry=registry
         )
+        self.spool_capacity_bytes = Gauge(
+            "spine_listener_spool_capacity_bytes",
+            "Bytes the spool may hold (LISTENER_SPOOL_MAX_BYTES): past it, C-STORE A700",
+            registry=registry,
+        )
         self.open_studies = Gauge(
             "spine_listener_open_studies", "Studies still receiving or being analysed",
             registry=registry,

@@ -84,6 +84,11 @@ class _Metrics:
             "spine_results_queued", "Result objects queued, in flight or waiting to retry",
             registry=registry,
         )
+        self.capacity = Gauge(
+            "spine_results_queue_capacity",
+            "Result objects the queue holds at most (RESULTS_QUEUE_SIZE): past it, refused",
+            registry=registry,
+        )
 
 
 class ResultsDelivery:
@@ -104,6 +109,7 @@ class ResultsDelivery:
         self.retry = retry
         self.registry = registry if registry is not None else CollectorRegistry()
         self._metrics = _Metrics(self.registry)
+        self._metrics.capacity.set(queue_size)
         self._counts = {"delivered": 0, "retried": 0, "failed": 0, "refused": 0}
         self._pending = 0
         self._live: dict[int, Job] = {}

@@ -138,6 +138,12 @@ def test_dcmtk_echo_and_store_are_analysed_and_delivered(
     assert '"status": "complete"' in file_report.read_text()
 
 
+def test_the_spool_cap_is_exported_for_the_fill_alert(listener: Listener) -> None:
+    """deploy/prometheus/ divides spine_listener_spool_bytes by it."""
+    default_cap = 2 * 1024**3  # LISTENER_SPOOL_MAX_BYTES's documented default
+    assert metric(listener.metrics(), "spine_listener_spool_capacity_bytes") == default_cap
+
+
 def test_a_calling_ae_title_not_allowed_is_rejected(listener: Listener, tmp_path: Path) -> None:
     require_tools("echoscu", "storescu")
     before = metric(listener.metrics(), 'spine_listener_associations_total{result="rejected"}')

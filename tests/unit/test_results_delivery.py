@@ -97,6 +97,7 @@ async def test_sr_and_gsps_land_in_the_source_study(orthanc: Orthanc, protocol) 
     assert (counts.delivered, counts.retried, counts.failed, counts.queued) == (2, 0, 0, 0)
     text = generate_latest(delivery.registry).decode()
     assert f'spine_results_delivered_total{{destination="{protocol(orthanc).name}"}} 2.0' in text
+    assert "spine_results_queue_capacity 1000.0" in text  # RESULTS_QUEUE_SIZE's default
 
 
 async def test_from_settings_sends_to_both_destinations(orthanc: Orthanc) -> None:
