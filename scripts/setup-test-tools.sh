@@ -4,6 +4,8 @@
 # (ojph_compress, HTJ2K); dicom3tools (dciodvfy: validates our SR and presentation state);
 # Orthanc + its DICOMweb plugin (the real PACS the DICOM networking tests store into and
 # read back; started as a plain process, never as the system service);
+# Prometheus + promtool (checks and unit-tests deploy/prometheus/'s rules; one test
+# runs a real Prometheus as a plain process scraping the stack);
 # and Debian's Chromium for the browser tests (Playwright drives
 # it; it never downloads a browser). Installs what is missing when run as root; exits 1
 # when something is still missing, so `make test` cannot go green having checked little
@@ -18,6 +20,7 @@ missing() {
   [ -x "${E2E_CHROMIUM:-/usr/bin/chromium}" ] || out+=(chromium)
   [ -x /usr/sbin/Orthanc ] || out+=(orthanc)
   [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || out+=(orthanc-dicomweb)
+  { command -v prometheus && command -v promtool; } >/dev/null 2>&1 || out+=(prometheus)
   echo "${out[@]}"
 }
 # kubectl is not a (recent enough) Debian package: its own script fetches it.

@@ -26,6 +26,7 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "ojph_compress": "openjph-tools",
     "ojph_expand": "openjph-tools",
     "chromium": "chromium",
+    **dict.fromkeys(("prometheus", "promtool"), "prometheus"),
 }
 
 FALSE_WORDS = ("", "0", "false", "no", "off")
