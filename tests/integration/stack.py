@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +22,55 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, grace_s: float = 20.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace_s``; nothing if it never started or has exited."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def wait_answering(
+    process: subprocess.Popen[bytes], url: str, name: str, log_text: Callable[[], str],
+    timeout_s: float,
+) -> None:
+    """Until ``url`` answers 200; RuntimeError with the log's tail if ``process`` exits
+    first or ``timeout_s`` runs out (stopping it is the caller's choice)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{name} exited:\n{log_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{name} not ready in {timeout_s} s:\n{log_text()[-3000:]}")
+
+
+def spawn_answering(
+    argv: list[str], log_path: Path, cwd: Path, url: str, name: str, timeout_s: float
+) -> subprocess.Popen[bytes]:
+    """Start a peer (output appended to ``log_path``) and wait until ``url`` answers 200;
+    a peer that exits or does not answer in time is stopped and a RuntimeError says why."""
+    def log_text() -> str:
+        return log_path.read_text(errors="replace")
+
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=cwd)
+    try:
+        wait_answering(process, url, name, log_text, timeout_s)
+    except RuntimeError:
+        stop_process(process)
+        raise
+    return process
+
+
 @dataclass
 class Service:
     name: str
@@ -33,13 +83,7 @@ class Service:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
 
 @dataclass
@@ -81,17 +125,10 @@ def start_service(
 
 
 def wait_ready(service: Service, timeout_s: float = 240.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if service.process.poll() is not None:
-            raise RuntimeError(f"{service.name} exited:\n{service.log_text()[-3000:]}")
-        try:
-            if httpx.get(service.url + service.ready_path, timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"{service.name} not ready in {timeout_s} s:\n{service.log_text()[-3000:]}")
+    wait_answering(
+        service.process, service.url + service.ready_path, service.name, service.log_text,
+        timeout_s,
+    )
 
 
 def base_env(tmp: Path, **overrides: str) -> dict[str, str]:

@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.stack import free_port
+from tests.integration.stack import free_port, spawn_answering, stop_process
 from tests.tools import unavailable
 
 ORTHANC = Path("/usr/sbin/Orthanc")
@@ -95,34 +95,15 @@ class Orthanc:
         self.root.mkdir(parents=True, exist_ok=True)
         config = self.root / "orthanc.json"
         config.write_text(json.dumps(self.config(), indent=2))
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [str(ORTHANC), str(config)], stdout=log, stderr=subprocess.STDOUT, cwd=self.root
+        # The plugin answers QIDO-RS only once it is loaded.
+        self.process = spawn_answering(
+            [str(ORTHANC), str(config)], self.log_path, self.root, f"{self.dicomweb}/studies",
+            "Orthanc", timeout_s,
         )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"Orthanc exited:\n{self.log_text()[-3000:]}")
-            try:
-                # The plugin answers QIDO-RS only once it is loaded.
-                if httpx.get(f"{self.dicomweb}/studies", timeout=1.0).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"Orthanc not ready in {timeout_s} s:\n{self.log_text()[-3000:]}")
 
     def stop(self) -> None:
         """Stop the process (storage kept, so :meth:`start` brings the same archive back)."""
-        if self.process is None or self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(20)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
     def restart(self) -> None:
         self.stop()
