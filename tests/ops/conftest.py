@@ -45,6 +45,20 @@ def ops_stack(tiny_bundle: Path, ops_dir: Path) -> Iterator[Stack]:
 GatewayFactory = Callable[..., Service]
 
 
+def restart_detector(
+    stack: Stack, tiny_bundle: Path, ops_dir: Path, log_folder: str = "detector-restarted"
+) -> None:
+    """Start a new detector on the killed one's port (as a supervisor would), logging to
+    its own folder under ``ops_dir``; return once it is ready."""
+    old = stack.services["detector"]
+    port = int(old.url.rsplit(":", 1)[1])
+    folder = ops_dir / log_folder
+    folder.mkdir(exist_ok=True)
+    env = base_env(ops_dir / "stack", MODEL_DIR=str(tiny_bundle), INTERNAL_TOKEN=INTERNAL_TOKEN)
+    stack.services["detector"] = start_service("detector", env, folder, port=port)
+    wait_ready(stack.services["detector"])
+
+
 @pytest.fixture(scope="session")
 def start_gateway(ops_stack: Stack, ops_dir: Path) -> Iterator[GatewayFactory]:
     """Start another gateway on the ops stack's model services, with ``env`` overrides."""

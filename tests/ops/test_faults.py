@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from shared import contract, oip
-from tests.integration.stack import Stack, base_env, start_service, wait_ready
-from tests.ops.conftest import INTERNAL_TOKEN, GatewayFactory
+from tests.integration.stack import Stack
+from tests.ops.conftest import INTERNAL_TOKEN, GatewayFactory, restart_detector
 from tests.ops.load import record, run_load, summarize
 
 pytestmark = pytest.mark.timeout(240)
@@ -25,17 +25,6 @@ def upload(url: str, data: bytes, timeout: float = 60.0, **headers: str) -> http
         f"{url}/upload", files={"file": ("x.dcm", data, "application/dicom")},
         params={"annotate": "false"}, headers=headers, timeout=timeout,
     )
-
-
-def restart_detector(stack: Stack, tiny_bundle: Path, ops_dir: Path) -> None:
-    """Start a new detector on the killed one's port (its own log folder)."""
-    old = stack.services["detector"]
-    port = int(old.url.rsplit(":", 1)[1])
-    folder = ops_dir / "detector-restarted"
-    folder.mkdir(exist_ok=True)
-    env = base_env(ops_dir / "stack", MODEL_DIR=str(tiny_bundle), INTERNAL_TOKEN=INTERNAL_TOKEN)
-    stack.services["detector"] = start_service("detector", env, folder, port=port)
-    wait_ready(stack.services["detector"])
 
 
 def test_detector_killed_under_load_then_restarted(
