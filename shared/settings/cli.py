@@ -57,6 +57,11 @@ class CliSettings(
         None, description="API key `spine bench --gateway` sends (X-API-Key)"
     )
     triton_venv: Path | None = Field(
-        None, description="environment with the nvidia-pytriton wheel and numpy<2 "
+        None, description="environment with the nvidia-pytriton wheel "
         "(scripts/setup-triton.sh); None = .venv-triton at the project root",
+    )
+    triton_backend_dir: Path | None = Field(
+        None, description="Triton backends folder holding onnxruntime/ (libtriton_onnxruntime.so "
+        "and its libonnxruntime.so, e.g. /opt/tritonserver/backends of NVIDIA's tritonserver "
+        "24.10 image); None = the wheel's, which has only python/",
     )
