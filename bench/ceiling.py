@@ -3,16 +3,17 @@
     python -m bench.ceiling --model-dir DIR [--rounds 3] [--image-size 2455x1606]
 
 On the bench's own uploads (same generator, same seeds) and the same bundle, in one
-thread: each network's bare time at batch 1 with ONNX Runtime (the export our services
-cached) and with eager PyTorch, on the very tensors our services feed it (canonical
-image -> member resize/normalise, detector letterbox); the decode of each upload to the
-canonical image (``shared.dicom.decode_dicom``); and the annotated PNG our gateway draws.
-The ceiling is ``cores / (decode + render + every member + detector)`` in CPU-seconds per
-image with ONNX Runtime (what ``spine serve`` runs on CPU): the most any layout of this
-work on these cores can reach. Every figure is CPU time (``time.process_time``), not wall
-time: OpenJPEG decodes one JPEG 2000 image on several threads, so its wall time is about
-half its CPU time on 2 cores, and a wall-clock ceiling would promise more than the cores
-hold (the decode's wall time is kept beside it, for reading the stage columns).
+thread: each model service's whole graph at batch 1 with ONNX Runtime (the graph our
+services cached and Triton is exported with: resize or letterbox, networks, vote or NMS)
+on the canonical image, and the same steps by the torch path (eager PyTorch); the decode
+of each upload to the canonical image (``shared.dicom.decode_dicom``); and the annotated
+PNG our gateway draws. The ceiling is ``cores / (decode + render + classifier graph +
+detector graph)`` in CPU-seconds per image with ONNX Runtime (what ``spine serve`` runs
+on CPU): the most any layout of this work on these cores can reach. Every figure is CPU
+time (``time.process_time``), not wall time: OpenJPEG decodes one JPEG 2000 image on
+several threads, so its wall time is about half its CPU time on 2 cores, and a
+wall-clock ceiling would promise more than the cores hold (the decode's wall time is kept
+beside it, for reading the stage columns).
 Prints one JSON object; ``bench.runner`` runs it in a child process (its own thread
 settings) between starting the systems and loading them.
 """
@@ -106,30 +107,34 @@ def annotated_png(pixels: np.ndarray, boxes: int = 3) -> str:
     return base64.b64encode(encoded.tobytes()).decode("ascii")
 
 
+def _graphs(model_dir: Path, settings: ModelServerSettings) -> dict[str, object]:
+    """The services' cached graphs (exported now if missing), each in a one-thread
+    session: ``{"classifier": runner, "detector": runner}``."""
+    from classifier_service.model import ClassifierModel
+    from detector_service.model import DetectorModel
+
+    runners = {}
+    for label, model_type in (("classifier", ClassifierModel), ("detector", DetectorModel)):
+        model = model_type(model_dir, "cpu", 1, settings=settings)
+        runners[label] = model.graph_runner(model.graph_entry())
+    return runners
+
+
 def measure(model_dir: Path, rows: int, cols: int, kinds: tuple[str, ...],
             rounds: int, gateway: GatewaySettings, models: ModelServerSettings) -> Ceiling:
-    """``gateway`` (the canonical size) and ``models`` (ONNX cache, letterbox): the
+    """``gateway`` (the canonical size) and ``models`` (graph cache, letterbox): the
     settings our services would read from this environment."""
     import torch
 
     torch.set_num_threads(1)
-    from dataclasses import replace
-
     from bench.dicoms import bench_uploads
-    from classifier_service.checkpoints import load_classifier
-    from classifier_service.ensemble import (
-        PROBABILITY_ATOL,
-        normalise,
-        probability_from_logits,
-        resize_square,
-        to_device_batch,
-    )
-    from detector_service.yolo import RawOutput, letterbox_batch, load_yolo, reset_anchor_cache
-    from model_server.onnx_runtime import options_from_settings, try_onnx
+    from classifier_service.ensemble import Ensemble
+    from detector_service.letterbox import letterbox_shape
+    from detector_service.yolo import detect, load_yolo, reset_anchor_cache
     from shared.bundle import check_pins, load_manifest, resolve_checkpoint
     from shared.dicom import decode_dicom
 
-    options = replace(options_from_settings(models, 1), threads=1)
+    settings = models.model_copy(update={"model_backend": "onnx", "ort_threads": 1})
     manifest = load_manifest(model_dir)
     uploads = bench_uploads(rows, cols, kinds)
     cpu = torch.device("cpu")
@@ -143,50 +148,31 @@ def measure(model_dir: Path, rows: int, cols: int, kinds: tuple[str, ...],
     render_ms = _median_ms(lambda: annotated_png(canonical), rounds)
     ceiling = Ceiling(os.cpu_count() or 1, decode_ms, render_ms,
                       decode_wall_ms=statistics.mean(wall for _, wall in decodes))
-    tensors = to_device_batch([canonical], cpu)
-    with torch.inference_mode():
-        for spec in manifest.classifier.members:
-            path = resolve_checkpoint(model_dir, spec.checkpoint)
-            sha256, trusted = check_pins(path, spec)
-            model = load_classifier(path, spec.arch, spec.num_classes, trusted=trusted).eval()
-            batch = normalise(resize_square(tensors, spec.input_size), spec.mean, spec.std)
-            check = torch.cat([batch, batch.flip(-1)])
-            runner = try_onnx(
-                model, check, name=f"{spec.name}-{spec.arch}", sha256=sha256,
-                input_size=spec.input_size, options=replace(options, rtol=0.0,
-                                                            atol=PROBABILITY_ATOL),
-                transform=lambda x: probability_from_logits(torch.from_numpy(x)).numpy(),
-            )
-            label = f"{spec.arch}@{spec.input_size}"
-            ceiling.torch_ms[label] = _median_ms(lambda m=model, b=batch: m(b), rounds)
-            if runner is not None:
-                array = batch.numpy()
-                ceiling.onnx_ms[label] = _median_ms(lambda r=runner, a=array: r.run(a), rounds)
-            del model, runner
-        spec = manifest.detector
-        path = resolve_checkpoint(model_dir, spec.checkpoint)
-        sha256, trusted = check_pins(path, spec)
-        network, _ = load_yolo(path, trusted=trusted)
-        network = network.float()
-        if hasattr(network, "fuse"):
-            network = network.fuse(verbose=False)
-        reset_anchor_cache(network)
-        rect = models.detector_letterbox == "rect"  # what the detector service does
-        stride = max(int(torch.as_tensor(network.stride).max()), 1) if rect else None
-        batch, _ = letterbox_batch([canonical], spec.image_size, cpu, stride)
-        mirrored = canonical[:, ::-1].copy()
-        check, _ = letterbox_batch([canonical, mirrored], spec.image_size, cpu, stride)
-        wrapped = RawOutput(network).eval()
-        runner = try_onnx(
-            wrapped, check, name=f"detector-{Path(spec.checkpoint).stem}", sha256=sha256,
-            input_size=spec.image_size, options=options, spatial_dynamic=rect,
+    members = ", ".join(f"{m.arch}@{m.input_size}" for m in manifest.classifier.members)
+    spec = manifest.detector
+    rect = settings.detector_letterbox == "rect"  # what the detector service does
+    shape = letterbox_shape(height, width, spec.image_size, 32 if rect else None)
+    labels = {"classifier": f"classifier graph ({members})",
+              "detector": f"detector graph @{shape[0]}x{shape[1]}"}
+    ceiling.detector_input = f"{width}x{height} canonical -> {labels['detector']}"
+    for name, runner in _graphs(model_dir, settings).items():
+        ceiling.onnx_ms[labels[name]] = _median_ms(
+            lambda r=runner: r.run([canonical]), rounds  # type: ignore[attr-defined]
         )
-        label = f"detector@{batch.shape[2]}x{batch.shape[3]}"
-        ceiling.detector_input = f"{width}x{height} canonical -> {label}"
-        ceiling.torch_ms[label] = _median_ms(lambda: wrapped(batch), rounds)
-        if runner is not None:
-            array = batch.numpy()
-            ceiling.onnx_ms[label] = _median_ms(lambda: runner.run(array), rounds)
+    with torch.inference_mode():
+        ensemble = Ensemble(manifest.classifier, model_dir, cpu, precision="fp32")
+        ceiling.torch_ms[labels["classifier"]] = _median_ms(
+            lambda e=ensemble: e.predict([canonical]), rounds
+        )
+        path = resolve_checkpoint(model_dir, spec.checkpoint)
+        network, _ = load_yolo(path, trusted=check_pins(path, spec)[1])
+        network = network.float().fuse(verbose=False) if hasattr(network, "fuse") else network
+        reset_anchor_cache(network)
+        stride = max(int(torch.as_tensor(network.stride).max()), 1) if rect else None
+        ceiling.torch_ms[labels["detector"]] = _median_ms(
+            lambda: detect([canonical], network, spec=spec, stride=stride, device=cpu,
+                           end2end=False), rounds
+        )
     return ceiling
 
 

@@ -146,11 +146,11 @@ def ceiling_lines(ceiling: Ceiling | None, summaries: list[RunSummary]) -> list[
     nets = ", ".join(f"{name} {ms:.0f}" for name, ms in ceiling.onnx_ms.items())
     torch_nets = ", ".join(f"{name} {ms:.0f}" for name, ms in ceiling.torch_ms.items())
     lines = [
-        f"- CPU time, batch 1, one thread per network, these inputs: decode "
+        f"- CPU time, batch 1, one thread per graph, these inputs: decode "
         f"{ceiling.decode_ms:.0f} ms{_decode_wall(ceiling)} + render "
         f"{ceiling.render_ms:.0f} ms + ONNX Runtime {nets} ms = "
         f"**{ceiling.per_image_ms:.0f} CPU-ms per image**",
-        f"- eager PyTorch, same tensors: {torch_nets} ms",
+        f"- the torch path (eager PyTorch), same images: {torch_nets} ms",
         f"- ceiling on {ceiling.cores} cores: {ceiling.cores} / {ceiling.per_image_ms / 1000:.2f}"
         f" s = **{ceiling.images_per_s:.3f} img/s**",
     ]

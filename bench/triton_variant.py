@@ -80,7 +80,7 @@ def start_triton_stack(
         if key in env
     })
     options = ExportOptions.from_settings(settings, threads=_threads(env))
-    report = export_repository(model_dir, log_dir / "repo", options)
+    report = export_repository(model_dir, log_dir / "repo", options, settings)
     print(f"[bench] exported {model_dir} for Triton in {report.seconds:.1f} s "
           f"({options.threads} ONNX Runtime threads per model)", file=sys.stderr, flush=True)
     server = TritonServer(

@@ -6,15 +6,15 @@ mean/std; this happens on the model's device. The ensemble score is the weighted
 of member probabilities; Abnormal iff score > threshold. Training code uses the same
 ``preprocess`` so train and serve see identical tensors.
 
-The member networks run in PyTorch (CUDA: fp16/bf16 + channels_last) or, on CPU, in
-ONNX Runtime exported from the same checkpoint (``model_server.onnx_runtime``);
-preprocessing is the same torch code for both, so only the network's executor differs.
+This is the torch path (CUDA: fp16/bf16 + channels_last; CPU with ``MODEL_BACKEND=torch``)
+and the reference the classifier's ONNX graph (:mod:`classifier_service.graph`) is
+checked against when it is exported.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,12 +24,9 @@ from torch import nn
 
 from classifier_service.checkpoints import load_classifier
 from model_server.dtypes import compute_dtype
-from model_server.onnx_runtime import OnnxOptions, OnnxRunner, release_freed_memory, try_onnx
 from shared.bundle import ClassifierSpec, MemberSpec, check_pins, resolve_checkpoint
 
 log = logging.getLogger(__name__)
-
-PROBABILITY_ATOL = 1e-4
 
 
 def to_device_batch(images: list[np.ndarray], device: torch.device) -> list[torch.Tensor]:
@@ -82,36 +79,12 @@ def decide(scores: np.ndarray, threshold: float) -> np.ndarray:
     return np.asarray(scores) > threshold
 
 
-def check_images() -> list[np.ndarray]:
-    """Two radiograph-like grey images of different shapes for the ONNX equality check,
-    with noise drawn afresh at each call (never fixed public inputs: see onnx_runtime)."""
-    rng = np.random.default_rng()
-    images = []
-    for height, width in ((200, 136), (150, 210)):
-        y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-        base = 60 + 120 * (y / height) + 60 * np.exp(-(((x - width / 2) / (width / 6)) ** 2))
-        noisy = base + rng.normal(0, 12, (height, width))
-        images.append(np.clip(noisy, 0, 255).astype(np.uint8))
-    return images
-
-
 @dataclass
 class Member:
     spec: MemberSpec
-    model: nn.Module | None  # None once ONNX Runtime serves the member (frees its memory)
+    model: nn.Module
     checkpoint: Path
     sha256: str
-    onnx: OnnxRunner | None = None
-
-    @property
-    def backend(self) -> str:
-        return "onnx" if self.onnx is not None else "torch"
-
-    def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        if self.onnx is not None:
-            return self.onnx(batch)
-        assert self.model is not None
-        return self.model(batch)
 
 
 class Ensemble:
@@ -123,8 +96,6 @@ class Ensemble:
         model_dir: Path,
         device: torch.device,
         *,
-        backend: str = "torch",
-        onnx_options: OnnxOptions | None = None,
         precision: str = "auto",
     ) -> None:
         self.spec = spec
@@ -138,15 +109,7 @@ class Ensemble:
             model = load_classifier(
                 path, member_spec.arch, member_spec.num_classes, trusted=trusted
             )
-            member = Member(member_spec, model, path, sha256)
-            if backend == "onnx" and onnx_options is not None:
-                member.onnx = self._export(member, onnx_options)
-            if member.onnx is not None:
-                member.model = None
-            else:
-                member.model = self._place(model)
-            self.members.append(member)
-        release_freed_memory()  # the torch copies of ONNX-served members
+            self.members.append(Member(member_spec, self._place(model), path, sha256))
         self.weights = np.array([m.weight for m in spec.members], dtype=np.float64)
 
     def _place(self, model: nn.Module) -> nn.Module:
@@ -155,26 +118,9 @@ class Ensemble:
             model = model.to(self.dtype).to(memory_format=torch.channels_last)
         return model
 
-    @staticmethod
-    def _export(member: Member, options: OnnxOptions) -> OnnxRunner | None:
-        assert member.model is not None
-        check = preprocess(to_device_batch(check_images(), torch.device("cpu")), member.spec)
-        return try_onnx(
-            member.model, check,
-            name=f"{member.spec.name}-{member.spec.arch}", sha256=member.sha256,
-            input_size=member.spec.input_size,
-            # What is served is the probability: compare that, to 1e-4 absolute.
-            options=replace(options, rtol=0.0, atol=PROBABILITY_ATOL),
-            transform=lambda logits: probability_from_logits(torch.from_numpy(logits)).numpy(),
-        )
-
     @property
     def member_names(self) -> list[str]:
         return [member.spec.name for member in self.members]
-
-    @property
-    def backends(self) -> dict[str, str]:
-        return {member.spec.name: member.backend for member in self.members}
 
     @torch.inference_mode()
     def member_probabilities(self, images: list[np.ndarray]) -> np.ndarray:
@@ -187,9 +133,9 @@ class Ensemble:
             if size not in resized:
                 resized[size] = resize_square(tensors, size)
             batch = normalise(resized[size], member.spec.mean, member.spec.std)
-            if member.onnx is None and self.dtype != torch.float32:
+            if self.dtype != torch.float32:
                 batch = batch.to(self.dtype).contiguous(memory_format=torch.channels_last)
-            columns.append(probability_from_logits(member.logits(batch)))
+            columns.append(probability_from_logits(member.model(batch)))
         return torch.stack(columns, dim=1).float().cpu().numpy().astype(np.float64)
 
     def predict(self, images: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:

@@ -4,10 +4,13 @@ Input ``IMAGE``: canonical grey image(s), UINT8 ``[N,1,H,W]`` or ``[N,H,W]``. Ou
 (Triton's NMS naming): ``num_detections`` INT32 ``[N,1]``, ``detection_boxes`` FP32
 ``[N,K,4]`` (x1, y1, x2, y2 in the INPUT image's pixels), ``detection_scores`` FP32
 ``[N,K]``, ``detection_classes`` INT32 ``[N,K]``; rows past ``num_detections`` are
-padding. Class names are the fact ``class_names``. The network runs in
-PyTorch (conv+bn fused; CUDA: fp16/bf16) or, on CPU, in ONNX Runtime exported from the
-same checkpoint (``MODEL_BACKEND``); letterbox and NMS are the same torch code for both.
-Tensor names and facts: :mod:`shared.contract`.
+padding. Class names are the fact ``class_names``.
+
+On CPU the bundle is served as one ONNX graph with ONNX Runtime
+(:mod:`detector_service.graph`: letterbox, network, NMS and box mapping inside; exported
+and checked once, then cached; a cached graph is served without importing torch); on
+CUDA, or with ``MODEL_BACKEND=torch``, by the torch path of :mod:`detector_service.yolo`
+(conv+bn fused; CUDA: fp16/bf16). Tensor names and facts: :mod:`shared.contract`.
 """
 
 from __future__ import annotations
@@ -16,31 +19,13 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 from types import MappingProxyType
+from typing import Any
 
 import numpy as np
-import torch
-from torch import nn
 
-from detector_service.yolo import (
-    RawOutput,
-    check_images,
-    group_by_input_shape,
-    letterbox_batch,
-    load_yolo,
-    postprocess,
-    reset_anchor_cache,
-    unletterbox_boxes,
-)
-from model_server.device import configure_torch, resolve_device
-from model_server.dtypes import compute_dtype
+from model_server.graph_runner import GraphRunner
 from model_server.lifecycle import BundleModel
-from model_server.onnx_runtime import (
-    OnnxRunner,
-    choose_backend,
-    options_from_settings,
-    release_freed_memory,
-    try_onnx,
-)
+from model_server.onnx_runtime import CachedGraph, OnnxBackendError, session_threads
 from shared import contract, oip
 from shared.bundle import DetectorSpec, check_pins, resolve_checkpoint
 
@@ -51,11 +36,11 @@ class DetectorModel(BundleModel):
     name = contract.DETECTOR_MODEL
     platform = "pytorch_ultralytics_yolo"
     # Set by load(); these are the values before it.
-    network: nn.Module | None = None
-    onnx: OnnxRunner | None = None
+    graph: GraphRunner | None = None
+    network: Any = None  # the torch path's fused network
     class_names: Mapping[int, str] = MappingProxyType({})
-    device = torch.device("cpu")
-    dtype = torch.float32
+    device: Any = "cpu"
+    dtype: Any = None
     end2end = False
     sha256 = ""
     stride: int | None = None  # None: the fixed square letterbox; else the minimal rectangle
@@ -66,13 +51,78 @@ class DetectorModel(BundleModel):
 
     @property
     def backend(self) -> str:
-        return "onnx" if self.onnx is not None else "torch"
+        return "onnx" if self.graph is not None else "torch"
 
     def load(self) -> None:
-        self.device = resolve_device(self.device_setting)
-        configure_torch(self.device, self.torch_threads)
+        path, trusted = self._checkpoint()
+        if self.serves_graph():
+            try:
+                entry = self.graph_entry()
+                self.graph = self.graph_runner(entry)
+                self.class_names = self.graph_facts("cpu", entry).class_names
+                self.stride = entry.record.get("stride")
+                self.platform = "onnxruntime_onnx"
+            except OnnxBackendError as exc:
+                log.warning("detector graph refused (%s); serving it with PyTorch", exc)
+        if self.graph is None:
+            self._load_torch(path, trusted)
+        self.warn_if_demo()
+        self.predict_batch([np.zeros((64, 48), dtype=np.uint8)])  # warm-up before ready
+        log.info("detector %s on %s (%s): %d classes", self.spec.checkpoint, self.device,
+                 self.backend, len(self.class_names))
+
+    def _checkpoint(self) -> tuple[Path, bool]:
+        """The checkpoint's path and whether it is trusted; its sha256 (pin checked)."""
         path = resolve_checkpoint(self.model_dir, self.spec.checkpoint, "detector.checkpoint")
         self.sha256, trusted = check_pins(path, self.spec, "detector.checkpoint")
+        return path, trusted
+
+    def graph_entry(self) -> CachedGraph:
+        """The bundle's graph, from the cache or exported and checked now (raises
+        OnnxBackendError if it does not match the torch path)."""
+        path, trusted = self._checkpoint()
+        rect = self.settings.detector_letterbox == "rect"
+
+        def export() -> tuple[bytes, dict[str, Any]]:
+            from detector_service.graph import export_checked
+
+            served: list[contract.DetectorFacts] = []
+
+            def metadata(names: dict[int, str]) -> dict[str, str]:
+                served.append(self._facts(names, "cpu", "onnx"))
+                return self.graph_metadata(served[0])
+
+            data, parity, stride = export_checked(
+                path, self.spec, trusted=trusted, rect=rect, opset=self.graph_opset,
+                threads=session_threads(self.settings, self.torch_threads), metadata=metadata,
+            )
+            return data, {"bundle_digest": served[0].bundle_digest, "parity": parity,
+                          "class_names": {str(k): v for k, v in served[0].class_names.items()},
+                          "stride": stride}
+
+        return self.cached_graph(
+            {"spec": self.spec.model_dump(mode="json"), "letterbox": "rect" if rect else "square",
+             "checkpoint_sha256": self.sha256, "bundle": self.bundle_facts().model_dump()},
+            export,
+        )
+
+    def graph_facts(self, device: str, entry: CachedGraph | None = None
+                    ) -> contract.DetectorFacts:
+        """The facts of the bundle as the graph serves it on ``device`` (class names from
+        the graph's signed record)."""
+        assert entry is not None, "the detector's facts need its graph's record"
+        names = {int(k): str(v) for k, v in entry.record["class_names"].items()}
+        return self._facts(names, device, "onnx")
+
+    def _load_torch(self, path: Path, trusted: bool) -> None:
+        import torch
+
+        from detector_service.yolo import load_yolo
+        from model_server.device import configure_torch, resolve_device
+        from model_server.dtypes import compute_dtype
+
+        self.device = resolve_device(self.device_setting)
+        configure_torch(self.device, self.torch_threads)
         network, self.class_names = load_yolo(path, trusted=trusted)
         self.end2end = bool(getattr(network, "end2end", False))
         if self.settings.detector_letterbox == "rect":
@@ -80,86 +130,31 @@ class DetectorModel(BundleModel):
         network = network.float()
         if hasattr(network, "fuse"):
             network = network.fuse(verbose=False)  # conv+bn folded: what Ultralytics serves
-        if choose_backend(self.settings.model_backend, self.device) == "onnx":
-            self.onnx = self._export(network)
-        if self.onnx is not None:
-            del network
-            release_freed_memory()
-        else:
-            self.dtype = compute_dtype(self.device, self.settings.model_precision)
-            self.network = network.to(self.device).to(self.dtype)
-        self.warn_if_demo()
-        self.predict_batch([np.zeros((64, 48), dtype=np.uint8)])  # warm-up before ready
-        log.info(
-            "detector %s on %s (%s): %d classes",
-            self.spec.checkpoint, self.device, self.backend, len(self.class_names),
-        )
+        self.dtype = compute_dtype(self.device, self.settings.model_precision)
+        self.network = network.to(self.device).to(self.dtype)
 
-    def _export(self, network: nn.Module) -> OnnxRunner | None:
-        """The ONNX Runtime runner (None: serve with torch). For the rectangle letterbox
-        the export has dynamic height and width, checked at a second shape as well."""
-        reset_anchor_cache(network)
-        size, cpu, rect = self.spec.image_size, torch.device("cpu"), self.stride is not None
-        portrait, landscape = check_images()
-        if rect:  # one rectangle per batch: the image and its mirror
-            check, _ = letterbox_batch([portrait, portrait[:, ::-1].copy()], size, cpu, self.stride)
-        else:
-            check, _ = letterbox_batch([portrait, landscape], size, cpu)
-        wrapped = RawOutput(network).eval()
-        options = options_from_settings(self.settings, self.torch_threads)
-        runner = try_onnx(
-            wrapped, check, name=f"detector-{Path(self.spec.checkpoint).stem}",
-            sha256=self.sha256, input_size=size, options=options, spatial_dynamic=rect,
-        )
-        if runner is not None and rect:
-            other, _ = letterbox_batch([landscape], size, cpu, self.stride)
-            with torch.no_grad():
-                expected = wrapped(other).float().numpy()
-            try:
-                actual = runner.run(other.numpy())
-                same = np.allclose(actual, expected, rtol=options.rtol, atol=options.atol)
-            except Exception:  # noqa: BLE001 - any failure: serve it with torch
-                same = False
-            if not same:
-                log.warning("detector ONNX export differs at a second input shape; PyTorch")
-                runner = None
-        return runner
-
-    def _forward(self, batch: torch.Tensor) -> torch.Tensor | tuple | list:
-        if self.onnx is not None:
-            return self.onnx(batch)
+    def predict_batch(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        if self.graph is not None:
+            return [self._trimmed(row) for row in self.graph.run(images)]
         if self.network is None:
             raise RuntimeError("detector not loaded")
-        return self.network(batch.to(self.dtype))
+        import torch
 
-    @torch.inference_mode()
-    def predict_batch(self, images: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
-        if self.network is None and self.onnx is None:
-            raise RuntimeError("detector not loaded")
-        results: list[dict[str, np.ndarray]] = [{} for _ in images]
-        for group in group_by_input_shape(images, self.spec.image_size, self.stride):
-            members = [images[index] for index in group]
-            batch, geometries = letterbox_batch(
-                members, self.spec.image_size, self.device, self.stride
-            )
-            detections = postprocess(
-                self._forward(batch),
-                conf=self.spec.conf,
-                iou=self.spec.iou,
-                max_det=self.spec.max_det,
-                end2end=self.end2end,
-            )
-            for index, image, geometry, found in zip(
-                group, members, geometries, detections, strict=True
-            ):
-                found = found.float().cpu().numpy()
-                boxes = unletterbox_boxes(found[:, :4], geometry, image.shape[0], image.shape[1])
-                results[index] = {
-                    "boxes": boxes.astype(np.float32),
-                    "scores": found[:, 4].astype(np.float32),
-                    "classes": found[:, 5].astype(np.int32),
-                }
-        return results
+        from detector_service.yolo import detect
+
+        with torch.inference_mode():
+            return detect(images, lambda batch: self.network(batch.to(self.dtype)),
+                          spec=self.spec, stride=self.stride, device=self.device,
+                          end2end=self.end2end)
+
+    @staticmethod
+    def _trimmed(row: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        count = int(row[contract.NUM_DETECTIONS.name][0])
+        return {
+            "boxes": row[contract.DETECTION_BOXES.name][:count],
+            "scores": row[contract.DETECTION_SCORES.name][:count],
+            "classes": row[contract.DETECTION_CLASSES.name][:count],
+        }
 
     def merge_outputs(self, per_image: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         count = len(per_image)
@@ -181,18 +176,22 @@ class DetectorModel(BundleModel):
             contract.DETECTION_CLASSES.name: classes,
         }
 
-    def facts(self) -> contract.DetectorFacts:
+    def _facts(self, names: Mapping[int, str], device: str, backend: str
+               ) -> contract.DetectorFacts:
         return contract.DetectorFacts(
             **self.bundle_facts().model_dump(),
             checkpoints={self.spec.checkpoint: self.sha256},
-            device=str(self.device),
-            class_names=dict(sorted(self.class_names.items())),
+            device=device,
+            class_names=dict(sorted(names.items())),
             conf=self.spec.conf,
             iou=self.spec.iou,
             max_det=self.spec.max_det,
             image_size=self.spec.image_size,
-            backend=self.backend,
+            backend=backend,
         )
+
+    def facts(self) -> contract.DetectorFacts:
+        return self._facts(self.class_names, str(self.device), self.backend)
 
     def output_specs(self) -> list[oip.TensorMetadata]:
         return [spec.metadata() for spec in contract.DETECTOR_OUTPUTS]

@@ -6,12 +6,15 @@ with Ultralytics sees the same input here; but it runs batched on the device ins
 per image in numpy. Ultralytics is imported lazily and never allowed to download.
 Checkpoints load as data (:mod:`model_server.safe_load`, the Ultralytics allow-list),
 never through Ultralytics' own loader, which unpickles in full.
-For ONNX Runtime the network is wrapped by :class:`RawOutput` (one tensor out, the
-decoded ``[N, 4 + classes, anchors]`` predictions that NMS reads) and exported as is.
+This is the torch path (CUDA, or ``MODEL_BACKEND=torch``) and the reference the
+detector's ONNX graph (:mod:`detector_service.graph`) is checked against at export; the
+graph holds the network as :class:`RawOutput` (one tensor out, the decoded
+``[N, 4 + classes, anchors]`` predictions that NMS reads).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +28,7 @@ from model_server.safe_load import (
     UnreadableCheckpointError,
     load_checkpoint_file,
 )
+from shared.bundle import DetectorSpec
 from shared.paths import keep_ultralytics_offline
 
 PAD_VALUE = 114 / 255.0
@@ -178,15 +182,6 @@ def reset_anchor_cache(network: nn.Module) -> None:
             module.shape = None
 
 
-def check_images() -> list[np.ndarray]:
-    """Two grey images of different aspect for the ONNX equality check, drawn afresh at
-    each call (never fixed public inputs: see :mod:`model_server.onnx_runtime`)."""
-    rng = np.random.default_rng()
-    return [
-        rng.integers(0, 256, size=shape, dtype=np.uint8) for shape in ((320, 214), (200, 300))
-    ]
-
-
 def postprocess(
     raw: torch.Tensor | tuple | list,
     *,
@@ -196,6 +191,38 @@ def postprocess(
     end2end: bool,
 ) -> list[torch.Tensor]:
     """Ultralytics' NMS: per image a ``[K, 6]`` tensor (x1, y1, x2, y2, score, class)."""
+    import torchvision  # noqa: F401 - once imported, Ultralytics uses its C++ NMS
     from ultralytics.utils.nms import non_max_suppression
 
     return non_max_suppression(raw, conf, iou, max_det=max_det, end2end=end2end)
+
+
+def detect(
+    images: list[np.ndarray],
+    forward: Callable[[torch.Tensor], torch.Tensor | tuple | list],
+    *,
+    spec: DetectorSpec,
+    stride: int | None,
+    device: torch.device,
+    end2end: bool,
+) -> list[dict[str, np.ndarray]]:
+    """The torch path: letterbox (one call per input shape), ``forward``, Ultralytics'
+    NMS, boxes back in each image's pixels: per image ``boxes``, ``scores``, ``classes``."""
+    results: list[dict[str, np.ndarray]] = [{} for _ in images]
+    for group in group_by_input_shape(images, spec.image_size, stride):
+        members = [images[index] for index in group]
+        batch, geometries = letterbox_batch(members, spec.image_size, device, stride)
+        detections = postprocess(
+            forward(batch), conf=spec.conf, iou=spec.iou, max_det=spec.max_det, end2end=end2end
+        )
+        for index, image, geometry, found in zip(
+            group, members, geometries, detections, strict=True
+        ):
+            found = found.float().cpu().numpy()
+            boxes = unletterbox_boxes(found[:, :4], geometry, image.shape[0], image.shape[1])
+            results[index] = {
+                "boxes": boxes.astype(np.float32),
+                "scores": found[:, 4].astype(np.float32),
+                "classes": found[:, 5].astype(np.int32),
+            }
+    return results

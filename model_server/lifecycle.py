@@ -8,15 +8,28 @@ in a background thread at start-up, so ``/v2/health/live`` answers at once and
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 
+from model_server.graph import MIN_OPSET
+from model_server.graph_runner import GraphRunner
+from model_server.onnx_runtime import (
+    CachedGraph,
+    Record,
+    graph_key,
+    graphs_dir,
+    key_path,
+    load_or_build,
+    session_threads,
+    wants_graph,
+)
 from shared import contract, oip
 from shared.bundle import BundleManifest, load_manifest
 from shared.settings import ModelServerSettings
@@ -143,6 +156,39 @@ class BundleModel(BatchedModel):
             outputs=self.output_specs(),
             parameters=self.known_facts().to_parameters(),
         )
+
+    @property
+    def graph_opset(self) -> int:
+        """``ONNX_OPSET``, at least 18 (Resize with antialiasing)."""
+        return max(self.settings.onnx_opset, MIN_OPSET)
+
+    def serves_graph(self) -> bool:
+        """Whether this replica serves the bundle's ONNX graph (else the torch path)."""
+        return wants_graph(self.settings.model_backend, self.device_setting)
+
+    def cached_graph(
+        self, key_inputs: Record, build: Callable[[], tuple[bytes, Record]]
+    ) -> CachedGraph:
+        """The bundle's graph from the signed cache; ``build`` exports and checks it when
+        it is missing (only then is torch imported) and raises if it does not match."""
+        key = graph_key({**key_inputs, "model": self.name, "opset": self.graph_opset})
+        entry = load_or_build(graphs_dir(self.settings), key_path(self.settings),
+                              f"{self.name}-{self.manifest.name}", key, build)
+        log.info("%s: ONNX graph %s (%s; parity at export: %s)", self.name, entry.path.name,
+                 "exported now" if entry.exported else "cached", entry.record.get("parity"))
+        return entry
+
+    def graph_runner(self, entry: CachedGraph) -> GraphRunner:
+        """An ONNX Runtime session over the graph with this service's thread budget."""
+        return GraphRunner(entry.data, session_threads(self.settings, self.torch_threads))
+
+    def graph_metadata(self, facts: contract.ServedFacts) -> dict[str, str]:
+        """What a graph carries about itself: model, bundle digest, facts (ONNX metadata)."""
+        return {
+            "spine.model": self.name,
+            "spine.bundle_digest": facts.bundle_digest,
+            "spine.facts": json.dumps(facts.identity(), sort_keys=True),
+        }
 
     def warn_if_demo(self) -> None:
         warning = self.bundle_facts().demo_warning

@@ -237,6 +237,12 @@ class ServedFacts(BundleFacts):
         """The facts replicas of one model must share (all but :data:`SERVING_FACTS`)."""
         return {k: v for k, v in self.to_parameters().items() if k not in SERVING_FACTS}
 
+    @property
+    def bundle_digest(self) -> str:
+        """A digest of :meth:`identity`: what a graph exported from the bundle carries, the
+        same whichever server (ours, Triton) or device serves it."""
+        return _digest(self.identity())
+
 
 def _digest(parameters: Mapping[str, ParameterValue]) -> str:
     text = json.dumps(dict(parameters), sort_keys=True, separators=(",", ":"))

@@ -11,8 +11,9 @@ from types import FrameType
 from shared.settings import CliSettings
 
 EXPORT_HELP = (
-    "write a Triton model repository (spine-classifier, spine-detector: Python backend, "
-    "ONNX Runtime) that serves BUNDLE exactly as our model services do"
+    "write a Triton model repository (spine-classifier, spine-detector: our services' "
+    "ONNX graphs, pre- and post-processing inside, for Triton's ONNX Runtime backend) "
+    "that serves BUNDLE exactly as our model services do"
 )
 TRITON_HELP = (
     "run the nvidia-pytriton wheel's tritonserver (from .venv-triton) on an exported "
@@ -40,11 +41,11 @@ def cmd_export_triton(args: argparse.Namespace, _cli: CliSettings) -> int:
         instance_kind=args.instance_kind, instances=args.instances, threads=args.threads,
     )
     try:
-        report = export_repository(model_dir, Path(args.out).expanduser(), options)
+        report = export_repository(model_dir, Path(args.out).expanduser(), options, settings)
     except (BundleError, ExportError, RuntimeError, OSError) as exc:
         sys.exit(f"spine export-triton: {exc}")
-    for name, diff in report.max_abs_diff.items():
-        print(f"[spine] {name}: {report.models[name]} (max |onnx - torch| = {diff:.2g})")
+    for name, parity in report.parity.items():
+        print(f"[spine] {name}: {report.models[name]} (parity with the torch path: {parity})")
     for path, digest in onnx_digests(report.repo).items():
         print(f"[spine]   {path} sha256 {digest[:16]}")
     print(
@@ -107,8 +108,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     export.add_argument("--max-delay-ms", type=float,
                         help="dynamic batching's queue delay; without it MAX_DELAY_MS")
     export.add_argument("--instance-kind", choices=("cpu", "gpu"), default="cpu",
-                        help="instance_group kind: KIND_CPU (default) or KIND_GPU (needs "
-                        "onnxruntime-gpu in the Triton environment)")
+                        help="instance_group kind: KIND_CPU (default) or KIND_GPU (ONNX "
+                        "Runtime's CUDA provider in Triton's onnxruntime backend)")
     export.add_argument("--instances", type=int, default=1, help="instances per model")
     export.add_argument("--threads", type=int,
                         help="ONNX Runtime threads per session (default: ORT_THREADS, else "

@@ -77,7 +77,7 @@ def write_tiny_bundle(root: Path, *, detector_always_fires: bool = True) -> Path
     """Original folder layout with small timm archs (fast on CPU) and a YOLO11n.
 
     ``detector_always_fires`` raises the class-2 bias of the YOLO head so a random
-    network still outputs boxes (with image-dependent, distinct confidences around 0.5):
+    network still outputs boxes (with image-dependent, distinct confidences around 0.6):
     the tests need boxes to check coordinate mapping.
     """
     import timm
@@ -101,7 +101,7 @@ def write_tiny_bundle(root: Path, *, detector_always_fires: bool = True) -> Path
     yolo_path = root / "detection output/yolo11/weights/best.pt"
     save_yolo_checkpoint("yolo11n.yaml", yolo_path, VINDR_CLASSES)
     if detector_always_fires:
-        _make_detector_fire(yolo_path)
+        make_detector_fire(yolo_path)
     manifest = {
         "name": "tiny-test-bundle",
         "kind": "user",
@@ -118,16 +118,38 @@ def write_tiny_bundle(root: Path, *, detector_always_fires: bool = True) -> Path
     return root
 
 
-def _make_detector_fire(path: Path) -> None:
+def make_detector_fire(path: Path, class_logit: float = 0.5, spread: float = 30.0) -> None:
+    """Give the random YOLO image-dependent, distinct confidences of class 2 around
+    ``sigmoid(class_logit)`` (every other class silenced; ``spread`` scales the class
+    logit's dependence on the image, so neighbouring boxes differ clearly).
+
+    Its random features vanish with depth, so every anchor would score the same (the
+    class bias): NMS then keeps whichever equal boxes its sort happens to put first, and
+    the order of ties is unspecified. With BatchNorm statistics taken from phantoms
+    (damped, so the random net stays well conditioned) the scores differ per box, and
+    comparisons compare detections, not tie-breaking.
+    """
     os.environ.setdefault("YOLO_OFFLINE", "1")
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    model = checkpoint["model"]
-    head = model.model[-1]
-    for branch in head.cv3:  # per-scale class branches; the last conv's bias is the logit
-        last = branch[-1]
-        with torch.no_grad():
-            last.bias[:] = -10.0
-            last.bias[2] = 0.5  # class 2 "Disc space narrowing" everywhere
+    model = checkpoint["model"].float()
+    batch = torch.stack([
+        torch.from_numpy(radiograph_pixels(640, 640, bits=8, seed=seed).astype(np.float32) / 255)
+        for seed in (1, 2, 3, 4)
+    ])[:, None].expand(-1, 3, -1, -1).contiguous()
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for norm in norms:
+        norm.momentum = 1.0
+    model.train()
+    with torch.no_grad():
+        model(batch)
+        model.eval()
+        for norm in norms:
+            norm.weight.mul_(0.8)
+        for branch in model.model[-1].cv3:  # per-scale class branches; bias = the logit
+            branch[-1].bias[:] = -10.0
+            branch[-1].bias[2] = class_logit  # class 2 "Disc space narrowing"
+            branch[-1].weight[2].mul_(spread)
+    checkpoint["model"], checkpoint["ema"] = model.half(), None
     torch.save(checkpoint, path)
 
 

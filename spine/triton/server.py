@@ -1,18 +1,18 @@
-"""Start the nvidia-pytriton wheel's tritonserver on a model repository (torch-free).
+"""Start tritonserver on an exported model repository (torch-free).
 
-The wheel is installed in its own environment, ``.venv-triton`` (scripts/setup-triton.sh),
-because it pins numpy < 2, and tritonserver 2.51's Python backend answers every request
-with "output tensor shape does not match size of output" under numpy 2. The server then
-needs, besides the repository:
+The server is the nvidia-pytriton wheel's tritonserver 2.51 (``.venv-triton``:
+scripts/setup-triton.sh). The exported models are ``onnxruntime_onnx``: they need
+Triton's ONNX Runtime backend, ``<backends>/onnxruntime/libtriton_onnxruntime.so`` with
+its ``libonnxruntime.so``. **The wheel ships only the Python backend**, and no package
+registry this project installs from carries the ONNX Runtime one: it comes with NVIDIA's
+``nvcr.io/nvidia/tritonserver:24.10-py3`` image (``/opt/tritonserver/backends``; what
+KServe's Triton runtime runs) or a build of ``triton-inference-server/onnxruntime_backend``
+at ``r24.10``. ``TRITON_BACKEND_DIR`` names a folder that has it; without one, starting
+is a :class:`TritonNotInstalledError` that says so. The server then needs:
 
 - ``LD_LIBRARY_PATH``: the wheel's ``nvidia_pytriton.libs`` (and ``tritonserver/
-  external_libs`` where a wheel has it);
-- ``--backend-directory``: a copy of the wheel's ``tritonserver/backends`` with the
-  Python backend stub for the environment's Python (``python_backend_stubs/3.X/
-  triton_python_backend_stub``) placed beside ``python/libtriton_python.so``; the copy is
-  made under the cache root, so the installed wheel stays as pip wrote it;
-- the environment's ``bin`` first on ``PATH`` and ``VIRTUAL_ENV`` set: the stub runs the
-  models with that ``python3`` (its numpy and onnxruntime), not ``PYTHONPATH``.
+  external_libs`` where a wheel has it), then the ONNX Runtime backend's folder;
+- ``--backend-directory``: that backends folder.
 
 :class:`TritonServer` is what ``spine triton`` and the tests use.
 """
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import time
@@ -31,13 +30,12 @@ from types import TracebackType
 
 import httpx
 
-from shared.paths import cache_root
 from shared.settings import CliSettings
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_VENV = PROJECT_ROOT / ".venv-triton"
 SETUP_SCRIPT = "scripts/setup-triton.sh"
-STUB = "triton_python_backend_stub"
+ONNXRUNTIME_BACKEND = Path("onnxruntime") / "libtriton_onnxruntime.so"
 
 
 class TritonNotInstalledError(RuntimeError):
@@ -50,11 +48,11 @@ class TritonStartError(RuntimeError):
 
 @dataclass(frozen=True)
 class TritonInstall:
-    """Where the wheel's pieces are inside one Triton environment."""
+    """Where the wheel's pieces are inside one Triton environment, and the backends."""
 
     venv: Path
-    python_version: str  # "3.11"
     package: Path  # site-packages/pytriton
+    backend_dir: Path | None = None  # TRITON_BACKEND_DIR; None: the wheel's
 
     @property
     def server(self) -> Path:
@@ -62,11 +60,7 @@ class TritonInstall:
 
     @property
     def backends(self) -> Path:
-        return self.package / "tritonserver" / "backends"
-
-    @property
-    def stub(self) -> Path:
-        return self.package / "tritonserver" / "python_backend_stubs" / self.python_version / STUB
+        return self.backend_dir or self.package / "tritonserver" / "backends"
 
     @property
     def library_path(self) -> list[Path]:
@@ -75,6 +69,7 @@ class TritonInstall:
             self.package / "tritonserver" / "external_libs",
             self.package / "tritonserver" / "lib",
         ]
+        candidates.append(self.backends / ONNXRUNTIME_BACKEND.parent)
         return [path for path in candidates if path.is_dir()]
 
 
@@ -84,51 +79,35 @@ def triton_venv(settings: CliSettings) -> Path:
     return Path(configured).expanduser() if configured else DEFAULT_VENV
 
 
-def find_install(venv: Path) -> TritonInstall:
-    """The wheel inside ``venv``, or :class:`TritonNotInstalledError` saying how to get it."""
-    hint = f"run {SETUP_SCRIPT} (creates {DEFAULT_VENV.name} with nvidia-pytriton and numpy<2)"
+def find_install(venv: Path, backend_dir: Path | None = None) -> TritonInstall:
+    """The wheel inside ``venv`` and a backends folder with Triton's ONNX Runtime backend,
+    or :class:`TritonNotInstalledError` saying what is missing and where to get it."""
+    hint = f"run {SETUP_SCRIPT} (creates {DEFAULT_VENV.name} with nvidia-pytriton)"
     packages = sorted(venv.glob("lib/python3.*/site-packages/pytriton"))
     if not packages:
         raise TritonNotInstalledError(f"no Triton environment at {venv}: {hint}")
-    package = packages[-1]
-    install = TritonInstall(venv, package.parents[1].name.removeprefix("python"), package)
-    for needed in (install.server, install.stub, install.backends / "python"):
-        if not needed.exists():
-            raise TritonNotInstalledError(f"{needed} is missing from {venv}: {hint}")
+    install = TritonInstall(venv, packages[-1], backend_dir)
+    if not install.server.exists():
+        raise TritonNotInstalledError(f"{install.server} is missing from {venv}: {hint}")
+    if not (install.backends / ONNXRUNTIME_BACKEND).is_file():
+        raise TritonNotInstalledError(
+            f"Triton's ONNX Runtime backend ({ONNXRUNTIME_BACKEND}) is not in "
+            f"{install.backends}: the nvidia-pytriton wheel ships only the Python backend, and "
+            "no package index carries the ONNX Runtime one. Copy /opt/tritonserver/backends "
+            "from NVIDIA's tritonserver:24.10-py3 image (or build "
+            "triton-inference-server/onnxruntime_backend r24.10) and set TRITON_BACKEND_DIR "
+            "to that folder"
+        )
     return install
 
 
-def prepare_backends(install: TritonInstall, work_dir: Path) -> Path:
-    """A backend directory with the stub beside ``python/libtriton_python.so`` (copied
-    once per wheel into ``work_dir``; the wheel itself is left as installed)."""
-    target = work_dir / f"backends-py{install.python_version}"
-    marker = target / ".complete"
-    source = str(install.backends.resolve())
-    if marker.is_file() and marker.read_text() == source:
-        return target
-    staging = work_dir / f".backends-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(install.backends, staging, ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copy2(install.stub, staging / "python" / STUB)
-    (staging / ".complete").write_text(source)
-    shutil.rmtree(target, ignore_errors=True)
-    with contextlib.suppress(OSError):  # another process won the race: use its copy
-        staging.rename(target)
-    shutil.rmtree(staging, ignore_errors=True)
-    return target
-
-
 def server_env(install: TritonInstall, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment tritonserver and its Python stub need (see the module docstring)."""
+    """The environment tritonserver needs: its libraries on ``LD_LIBRARY_PATH``."""
     env = dict(os.environ if base is None else base)
-    for key in ("PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP"):
-        env.pop(key, None)  # the stub must see the Triton environment only (numpy < 2)
     libraries = [str(path) for path in install.library_path]
     if env.get("LD_LIBRARY_PATH"):
         libraries.append(env["LD_LIBRARY_PATH"])
     env["LD_LIBRARY_PATH"] = os.pathsep.join(libraries)
-    env["PATH"] = os.pathsep.join([str(install.venv / "bin"), env.get("PATH", "/usr/bin:/bin")])
-    env["VIRTUAL_ENV"] = str(install.venv)
     return env
 
 
@@ -176,8 +155,7 @@ class TritonServer:
         self.repo = repo.resolve()
         self.ports = ports or Ports()
         self.host = host
-        self.install = find_install(venv or triton_venv(settings))
-        self.work_dir = cache_root(settings) / "triton"
+        self.install = find_install(venv or triton_venv(settings), settings.triton_backend_dir)
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at: float | None = None
@@ -190,9 +168,9 @@ class TritonServer:
     def start(self) -> None:
         if not any(self.repo.glob("*/config.pbtxt")):
             raise TritonStartError(f"{self.repo} holds no model (run spine export-triton first)")
-        self.work_dir.mkdir(parents=True, exist_ok=True)
-        backends = prepare_backends(self.install, self.work_dir)
-        command = server_command(self.install, self.repo, backends, self.ports, self.host)
+        command = server_command(
+            self.install, self.repo, self.install.backends, self.ports, self.host
+        )
         output = None if self.log_path is None else self.log_path.open("ab")
         self.started_at = time.monotonic()
         self.process = subprocess.Popen(
@@ -248,7 +226,7 @@ class TritonServer:
         return self.process.returncode
 
     def kill(self) -> None:
-        """SIGKILL the server and its Python stubs (a crash, for the tests)."""
+        """SIGKILL the server (a crash, for the tests)."""
         if self.process is not None and self.process.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)

@@ -1,17 +1,18 @@
 """Triton Inference Server stands in for our model services, for real (issue 15).
 
-The tiny test bundle is exported with ``spine export-triton``'s code, served by the
-nvidia-pytriton wheel's tritonserver (started by ``spine triton``'s code, from
-``.venv-triton``: scripts/setup-triton.sh), and compared with our own services on the
+The tiny test bundle's graphs (the ones our services serve) are exported with ``spine
+export-triton``'s code as ``onnxruntime_onnx`` models, served by the nvidia-pytriton
+wheel's tritonserver with Triton's ONNX Runtime backend (started by ``spine triton``'s
+code, from ``.venv-triton``: scripts/setup-triton.sh; the backend from
+``TRITON_BACKEND_DIR``, which the wheel lacks), and compared with our own services on the
 same tensors, then used by our gateway alone, mixed with our classifier, killed under
-load, and watched by ``/readyz``. Locally a missing Triton environment skips; under CI
-it fails, naming the setup script.
+load, and watched by ``/readyz``. Locally a missing Triton environment or backend skips;
+under CI it fails, saying what is missing and where to get it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import shutil
 import time
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import pytest
 import tritonclient.http as triton
 
 from shared import contract
-from tests.factories import make_dicom, radiograph_pixels
+from tests.factories import make_detector_fire, make_dicom, radiograph_pixels
 from tests.integration.stack import (
     Service,
     Stack,
@@ -45,45 +46,12 @@ CLASSIFIER_OUTPUTS = contract.names(contract.CLASSIFIER_OUTPUTS)
 DETECTOR_OUTPUTS = contract.names(contract.DETECTOR_OUTPUTS)
 
 
-def make_detector_discriminate(path: Path) -> None:
-    """Give the tiny bundle's random YOLO image-dependent, distinct confidences.
-
-    Its random features vanish with depth, so every anchor scores the same (the class
-    bias): NMS then keeps whichever equal boxes its sort happens to put first, and
-    torch's argsort leaves the order of ties unspecified. With BatchNorm statistics taken
-    from phantoms (damped, so the random net stays well conditioned) the scores differ
-    per box, and the comparison below compares detections, not tie-breaking.
-    """
-    import torch
-
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    model = checkpoint["model"].float()
-    batch = torch.stack([
-        torch.from_numpy(radiograph_pixels(640, 640, bits=8, seed=seed).astype(np.float32) / 255)
-        for seed in (1, 2, 3, 4)
-    ])[:, None].expand(-1, 3, -1, -1).contiguous()
-    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    for norm in norms:
-        norm.momentum = 1.0
-    model.train()
-    with torch.no_grad():
-        model(batch)
-        model.eval()
-        for norm in norms:
-            norm.weight.mul_(0.8)
-        for branch in model.model[-1].cv3:  # per-scale class branches; bias = the logit
-            branch[-1].bias[:] = -10.0
-            branch[-1].bias[2] = -1.0  # class 2 fires just above conf 0.25, per image
-    checkpoint["model"], checkpoint["ema"] = model.half(), None
-    torch.save(checkpoint, path)
-
-
 @pytest.fixture(scope="module")
 def bundle(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny bundle with a detector whose confidences differ per box."""
     copy = tmp_path_factory.mktemp("triton-bundle") / "bundle"
     shutil.copytree(tiny_bundle, copy)
-    make_detector_discriminate(copy / "detection output/yolo11/weights/best.pt")
+    make_detector_fire(copy / "detection output/yolo11/weights/best.pt", class_logit=-1.0)
     return copy
 
 
@@ -104,12 +72,15 @@ def triton_repo(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from spine.triton.export import ExportOptions, export_repository
 
     repo = tmp_path_factory.mktemp("triton") / "repo"
-    options = ExportOptions.from_settings(ModelServerSettings(), threads=1)
+    settings = ModelServerSettings()
+    options = ExportOptions.from_settings(settings, threads=1)
     assert options.letterbox == "rect"  # DETECTOR_LETTERBOX's default, as our detector's
-    report = export_repository(bundle, repo, options)
-    runtime = json.loads((repo / "spine-detector/1/runtime.json").read_text())
-    assert runtime["stride"] == 32 and runtime["image_size"] == 640
-    print(f"\n[triton] exported in {report.seconds:.1f} s: {report.max_abs_diff}")
+    report = export_repository(bundle, repo, options, settings)
+    for model in (contract.CLASSIFIER_MODEL, contract.DETECTOR_MODEL):
+        assert sorted(p.name for p in (repo / model).rglob("*") if p.is_file()) == [
+            "config.pbtxt", "model.onnx"]  # a graph and its configuration: no code
+        assert 'platform: "onnxruntime_onnx"' in (repo / model / "config.pbtxt").read_text()
+    print(f"\n[triton] exported in {report.seconds:.1f} s: {report.parity}")
     return repo
 
 
@@ -197,11 +168,15 @@ def test_config_parameters_are_the_bundle_facts(stack: Stack, tritonserver) -> N
     ):
         with _client(tritonserver.url) as client:
             config = client.get_model_config(model)
-        assert config["max_batch_size"] == 8 and config["backend"] == "python"
+        assert config["max_batch_size"] == 8 and config["platform"] == "onnxruntime_onnx"
+        assert config["backend"] == "onnxruntime"
         assert int(config["dynamic_batching"]["max_queue_delay_microseconds"]) == 5000
         theirs = facts_type.from_config_parameters(config["parameters"])
         ours_config = httpx.get(f"{ours}/v2/models/{model}/config", timeout=10).json()
-        assert config["parameters"] == ours_config["parameters"]
+        for key, value in ours_config["parameters"].items():  # Triton's adds ONNX Runtime's
+            assert config["parameters"][key] == value, key
+        ours_facts = facts_type.from_config_parameters(ours_config["parameters"])
+        assert config["parameters"]["bundle_digest"]["string_value"] == ours_facts.bundle_digest
         assert config["max_batch_size"] == ours_config["max_batch_size"]
         with _client(ours) as client:
             metadata = client.get_model_metadata(model)
@@ -238,10 +213,15 @@ def test_same_answers_as_our_services_on_the_same_tensors(stack: Stack, tritonse
 
 
 def test_bad_input_is_a_client_error(tritonserver) -> None:
-    tiny = np.zeros((1, 1, 4, 4), dtype=np.uint8)
-    with pytest.raises(triton.InferenceServerException) as caught:
-        _infer(tritonserver.url, contract.CLASSIFIER_MODEL, tiny, CLASSIFIER_OUTPUTS)
-    assert "too small" in str(caught.value)
+    """Triton checks the datatype and rank against the configuration (a graph cannot
+    refuse a value: our services' minimum image side is theirs alone)."""
+    wrong = triton.InferInput(contract.IMAGE.name, [1, 1, 16, 16], "FP32")
+    wrong.set_data_from_numpy(np.zeros((1, 1, 16, 16), dtype=np.float32), binary_data=True)
+    with _client(tritonserver.url) as client, pytest.raises(
+        triton.InferenceServerException
+    ) as caught:
+        client.infer(contract.CLASSIFIER_MODEL, [wrong])
+    assert "FP32" in str(caught.value) or "datatype" in str(caught.value).lower()
     assert caught.value.status() in ("400", 400)
 
 
@@ -250,7 +230,7 @@ def test_bad_input_is_a_client_error(tritonserver) -> None:
 
 @pytest.fixture(scope="module")
 def dicom() -> bytes:
-    """Square (no letterbox padding) and textured: see make_detector_discriminate."""
+    """Square (no letterbox padding) and textured: see make_detector_fire."""
     pixels = _textured(1400, 1400, 3).astype(np.uint16) * 16
     return make_dicom(pixels, patient_id="PID-TRITON")
 

@@ -1,6 +1,7 @@
 """The detector's minimal-rectangle letterbox is Ultralytics' own: same input shape and
 placement as ``LetterBox(auto=True)``, and the served boxes match Ultralytics' ``predict``
-on the same checkpoint and image within 1 px (ONNX Runtime and PyTorch)."""
+on the same checkpoint and image within 1 px (the ONNX graph and the torch path), but
+where two overlapping boxes score within Ultralytics' own preprocessing difference."""
 
 from __future__ import annotations
 
@@ -69,8 +70,32 @@ def test_boxes_match_ultralytics_predict(tiny_bundle: Path, tmp_path: Path, radi
     theirs = result.boxes.xyxy.numpy()
     assert result.orig_shape == radiograph.shape and len(theirs) > 0
     mine = model.predict_batch([radiograph, radiograph])  # one rectangle: one batch
+    their_scores = result.boxes.conf.numpy()
     for answer in mine:
-        order = np.argsort(-answer["scores"])
-        assert len(order) == len(theirs)
-        np.testing.assert_allclose(answer["boxes"][order], theirs, atol=1.0)
-        np.testing.assert_allclose(answer["scores"][order], result.boxes.conf.numpy(), atol=1e-3)
+        assert len(answer["scores"]) == len(theirs)
+        free = np.ones(len(theirs), dtype=bool)
+        flipped = []
+        for box, score in zip(answer["boxes"], answer["scores"], strict=True):
+            distance = np.where(free, np.abs(theirs - box).max(axis=1), np.inf)
+            match = int(np.argmin(distance))
+            if distance[match] > 1.0:
+                flipped.append((box, score))
+                continue
+            assert score == pytest.approx(their_scores[match], abs=1e-3)
+            free[match] = False
+        # Ultralytics resizes the uint8 image with OpenCV (scores move by ~1e-3): where two
+        # overlapping boxes score within that, its NMS may keep the other one, and the
+        # knock-on changes which box comes last within max_det.
+        assert len(flipped) <= 2, flipped
+        if flipped:
+            box, score = flipped[0]
+            assert any(_iou(box, theirs[i]) > spec.iou and abs(their_scores[i] - score) < 2e-3
+                       for i in np.flatnonzero(free)), (box, score, theirs[free])
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    width = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    height = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = width * height
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
