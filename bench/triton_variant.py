@@ -1,10 +1,12 @@
 """``spine bench --variant triton``: our gateway in front of tritonserver instead of our
-model services, on a repository exported from the same bundle (issue 15 item 5).
+model services, on a repository exported from the same bundle (issue 15 item 5, issue 24).
 
-Same uploads, same gateway, same batching limits (``spine export-triton`` takes
-MAX_BATCH_SIZE / MAX_DELAY_MS / MAX_QUEUE_SIZE from the same settings our services read)
-and the same thread split as ``spine serve`` (each model's ONNX Runtime sessions get half
-the cores, as each of our model services does). Only the model server differs.
+Same uploads, same gateway, the same graphs (``spine export-triton`` copies the ones our
+services serve from the same cache), the same batching limits (it takes MAX_BATCH_SIZE /
+MAX_DELAY_MS / MAX_QUEUE_SIZE from the same settings our services read) and the same
+thread split as ``spine serve`` (each model's ONNX Runtime session gets half the cores,
+as each of our model services does). Only the model server differs: Triton's C++ ONNX
+Runtime backend and dynamic batcher against our Python serving path.
 """
 
 from __future__ import annotations
@@ -133,7 +135,7 @@ def ratio_lines(summaries: list) -> str:  # type: ignore[type-arg]
         for level, row in sorted(levels.items())
     ]
     return "\n".join([
-        "", "", "### Ours / Triton (same gateway, same exported networks, same batching limits)",
+        "", "", "### Ours / Triton-native (same gateway, same graphs, same batching limits)",
         "", "median (min-max) over the repeats; ratios formed within each repeat", "",
         "| conc | repeats | ours img/s | triton img/s | throughput ours/triton | p50 triton/ours "
         "| p95 triton/ours |", "|---|---|---|---|---|---|---|", *rows,

@@ -51,6 +51,16 @@ def _variant(text: str) -> tuple[str, dict[str, str]]:
     return name, env
 
 
+def _require_triton(settings: CliSettings) -> None:
+    """Exit naming what is missing (the wheel, or Triton's ONNX Runtime backend)."""
+    from spine.triton.server import TritonNotInstalledError, find_install, triton_venv
+
+    try:
+        find_install(triton_venv(settings), settings.triton_backend_dir)
+    except TritonNotInstalledError as exc:
+        sys.exit(f"spine bench --variant triton: {exc}")
+
+
 def cmd_bench(args: argparse.Namespace, settings: CliSettings) -> int:
     from bench.runner import BenchConfig, Variant, run_bench
     from shared.paths import prepare_ultralytics_env
@@ -59,8 +69,10 @@ def cmd_bench(args: argparse.Namespace, settings: CliSettings) -> int:
 
     variants = []
     chosen = list(args.variant or [("ours", {})])
-    if "triton" in {name for name, _ in chosen} and "ours" not in {name for name, _ in chosen}:
-        chosen.insert(0, ("ours", {}))  # the Triton variant is measured against ours
+    if "triton" in {name for name, _ in chosen}:
+        _require_triton(settings)  # before any stack starts
+        if "ours" not in {name for name, _ in chosen}:
+            chosen.insert(0, ("ours", {}))  # the Triton variant is measured against ours
     for name, env in chosen:
         annotate = env.pop("ANNOTATE", None)
         variants.append(Variant(name, env, None if annotate is None else annotate == "true"))

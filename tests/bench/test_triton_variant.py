@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+import pytest
+
 from bench.stats import RunSummary
 from bench.triton_variant import _threads, ratio_lines
 from shared.settings import CliSettings
@@ -44,8 +46,30 @@ def test_variant_triton_is_measured_against_ours(monkeypatch) -> None:
         return ""
 
     monkeypatch.setattr("bench.runner.run_bench", fake_run_bench)
+    monkeypatch.setattr(commands_bench, "_require_triton", lambda _settings: None)
     parser = argparse.ArgumentParser()
     commands_bench.register(parser.add_subparsers())
     args = parser.parse_args(["bench", "--variant", "triton", "--no-baseline"])
     args.func(args, CliSettings())
     assert seen["variants"] == ["ours", "triton"]
+
+
+def test_without_the_onnx_runtime_backend_nothing_starts(monkeypatch, tmp_path) -> None:
+    """The wheel alone (Python backend only) is refused before any stack starts, naming
+    the missing backend and the setting that provides it."""
+    from spine import commands_bench
+
+    server = tmp_path / "lib/python3.11/site-packages/pytriton/tritonserver/bin/tritonserver"
+    server.parent.mkdir(parents=True)
+    server.write_text("")
+    (server.parents[1] / "backends" / "python").mkdir(parents=True)
+    monkeypatch.setenv("TRITON_VENV", str(tmp_path))
+    monkeypatch.delenv("TRITON_BACKEND_DIR", raising=False)
+    monkeypatch.setattr("bench.runner.run_bench", lambda *_: pytest.fail("a stack started"))
+    parser = argparse.ArgumentParser()
+    commands_bench.register(parser.add_subparsers())
+    args = parser.parse_args(["bench", "--variant", "triton", "--no-baseline"])
+    with pytest.raises(SystemExit) as exited:
+        args.func(args, CliSettings())
+    assert "libtriton_onnxruntime.so" in str(exited.value)
+    assert "TRITON_BACKEND_DIR" in str(exited.value)
