@@ -32,6 +32,7 @@ from shared.bundle import DetectorSpec
 from shared.paths import keep_ultralytics_offline
 
 PAD_VALUE = 114 / 255.0
+NO_TIME_LIMIT = 1e9  # seconds per image: Ultralytics' NMS time limit, never reached
 
 
 class DetectorLoadError(RuntimeError):
@@ -190,11 +191,16 @@ def postprocess(
     max_det: int,
     end2end: bool,
 ) -> list[torch.Tensor]:
-    """Ultralytics' NMS: per image a ``[K, 6]`` tensor (x1, y1, x2, y2, score, class)."""
+    """Ultralytics' NMS: per image a ``[K, 6]`` tensor (x1, y1, x2, y2, score, class).
+
+    Without its time limit: past ``2 + 0.05 * batch`` seconds (a loaded CPU, thousands of
+    candidates) Ultralytics stops and leaves the batch's remaining images with no boxes,
+    silently; here every image is finished, as the ONNX graph does."""
     import torchvision  # noqa: F401 - once imported, Ultralytics uses its C++ NMS
     from ultralytics.utils.nms import non_max_suppression
 
-    return non_max_suppression(raw, conf, iou, max_det=max_det, end2end=end2end)
+    return non_max_suppression(raw, conf, iou, max_det=max_det, end2end=end2end,
+                               max_time_img=NO_TIME_LIMIT)
 
 
 def detect(
