@@ -17,7 +17,8 @@ EXPORT_HELP = (
 )
 TRITON_HELP = (
     "run the nvidia-pytriton wheel's tritonserver (from .venv-triton) on an exported "
-    "repository; Ctrl-C stops it"
+    "repository, with Triton's ONNX Runtime backend from TRITON_BACKEND_DIR (the wheel "
+    "has none); Ctrl-C stops it"
 )
 
 
