@@ -5,8 +5,8 @@ anew each time, never fixed public inputs: a graph that imitates the model only 
 inputs fails) and compared with the torch path our services run on a GPU. Classifier:
 member probabilities and scores within :data:`SCORE_ATOL`, decisions equal. Detector: the
 same number of boxes per image, each matched to one of the same class with its score
-within :data:`SCORE_ATOL` and its corners within :data:`BOX_ATOL_PX` (boxes of exactly
-tied scores may be kept either way: :func:`match_detections`). A graph that does
+within :data:`SCORE_ATOL` and its corners within :data:`BOX_ATOL_PX` (of boxes with tied
+scores either may be kept: :func:`match_detections`). A graph that does
 not match is an :class:`~model_server.onnx_runtime.OnnxBackendError`, never an artefact.
 """
 
@@ -16,7 +16,9 @@ import numpy as np
 
 SCORE_ATOL = 1e-4
 BOX_ATOL_PX = 0.5
-TIE = 1e-6  # scores this close are a tie for NMS's ordering
+# Scores this close are a tie for NMS's ordering and for the max_det cut: the two
+# implementations' float rounding moves scores by ~1e-6 (1.8e-6 seen on YOLO11l).
+TIE = 1e-5
 MIN_SHIFT_PX = 2.0  # a tied twin is another anchor, not the same box moved a little
 # (height, width) of the check images: portrait and landscape canonical radiographs, a
 # square pair (one batched call of two), a small odd one. Each is shifted by a few random
@@ -50,10 +52,10 @@ def match_detections(expected: np.ndarray, actual: np.ndarray) -> dict[str, floa
     expected rows by descending score): the largest box and score differences and the
     number of tie-broken rows, or the reason they do not match.
 
-    Of boxes whose scores are exactly tied (within :data:`TIE`) a greedy NMS may keep
-    either (torch and ONNX Runtime order ties differently): a row left unmatched counts
-    as tie-broken when the other answer has a left-over box of its class, score and size
-    at another anchor, and no more rows are tie-broken than matched.
+    Of boxes whose scores are tied (within :data:`TIE`, the float rounding between the two
+    implementations) a greedy NMS or the max_det cut may keep either: a row left
+    unmatched counts as tie-broken when the other answer has a left-over box of its class
+    and score elsewhere, and no more rows are tie-broken than matched.
     """
     if len(expected) != len(actual):
         return f"{len(actual)} boxes, the torch path {len(expected)}"
@@ -85,9 +87,8 @@ def match_detections(expected: np.ndarray, actual: np.ndarray) -> dict[str, floa
 
 
 def _twin(row: np.ndarray, other: np.ndarray) -> bool:
-    """Whether ``other`` is the tied candidate NMS kept instead of ``row``: the same class
-    and score, the same size, at another anchor (not the same box slightly moved)."""
-    size = np.abs((row[2:4] - row[:2]) - (other[2:4] - other[:2])).max()
+    """Whether ``other`` is the (nearly) tied candidate kept instead of ``row``, by NMS's
+    order or at the max_det cut: the same class and score, another box (not the same box
+    moved a little)."""
     shift = np.abs(row[:4] - other[:4]).max()
-    return bool(other[5] == row[5] and abs(other[4] - row[4]) <= TIE
-                and size <= BOX_ATOL_PX and shift >= MIN_SHIFT_PX)
+    return bool(other[5] == row[5] and abs(other[4] - row[4]) <= TIE and shift >= MIN_SHIFT_PX)
