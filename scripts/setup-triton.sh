@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Create .venv-triton: tritonserver 2.51 from the nvidia-pytriton 0.7.0 wheel, nothing else
-# (the exported models are ONNX graphs for Triton's ONNX Runtime backend, which the wheel
-# does not ship: TRITON_BACKEND_DIR, README "Triton"). A separate environment: the wheel
-# pins numpy<2, the project needs numpy 2. Idempotent: a marker keyed by
+# Create .venv-triton: tritonserver 2.51 from the nvidia-pytriton 0.7.0 wheel, with
+# onnxruntime and numpy<2 for the python flavour's generic model.py (it runs the exported
+# graph; the onnxruntime flavour needs Triton's ONNX Runtime backend, which the wheel does
+# not ship: TRITON_BACKEND_DIR, README "Triton"). A separate environment: the wheel pins
+# numpy<2, the project needs numpy 2. Idempotent: a marker keyed by
 # requirements/triton.txt skips a done install.
 # Installs from the package index; set TRITON_WHEEL_DIR to a folder holding the wheel to use
 # a local copy instead.
@@ -29,9 +30,10 @@ echo "[setup-triton] installing $req into $VENV (tritonserver wheel, ~55 MB the 
 "$VENV/bin/pip" install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/pip" install --quiet "${links[@]}" -r "$req" 2>&1 | grep -v "^WARNING: Location" || true
 "$VENV/bin/python" - <<'PY' || { echo "[setup-triton] install failed" >&2; exit 1; }
-import pathlib, pytriton
+import pathlib, numpy, onnxruntime, pytriton
 server = pathlib.Path(pytriton.__file__).parent / "tritonserver" / "bin" / "tritonserver"
 assert server.is_file(), server
+assert int(numpy.__version__.split(".")[0]) < 2, numpy.__version__
 PY
 rm -f "$VENV"/.installed-*
 touch "$marker"
