@@ -279,7 +279,9 @@ def run_bench(
             shutil.rmtree(work, ignore_errors=True)
     load1, load5, _ = os.getloadavg()
     context.append(f"- load average at end {load1:.1f} / {load5:.1f}")
-    text = report.render(summaries, peaks, context, ceiling) + triton_variant.ratio_lines(summaries)
+    flavour = triton_variant.flavour_of([proc for target in targets for proc in target.procs])
+    text = report.render(summaries, peaks, context, ceiling) + triton_variant.ratio_lines(
+        summaries, flavour)
     if config.json_path is not None:
         config.json_path.write_text(
             json.dumps(report.as_json(summaries, peaks, context, ceiling), indent=2, default=str)

@@ -5,8 +5,12 @@ Same uploads, same gateway, the same graphs (``spine export-triton`` copies the 
 services serve from the same cache), the same batching limits (it takes MAX_BATCH_SIZE /
 MAX_DELAY_MS / MAX_QUEUE_SIZE from the same settings our services read) and the same
 thread split as ``spine serve`` (each model's ONNX Runtime session gets half the cores,
-as each of our model services does). Only the model server differs: Triton's C++ ONNX
-Runtime backend and dynamic batcher against our Python serving path.
+as each of our model services does). Only the model server differs: Triton's dynamic
+batcher and HTTP front-end, running the graph with its C++ ONNX Runtime backend
+(``onnxruntime`` flavour, where ``TRITON_BACKEND_DIR`` has it) or with ONNX Runtime in
+its Python backend's ``model.py`` (``python`` flavour: what the nvidia-pytriton wheel
+runs), against our Python serving path. The variant's own key ``BACKEND=python|
+onnxruntime`` picks the flavour (default: ``spine export-triton``'s).
 """
 
 from __future__ import annotations
@@ -21,6 +25,12 @@ from bench.procs import Proc, free_port
 from shared.settings import CliSettings, ModelServerSettings
 
 NAME = "triton"
+BACKEND_KEY = "BACKEND"  # the variant's own key, not an environment variable
+PEERS = {
+    "onnxruntime": "Triton-native: Triton's C++ ONNX Runtime backend",
+    "python": "Triton's Python backend running the graph with ONNX Runtime "
+              "(not Triton's C++ ONNX Runtime backend)",
+}
 COUNTERS = ("nv_inference_count", "nv_inference_exec_count")
 
 
@@ -41,6 +51,7 @@ class TritonProc(Proc):
     whole run (the bench's per-level counters parse our services' metrics only)."""
 
     metrics_url: str = ""
+    flavour: str = ""  # the export's backend: onnxruntime | python
 
     def stop(self, grace_s: float = 25.0) -> None:
         try:
@@ -73,18 +84,22 @@ def start_triton_stack(
     import subprocess
 
     from spine.triton.export import ExportOptions, export_repository
+    from spine.triton.install import default_backend
     from spine.triton.server import Ports, TritonServer
 
+    env_overrides = dict(env_overrides)
+    backend = env_overrides.pop(BACKEND_KEY, "") or default_backend(cli)[0]
     env = {**os.environ, "LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1", **env_overrides}
     log_dir.mkdir(parents=True, exist_ok=True)
     settings = ModelServerSettings(**{  # the batching limits our services would read from env
         key.lower(): env[key] for key in ("MAX_BATCH_SIZE", "MAX_DELAY_MS", "MAX_QUEUE_SIZE")
         if key in env
     })
-    options = ExportOptions.from_settings(settings, threads=_threads(env))
+    options = ExportOptions.from_settings(settings, threads=_threads(env), backend=backend)
     report = export_repository(model_dir, log_dir / "repo", options, settings)
-    print(f"[bench] exported {model_dir} for Triton in {report.seconds:.1f} s "
-          f"({options.threads} ONNX Runtime threads per model)", file=sys.stderr, flush=True)
+    print(f"[bench] exported {model_dir} for Triton ({backend} flavour) in "
+          f"{report.seconds:.1f} s ({options.threads} ONNX Runtime threads per model)",
+          file=sys.stderr, flush=True)
     server = TritonServer(
         report.repo, ports=Ports(free_port(), free_port(), free_port()),
         log_path=log_dir / "tritonserver.log", settings=cli,
@@ -94,6 +109,7 @@ def start_triton_stack(
     triton = TritonProc("tritonserver", server.url, f"{server.url}/v2/health/ready",
                         server.process, log_dir / "tritonserver.log")
     triton.metrics_url = f"http://127.0.0.1:{server.ports.metrics}/metrics"
+    triton.flavour = backend
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     gateway_env = {**env, "CLASSIFIER_URLS": server.url, "DETECTOR_URLS": server.url}
@@ -107,9 +123,14 @@ def start_triton_stack(
     return [triton, gateway], url, {}
 
 
-def ratio_lines(summaries: list) -> str:  # type: ignore[type-arg]
+def flavour_of(procs: list[Proc]) -> str:
+    """The flavour the variant's tritonserver ran ('' without one)."""
+    return next((proc.flavour for proc in procs if isinstance(proc, TritonProc)), "")
+
+
+def ratio_lines(summaries: list, flavour: str = "") -> str:  # type: ignore[type-arg]
     """Ours / Triton at each concurrency, formed within each repeat, as median (min-max)
-    over the repeats ('' without a Triton run)."""
+    over the repeats ('' without a Triton run), titled with the peer that ran."""
     from bench.report import spread
 
     runs = {(s.system, s.concurrency, getattr(s, "repeat", 0)): s for s in summaries}
@@ -135,7 +156,8 @@ def ratio_lines(summaries: list) -> str:  # type: ignore[type-arg]
         for level, row in sorted(levels.items())
     ]
     return "\n".join([
-        "", "", "### Ours / Triton-native (same gateway, same graphs, same batching limits)",
+        "", "", "### Ours / Triton (same gateway, same graphs, same batching limits)", "",
+        f"Triton: {PEERS.get(flavour, flavour or 'flavour not recorded')}",
         "", "median (min-max) over the repeats; ratios formed within each repeat", "",
         "| conc | repeats | ours img/s | triton img/s | throughput ours/triton | p50 triton/ours "
         "| p95 triton/ours |", "|---|---|---|---|---|---|---|", *rows,

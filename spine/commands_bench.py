@@ -52,8 +52,8 @@ def _variant(text: str) -> tuple[str, dict[str, str]]:
 
 
 def _require_triton(settings: CliSettings) -> None:
-    """Exit naming what is missing (the wheel, or Triton's ONNX Runtime backend)."""
-    from spine.triton.server import TritonNotInstalledError, find_install, triton_venv
+    """Exit naming what is missing (the Triton environment), before any stack starts."""
+    from spine.triton.install import TritonNotInstalledError, find_install, triton_venv
 
     try:
         find_install(triton_venv(settings), settings.triton_backend_dir)
@@ -151,7 +151,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     bench.add_argument("--variant", action="append", type=_variant, metavar="NAME[:K=V,...]",
                        help="one of our stacks with extra environment; repeatable "
                        "(e.g. torch:MODEL_BACKEND=torch); `triton`: our gateway in front of "
-                       "tritonserver on the bundle exported by spine export-triton")
+                       "tritonserver on the bundle exported by spine export-triton "
+                       "(`triton:BACKEND=python|onnxruntime` picks the flavour; default as "
+                       "spine export-triton's)")
     bench.add_argument("--json", help="also write every number to this JSON file")
     bench.add_argument("--keep-logs", action="store_true", help="keep the services' logs")
     bench.set_defaults(func=cmd_bench)

@@ -12,38 +12,52 @@ from shared.settings import CliSettings
 
 EXPORT_HELP = (
     "write a Triton model repository (spine-classifier, spine-detector: our services' "
-    "ONNX graphs, pre- and post-processing inside, for Triton's ONNX Runtime backend) "
-    "that serves BUNDLE exactly as our model services do"
+    "ONNX graphs, pre- and post-processing inside) that serves BUNDLE exactly as our "
+    "model services do, for Triton's ONNX Runtime backend or its Python backend"
 )
 TRITON_HELP = (
     "run the nvidia-pytriton wheel's tritonserver (from .venv-triton) on an exported "
-    "repository, with Triton's ONNX Runtime backend from TRITON_BACKEND_DIR (the wheel "
-    "has none); Ctrl-C stops it"
+    "repository: python-flavour models with the wheel's Python backend, onnxruntime ones "
+    "with Triton's ONNX Runtime backend from TRITON_BACKEND_DIR (the wheel has none); "
+    "Ctrl-C stops it"
+)
+BACKEND_HELP = (
+    "onnxruntime: platform onnxruntime_onnx, Triton's C++ ONNX Runtime backend (stock "
+    "Triton, KServe's Triton runtime; not in the nvidia-pytriton wheel: TRITON_BACKEND_DIR); "
+    "python: the wheel's Python backend with a generic model.py that runs the same graph "
+    "with ONNX Runtime. Default: onnxruntime when `spine triton` here can load it "
+    "(TRITON_BACKEND_DIR holds it), else python; export for another server with an "
+    "explicit choice"
 )
 
 
-def cmd_export_triton(args: argparse.Namespace, _cli: CliSettings) -> int:
-    """Reads the model services' settings: the repository serves the bundle as they do."""
+def cmd_export_triton(args: argparse.Namespace, cli: CliSettings) -> int:
+    """Reads the model services' settings: the repository serves the bundle as they do;
+    ``cli``'s TRITON_VENV / TRITON_BACKEND_DIR choose the default flavour."""
     from shared.bundle import BundleError
     from shared.paths import prepare_ultralytics_env
     from shared.settings import ModelServerSettings
     from spine.bundles import ensure_default_bundle
     from spine.config import read_settings
     from spine.triton.export import ExportError, ExportOptions, export_repository, onnx_digests
+    from spine.triton.install import default_backend
 
     settings = read_settings(ModelServerSettings)
     prepare_ultralytics_env(settings)
+    backend, why = (args.backend, "chosen") if args.backend else default_backend(cli)
+    print(f"[spine] flavour {backend} ({why})", flush=True)
     chosen = args.model_dir or settings.model_dir
     model_dir = Path(chosen).expanduser().resolve() if chosen else ensure_default_bundle(settings)
     if not model_dir.is_dir():
         sys.exit(f"spine export-triton: model folder {model_dir} does not exist")
-    options = ExportOptions.from_settings(
-        settings, max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms,
-        instance_kind=args.instance_kind, instances=args.instances, threads=args.threads,
-    )
     try:
+        options = ExportOptions.from_settings(
+            settings, max_batch_size=args.max_batch_size, max_delay_ms=args.max_delay_ms,
+            instance_kind=args.instance_kind, instances=args.instances, threads=args.threads,
+            backend=backend,
+        )
         report = export_repository(model_dir, Path(args.out).expanduser(), options, settings)
-    except (BundleError, ExportError, RuntimeError, OSError) as exc:
+    except (BundleError, ExportError, RuntimeError, OSError, ValueError) as exc:
         sys.exit(f"spine export-triton: {exc}")
     for name, parity in report.parity.items():
         print(f"[spine] {name}: {report.models[name]} (parity with the torch path: {parity})")
@@ -58,12 +72,8 @@ def cmd_export_triton(args: argparse.Namespace, _cli: CliSettings) -> int:
 
 
 def cmd_triton(args: argparse.Namespace, settings: CliSettings) -> int:
-    from spine.triton.server import (
-        Ports,
-        TritonNotInstalledError,
-        TritonServer,
-        TritonStartError,
-    )
+    from spine.triton.install import TritonNotInstalledError, describe_backend
+    from spine.triton.server import Ports, TritonServer, TritonStartError
 
     try:
         server = TritonServer(
@@ -73,6 +83,8 @@ def cmd_triton(args: argparse.Namespace, settings: CliSettings) -> int:
             venv=Path(args.venv).expanduser() if args.venv else None,
             settings=settings,
         )
+        for name, backend in server.models.items():
+            print(f"[spine] {name}: {describe_backend(server.install, backend)}", flush=True)
         server.start()
     except (TritonNotInstalledError, TritonStartError, OSError) as exc:
         sys.exit(f"spine triton: {exc}")
@@ -108,9 +120,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                         help="max_batch_size of both models; without it MAX_BATCH_SIZE")
     export.add_argument("--max-delay-ms", type=float,
                         help="dynamic batching's queue delay; without it MAX_DELAY_MS")
+    export.add_argument("--backend", choices=("onnxruntime", "python"), help=BACKEND_HELP)
     export.add_argument("--instance-kind", choices=("cpu", "gpu"), default="cpu",
                         help="instance_group kind: KIND_CPU (default) or KIND_GPU (ONNX "
-                        "Runtime's CUDA provider in Triton's onnxruntime backend)")
+                        "Runtime's CUDA provider in Triton's onnxruntime backend; the "
+                        "python flavour runs on CPU only)")
     export.add_argument("--instances", type=int, default=1, help="instances per model")
     export.add_argument("--threads", type=int,
                         help="ONNX Runtime threads per session (default: ORT_THREADS, else "

@@ -4,12 +4,20 @@ Writes ``REPO/spine-classifier`` and ``REPO/spine-detector``, each ``config.pbtx
 ``1/model.onnx``: the very graph our model service serves on CPU (pre- and
 post-processing inside: :mod:`classifier_service.graph`, :mod:`detector_service.graph`),
 taken from the same signed cache, exported and checked against the torch path if it is
-not there yet. The configuration names ``platform: "onnxruntime_onnx"`` (Triton's C++
-ONNX Runtime backend: no Python backend, no code of ours inside tritonserver), our tensor
-names, datatypes and shapes (:mod:`shared.contract`), ``max_batch_size`` and
-``dynamic_batching`` from our batching settings, the instance kind, ONNX Runtime's thread
-settings, and the bundle facts and digest as ``parameters`` (what the gateway reads).
-A graph that does not match the torch path is an :class:`ExportError`, never a repository.
+not there yet. Two flavours of the same graph (``--backend``):
+
+- ``onnxruntime``: ``platform: "onnxruntime_onnx"``, Triton's C++ ONNX Runtime backend
+  (no Python, no code of ours inside tritonserver): what a stock Triton install and
+  KServe's Triton runtime serve;
+- ``python``: ``backend: "python"`` with ``1/model.py``, a generic runner
+  (:mod:`spine.triton.graph_model`) that only runs ``model.onnx`` with ONNX Runtime: what
+  the nvidia-pytriton wheel's tritonserver can load (it ships no ONNX Runtime backend).
+
+Both name our tensor names, datatypes and shapes (:mod:`shared.contract`),
+``max_batch_size`` and ``dynamic_batching`` from our batching settings, the instance
+kind, ONNX Runtime's thread settings, and the bundle facts and digest as ``parameters``
+(what the gateway reads). A graph that does not match the torch path is an
+:class:`ExportError`, never a repository.
 """
 
 from __future__ import annotations
@@ -33,6 +41,8 @@ VERSION = "1"
 MODEL_FILE = "model.onnx"
 PLATFORM = "onnxruntime_onnx"
 BUNDLE_DIGEST = "bundle_digest"
+BACKENDS = ("onnxruntime", "python")  # the flavours: config's backend of the same graph
+PYTHON_MODEL = Path(__file__).with_name("graph_model.py")  # the python flavour's model.py
 
 
 class ExportError(RuntimeError):
@@ -41,7 +51,8 @@ class ExportError(RuntimeError):
 
 @dataclass(frozen=True)
 class ExportOptions:
-    """How the repository serves: batching limits, instances, threads, opset, letterbox."""
+    """How the repository serves: flavour, batching limits, instances, threads, opset,
+    letterbox."""
 
     max_batch_size: int = 8
     max_delay_ms: float = 5.0
@@ -51,6 +62,14 @@ class ExportOptions:
     threads: int = 0  # ONNX Runtime intra-op threads per session; 0 = its default
     opset: int = 18
     letterbox: str = "rect"  # DETECTOR_LETTERBOX: rect (minimal stride rectangle) | square
+    backend: str = "onnxruntime"  # onnxruntime (Triton's C++ backend) | python (model.py)
+
+    def __post_init__(self) -> None:
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend {self.backend!r}: one of {', '.join(BACKENDS)}")
+        if self.backend == "python" and self.instance_kind == "gpu":
+            raise ValueError("the python flavour runs ONNX Runtime on CPU: export KIND_GPU "
+                             "models with --backend onnxruntime")
 
     @classmethod
     def from_settings(cls, settings: ModelServerSettings, **overrides: object) -> ExportOptions:
@@ -117,13 +136,14 @@ def model_config(
         BUNDLE_DIGEST: {"string_value": facts.bundle_digest},
         **{key: {"string_value": value} for key, value in runtime_parameters(options).items()},
     }
+    python = options.backend == "python"
     return contract.model_configuration(
         model.name, inputs=[contract.IMAGE.metadata()], outputs=model.output_specs(),
         parameters=parameters,
         max_batch_size=options.max_batch_size,
         max_queue_delay_us=round(options.max_delay_ms * 1000),
         instance_kind="KIND_GPU" if options.instance_kind == "gpu" else "KIND_CPU",
-        platform=PLATFORM, backend="onnxruntime",
+        platform="" if python else PLATFORM, backend=options.backend,
     )
 
 
@@ -135,13 +155,15 @@ def config_pbtxt(config: dict[str, Any], options: ExportOptions) -> str:
         for key, value in sorted(config["parameters"].items())
     )
     kind = config["instance_group"][0]["kind"]
+    runs = (f"platform: {_pbtxt_string(config['platform'])}" if config["platform"]
+            else f"backend: {_pbtxt_string(config['backend'])}")
     inputs = ",\n".join(_tensor(entry) for entry in config["input"])
     outputs = ",\n".join(_tensor(entry) for entry in config["output"])
     return (
         f"# Written by `spine export-triton`; the parameters are the bundle facts and\n"
         f"# ONNX Runtime's settings. The graph holds pre- and post-processing.\n"
         f"name: {_pbtxt_string(config['name'])}\n"
-        f"platform: {_pbtxt_string(config['platform'])}\n"
+        f"{runs}\n"
         f"max_batch_size: {config['max_batch_size']}\n"
         f"input [\n{inputs}\n]\n"
         f"output [\n{outputs}\n]\n"
@@ -164,6 +186,8 @@ def export_model(model: BundleModel, out: Path, options: ExportOptions) -> dict[
     facts = model.graph_facts(options.device, entry)
     (out / VERSION).mkdir(parents=True)
     (out / VERSION / MODEL_FILE).write_bytes(entry.data)
+    if options.backend == "python":
+        shutil.copyfile(PYTHON_MODEL, out / VERSION / "model.py")
     (out / "config.pbtxt").write_text(config_pbtxt(model_config(model, facts, options), options))
     return {**entry.record.get("parity", {}), BUNDLE_DIGEST: facts.bundle_digest}
 

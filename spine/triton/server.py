@@ -1,20 +1,12 @@
 """Start tritonserver on an exported model repository (torch-free).
 
-The server is the nvidia-pytriton wheel's tritonserver 2.51 (``.venv-triton``:
-scripts/setup-triton.sh). The exported models are ``onnxruntime_onnx``: they need
-Triton's ONNX Runtime backend, ``<backends>/onnxruntime/libtriton_onnxruntime.so`` with
-its ``libonnxruntime.so``. **The wheel ships only the Python backend**, and no package
-registry this project installs from carries the ONNX Runtime one: it comes with NVIDIA's
-``nvcr.io/nvidia/tritonserver:24.10-py3`` image (``/opt/tritonserver/backends``; what
-KServe's Triton runtime runs) or a build of ``triton-inference-server/onnxruntime_backend``
-at ``r24.10``. ``TRITON_BACKEND_DIR`` names a folder that has it; without one, starting
-is a :class:`TritonNotInstalledError` that says so. The server then needs:
-
-- ``LD_LIBRARY_PATH``: the wheel's ``nvidia_pytriton.libs`` (and ``tritonserver/
-  external_libs`` where a wheel has it), then the ONNX Runtime backend's folder;
-- ``--backend-directory``: that backends folder.
-
-:class:`TritonServer` is what ``spine triton`` and the tests use.
+The server, its backends and its environment are found by :mod:`spine.triton.install`:
+the nvidia-pytriton wheel's tritonserver 2.51 (``.venv-triton``), its Python backend
+(python-flavour models: a generic ``model.py`` running the graph with ONNX Runtime) and
+Triton's ONNX Runtime backend when ``TRITON_BACKEND_DIR`` holds it (onnxruntime-flavour
+models). A repository with a model this install cannot load is refused before the
+server starts, saying which and what to do. :class:`TritonServer` is what ``spine
+triton``, the bench and the tests use.
 """
 
 from __future__ import annotations
@@ -30,85 +22,20 @@ from types import TracebackType
 
 import httpx
 
+from shared.paths import cache_root
 from shared.settings import CliSettings
-
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_VENV = PROJECT_ROOT / ".venv-triton"
-SETUP_SCRIPT = "scripts/setup-triton.sh"
-ONNXRUNTIME_BACKEND = Path("onnxruntime") / "libtriton_onnxruntime.so"
-
-
-class TritonNotInstalledError(RuntimeError):
-    """No usable Triton environment; the message names the setup script."""
+from spine.triton.install import (
+    TritonInstall,
+    check_repository,
+    find_install,
+    prepare_backends,
+    server_env,
+    triton_venv,
+)
 
 
 class TritonStartError(RuntimeError):
     """tritonserver exited or did not get ready; the message carries its log's tail."""
-
-
-@dataclass(frozen=True)
-class TritonInstall:
-    """Where the wheel's pieces are inside one Triton environment, and the backends."""
-
-    venv: Path
-    package: Path  # site-packages/pytriton
-    backend_dir: Path | None = None  # TRITON_BACKEND_DIR; None: the wheel's
-
-    @property
-    def server(self) -> Path:
-        return self.package / "tritonserver" / "bin" / "tritonserver"
-
-    @property
-    def backends(self) -> Path:
-        return self.backend_dir or self.package / "tritonserver" / "backends"
-
-    @property
-    def library_path(self) -> list[Path]:
-        candidates = [
-            self.package.parent / "nvidia_pytriton.libs",
-            self.package / "tritonserver" / "external_libs",
-            self.package / "tritonserver" / "lib",
-        ]
-        candidates.append(self.backends / ONNXRUNTIME_BACKEND.parent)
-        return [path for path in candidates if path.is_dir()]
-
-
-def triton_venv(settings: CliSettings) -> Path:
-    """``TRITON_VENV``, else ``.venv-triton`` at the project root."""
-    configured = settings.triton_venv
-    return Path(configured).expanduser() if configured else DEFAULT_VENV
-
-
-def find_install(venv: Path, backend_dir: Path | None = None) -> TritonInstall:
-    """The wheel inside ``venv`` and a backends folder with Triton's ONNX Runtime backend,
-    or :class:`TritonNotInstalledError` saying what is missing and where to get it."""
-    hint = f"run {SETUP_SCRIPT} (creates {DEFAULT_VENV.name} with nvidia-pytriton)"
-    packages = sorted(venv.glob("lib/python3.*/site-packages/pytriton"))
-    if not packages:
-        raise TritonNotInstalledError(f"no Triton environment at {venv}: {hint}")
-    install = TritonInstall(venv, packages[-1], backend_dir)
-    if not install.server.exists():
-        raise TritonNotInstalledError(f"{install.server} is missing from {venv}: {hint}")
-    if not (install.backends / ONNXRUNTIME_BACKEND).is_file():
-        raise TritonNotInstalledError(
-            f"Triton's ONNX Runtime backend ({ONNXRUNTIME_BACKEND}) is not in "
-            f"{install.backends}: the nvidia-pytriton wheel ships only the Python backend, and "
-            "no package index carries the ONNX Runtime one. Copy /opt/tritonserver/backends "
-            "from NVIDIA's tritonserver:24.10-py3 image (or build "
-            "triton-inference-server/onnxruntime_backend r24.10) and set TRITON_BACKEND_DIR "
-            "to that folder"
-        )
-    return install
-
-
-def server_env(install: TritonInstall, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment tritonserver needs: its libraries on ``LD_LIBRARY_PATH``."""
-    env = dict(os.environ if base is None else base)
-    libraries = [str(path) for path in install.library_path]
-    if env.get("LD_LIBRARY_PATH"):
-        libraries.append(env["LD_LIBRARY_PATH"])
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(libraries)
-    return env
 
 
 @dataclass(frozen=True)
@@ -155,7 +82,10 @@ class TritonServer:
         self.repo = repo.resolve()
         self.ports = ports or Ports()
         self.host = host
-        self.install = find_install(venv or triton_venv(settings), settings.triton_backend_dir)
+        self.install: TritonInstall = find_install(
+            venv or triton_venv(settings), settings.triton_backend_dir)
+        self.work_dir = cache_root(settings) / "triton"
+        self.models = check_repository(self.install, self.repo)  # name -> backend
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
         self.started_at: float | None = None
@@ -168,9 +98,9 @@ class TritonServer:
     def start(self) -> None:
         if not any(self.repo.glob("*/config.pbtxt")):
             raise TritonStartError(f"{self.repo} holds no model (run spine export-triton first)")
-        command = server_command(
-            self.install, self.repo, self.install.backends, self.ports, self.host
-        )
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        backends = prepare_backends(self.install, self.work_dir)
+        command = server_command(self.install, self.repo, backends, self.ports, self.host)
         output = None if self.log_path is None else self.log_path.open("ab")
         self.started_at = time.monotonic()
         self.process = subprocess.Popen(

@@ -54,22 +54,24 @@ def test_variant_triton_is_measured_against_ours(monkeypatch) -> None:
     assert seen["variants"] == ["ours", "triton"]
 
 
-def test_without_the_onnx_runtime_backend_nothing_starts(monkeypatch, tmp_path) -> None:
-    """The wheel alone (Python backend only) is refused before any stack starts, naming
-    the missing backend and the setting that provides it."""
+def test_without_a_triton_environment_nothing_starts(monkeypatch, tmp_path) -> None:
+    """No Triton environment is refused before any stack starts, naming the setup script
+    (the wheel alone is enough: it runs the python flavour)."""
     from spine import commands_bench
 
-    server = tmp_path / "lib/python3.11/site-packages/pytriton/tritonserver/bin/tritonserver"
-    server.parent.mkdir(parents=True)
-    server.write_text("")
-    (server.parents[1] / "backends" / "python").mkdir(parents=True)
-    monkeypatch.setenv("TRITON_VENV", str(tmp_path))
-    monkeypatch.delenv("TRITON_BACKEND_DIR", raising=False)
+    monkeypatch.setenv("TRITON_VENV", str(tmp_path / "absent"))
     monkeypatch.setattr("bench.runner.run_bench", lambda *_: pytest.fail("a stack started"))
     parser = argparse.ArgumentParser()
     commands_bench.register(parser.add_subparsers())
     args = parser.parse_args(["bench", "--variant", "triton", "--no-baseline"])
     with pytest.raises(SystemExit) as exited:
         args.func(args, CliSettings())
-    assert "libtriton_onnxruntime.so" in str(exited.value)
-    assert "TRITON_BACKEND_DIR" in str(exited.value)
+    assert "scripts/setup-triton.sh" in str(exited.value)
+
+
+def test_the_table_names_the_peer_that_ran() -> None:
+    summaries = [_summary("ours", 8, 2.0, 4000, 5000), _summary("triton", 8, 2.0, 4000, 4000)]
+    assert "Python backend running the graph with ONNX Runtime (not Triton's C++" in \
+        ratio_lines(summaries, "python")
+    assert "Triton-native: Triton's C++ ONNX Runtime backend" in \
+        ratio_lines(summaries, "onnxruntime")

@@ -1,21 +1,31 @@
-"""Triton Inference Server stands in for our model services, for real (issue 15).
+"""Triton Inference Server stands in for our model services, for real (issues 15, 24).
 
 The tiny test bundle's graphs (the ones our services serve) are exported with ``spine
-export-triton``'s code as ``onnxruntime_onnx`` models, served by the nvidia-pytriton
-wheel's tritonserver with Triton's ONNX Runtime backend (started by ``spine triton``'s
-code, from ``.venv-triton``: scripts/setup-triton.sh; the backend from
-``TRITON_BACKEND_DIR``, which the wheel lacks), and compared with our own services on the
-same tensors, then used by our gateway alone, mixed with our classifier, killed under
-load, and watched by ``/readyz``. Locally a missing Triton environment or backend skips;
-under CI it fails, saying what is missing and where to get it.
+export-triton``'s code in both flavours and served by the nvidia-pytriton wheel's
+tritonserver (started by ``spine triton``'s code, from ``.venv-triton``:
+scripts/setup-triton.sh):
+
+- ``python``: the wheel's Python backend with the generic ``model.py`` running the graph
+  with ONNX Runtime. The wheel has that backend, so under CI these tests always run (a
+  missing Triton environment fails them, naming the setup script);
+- ``onnxruntime``: ``platform: "onnxruntime_onnx"``, Triton's C++ ONNX Runtime backend,
+  which the wheel lacks and no package registry ships: these run only when
+  ``TRITON_BACKEND_DIR`` is set (README "Triton"), and skip otherwise, under CI too:
+  the one documented exception to "CI never skips for a missing tool". Their
+  configuration is checked without a server in tests/unit/test_triton_export.py.
+
+Each is compared with our own services on the same tensors, then used by our gateway
+alone, mixed with our classifier, killed under load, and watched by ``/readyz``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -44,6 +54,15 @@ BOX_ATOL_PX = 0.5
 DETECTION_UNAVAILABLE = "Detection unavailable"
 CLASSIFIER_OUTPUTS = contract.names(contract.CLASSIFIER_OUTPUTS)
 DETECTOR_OUTPUTS = contract.names(contract.DETECTOR_OUTPUTS)
+FLAVOURS = ("python", "onnxruntime")
+NO_ONNXRUNTIME_BACKEND = (
+    "TRITON_BACKEND_DIR is not set: Triton's C++ ONNX Runtime backend "
+    "(onnxruntime/libtriton_onnxruntime.so) is not in the nvidia-pytriton wheel and no "
+    "package registry ships it, so this flavour runs only where a folder with it is named "
+    "(e.g. /opt/tritonserver/backends from NVIDIA's tritonserver:24.10-py3 image); not "
+    "required under CI for that reason (README \"Triton\"). Its configuration is checked "
+    "by tests/unit/test_triton_export.py; the python flavour runs the same graphs here"
+)
 
 
 @pytest.fixture(scope="module")
@@ -65,29 +84,45 @@ def stack(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[St
     running.stop()
 
 
-@pytest.fixture(scope="module")
-def triton_repo(bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The bundle exported as `spine export-triton` does (our batching defaults)."""
-    from shared.settings import ModelServerSettings
-    from spine.triton.export import ExportOptions, export_repository
+@pytest.fixture(scope="module", params=FLAVOURS)
+def flavour(request: pytest.FixtureRequest) -> str:
+    """The export's backend; ``onnxruntime`` only where TRITON_BACKEND_DIR names one."""
+    if request.param == "onnxruntime" and not os.environ.get("TRITON_BACKEND_DIR"):
+        pytest.skip(NO_ONNXRUNTIME_BACKEND)
+    return request.param
 
-    repo = tmp_path_factory.mktemp("triton") / "repo"
+
+@pytest.fixture(scope="module")
+def triton_repo(bundle: Path, flavour: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The bundle exported as `spine export-triton --backend FLAVOUR` does (our batching
+    defaults)."""
+    from shared.settings import ModelServerSettings
+    from spine.triton.export import PYTHON_MODEL, ExportOptions, export_repository
+
+    repo = tmp_path_factory.mktemp(f"triton-{flavour}") / "repo"
     settings = ModelServerSettings()
-    options = ExportOptions.from_settings(settings, threads=1)
+    options = ExportOptions.from_settings(settings, threads=1, backend=flavour)
     assert options.letterbox == "rect"  # DETECTOR_LETTERBOX's default, as our detector's
     report = export_repository(bundle, repo, options, settings)
+    code = ["model.py"] if flavour == "python" else []
     for model in (contract.CLASSIFIER_MODEL, contract.DETECTOR_MODEL):
-        assert sorted(p.name for p in (repo / model).rglob("*") if p.is_file()) == [
-            "config.pbtxt", "model.onnx"]  # a graph and its configuration: no code
-        assert 'platform: "onnxruntime_onnx"' in (repo / model / "config.pbtxt").read_text()
-    print(f"\n[triton] exported in {report.seconds:.1f} s: {report.parity}")
+        assert sorted(p.name for p in (repo / model).rglob("*") if p.is_file()) == sorted([
+            "config.pbtxt", "model.onnx", *code])  # the graph, its configuration, a runner
+        config = (repo / model / "config.pbtxt").read_text()
+        if flavour == "python":
+            assert (repo / model / "1" / "model.py").read_bytes() == PYTHON_MODEL.read_bytes()
+            assert 'backend: "python"' in config
+        else:
+            assert 'platform: "onnxruntime_onnx"' in config
+    print(f"\n[triton] {flavour} flavour exported in {report.seconds:.1f} s: {report.parity}")
     return repo
 
 
 def start_triton(repo: Path, folder: Path, name: str = "triton"):  # type: ignore[no-untyped-def]
     """tritonserver on free loopback ports, as `spine triton` starts it."""
     from shared.settings import CliSettings
-    from spine.triton.server import Ports, TritonNotInstalledError, TritonServer
+    from spine.triton.install import TritonNotInstalledError
+    from spine.triton.server import Ports, TritonServer
 
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -160,7 +195,7 @@ def _boxes(outputs: dict[str, np.ndarray], index: int) -> np.ndarray:
     return rows[np.lexsort(np.round(rows[:, ::-1], 1).T)]
 
 
-def test_config_parameters_are_the_bundle_facts(stack: Stack, tritonserver) -> None:
+def test_config_parameters_are_the_bundle_facts(stack: Stack, tritonserver, flavour) -> None:
     """Triton's /config parameters decode to the facts our own services report."""
     for model, facts_type, ours in (
         (contract.CLASSIFIER_MODEL, contract.ClassifierFacts, stack.classifier),
@@ -168,8 +203,8 @@ def test_config_parameters_are_the_bundle_facts(stack: Stack, tritonserver) -> N
     ):
         with _client(tritonserver.url) as client:
             config = client.get_model_config(model)
-        assert config["max_batch_size"] == 8 and config["platform"] == "onnxruntime_onnx"
-        assert config["backend"] == "onnxruntime"
+        assert config["max_batch_size"] == 8 and config["backend"] == flavour
+        assert config["platform"] == ("onnxruntime_onnx" if flavour == "onnxruntime" else "")
         assert int(config["dynamic_batching"]["max_queue_delay_microseconds"]) == 5000
         theirs = facts_type.from_config_parameters(config["parameters"])
         ours_config = httpx.get(f"{ours}/v2/models/{model}/config", timeout=10).json()
@@ -186,30 +221,68 @@ def test_config_parameters_are_the_bundle_facts(stack: Stack, tritonserver) -> N
         ]
 
 
+def _assert_same_classifier(theirs: dict[str, np.ndarray], ours: dict[str, np.ndarray]) -> None:
+    for name in CLASSIFIER_OUTPUTS:
+        assert theirs[name].dtype == ours[name].dtype and theirs[name].shape == ours[name].shape
+    np.testing.assert_allclose(
+        theirs["member_probabilities"], ours["member_probabilities"], rtol=0, atol=SCORE_ATOL
+    )
+    np.testing.assert_allclose(
+        theirs["abnormal_probability"], ours["abnormal_probability"], rtol=0, atol=SCORE_ATOL
+    )
+    np.testing.assert_array_equal(theirs["abnormal"], ours["abnormal"])
+
+
+def _assert_same_detector(theirs: dict[str, np.ndarray], ours: dict[str, np.ndarray]) -> None:
+    np.testing.assert_array_equal(theirs["num_detections"], ours["num_detections"])
+    assert theirs["detection_boxes"].shape == ours["detection_boxes"].shape
+    assert int(ours["num_detections"].sum()) > 0  # this detector fires on every image
+    for index in range(ours["num_detections"].shape[0]):
+        mine, other = _boxes(ours, index), _boxes(theirs, index)
+        np.testing.assert_allclose(other[:, :4], mine[:, :4], rtol=0, atol=BOX_ATOL_PX)
+        np.testing.assert_allclose(other[:, 4], mine[:, 4], rtol=0, atol=SCORE_ATOL)
+        np.testing.assert_array_equal(other[:, 5], mine[:, 5])
+
+
 def test_same_answers_as_our_services_on_the_same_tensors(stack: Stack, tritonserver) -> None:
     for images in _images():
-        ours = _infer(stack.classifier, contract.CLASSIFIER_MODEL, images, CLASSIFIER_OUTPUTS)
-        theirs = _infer(tritonserver.url, contract.CLASSIFIER_MODEL, images, CLASSIFIER_OUTPUTS)
-        for name in CLASSIFIER_OUTPUTS:
-            assert theirs[name].dtype == ours[name].dtype and theirs[name].shape == ours[name].shape
-        np.testing.assert_allclose(
-            theirs["member_probabilities"], ours["member_probabilities"], rtol=0, atol=SCORE_ATOL
+        _assert_same_classifier(
+            _infer(tritonserver.url, contract.CLASSIFIER_MODEL, images, CLASSIFIER_OUTPUTS),
+            _infer(stack.classifier, contract.CLASSIFIER_MODEL, images, CLASSIFIER_OUTPUTS),
         )
-        np.testing.assert_allclose(
-            theirs["abnormal_probability"], ours["abnormal_probability"], rtol=0, atol=SCORE_ATOL
+        _assert_same_detector(
+            _infer(tritonserver.url, contract.DETECTOR_MODEL, images, DETECTOR_OUTPUTS),
+            _infer(stack.detector, contract.DETECTOR_MODEL, images, DETECTOR_OUTPUTS),
         )
-        np.testing.assert_array_equal(theirs["abnormal"], ours["abnormal"])
 
-        ours = _infer(stack.detector, contract.DETECTOR_MODEL, images, DETECTOR_OUTPUTS)
-        theirs = _infer(tritonserver.url, contract.DETECTOR_MODEL, images, DETECTOR_OUTPUTS)
-        np.testing.assert_array_equal(theirs["num_detections"], ours["num_detections"])
-        assert theirs["detection_boxes"].shape == ours["detection_boxes"].shape
-        assert int(ours["num_detections"].sum()) > 0  # this detector fires on every image
-        for index in range(images.shape[0]):
-            mine, other = _boxes(ours, index), _boxes(theirs, index)
-            np.testing.assert_allclose(other[:, :4], mine[:, :4], rtol=0, atol=BOX_ATOL_PX)
-            np.testing.assert_allclose(other[:, 4], mine[:, 4], rtol=0, atol=SCORE_ATOL)
-            np.testing.assert_array_equal(other[:, 5], mine[:, 5])
+
+def _executions(url: str, model: str) -> tuple[float, float]:
+    """Triton's /metrics: (requests, executions) of ``model`` so far."""
+    counts = dict.fromkeys(("nv_inference_request_success", "nv_inference_exec_count"), 0.0)
+    for line in httpx.get(url, timeout=10).text.splitlines():
+        name = line.partition("{")[0]
+        if name in counts and f'model="{model}"' in line:
+            counts[name] += float(line.rsplit(" ", 1)[1])
+    return counts["nv_inference_request_success"], counts["nv_inference_exec_count"]
+
+
+def test_concurrent_requests_each_get_their_own_answer(stack: Stack, tritonserver) -> None:
+    """Twelve different images sent at once, two shapes: whatever executions Triton's
+    dynamic batcher forms of them (same-shape requests join one; how many is timing,
+    printed, not asserted), each answer is its own image's, as ours answers it alone."""
+    requests = [_textured(*((320, 256) if i % 2 else (288, 352)), seed=20 + i)[None, None]
+                for i in range(12)]
+    metrics = f"http://127.0.0.1:{tritonserver.ports.metrics}/metrics"
+    before = _executions(metrics, contract.DETECTOR_MODEL)
+    with ThreadPoolExecutor(len(requests)) as pool:
+        theirs = list(pool.map(lambda images: _infer(
+            tritonserver.url, contract.DETECTOR_MODEL, images, DETECTOR_OUTPUTS), requests))
+    after = _executions(metrics, contract.DETECTOR_MODEL)
+    for images, answer in zip(requests, theirs, strict=True):
+        _assert_same_detector(
+            answer, _infer(stack.detector, contract.DETECTOR_MODEL, images, DETECTOR_OUTPUTS))
+    assert after[0] - before[0] == len(requests)
+    print(f"\n[triton] {len(requests)} requests in {after[1] - before[1]:.0f} executions")
 
 
 def test_bad_input_is_a_client_error(tritonserver) -> None:

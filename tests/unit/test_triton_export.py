@@ -1,9 +1,10 @@
-"""`spine export-triton` writes our services' graphs as Triton ONNX Runtime models.
+"""`spine export-triton` writes our services' graphs as Triton models, in both flavours.
 
 What Triton's ONNX Runtime backend checks when it loads a model (the configuration's
 tensors against the graph's: names, element types, dims after the batch axis) is
-checked here on the written files, so a repository that would not load fails here too,
-where no tritonserver with that backend is available.
+checked here on the written files, so an ``onnxruntime``-flavour repository that would
+not load fails here too, where no tritonserver with that backend is available (the
+``python`` flavour is served for real in tests/integration/test_triton.py).
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import onnx
 import pytest
 
 from shared import contract
-from shared.settings import Settings
-from spine.triton.export import ExportOptions, export_repository
+from shared.settings import ModelServerSettings
+from spine.triton.export import PYTHON_MODEL, ExportOptions, export_repository, onnx_digests
 
 pytestmark = pytest.mark.timeout(600)
 ELEMENT_TYPES = {
@@ -43,11 +44,16 @@ def _graph_tensors(values) -> dict[str, tuple[str, list[int]]]:  # type: ignore[
 
 
 @pytest.fixture(scope="module")
-def repo(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("triton-export") / "repo"
-    settings = Settings(spine_cache_dir=tmp_path_factory.mktemp("cache"))
+def cache(tmp_path_factory: pytest.TempPathFactory) -> ModelServerSettings:
+    return ModelServerSettings(spine_cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+@pytest.fixture(scope="module", params=["onnxruntime", "python"])
+def repo(request: pytest.FixtureRequest, tiny_bundle: Path, cache: ModelServerSettings,
+         tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp(f"triton-export-{request.param}") / "repo"
     report = export_repository(tiny_bundle, out, ExportOptions.from_settings(
-        settings, threads=1), settings)
+        cache, threads=1, backend=request.param), cache)
     assert set(report.parity) == {contract.CLASSIFIER_MODEL, contract.DETECTOR_MODEL}
     assert report.parity[contract.CLASSIFIER_MODEL]["decisions_equal"]
     assert report.parity[contract.DETECTOR_MODEL]["max_box_diff_px"] <= 0.5
@@ -58,10 +64,16 @@ def repo(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_each_model_is_one_graph_its_configuration_describes(repo: Path, model: str) -> None:
     files = sorted(str(p.relative_to(repo / model)) for p in (repo / model).rglob("*")
                    if p.is_file())
-    assert files == ["1/model.onnx", "config.pbtxt"]
     config = (repo / model / "config.pbtxt").read_text()
-    assert f'name: "{model}"' in config and 'platform: "onnxruntime_onnx"' in config
-    assert "backend:" not in config and "python" not in config
+    if "1/model.py" in files:  # python: the generic runner of the same graph, nothing else
+        assert files == ["1/model.onnx", "1/model.py", "config.pbtxt"]
+        assert (repo / model / "1" / "model.py").read_bytes() == PYTHON_MODEL.read_bytes()
+        assert 'backend: "python"' in config and "platform:" not in config
+    else:
+        assert files == ["1/model.onnx", "config.pbtxt"]
+        assert 'platform: "onnxruntime_onnx"' in config
+        assert "backend:" not in config and "python" not in config
+    assert f'name: "{model}"' in config
     assert "max_batch_size: 8" in config and "max_queue_delay_microseconds: 5000" in config
     graph = onnx.load(str(repo / model / "1" / "model.onnx"))
     assert _tensors(config, "input") == _graph_tensors(graph.graph.input)
@@ -72,12 +84,35 @@ def test_each_model_is_one_graph_its_configuration_describes(repo: Path, model: 
     assert 'key: "intra_op_thread_count"\n  value: { string_value: "1" }' in config
 
 
-def test_the_repository_holds_the_graphs_our_services_serve(repo: Path, tiny_bundle: Path,
-                                                            tmp_path: Path) -> None:
-    """The same bytes as the graph our classifier service caches for the same bundle."""
+def test_both_flavours_hold_the_same_graph(tiny_bundle: Path, cache: ModelServerSettings,
+                                           tmp_path: Path) -> None:
+    """The flavours differ in how Triton runs the graph, never in the graph."""
+    digests = {}
+    for backend in ("onnxruntime", "python"):
+        report = export_repository(tiny_bundle, tmp_path / backend, ExportOptions.from_settings(
+            cache, threads=1, backend=backend), cache)
+        digests[backend] = onnx_digests(report.repo)
+    assert digests["onnxruntime"] == digests["python"] and len(digests["python"]) == 2
+
+
+def test_the_python_flavour_is_cpu_only_and_the_flavour_is_checked() -> None:
+    with pytest.raises(ValueError, match="--backend onnxruntime"):
+        ExportOptions(backend="python", instance_kind="gpu")
+    with pytest.raises(ValueError, match="onnxruntime, python"):
+        ExportOptions(backend="tensorrt")
+
+
+def test_the_repository_holds_the_graphs_our_services_serve(
+    tiny_bundle: Path, cache: ModelServerSettings, tmp_path: Path
+) -> None:
+    """The same graph as our classifier service caches for the same bundle, exported
+    apart (its own cache)."""
     from classifier_service.model import ClassifierModel
 
-    settings = Settings(spine_cache_dir=tmp_path, model_backend="onnx", ort_threads=1)
+    repo = export_repository(tiny_bundle, tmp_path / "repo", ExportOptions.from_settings(
+        cache, threads=1), cache).repo
+    settings = ModelServerSettings(spine_cache_dir=tmp_path / "own", model_backend="onnx",
+                                   ort_threads=1)
     entry = ClassifierModel(tiny_bundle, "cpu", 1, settings=settings).graph_entry()
     exported = onnx.load(str(repo / contract.CLASSIFIER_MODEL / "1" / "model.onnx"))
     served = onnx.load_from_string(entry.data)
