@@ -63,5 +63,6 @@ class CliSettings(
     triton_backend_dir: Path | None = Field(
         None, description="Triton backends folder holding onnxruntime/ (libtriton_onnxruntime.so "
         "and its libonnxruntime.so, e.g. /opt/tritonserver/backends of NVIDIA's tritonserver "
-        "24.10 image); None = the wheel's, which has only python/",
+        "24.10 image), for models exported with --backend onnxruntime; None = the wheel's, "
+        "which has only python/ (it runs the python flavour)",
     )
