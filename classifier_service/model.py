@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from model_server.graph_runner import GraphRunner
-from model_server.lifecycle import BundleModel
+from model_server.lifecycle import BundleModel, bundle_digest
 from model_server.onnx_runtime import CachedGraph, OnnxBackendError, session_threads
 from shared import contract, oip
 from shared.bundle import check_pins, resolve_checkpoint
@@ -96,7 +96,7 @@ class ClassifierModel(BundleModel):
             self.model_dir, self.manifest.classifier, self.graph_opset,
             session_threads(self.settings, self.torch_threads), self.graph_metadata(facts),
         )
-        return data, {"bundle_digest": facts.bundle_digest, "parity": parity}
+        return data, {"bundle_digest": bundle_digest(facts), "parity": parity}
 
     @property
     def backends(self) -> dict[str, str]:

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from model_server.graph_runner import GraphRunner
-from model_server.lifecycle import BundleModel
+from model_server.lifecycle import BundleModel, bundle_digest
 from model_server.onnx_runtime import CachedGraph, OnnxBackendError, session_threads
 from shared import contract, oip
 from shared.bundle import DetectorSpec, check_pins, resolve_checkpoint
@@ -96,7 +96,7 @@ class DetectorModel(BundleModel):
                 path, self.spec, trusted=trusted, rect=rect, opset=self.graph_opset,
                 threads=session_threads(self.settings, self.torch_threads), metadata=metadata,
             )
-            return data, {"bundle_digest": served[0].bundle_digest, "parity": parity,
+            return data, {"bundle_digest": bundle_digest(served[0]), "parity": parity,
                           "class_names": {str(k): v for k, v in served[0].class_names.items()},
                           "stride": stride}
 

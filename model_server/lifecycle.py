@@ -186,7 +186,7 @@ class BundleModel(BatchedModel):
         """What a graph carries about itself: model, bundle digest, facts (ONNX metadata)."""
         return {
             "spine.model": self.name,
-            "spine.bundle_digest": facts.bundle_digest,
+            "spine.bundle_digest": bundle_digest(facts),
             "spine.facts": json.dumps(facts.identity(), sort_keys=True),
         }
 
@@ -194,3 +194,9 @@ class BundleModel(BatchedModel):
         warning = self.bundle_facts().demo_warning
         if warning:
             log.warning("%s Serve your own checkpoints with --model-dir / MODEL_DIR.", warning)
+
+
+def bundle_digest(facts: contract.ServedFacts) -> str:
+    """A digest of the facts replicas share (``facts.identity()``): what a graph exported
+    from the bundle carries, the same whichever server (ours, Triton) or device serves it."""
+    return contract.facts_digest(facts.identity())

@@ -231,20 +231,14 @@ class ServedFacts(BundleFacts):
     def version(self) -> str:
         """A digest of every fact: our services' model ``versions`` and infer answers'
         ``model_version``, so a client sees from one answer that the facts changed."""
-        return _digest(self.to_parameters())
+        return facts_digest(self.to_parameters())
 
     def identity(self) -> dict[str, ParameterValue]:
         """The facts replicas of one model must share (all but :data:`SERVING_FACTS`)."""
         return {k: v for k, v in self.to_parameters().items() if k not in SERVING_FACTS}
 
-    @property
-    def bundle_digest(self) -> str:
-        """A digest of :meth:`identity`: what a graph exported from the bundle carries, the
-        same whichever server (ours, Triton) or device serves it."""
-        return _digest(self.identity())
 
-
-def _digest(parameters: Mapping[str, ParameterValue]) -> str:
+def facts_digest(parameters: Mapping[str, ParameterValue]) -> str:
     text = json.dumps(dict(parameters), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

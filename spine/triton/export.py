@@ -32,7 +32,7 @@ from typing import Any
 
 from classifier_service.model import ClassifierModel
 from detector_service.model import DetectorModel
-from model_server.lifecycle import BundleModel
+from model_server.lifecycle import BundleModel, bundle_digest
 from model_server.onnx_runtime import OnnxBackendError
 from shared import contract
 from shared.settings import ModelServerSettings
@@ -133,7 +133,7 @@ def model_config(
     """The model configuration (Triton's JSON form): tensors, batching, parameters."""
     parameters = {
         **facts.to_config_parameters(),
-        BUNDLE_DIGEST: {"string_value": facts.bundle_digest},
+        BUNDLE_DIGEST: {"string_value": bundle_digest(facts)},
         **{key: {"string_value": value} for key, value in runtime_parameters(options).items()},
     }
     python = options.backend == "python"
@@ -189,7 +189,7 @@ def export_model(model: BundleModel, out: Path, options: ExportOptions) -> dict[
     if options.backend == "python":
         shutil.copyfile(PYTHON_MODEL, out / VERSION / "model.py")
     (out / "config.pbtxt").write_text(config_pbtxt(model_config(model, facts, options), options))
-    return {**entry.record.get("parity", {}), BUNDLE_DIGEST: facts.bundle_digest}
+    return {**entry.record.get("parity", {}), BUNDLE_DIGEST: bundle_digest(facts)}
 
 
 def export_repository(

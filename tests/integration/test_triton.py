@@ -197,6 +197,8 @@ def _boxes(outputs: dict[str, np.ndarray], index: int) -> np.ndarray:
 
 def test_config_parameters_are_the_bundle_facts(stack: Stack, tritonserver, flavour) -> None:
     """Triton's /config parameters decode to the facts our own services report."""
+    from model_server.lifecycle import bundle_digest
+
     for model, facts_type, ours in (
         (contract.CLASSIFIER_MODEL, contract.ClassifierFacts, stack.classifier),
         (contract.DETECTOR_MODEL, contract.DetectorFacts, stack.detector),
@@ -211,7 +213,7 @@ def test_config_parameters_are_the_bundle_facts(stack: Stack, tritonserver, flav
         for key, value in ours_config["parameters"].items():  # Triton's adds ONNX Runtime's
             assert config["parameters"][key] == value, key
         ours_facts = facts_type.from_config_parameters(ours_config["parameters"])
-        assert config["parameters"]["bundle_digest"]["string_value"] == ours_facts.bundle_digest
+        assert config["parameters"]["bundle_digest"]["string_value"] == bundle_digest(ours_facts)
         assert config["max_batch_size"] == ours_config["max_batch_size"]
         with _client(ours) as client:
             metadata = client.get_model_metadata(model)

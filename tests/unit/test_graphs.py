@@ -20,6 +20,7 @@ import pytest
 import classifier_service.graph as classifier_graph
 from classifier_service.model import ClassifierModel
 from detector_service.model import DetectorModel
+from model_server.lifecycle import bundle_digest
 from shared.settings import ModelServerSettings
 from tests.factories import radiograph_pixels
 
@@ -77,7 +78,7 @@ def test_the_classifier_graph_answers_as_the_torch_path(classifier_pair) -> None
 def test_the_graph_carries_its_bundle_and_its_parity(classifier_pair) -> None:
     graph_model, _, cache = classifier_pair
     (path,) = _graph_files(cache)
-    digest = graph_model.facts().bundle_digest
+    digest = bundle_digest(graph_model.facts())
     props = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert props["spine.bundle_digest"] == digest
     assert json.loads(props["spine.facts"])["threshold"] == 0.449
