@@ -91,6 +91,25 @@ class ResultsDeliverySettings(SettingsBase):
         10.0, ge=0, description="at shutdown, how long pending results may still be delivered; "
         "what is left is logged and counted as failed (reason shutdown)",
     )
+    results_store_tls: bool = Field(
+        False, description="send C-STORE results over DICOM TLS (TLS 1.2 or later), the "
+        "destination's certificate checked against RESULTS_STORE_TLS_CA",
+    )
+    results_store_tls_ca: Path | None = Field(
+        None, description="PEM CA certificate(s) the C-STORE destination's certificate must "
+        "chain to; None = the system's CAs",
+    )
+    results_store_tls_cert: Path | None = Field(
+        None, description="PEM client certificate (chain) we present to the C-STORE "
+        "destination, for a PACS that requires one; with RESULTS_STORE_TLS_KEY",
+    )
+    results_store_tls_key: Path | None = Field(
+        None, description="PEM private key (unencrypted) of RESULTS_STORE_TLS_CERT"
+    )
+    results_store_tls_check_hostname: bool = Field(
+        True, description="the destination's certificate must name the host of "
+        "RESULTS_STORE_AE (DNS name or IP address); false = the chain only, as DCMTK does",
+    )
 
 
 class SelectionRulesSettings(SettingsBase):
@@ -139,7 +158,8 @@ class ListenerEndpointSettings(SettingsBase):
     )
     listener_status_host: str = Field(
         "127.0.0.1", description="address of the listener's status server "
-        "(/health, /metrics, /studies)",
+        "(/health, /metrics, /studies); beyond loopback every call needs an operator key "
+        "(OPERATOR_KEYS_SHA256)",
     )
     listener_status_port: int = Field(
         8003, ge=0, le=65535, description="port of the listener's status server; 0 = none"
