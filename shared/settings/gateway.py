@@ -10,9 +10,10 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from shared.settings.base import CommonSettings, split_list
+from shared.settings.base import CommonSettings, parse_key_digests, split_list
 from shared.settings.sections import (
     HttpServerSettings,
+    OperatorKeysSettings,
     PseudonymSecretSettings,
     ResultsDeliverySettings,
     SelectionRulesSettings,
@@ -56,6 +57,7 @@ class GatewaySettings(
     ResultsDeliverySettings,
     SelectionRulesSettings,
     PseudonymSecretSettings,
+    OperatorKeysSettings,
 ):
     """The public API: intake, decoding, the model clients, fusion, PHI, admission, outputs."""
 
@@ -185,10 +187,6 @@ class GatewaySettings(
     api_keys_sha256: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict, description="'id:sha256hex,...'; empty = no API keys required"
     )
-    operator_keys_sha256: Annotated[dict[str, str], NoDecode] = Field(
-        default_factory=dict, description="'id:sha256hex,...' keys that see /health details "
-        "(replica URLs, bundle paths and hashes); empty = nobody",
-    )
     rate_limit_per_minute: float = Field(0.0, ge=0, description="Per key/client; 0 = off")
     rate_limit_burst: int = Field(10, ge=1, description="Token bucket size")
     max_uploads_per_client: int = Field(8, ge=0, description="Concurrent; 0 = unlimited (429)")
@@ -220,18 +218,7 @@ class GatewaySettings(
     def _parse_urls(cls, value: object) -> object:
         return split_list(value, strip_slash=True)
 
-    @field_validator("api_keys_sha256", "operator_keys_sha256", mode="before")
+    @field_validator("api_keys_sha256", mode="before")
     @classmethod
     def _parse_api_keys(cls, value: object) -> object:
-        """``id1:hex,id2:hex`` -> ``{id: hex}`` (ids name callers in logs, never the key)."""
-        if not isinstance(value, str):
-            return value
-        keys: dict[str, str] = {}
-        for item in filter(None, (part.strip() for part in value.split(","))):
-            key_id, _, digest = item.partition(":")
-            digest = digest.strip().lower()
-            hexdigits = set("0123456789abcdef")
-            if not key_id.strip() or len(digest) != 64 or not set(digest) <= hexdigits:
-                raise ValueError("API_KEYS_SHA256 entries are 'id:<64 hex digits of sha256(key)>'")
-            keys[key_id.strip()] = digest
-        return keys
+        return parse_key_digests(value, "API_KEYS_SHA256")

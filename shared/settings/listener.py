@@ -13,13 +13,15 @@ from pydantic_settings import NoDecode
 from shared.settings.base import CommonSettings, split_list
 from shared.settings.sections import (
     ListenerEndpointSettings,
+    OperatorKeysSettings,
     ResultsDeliverySettings,
     SelectionRulesSettings,
 )
 
 
 class ListenerSettings(
-    CommonSettings, ListenerEndpointSettings, ResultsDeliverySettings, SelectionRulesSettings
+    CommonSettings, ListenerEndpointSettings, ResultsDeliverySettings, SelectionRulesSettings,
+    OperatorKeysSettings,
 ):
     """The C-STORE SCP, its spool and study reports, and its client of the gateway."""
 

@@ -8,16 +8,19 @@
 | :class:`BundleSettings` | the model services, the ``spine`` command (builds the default) |
 | :class:`PseudonymSecretSettings` | the gateway, ``spine serve`` (fills in a per-install one) |
 | :class:`ListenerEndpointSettings` | the DICOM listener, ``spine serve`` (starts and polls it) |
+| :class:`OperatorKeysSettings` | the gateway (``/health`` details), the listener (its status) |
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
 
-from shared.settings.base import SettingsBase
+from shared.settings.base import SettingsBase, parse_key_digests
 
 
 class DefaultBundle(StrEnum):
@@ -164,3 +167,18 @@ class ListenerEndpointSettings(SettingsBase):
     listener_status_port: int = Field(
         8003, ge=0, le=65535, description="port of the listener's status server; 0 = none"
     )
+
+
+class OperatorKeysSettings(SettingsBase):
+    """Keys of the operators, who see what a deployment is made of."""
+
+    operator_keys_sha256: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, description="'id:sha256hex,...' keys that see the gateway's "
+        "/health details (replica URLs, bundle paths and hashes) and, bound beyond loopback, "
+        "the listener's status (/metrics, /studies); empty = nobody",
+    )
+
+    @field_validator("operator_keys_sha256", mode="before")
+    @classmethod
+    def _parse_operator_keys(cls, value: object) -> object:
+        return parse_key_digests(value, "OPERATOR_KEYS_SHA256")
