@@ -177,6 +177,7 @@ def model_clients(
         "on_eject": metrics.ejected,
         "breaker_failures": settings.breaker_failures,
         "breaker_cooldown_s": settings.breaker_cooldown_s,
+        "attempt_timeout_s": settings.upstream_attempt_timeout_s,
     }
     classifier = ModelClient(
         "classifier", contract.CLASSIFIER_MODEL, settings.classifier_urls,

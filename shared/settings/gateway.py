@@ -149,6 +149,13 @@ class GatewaySettings(
     upstream_timeout_s: float = Field(60.0, gt=0, description="Deadline for one model call")
     classifier_timeout_s: float | None = Field(None, gt=0, description="None = UPSTREAM_TIMEOUT_S")
     detector_timeout_s: float | None = Field(None, gt=0, description="None = UPSTREAM_TIMEOUT_S")
+    upstream_attempt_timeout_s: float | None = Field(
+        None, gt=0, description="longest one attempt at one replica may take while another "
+        "replica could still be asked: no answer by then (a cut link, a hung replica) and "
+        "the call is retried on another replica, within the service's timeout and the "
+        "request's deadline; the last attempt may take what is left; None = half the "
+        "service's timeout",
+    )
     breaker_failures: int = Field(
         3, ge=1,
         description="failed calls in a row (5xx, timeout, invalid answer) that eject a replica",

@@ -84,14 +84,15 @@ class Ejections(list[str]):
 
 @asynccontextmanager
 async def client(
-    urls: list[str], attempts: Attempts, ejections: Ejections | None = None, **breaker: float
+    urls: list[str], attempts: Attempts, ejections: Ejections | None = None,
+    timeout_s: float = 10.0, **options: float,
 ) -> AsyncIterator[ModelClient[ClassifierFacts]]:
     async with httpx.AsyncClient() as http:
         yield ModelClient(
-            "classifier", contract.CLASSIFIER_MODEL, urls, http, 10.0, observe=attempts,
+            "classifier", contract.CLASSIFIER_MODEL, urls, http, timeout_s, observe=attempts,
             facts_type=ClassifierFacts, output_specs=contract.CLASSIFIER_OUTPUTS,
             check=check_classifier_answer, on_eject=ejections,
-            **breaker,  # type: ignore[arg-type]
+            **options,  # type: ignore[arg-type]
         )
 
 
@@ -271,3 +272,47 @@ async def test_a_dns_name_stands_for_every_address_and_polls_expand_it(
         result = await models.infer(image(), OUTPUTS, "r")
         assert result.replica == f"http://127.0.0.1:{port}" and attempts == ["ok"]
         assert models.agreed_facts() == first.facts and models.problems() == {}
+
+
+async def test_an_attempt_without_an_answer_in_its_bound_is_retried_on_another_replica(
+    first: StandIn, second: StandIn
+) -> None:
+    """A replica that takes the call and never answers (a cut link, a hung process) costs
+    the call one attempt bound, then the other replica answers, well before the service's
+    timeout; the silent one is counted against (its own timeout, not the deadline)."""
+    attempts = Attempts()
+    async with client([first.url, second.url], attempts, timeout_s=30.0,
+                      attempt_timeout_s=0.5) as models:
+        first.mode = "hang"
+        models.balancer.outstanding[second.url] = 1  # so the first pick is the hanging one
+        started = time.monotonic()
+        result = await models.infer(image(), OUTPUTS, "r", deadline=started + 30.0)
+        took = time.monotonic() - started
+        assert result.replica == second.url and attempts == ["timeout", "ok"]
+        assert 0.5 <= took < 30.0
+        assert [r.breaker.failures for r in models.replicas] == [1, 0]
+        assert (first.calls, second.calls) == (1, 1)
+
+
+async def test_the_last_replica_to_ask_gets_all_the_time_left(first: StandIn) -> None:
+    """With nobody else to ask, the attempt bound does not cut a slow answer short."""
+    attempts = Attempts()
+    async with client([first.url], attempts, timeout_s=0.8, attempt_timeout_s=0.2) as models:
+        first.mode = "hang"
+        started = time.monotonic()
+        with pytest.raises(UpstreamTimeoutError, match=r"no answer within 0\.[5-8]\d* s"):
+            await models.infer(image(), OUTPUTS, "r")  # the facts read took a little of it
+        assert time.monotonic() - started >= 0.8 and attempts == ["timeout"]
+
+
+async def test_a_timeout_at_the_requests_deadline_is_not_retried_nor_held_against_anyone(
+    first: StandIn, second: StandIn
+) -> None:
+    attempts = Attempts()
+    async with client([first.url, second.url], attempts, timeout_s=30.0,
+                      attempt_timeout_s=5.0) as models:
+        first.mode = second.mode = "hang"
+        with pytest.raises(UpstreamTimeoutError):
+            await models.infer(image(), OUTPUTS, "r", deadline=time.monotonic() + 0.4)
+        assert attempts == ["timeout"] and first.calls + second.calls == 1
+        assert all(r.breaker.failures == 0 for r in models.replicas)
