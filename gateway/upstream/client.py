@@ -32,7 +32,9 @@ goes to the log under the request id; the client's message is generic.
 
 Readiness (``/readyz``) is read from :meth:`ModelClient.cached_readiness`, which
 :meth:`ModelClient.poll_readiness` refreshes in the background (``gateway.runtime``):
-a probe never waits on a hanging replica (:mod:`~gateway.upstream.readiness`).
+a probe never waits on a hanging replica (:mod:`~gateway.upstream.readiness`). ``dns+``
+names are resolved off the request path too (:meth:`ModelClient.discover`, on the
+gateway's timer).
 """
 
 from __future__ import annotations
@@ -136,12 +138,21 @@ class ModelClient(Generic[F]):
             self.http, url, self.model_name, self.facts_type, self.output_specs, self._headers()
         )
 
-    async def _discover(self) -> None:
-        """Re-resolve ``dns+`` URLs when due; replicas already known keep their state."""
-        urls = await self.discovery.refresh(time.monotonic())
-        if urls is not None:
-            known = {replica.url: replica for replica in self.replicas}
-            self.replicas = [known.get(url) or self._replica(url) for url in urls]
+    async def discover(self) -> bool:
+        """Resolve the ``dns+`` names now (the gateway's timer calls this, never a request);
+        replicas already known keep their state, and the facts agreement is settled again
+        without the ones that left. True when the replicas changed."""
+        urls = await self.discovery.refresh()
+        if urls is None or urls == [r.url for r in self.replicas]:
+            return False
+        known = {replica.url: replica for replica in self.replicas}
+        joined, left = sorted(set(urls) - set(known)), sorted(set(known) - set(urls))
+        if joined or left:
+            log.info("%s replicas from DNS: %d (joined %s, left %s)",
+                     self.service, len(urls), joined or "none", left or "none")
+        self.replicas = [known.get(url) or self._replica(url) for url in urls]
+        self.agreement.settle(self.replicas)  # a replica that left no longer takes part
+        return True
 
     @property
     def attempt_bound_s(self) -> float:
@@ -153,7 +164,6 @@ class ModelClient(Generic[F]):
         deadline: float | None = None,
     ) -> InferResult[F]:
         """Outputs of one infer; ``deadline`` is a ``time.monotonic()`` time or None."""
-        await self._discover()
         now = time.monotonic()
         await self.agreement.refresh(self.replicas, lambda r: r.bundle.stale and r.available(now))
         time_for = CallBudget.start(now, self.timeout_s, self.attempt_bound_s, deadline)
@@ -302,7 +312,6 @@ class ModelClient(Generic[F]):
 
     async def poll_readiness(self, timeout_s: float) -> dict[str, bool]:
         """Ask every replica at once whether it is ready; the answer is also cached."""
-        await self._discover()
         replicas = list(self.replicas)
         headers = self._headers()
         states = await asyncio.gather(*(

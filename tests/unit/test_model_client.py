@@ -18,14 +18,16 @@ import pytest
 from gateway.upstream.breaker import BREAKER_COOLDOWN_S
 from gateway.upstream.checks import check_classifier_answer
 from gateway.upstream.client import ModelClient
+from gateway.upstream.discovery import Discovery
 from gateway.upstream.errors import (
     UpstreamBadGatewayError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from gateway.upstream.facts import ReadFacts
 from shared import contract
 from shared.contract import ClassifierFacts
-from tests.ops.standin import StandIn, standin
+from tests.ops.standin import CLASSIFIER_FACTS, StandIn, standin
 
 OUTPUTS = contract.names(contract.CLASSIFIER_OUTPUTS)
 
@@ -94,6 +96,19 @@ async def client(
             check=check_classifier_answer, on_eject=ejections,
             **options,  # type: ignore[arg-type]
         )
+
+
+def count_lookups(discovery: Discovery) -> list[str]:
+    """The names ``discovery`` resolves from now on, in order (the resolver unchanged)."""
+    lookups: list[str] = []
+    resolve = discovery.resolve
+
+    async def counted(host: str, port: int) -> list[str]:
+        lookups.append(host)
+        return await resolve(host, port)
+
+    discovery.resolve = counted
+    return lookups
 
 
 def image() -> dict[str, np.ndarray]:
@@ -260,17 +275,21 @@ async def test_an_answer_of_an_unlisted_model_version_is_not_read_with_old_facts
         assert models.replicas[0].breaker.failures == 0  # not the replica's fault
 
 
-async def test_a_dns_name_stands_for_every_address_and_polls_expand_it(
+async def test_a_dns_name_stands_for_every_address_resolved_off_the_request_path(
     first: StandIn
 ) -> None:
     attempts = Attempts()
     port = httpx.URL(first.url).port
     async with client([f"dns+http://localhost:{port}"], attempts) as models:
-        assert models.replicas == []  # resolved on first use
+        assert models.replicas == []  # resolved by the gateway's timer, not by a request
+        lookups = count_lookups(models.discovery)
+        assert await models.discover() is True
+        assert await models.discover() is False  # the same addresses: nothing changed
         ready = await models.poll_readiness(2.0)
         assert ready[f"http://127.0.0.1:{port}"] is True
         result = await models.infer(image(), OUTPUTS, "r")
         assert result.replica == f"http://127.0.0.1:{port}" and attempts == ["ok"]
+        assert lookups == ["localhost", "localhost"]  # the two discover() calls, no more
         assert models.agreed_facts() == first.facts and models.problems() == {}
 
 
@@ -316,3 +335,26 @@ async def test_a_timeout_at_the_requests_deadline_is_not_retried_nor_held_agains
             await models.infer(image(), OUTPUTS, "r", deadline=time.monotonic() + 0.4)
         assert attempts == ["timeout"] and first.calls + second.calls == 1
         assert all(r.breaker.failures == 0 for r in models.replicas)
+
+
+async def test_a_replica_that_leaves_dns_no_longer_takes_part_in_the_agreement() -> None:
+    """The last replica on the old bundle leaves: the new bundle's replica is agreed at
+    once, without waiting for the next readiness poll."""
+    names = {"pool": ["10.0.0.1", "10.0.0.2"]}
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return names[host]
+
+    async with client(["dns+http://pool:8001"], Attempts()) as models:
+        models.discovery.resolve = resolve
+        assert await models.discover()
+        old, new = models.replicas
+        moved = CLASSIFIER_FACTS.model_copy(update={"threshold": 0.4})
+        for replica, facts in ((old, CLASSIFIER_FACTS), (new, moved)):
+            replica.bundle.learned(ReadFacts(facts, frozenset({facts.version})))
+            models.agreement.settle(models.replicas)
+        assert old.usable and not new.usable  # the facts agreed first win
+        names["pool"] = ["10.0.0.2"]
+        assert await models.discover()
+        assert models.replicas == [new] and new.usable
+        assert models.agreed_facts() == moved
