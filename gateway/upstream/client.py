@@ -32,9 +32,11 @@ goes to the log under the request id; the client's message is generic.
 
 Readiness (``/readyz``) is read from :meth:`ModelClient.cached_readiness`, which
 :meth:`ModelClient.poll_readiness` refreshes in the background (``gateway.runtime``):
-a probe never waits on a hanging replica (:mod:`~gateway.upstream.readiness`). ``dns+``
-names are resolved off the request path too (:meth:`ModelClient.discover`, on the
-gateway's timer).
+a probe never waits on a hanging replica (:mod:`~gateway.upstream.readiness`). A replica
+the last poll found not ready is out of rotation until a poll finds it ready and its
+facts are read again: no upload waits on reading the facts of a replica that does not
+answer. ``dns+`` names are resolved off the request path too (:meth:`ModelClient.discover`,
+on the gateway's timer).
 """
 
 from __future__ import annotations
@@ -165,7 +167,7 @@ class ModelClient(Generic[F]):
     ) -> InferResult[F]:
         """Outputs of one infer; ``deadline`` is a ``time.monotonic()`` time or None."""
         now = time.monotonic()
-        await self.agreement.refresh(self.replicas, lambda r: r.bundle.stale and r.available(now))
+        await self.agreement.refresh(self.replicas, lambda r: self._read_first(r, now))
         time_for = CallBudget.start(now, self.timeout_s, self.attempt_bound_s, deadline)
         tried: set[str] = set()
         last: UpstreamError | None = None
@@ -200,6 +202,12 @@ class ModelClient(Generic[F]):
         if last is not None:
             raise last
         self._fail(outcomes.nobody_to_ask(self._nobody_to_ask()), started)
+
+    def _read_first(self, replica: Replica[F], now: float) -> bool:
+        """Its stale facts are read before a call may use it: not for a replica that rests
+        or that the last poll found down (the poller reads those once they answer)."""
+        return (replica.bundle.stale and replica.available(now)
+                and self.readiness.ready.get(replica.url, True))
 
     def _another(self, tried: set[str], now: float) -> bool:
         """Another replica could take a call now, if this attempt fails."""

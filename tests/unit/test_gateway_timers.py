@@ -1,5 +1,6 @@
 """The gateway's timers (gateway.runtime): ``dns+`` names resolved before the first
-readiness poll and then on their own timer, never by a request."""
+readiness poll and then on their own timer, never by a request; the replicas in rotation
+as a metric."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 from collections.abc import Iterator
 
 import pytest
+from prometheus_client import generate_latest
 
 import gateway.runtime as runtime
 from gateway.runtime import Gateway
@@ -24,7 +26,7 @@ def replicas() -> Iterator[tuple[StandIn, StandIn]]:
         yield classifier, detector
 
 
-async def test_dns_names_are_resolved_at_start_and_then_on_their_own_timer(
+async def test_dns_names_are_resolved_at_start_then_on_a_timer_and_replicas_counted(
     replicas: tuple[StandIn, StandIn], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     classifier, detector = replicas
@@ -45,5 +47,8 @@ async def test_dns_names_are_resolved_at_start_and_then_on_their_own_timer(
                 break
             await asyncio.sleep(0.05)
         assert len(lookups) >= 3
+        scraped = generate_latest(gateway.metrics.registry).decode()
+        assert 'spine_upstream_replicas{service="classifier",state="ready"} 1.0' in scraped
+        assert 'spine_upstream_replicas{service="detector",state="ready"} 1.0' in scraped
     finally:
         await gateway.close()

@@ -337,6 +337,27 @@ async def test_a_timeout_at_the_requests_deadline_is_not_retried_nor_held_agains
         assert all(r.breaker.failures == 0 for r in models.replicas)
 
 
+async def test_a_replica_the_poll_found_down_is_left_to_the_poller(
+    first: StandIn, second: StandIn
+) -> None:
+    """Its facts are not read on the request path (an upload never waits on a replica that
+    does not answer); the poll that finds it ready again reads them and it is back."""
+    attempts = Attempts()
+    async with client([first.url, second.url], attempts) as models:
+        await models.infer(image(), OUTPUTS, "r1")
+        first.ready_hangs = True
+        assert await models.poll_readiness(0.3) == {first.url: False, second.url: True}
+        reads = first.config_reads
+        assert models.replica_states(10.0) == {"ready": 1, "ejected": 0, "not_ready": 1}
+        for n in range(3):
+            assert (await models.infer(image(), OUTPUTS, f"r{n}")).replica == second.url
+        assert first.config_reads == reads
+        first.ready_hangs = False
+        await models.poll_readiness(2.0)
+        assert first.config_reads == reads + 1
+        assert models.replica_states(10.0) == {"ready": 2, "ejected": 0, "not_ready": 0}
+
+
 async def test_a_replica_that_leaves_dns_no_longer_takes_part_in_the_agreement() -> None:
     """The last replica on the old bundle leaves: the new bundle's replica is agreed at
     once, without waiting for the next readiness poll."""
