@@ -73,10 +73,12 @@ def test_hosts_reach_each_other_and_faults_apply(hosts: HostNetwork, tmp_path: P
 
     # 8 Mbit at 4 Mbit/s: at least about 2 s less the bucket (a lower bound, never flaky).
     server.throttle(rate="4mbit", burst="32kbit", latency="2s")
+    assert "tbf" in sh("tc", "qdisc", "show", "dev", server.outer_link), "both ways"
     started = time.monotonic()
     assert len(httpx.get(url, timeout=60).content) == FILE_BYTES
     throttled_s = time.monotonic() - started
     server.heal()
+    assert "tbf" not in sh("tc", "qdisc", "show", "dev", server.outer_link)
     print(f"\n1 MB through a 4 Mbit/s tbf: {throttled_s:.2f} s")
     assert throttled_s > 1.5
 

@@ -8,8 +8,8 @@ Processes run inside a host with ``ip netns exec``: they see only its link (and 
 ``/etc/netns/<name>/resolv.conf``, which is how a host is given its DNS server).
 
 Faults, each undone by :meth:`Host.heal`: :meth:`Host.cut` (iptables DROP both ways, or
-the link down), :meth:`Host.throttle` (``tc tbf``) and :meth:`Host.lose` (iptables
-``-m statistic`` random drop).
+the link down), :meth:`Host.throttle` (``tc tbf`` on both ends of its link) and
+:meth:`Host.lose` (iptables ``-m statistic`` random drop, both ways).
 
 Cleanup whatever happens: :meth:`HostNetwork.close` runs from the fixture's ``finally``
 (failures, KeyboardInterrupt); a run killed before it (SIGKILL, a crash) is cleaned by
@@ -106,9 +106,11 @@ class Host:
         self._fault("-j", "DROP")
 
     def throttle(self, rate: str = "1mbit", burst: str = "32kbit", latency: str = "400ms") -> None:
-        """Its outgoing traffic at ``rate`` (``tc tbf``; netem is not in every kernel)."""
-        self.run("tc", "qdisc", "replace", "dev", INNER_LINK, "root", "tbf",
-                 "rate", rate, "burst", burst, "latency", latency)
+        """Its link at ``rate`` both ways (``tc tbf``; netem is not in every kernel): what
+        it sends on its own end, what it receives on the bridge's end of its veth."""
+        tbf = ("root", "tbf", "rate", rate, "burst", burst, "latency", latency)
+        self.run("tc", "qdisc", "replace", "dev", INNER_LINK, *tbf)
+        sh("tc", "qdisc", "replace", "dev", self.outer_link, *tbf)
 
     def lose(self, probability: float) -> None:
         """Drop each packet in and out with ``probability`` (iptables ``-m statistic``)."""
@@ -129,6 +131,7 @@ class Host:
         for chain, _ in FAULT_CHAINS.values():
             self.run("iptables", "-F", chain)
         self.run("tc", "qdisc", "del", "dev", INNER_LINK, "root", check=False)
+        sh("tc", "qdisc", "del", "dev", self.outer_link, "root", check=False)
 
     def _fault(self, *rule: str) -> None:
         """``rule`` for packets in and out of its link."""
