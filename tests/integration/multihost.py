@@ -76,19 +76,37 @@ def wait_all_ready(*services: Service) -> None:
         wait_ready(service)
 
 
-def replica_urls(gateway: Service, keys: Secrets, service: str) -> list[str]:
-    """The replicas the gateway balances ``service`` over now (its operators' ``/health``)."""
-    health = httpx.get(f"{gateway.url}/health", headers=keys.operator_header, timeout=10).json()
-    return sorted(health["services"][service]["replicas"])
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples in a Prometheus ``text`` whose labels include
+    ``labels`` (0 when there is none)."""
+    wanted = [f'{key}="{value}"' for key, value in labels.items()]
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith((f"{name}{{", f"{name} ")) and all(w in line for w in wanted):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def served(model: Service) -> float:
     """Successful infer requests a model service answered (its ``/metrics``)."""
     text = httpx.get(f"{model.url}/metrics", timeout=10).text
-    return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-        if line.startswith("nv_inference_request_success_total")
-    )
+    return metric(text, "nv_inference_request_success_total")
+
+
+def in_rotation(gateway: Service, service: str) -> int:
+    """Replicas of ``service`` the gateway sends calls to now (``spine_upstream_replicas``:
+    read from its state, no call made)."""
+    text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    return int(metric(text, "spine_upstream_replicas", service=service, state="in_rotation"))
+
+
+def attempts(gateway: Service, service: str) -> Counter[str]:
+    """The gateway's attempts at ``service`` so far, by outcome (ok, timeout, ...)."""
+    text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
+    outcomes = ("ok", "timeout", "unreachable", "unavailable", "error", "malformed", "ejected")
+    counts = {o: int(metric(text, "spine_upstream_requests_total", service=service, outcome=o))
+              for o in outcomes}
+    return Counter({o: n for o, n in counts.items() if n})
 
 
 @dataclass
@@ -130,6 +148,11 @@ class Load:
     def by_status(self, since: float = float("-inf")) -> Counter[int]:
         with self._lock:
             return Counter(a.status for a in self.answers if a.started >= since)
+
+    def slowest(self, since: float = float("-inf")) -> float:
+        """Seconds the slowest answer to a request sent since ``since`` took."""
+        with self._lock:
+            return max((a.seconds for a in self.answers if a.started >= since), default=0.0)
 
     def count(self) -> int:
         with self._lock:
