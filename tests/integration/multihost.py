@@ -94,10 +94,11 @@ def served(model: Service) -> float:
 
 
 def in_rotation(gateway: Service, service: str) -> int:
-    """Replicas of ``service`` the gateway sends calls to now (``spine_upstream_replicas``:
+    """Replicas of ``service`` the gateway sends calls to now (``spine_upstream_replicas``
+    state ``ready``:
     read from its state, no call made)."""
     text = httpx.get(f"{gateway.url}/metrics", timeout=10).text
-    return int(metric(text, "spine_upstream_replicas", service=service, state="in_rotation"))
+    return int(metric(text, "spine_upstream_replicas", service=service, state="ready"))
 
 
 def attempts(gateway: Service, service: str) -> Counter[str]:
