@@ -4,11 +4,13 @@ exporter, the log line naming trace and request, and nothing at all when off."""
 from __future__ import annotations
 
 import asyncio
+import http.server
 import json
 import logging
 import re
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -167,3 +169,36 @@ def test_file_tracing_needs_its_folder() -> None:
         CommonSettings(tracing="file")
     assert CommonSettings(tracing="FILE", tracing_dir="/tmp/t").tracing == "file"
     assert CommonSettings().tracing == "off"
+
+
+def test_otlp_posts_the_spans_to_the_collector_endpoint() -> None:
+    """A stand-in collector on loopback: what the OTLP/HTTP exporter sends it at shutdown."""
+    received: list[tuple[str, str, bytes]] = []
+
+    class Collector(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.append((self.path, self.headers["Content-Type"], body))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        tracing.configure_tracing(
+            "unit-otlp", "otlp", endpoint=f"http://127.0.0.1:{server.server_port}/"
+        )
+        with tracing.span("exported span"):
+            pass
+        tracing.shutdown_tracing()  # flushes the batch
+    finally:
+        tracing.shutdown_tracing()
+        server.shutdown()
+    assert [(path, kind) for path, kind, _ in received] == [
+        ("/v1/traces", "application/x-protobuf")]
+    assert b"exported span" in received[0][2] and b"unit-otlp" in received[0][2]
