@@ -190,7 +190,7 @@ class ListenerService:
             self._in_flight += 1
             self._idle.clear()
             try:
-                with tracing.span("process instance", parent=work.trace or None,
+                with tracing.span("process instance", parent=work.trace,
                                   **{"spine.attempt": work.attempt + 1}):
                     await self._process(work)
             except Exception:  # noqa: BLE001 - the entry stays in the spool: retried

@@ -45,6 +45,10 @@ QUIET_PATHS = frozenset(
 )
 
 
+# A model's own readiness (the gateway polls every replica's): a probe too, for tracing.
+MODEL_READY_PATH = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/ready$")
+
+
 class HttpMetrics:
     """Requests by route and status, latency by route, requests in flight."""
 
@@ -127,12 +131,13 @@ async def unless_disconnected(work: Awaitable[T], receive: Receive) -> T:
     return task.result()
 
 
-def _traceparent(scope: Scope) -> dict[str, str] | None:
-    """The caller's W3C trace context, when tracing is on and the caller sent one."""
+def _traceparent(scope: Scope) -> dict[str, str]:
+    """The caller's W3C trace context; ``{}`` (a new trace) when it sent none. Never the
+    current context: a server's connection task may still hold an earlier request's."""
     if not tracing.enabled():
-        return None
+        return {}
     value = header(scope, b"traceparent")
-    return {tracing.TRACEPARENT: value} if value else None
+    return {tracing.TRACEPARENT: value} if value else {}
 
 
 class RequestContextMiddleware:
@@ -167,7 +172,8 @@ class RequestContextMiddleware:
         token = request_id_var.set(request_id)
         path = str(scope.get("path", ""))
         # Probes and scrapes make no spans: a trace is a request someone waits for.
-        traced = contextlib.nullcontext() if path in QUIET_PATHS else tracing.span(
+        probe = path in QUIET_PATHS or MODEL_READY_PATH.match(path)
+        traced = contextlib.nullcontext() if probe else tracing.span(
             "HTTP request", parent=_traceparent(scope), kind="server",
             **{"spine.request_id": request_id},
         )

@@ -133,8 +133,9 @@ def span(
     name: str, *, parent: Mapping[str, str] | None = None, kind: str = "internal",
     **attributes: Any,
 ) -> contextlib.AbstractContextManager[Any]:
-    """A span around a block, the current span's child (or ``parent``'s, a carrier: then
-    the block's work continues a trace begun elsewhere). Yields the span, None when off."""
+    """A span around a block, the current span's child, or ``parent``'s (a carrier: the
+    block's work continues a trace begun elsewhere; ``{}``: it begins a new trace).
+    Yields the span, None when off."""
     if _state.tracer is None:
         return contextlib.nullcontext()
     if kind not in _KINDS:

@@ -252,7 +252,7 @@ class ResultsDelivery:
             job = await self._queue.get()
             try:
                 with tracing.span(
-                    f"deliver to {job.destination.name}", parent=job.trace or None,
+                    f"deliver to {job.destination.name}", parent=job.trace,
                     kind="client", **{"spine.attempt": job.attempt + 1,
                                       "spine.objects": len(job.items)},
                 ):

@@ -83,11 +83,15 @@ def test_outgoing_headers_name_the_current_span(spans_dir: Path) -> None:
     assert _spans(spans_dir)["caller"]["kind"] == "SpanKind.CLIENT"
 
 
-def test_a_malformed_traceparent_starts_a_new_trace(spans_dir: Path) -> None:
-    with tracing.span("server", parent={"traceparent": "00-zz-not-a-context"}, kind="server"):
-        pass
-    span = _spans(spans_dir)["server"]
-    assert span["parent_id"] is None and len(_ids(span)[0]) == 32
+def test_a_malformed_or_missing_traceparent_starts_a_new_trace(spans_dir: Path) -> None:
+    with tracing.span("stale"):  # e.g. a connection task still holding an earlier request
+        for name, carrier in (("bad", {"traceparent": "00-zz-not-a-context"}), ("none", {})):
+            with tracing.span(name, parent=carrier, kind="server"):
+                pass
+    spans = _spans(spans_dir)
+    for name in ("bad", "none"):
+        assert spans[name]["parent_id"] is None and len(_ids(spans[name])[0]) == 32
+        assert _ids(spans[name])[0] != _ids(spans["stale"])[0]
 
 
 def test_a_span_measured_elsewhere_keeps_its_times_and_parent(spans_dir: Path) -> None:
