@@ -166,6 +166,7 @@ def test_one_upload_is_one_trace_across_every_host_it_touched(site: TracedSite) 
     workers = [s for s in trace if s["name"].startswith("decode worker")]
     assert workers and all(by_id[s["parent_id"]]["name"] == "decode" for s in workers)
     assert parent("fusion", "gateway") == ("POST /upload/dicom", "gateway")
+    assert parent("write results", "gateway") == ("POST /upload/dicom", "gateway")
     for model in ("classifier", "detector"):
         assert parent(f"call {model}", "gateway") == ("POST /upload/dicom", "gateway")
         infer = [s for s in trace if s["host"] == model and s["name"].endswith("/infer")]
