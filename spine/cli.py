@@ -108,8 +108,9 @@ def cmd_model_service(args: argparse.Namespace, _cli: CliSettings) -> int:
     """``spine classifier|detector``: this process's settings, read once, with the bundle
     chosen here (``--model-dir``, ``MODEL_DIR`` or the default) passed to its app."""
     settings = read_settings(ModelServerSettings)
-    model_dir = _ensure_model_dir(args.model_dir, settings)
-    settings = settings.model_copy(update={"model_dir": model_dir})
+    if settings.model_load_at_start:  # else a bundle comes through the repository API
+        model_dir = _ensure_model_dir(args.model_dir, settings)
+        settings = settings.model_copy(update={"model_dir": model_dir})
     factory = f"{args.command}_service.app:create_app"
     return _serve_http(args.command, factory, settings, args.host, args.port)
 
