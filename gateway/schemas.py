@@ -55,11 +55,27 @@ class ImageGeometry(BaseModel):
     scale_y: float = Field(description="canonical height / original height")
 
 
+class BundlePart(BaseModel):
+    """The bundle one model service answered with."""
+
+    name: str
+    kind: Literal["user", "demo", "untrained"]
+    digest: str = Field(
+        description="Digest of the bundle's facts (all but device and backends): the same on "
+        "every replica serving this bundle; another bundle swapped in has another"
+    )
+
+
 class BundleSummary(BaseModel):
     name: str
     kind: Literal["user", "demo", "untrained"]
     demo: bool = Field(description="True when the weights are not a real medical model")
     checkpoints: dict[str, str] = Field(description="checkpoint path -> sha256")
+    parts: dict[str, BundlePart] = Field(
+        default_factory=dict,
+        description="service (classifier, detector) -> the bundle its answer came from; "
+        "while a bundle swap rolls through the services they may differ for a moment",
+    )
 
 
 class Timings(BaseModel):

@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.pipeline.response import bundle_summary
+from gateway.pipeline.response import parts_summary
 from gateway.runtime import Gateway
 from gateway.schemas import HealthResponse, ServiceHealth
 from gateway.upstream.client import ModelClient
@@ -46,7 +46,7 @@ async def service_health(client: ModelClient[Any]) -> ServiceHealth:
     return ServiceHealth(
         ready=any(replicas.values()),
         replicas=replicas,
-        model_bundle=bundle_summary(facts, None) if facts is not None else None,
+        model_bundle=parts_summary({client.service: facts}) if facts is not None else None,
         device=",".join(devices) or None,
         problems={url: detail for url, (_, detail) in client.problems().items()},
     )
