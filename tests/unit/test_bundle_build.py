@@ -1,0 +1,60 @@
+"""The demo bundle's build beside running services: its progress, estimate and failure.
+
+The meter and the gateway's watch are checked on the real progress file; a build that
+fails is a real child process that exits with an error.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from shared.buildprogress import read_progress
+from training.build_meter import STAGES, BuildMeter, TrainingCounter, files_counter
+
+
+def test_the_meter_writes_each_stage_with_a_growing_share_and_a_shrinking_estimate(
+    tmp_path: Path,
+) -> None:
+    path, images = tmp_path / "progress.json", tmp_path / "images"
+    images.mkdir()
+    now = [1000.0]  # the build's clock: each unit of work below takes 10 s
+    seen = []
+    with BuildMeter(path, clock=lambda: now[0]) as meter:
+        meter.enter(STAGES[0], files_counter(images, "*.dicom", 4))
+        for index in range(4):
+            now[0] += 10
+            (images / f"{index}.dicom").touch()
+            meter.write()
+            seen.append(read_progress(path))
+        training = TrainingCounter(20, 12, lambda: 6)
+        meter.enter(STAGES[2], training, training.describe)
+        for _ in range(10):
+            training.epoch_started()
+        now[0] += 10
+        meter.write()
+        seen.append(read_progress(path))
+    progress = [p for p in seen if p is not None]
+    assert len(progress) == 5 and all(p.state == "building" for p in progress)
+    fractions = [p.fraction for p in progress]
+    assert fractions == sorted(fractions) and 0 < fractions[0] < fractions[-1] < 1
+    estimates = [p.eta_s or 0.0 for p in progress]
+    assert estimates == sorted(estimates, reverse=True) and estimates[0] > 600
+    # Estimate = time left as measured, scaled by this build's pace once it has one: the
+    # phantoms went at one steady pace (10 s a file), faster than the measured one.
+    whole = [p.eta_s / (1 - p.fraction) for p in progress[:4] if p.eta_s]
+    assert whole[1] == pytest.approx(whole[2], rel=0.02) == pytest.approx(whole[3], rel=0.02)
+    assert whole[1] < whole[0]
+    last = progress[-1]
+    assert last.stage == "training the models: classifier epoch 10/20, detector epoch 6/12"
+    assert "%" in last.summary() and "left" in last.summary()
+
+
+def test_the_training_counter_counts_a_resumed_model_as_done() -> None:
+    counter = TrainingCounter(20, 12, lambda: 0, classifier_trained=True)
+    assert counter() == (1.0, 2.0)
+    counter = TrainingCounter(20, 12, lambda: 12)
+    counter.epoch_started()
+    done, total = counter()
+    assert total == 2.0 and done == pytest.approx(1.0 + 0.5 / 20)
