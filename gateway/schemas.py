@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.buildprogress import BuildProgress
+
 
 class ErrorResponse(BaseModel):
     """Every error the gateway returns, whatever the status code."""
@@ -166,3 +168,7 @@ class HealthResponse(BaseModel):
     demo: bool
     warnings: list[str]
     decodable_transfer_syntaxes: dict[str, bool]
+    bundle_build: BuildProgress | None = Field(
+        None, description="The bundle `spine serve` is building, until it is loaded: stage, "
+        "share done, seconds left (estimates)",
+    )

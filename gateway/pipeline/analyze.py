@@ -79,6 +79,8 @@ async def analyze(
     decoded image's header before the models are asked: it notes the UIDs for the audit
     line, and may refuse the image (raising a ServiceError; STOW-RS: the study in the path).
     """
+    if pipeline.building is not None and (refused := pipeline.building.refusal()) is not None:
+        raise refused  # the bundle is still being built: no result from anything else
     started = time.perf_counter()
     canonical, metadata = await decode(pipeline, data)
     decoded = time.perf_counter()

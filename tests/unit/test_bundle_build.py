@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from shared.buildprogress import read_progress
+from gateway.pipeline.building import BuildWatch
+from shared.buildprogress import BuildProgress, read_progress, write_progress
 from training.build_meter import STAGES, BuildMeter, TrainingCounter, files_counter
 
 
@@ -58,3 +59,27 @@ def test_the_training_counter_counts_a_resumed_model_as_done() -> None:
     counter.epoch_started()
     done, total = counter()
     assert total == 2.0 and done == pytest.approx(1.0 + 0.5 / 20)
+
+
+def test_the_gateway_refuses_with_the_progress_until_the_bundle_is_loaded(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "progress.json"
+    watch = BuildWatch(path)
+    starting = watch.refusal()  # no file yet: the build is starting
+    assert starting is not None and starting.status_code == 503
+    assert "0% (starting)" in starting.message
+
+    write_progress(path, BuildProgress(state="building", bundle="demo", stage="training",
+                                       fraction=0.42, elapsed_s=300, eta_s=400))
+    watch._read_at = float("-inf")  # the next read is due (once a second)
+    refused = watch.refusal()
+    assert refused is not None and refused.retry_after_s == 60
+    assert "42% (training), about 7 min left" in refused.message
+
+    write_progress(path, BuildProgress(state="done", bundle="demo", stage="loaded",
+                                       fraction=1.0, elapsed_s=900))
+    watch._read_at = float("-inf")
+    assert watch.refusal() is None and watch.current() is None
+    path.unlink()  # once done, never read again
+    assert watch.refusal() is None
