@@ -71,6 +71,10 @@ def ensure_demo_bundle(
     )
 
 
+def demo_bundle_built(settings: CommonSettings) -> bool:
+    return (demo_bundle_dir(settings) / "manifest.yaml").is_file()
+
+
 def ensure_default_bundle(settings: CliSettings | ModelServerSettings, echo: bool = True) -> Path:
     """The bundle served without ``--model-dir`` (``SPINE_DEFAULT_BUNDLE``: demo|untrained),
     under the cache root of ``settings``."""

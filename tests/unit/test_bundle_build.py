@@ -6,12 +6,17 @@ fails is a real child process that exits with an error.
 
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from gateway.pipeline.building import BuildWatch
 from shared.buildprogress import BuildProgress, read_progress, write_progress
+from shared.settings import CliSettings
+from spine.background_build import BackgroundBuild, plan_background_build
+from spine.supervisor import build_children
 from training.build_meter import STAGES, BuildMeter, TrainingCounter, files_counter
 
 
@@ -83,3 +88,48 @@ def test_the_gateway_refuses_with_the_progress_until_the_bundle_is_loaded(
     assert watch.refusal() is None and watch.current() is None
     path.unlink()  # once done, never read again
     assert watch.refusal() is None
+
+
+def test_a_build_that_fails_is_reported_and_analyses_say_so(tmp_path: Path) -> None:
+    target, progress = tmp_path / "demo", tmp_path / "demo.progress.json"
+    build = BackgroundBuild(
+        target, progress, {}, "token",
+        argv=[sys.executable, "-c", "print('out of disk'); raise SystemExit(3)"],
+    )
+    build.start([])
+    deadline = time.monotonic() + 60
+    while not build.ended and time.monotonic() < deadline:
+        build.poll()
+        time.sleep(0.1)
+    failed = read_progress(progress)
+    assert failed is not None and failed.state == "failed"
+    assert failed.error is not None and "code 3" in failed.error and "out of disk" in failed.error
+    refused = BuildWatch(progress).refusal()
+    assert refused is not None and "could not be built" in refused.message
+    assert "out of disk" not in refused.message  # the reason (local paths) stays in the log
+
+
+def test_spine_serve_builds_beside_the_services_only_when_it_has_to(tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    settings = CliSettings(spine_cache_dir=cache, model_dir=None, spine_default_bundle="demo")
+    env: dict[str, str] = {}
+    build = plan_background_build(settings, None, None, env)
+    assert build is not None and build.target.parent == (cache / "bundles").resolve()
+    assert env["MODEL_REPOSITORY_ROOT"] == str(build.target.parent) and env["INTERNAL_TOKEN"]
+    assert env["BUNDLE_BUILD_PROGRESS_FILE"] == str(build.progress_path)
+    children = {c.name: c for c in build_children(
+        settings, host="127.0.0.1", gateway_port=1, classifier_port=2, detector_port=3,
+        model_dir=None, base_env=env)}
+    assert children["classifier"].env["MODEL_LOAD_AT_START"] == "false"
+    assert "MODEL_DIR" not in children["detector"].env
+    assert children["detector"].ready_url.endswith("/v2/health/live")  # no bundle: not ready
+
+    # The bundle to serve is known now: started with it, as before.
+    assert plan_background_build(settings, "/models/mine", None, {}) is None
+    untrained = CliSettings(spine_cache_dir=cache, model_dir=None, spine_default_bundle="untrained")
+    assert plan_background_build(untrained, None, None, {}) is None
+    # An operator's repository root that does not hold the bundles cache: built first.
+    assert plan_background_build(settings, None, tmp_path / "elsewhere", {}) is None
+    (build.target / "manifest.yaml").parent.mkdir(parents=True)
+    (build.target / "manifest.yaml").write_text("name: demo\n")
+    assert plan_background_build(settings, None, None, {}) is None  # already built
