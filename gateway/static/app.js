@@ -303,6 +303,7 @@ function banner(kind, text, testid) {
 }
 
 const BUILD_POLL_MS = 5000;
+let buildPoll = null;  // one timer, however often the health is refreshed
 
 /** The banner of a model bundle being built (spine serve on a fresh install), or null. */
 function buildBanner(build) {
@@ -347,7 +348,8 @@ async function refreshHealth() {
   if (build) {
     banners.push(build);
     dom.healthText.textContent = `building the ${String(health.bundle_build.bundle)} bundle`;
-    window.setTimeout(refreshHealth, BUILD_POLL_MS);  // until it is loaded
+    window.clearTimeout(buildPoll);
+    buildPoll = window.setTimeout(refreshHealth, BUILD_POLL_MS);  // until it is loaded
   }
   const warnings = Array.isArray(health.warnings) ? health.warnings.map(String) : [];
   const bundleKind = classifierBundle && classifierBundle.kind;
