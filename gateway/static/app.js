@@ -348,6 +348,7 @@ async function refreshHealth() {
   if (build) {
     banners.push(build);
     dom.healthText.textContent = `building the ${String(health.bundle_build.bundle)} bundle`;
+    dom.health.dataset.state = "degraded";  // up, but no analysis until it is loaded
     window.clearTimeout(buildPoll);
     buildPoll = window.setTimeout(refreshHealth, BUILD_POLL_MS);  // until it is loaded
   }

@@ -50,6 +50,9 @@ def test_the_page_shows_the_build_then_answers_once_the_bundle_is_loaded(
         "Uploads are answered once it is loaded."
     )
     assert banner.locator("progress").get_attribute("value") == "42"
+    health = page.locator("#health")
+    assert health.get_attribute("data-state") == "degraded"
+    assert health.inner_text().strip() == "building the demo bundle"
     page.screenshot(path=str(artifacts / "10-bundle-building.png"))
 
     page.set_input_files("#file-input", str(image))
@@ -63,3 +66,4 @@ def test_the_page_shows_the_build_then_answers_once_the_bundle_is_loaded(
     page.set_input_files("#file-input", str(image))
     page.wait_for_selector(".card[data-state=done]")
     assert page.locator("[data-testid=health-build]").count() == 0
+    assert health.get_attribute("data-state") == "healthy"
