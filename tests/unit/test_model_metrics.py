@@ -7,13 +7,12 @@ import asyncio
 from collections.abc import Sequence
 from pathlib import Path
 
-import pytest
-
 import numpy as np
+import pytest
 from prometheus_client import generate_latest
 
-from model_server.lifecycle import BatchedModel
 from model_server.errors import LoadFailedError
+from model_server.lifecycle import BatchedModel
 from model_server.metrics import ModelMetrics
 from model_server.repository import ModelRepository
 from shared import oip
