@@ -120,7 +120,9 @@ def test_the_stack_answers_while_the_bundle_builds_and_serves_it_once_built(
         assert "% (generating phantoms)" in message and "left" in message, message
         health = httpx.get(f"{gateway.url}/health", timeout=30).json()
         assert health["bundle_build"]["state"] == "building", health
-        assert 0 < health["bundle_build"]["fraction"] < 0.2 and health["bundle_build"]["eta_s"]
+        build_state = health["bundle_build"]
+        # an estimate is given (the stand-in build's pace makes its value anything >= 0)
+        assert 0 < build_state["fraction"] < 0.2 and build_state["eta_s"] >= 0, build_state
         ready = httpx.get(f"{gateway.url}/readyz", timeout=30)
         assert ready.status_code == 503 and "being built" in ready.json()["message"]
         page = httpx.get(f"{gateway.url}/", timeout=30)
