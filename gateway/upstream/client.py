@@ -83,6 +83,11 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 2
 # Less time than this left before the request's deadline: not attempted (a timeout).
 MIN_ATTEMPT_BUDGET_S = 0.01
+# With no replica in rotation only because the last readiness poll found them all down, a
+# request polls them itself, this long at most, instead of failing until the next poll: a
+# replica that came up since (the first uploads after a start) takes it at once, and one
+# still down costs this bound, never a facts read's FACTS_TIMEOUT_S.
+POLL_WHEN_ALL_DOWN_S = 1.0
 # Observer of every attempt: (service, outcome label, seconds), outcome.Outcome's labels.
 AttemptObserver = Callable[[str, str, float], None]
 # Told the service's name each time its breaker ejects a replica.
@@ -169,6 +174,9 @@ class ModelClient(Generic[F]):
         """Outputs of one infer; ``deadline`` is a ``time.monotonic()`` time or None."""
         now = time.monotonic()
         await self.agreement.refresh(self.replicas, lambda r: self._read_first(r, now))
+        if self._all_left_to_poller(now):
+            await self.poll_readiness(POLL_WHEN_ALL_DOWN_S)
+            now = time.monotonic()
         time_for = CallBudget.start(now, self.timeout_s, self.attempt_bound_s, deadline)
         tried: set[str] = set()
         last: UpstreamError | None = None
@@ -211,6 +219,14 @@ class ModelClient(Generic[F]):
         or that the last poll found down (the poller reads those once they answer)."""
         return (replica.bundle.stale and replica.available(now)
                 and self.readiness.ready.get(replica.url, True))
+
+    def _all_left_to_poller(self, now: float) -> bool:
+        """No replica could take a call, and some only because the last poll found them
+        down (:meth:`_read_first` leaves those to the poller)."""
+        if any(r.usable and r.available(now) for r in self.replicas):
+            return False
+        return any(self.readiness.ready.get(r.url) is False and r.available(now)
+                   for r in self.replicas)
 
     def _another(self, tried: set[str], now: float) -> bool:
         """Another replica could take a call now, if this attempt fails."""

@@ -381,6 +381,25 @@ async def test_a_replica_the_poll_found_down_is_left_to_the_poller(
         assert models.replica_states(10.0) == {"ready": 2, "ejected": 0, "not_ready": 0}
 
 
+async def test_a_lone_replica_the_poll_found_down_is_polled_by_the_next_request(
+    first: StandIn,
+) -> None:
+    """The first uploads after a start: the poll ran while the model was still loading.
+    With nobody else in rotation the request polls (bounded) instead of failing until the
+    next poll; a replica still down fails it within that bound."""
+    attempts = Attempts()
+    async with client([first.url], attempts) as models:
+        first.ready_hangs = True
+        assert await models.poll_readiness(0.3) == {first.url: False}
+        reads = first.config_reads
+        with pytest.raises(UpstreamUnavailableError):
+            await models.infer(image(), OUTPUTS, "down")
+        assert first.config_reads == reads  # polled, not read on the request path
+        first.ready_hangs = False  # loaded since the last poll
+        assert (await models.infer(image(), OUTPUTS, "up")).replica == first.url
+        assert models.replica_states(10.0) == {"ready": 1, "ejected": 0, "not_ready": 0}
+
+
 async def test_a_replica_that_leaves_dns_no_longer_takes_part_in_the_agreement() -> None:
     """The last replica on the old bundle leaves: the new bundle's replica is agreed at
     once, without waiting for the next readiness poll."""
