@@ -180,6 +180,11 @@ class GatewaySettings(
         description="Patient module of DICOM results: copy (the source's, so results land "
         "in the patient's own study) or pseudonymize (PatientID/Name -> keyed pseudonym)",
     )
+    viewer_url: str | None = Field(
+        None, description="a DICOMweb viewer (e.g. `spine reading-room`'s OHIF, "
+        "http://127.0.0.1:8042); the web page then offers \"Open in viewer\" for an "
+        "analysed DICOM study ({url}/viewer?StudyInstanceUIDs=...); None = no link",
+    )
 
     # --- admission, browsers, audit ------------------------------------------------------
     api_keys_sha256: Annotated[dict[str, str], NoDecode] = Field(
