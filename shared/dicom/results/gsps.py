@@ -16,8 +16,9 @@ from pydicom.dataset import Dataset
 from shared.dicom.results.common import (
     DEVICE_SERIAL,
     MANUFACTURER,
-    PR_SERIES_NUMBER,
-    ResultUids,
+    SERIES_NUMBERS,
+    ObjectUids,
+    ResultKind,
     coding_schemes,
     rectangle,
     reference_dataset,
@@ -103,7 +104,7 @@ def _voi(source: SourceImage) -> list[hd.pr.SoftcopyVOILUTTransformation] | None
 
 
 def build_gsps(
-    source: SourceImage, result: AnalysisResult, uids: ResultUids
+    source: SourceImage, result: AnalysisResult, uids: ObjectUids
 ) -> hd.pr.GrayscaleSoftcopyPresentationState:
     """The presentation state dataset (raises ResultWriteError without the source's UIDs)."""
     image = reference_dataset(source)
@@ -114,9 +115,9 @@ def build_gsps(
     )
     state = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=[image],
-        series_instance_uid=uids.pr_series,
-        series_number=PR_SERIES_NUMBER,
-        sop_instance_uid=uids.pr_instance,
+        series_instance_uid=uids.series,
+        series_number=SERIES_NUMBERS[ResultKind.GSPS],
+        sop_instance_uid=uids.instance,
         instance_number=1,
         manufacturer=MANUFACTURER,
         manufacturer_model_name=result.bundle_name[:64],

@@ -8,6 +8,13 @@ referencing the source image, with its coded finding type and the detection conf
 every group names the algorithm (bundle name, kind, checkpoint sha256s, our version).
 The intended-use text (and DEMO / UNTRAINED) is a TEXT item of the report and the series
 description. The document is UNVERIFIED and not complete (no person has signed it).
+
+Shaped so that the OHIF Viewer (3.13.2, extension ``cornerstone-dicom-sr``) draws it all
+(docs/INTEGRATION.md "What OHIF shows" cites its code): every NUM of the image group is
+INFERRED FROM the whole image's outline (OHIF takes a TID 1501 group's geometry from its
+NUMs and fails the whole SR on a group without any), probabilities are in percent, and
+the NUM concepts name the call and each box's class (OHIF labels a drawing with its NUMs
+only, never with the Finding).
 """
 
 from __future__ import annotations
@@ -21,8 +28,9 @@ from pydicom.uid import generate_uid
 from shared.dicom.results import codes
 from shared.dicom.results.common import (
     MANUFACTURER,
-    SR_SERIES_NUMBER,
-    ResultUids,
+    SERIES_NUMBERS,
+    ObjectUids,
+    ResultKind,
     coding_schemes,
     rectangle,
     reference_dataset,
@@ -60,22 +68,44 @@ def short_algorithm(
 
 
 def _measurement(
-    name: Code, value: float, algorithm_id: hd.sr.AlgorithmIdentification | None = None
+    name: Code, fraction: float, algorithm_id: hd.sr.AlgorithmIdentification | None = None,
+    inferred_from: hd.sr.CoordinatesForMeasurement | None = None,
 ) -> hd.sr.Measurement:
+    """A probability or confidence (0..1 in the JSON) as a NUM in percent."""
     return hd.sr.Measurement(
-        name=name, value=round(float(value), 6), unit=codes.NO_UNITS, algorithm_id=algorithm_id
+        name=name, value=round(100.0 * float(fraction), 6), unit=codes.PERCENT,
+        algorithm_id=algorithm_id,
+        referenced_coordinates=None if inferred_from is None else [inferred_from],
+    )
+
+
+def whole_image(source: SourceImage) -> hd.sr.CoordinatesForMeasurement:
+    """The outline of the whole image: what an image-level value is INFERRED FROM."""
+    return hd.sr.CoordinatesForMeasurement(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=np.array(
+            rectangle((0.0, 0.0, float(source.columns), float(source.rows))), dtype=np.float64
+        ),
+        source_image=hd.sr.SourceImageForRegion(
+            source.sop_class_uid, source.sop_instance_uid  # type: ignore[arg-type]
+        ),
     )
 
 
 def _image_group(
     source: SourceImage, result: AnalysisResult
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    region = whole_image(source)
     measurements = [
-        _measurement(codes.ABNORMAL_PROBABILITY, result.abnormal_probability),
-        _measurement(codes.DECISION_THRESHOLD, result.threshold),
+        _measurement(
+            codes.PROBABILITY_OF_CALL[result.diagnosis], result.abnormal_probability,
+            inferred_from=region,
+        ),
+        _measurement(codes.DECISION_THRESHOLD, result.threshold, inferred_from=region),
         *(
             _measurement(
-                codes.MEMBER_PROBABILITY, p, short_algorithm(result, f"{result.bundle_name}/{m}")
+                codes.MEMBER_PROBABILITY, p, short_algorithm(result, f"{result.bundle_name}/{m}"),
+                inferred_from=region,
             )
             for m, p in result.members.items()
         ),
@@ -116,14 +146,16 @@ def _box_groups(
                 finding_type=codes.finding_type(box.class_name),
                 finding_category=codes.LESION,
                 algorithm_id=algorithm_id,
-                measurements=[_measurement(codes.DETECTION_CONFIDENCE, box.confidence)],
+                measurements=[
+                    _measurement(codes.detection_confidence(box.class_name), box.confidence)
+                ],
             )
         )
     return groups
 
 
 def build_sr(
-    source: SourceImage, result: AnalysisResult, uids: ResultUids
+    source: SourceImage, result: AnalysisResult, uids: ObjectUids
 ) -> hd.sr.Comprehensive3DSR:
     """The SR dataset (raises ResultWriteError when the source lacks its UIDs)."""
     evidence = reference_dataset(source)
@@ -151,9 +183,9 @@ def build_sr(
     return hd.sr.Comprehensive3DSR(
         evidence=[evidence],
         content=root,
-        series_instance_uid=uids.sr_series,
-        series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=uids.sr_instance,
+        series_instance_uid=uids.series,
+        series_number=SERIES_NUMBERS[ResultKind.SR],
+        sop_instance_uid=uids.instance,
         instance_number=1,
         manufacturer=MANUFACTURER,
         is_complete=False,
