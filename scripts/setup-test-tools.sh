@@ -25,6 +25,8 @@ missing() {
 }
 # kubectl is not a (recent enough) Debian package: its own script fetches it.
 "$(dirname "$0")/setup-kubectl.sh"
+# Orthanc, Node.js and the OHIF Viewer (npm ci, pinned) for the reading-room browser test.
+"$(dirname "$0")/setup-reading-room.sh"
 need=$(missing)
 if [ -z "$need" ]; then exit 0; fi
 if [ "$(id -u)" -ne 0 ]; then
