@@ -167,12 +167,14 @@ def build_parser(settings: CliSettings) -> argparse.ArgumentParser:
         commands_training,
         commands_triton,
     )
+    from spine.readingroom import command as commands_reading_room
 
     commands_training.register(sub)
     commands_bench.register(sub)
     commands_bundle.register(sub)
     commands_listener.register(sub, settings)
     commands_triton.register(sub)
+    commands_reading_room.register(sub, settings)
     return parser
 
 

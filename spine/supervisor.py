@@ -243,7 +243,7 @@ def supervise(children: list[Child], stop_requested: list[bool]) -> None:
         time.sleep(0.5)
 
 
-def serve(children: list[Child], gateway_url: str) -> int:
+def serve(children: list[Child], gateway_url: str, banner: list[str] | None = None) -> int:
     stop_requested = [False]
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -258,6 +258,8 @@ def serve(children: list[Child], gateway_url: str) -> int:
             return 1
         print(f"[spine] all services ready. Swagger UI: {gateway_url}/docs  "
               f"(web page: {gateway_url}/)  Ctrl-C stops everything.", flush=True)
+        for line in banner or ():
+            print(f"[spine] {line}", flush=True)
         supervise(children, stop_requested)
         return 0
     finally:

@@ -182,7 +182,7 @@ class GatewaySettings(
     )
     viewer_url: str | None = Field(
         None, description="a DICOMweb viewer (e.g. `spine reading-room`'s OHIF, "
-        "http://127.0.0.1:8042); the web page then offers \"Open in viewer\" for an "
+        "http://127.0.0.1:3000); the web page then offers \"Open in viewer\" for an "
         "analysed DICOM study ({url}/viewer?StudyInstanceUIDs=...); None = no link",
     )
 
