@@ -30,7 +30,7 @@ router = APIRouter()
                 outputs.MULTIPART: {"schema": {"type": "string", "format": "binary"}},
                 outputs.DICOM: {"schema": {"type": "string", "format": "binary"}},
             },
-            "description": "multipart/related: the Comprehensive 3D SR (TID 1500), the "
+            "description": "multipart/related: the Comprehensive SR (TID 1500), the "
             "Grayscale Softcopy Presentation State, the burned-in Secondary Capture (each "
             "application/dicom, Content-ID <sr> / <gsps> / <sc>, those that `parts` asks "
             "for) and the /upload JSON (application/json, <analysis>). With one part "

@@ -98,7 +98,7 @@ def dciodvfy(path: Path) -> str:
     return report
 
 
-def roi_boxes(sr: hd.sr.Comprehensive3DSR) -> list[tuple[str, float, list[float]]]:
+def roi_boxes(sr: hd.sr.ComprehensiveSR) -> list[tuple[str, float, list[float]]]:
     """(finding meaning, confidence, [x1, y1, x2, y2]) of each planar ROI group."""
     boxes = []
     for group in sr.content.get_planar_roi_measurement_groups():
@@ -115,7 +115,7 @@ def roi_boxes(sr: hd.sr.Comprehensive3DSR) -> list[tuple[str, float, list[float]
     return boxes
 
 
-def image_finding(sr: hd.sr.Comprehensive3DSR, source: pydicom.Dataset) -> str:
+def image_finding(sr: hd.sr.ComprehensiveSR, source: pydicom.Dataset) -> str:
     """The image group's Finding; its first NUM names the same call, and every NUM is
     INFERRED FROM the whole image's outline (OHIF draws a group only with coordinates)."""
     (group,) = sr.content.get_image_measurement_groups()

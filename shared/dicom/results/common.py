@@ -20,7 +20,7 @@ DEVICE_SERIAL = "1"  # GSPS asks for one; a piece of software has none
 class ResultKind(StrEnum):
     """The result objects (``RESULTS_OBJECTS``), in the order they are written and sent."""
 
-    SR = "sr"  # Comprehensive 3D SR, TID 1500
+    SR = "sr"  # Comprehensive SR, TID 1500
     GSPS = "gsps"  # Grayscale Softcopy Presentation State
     SC = "sc"  # Secondary Capture image, boxes burned in
 

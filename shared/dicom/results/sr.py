@@ -1,4 +1,4 @@
-"""The Comprehensive 3D SR (TID 1500 Measurement Report) of one analysis.
+"""The Comprehensive SR (TID 1500 Measurement Report) of one analysis.
 
 Content, top down: the observer is the algorithm (a device named after the bundle); one
 measurement group (TID 1501) for the whole image with the finding Normal/Abnormal, the
@@ -156,7 +156,7 @@ def _box_groups(
 
 def build_sr(
     source: SourceImage, result: AnalysisResult, uids: ObjectUids
-) -> hd.sr.Comprehensive3DSR:
+) -> hd.sr.ComprehensiveSR:
     """The SR dataset (raises ResultWriteError when the source lacks its UIDs)."""
     evidence = reference_dataset(source)
     observer = hd.sr.ObserverContext(
@@ -180,7 +180,7 @@ def build_sr(
             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
         )
     )
-    return hd.sr.Comprehensive3DSR(
+    return hd.sr.ComprehensiveSR(
         evidence=[evidence],
         content=root,
         series_instance_uid=uids.series,
