@@ -20,7 +20,7 @@ from pydantic import Field, SecretStr, field_validator
 from shared.settings.base import SettingsBase
 
 # RESULTS_OBJECTS words, in the order the objects are written (shared.dicom.results).
-RESULT_OBJECT_KINDS = ("sr", "gsps", "sc")
+RESULT_OBJECT_KINDS = ("sr", "gsps", "sc", "kos")
 
 
 class DefaultBundle(StrEnum):
@@ -98,7 +98,8 @@ class ResultsDeliverySettings(SettingsBase):
         "sr,gsps", description="the result objects written for each analysed image and "
         "sent to this process's RESULTS_* destinations (the gateway's STOW-RS results, the "
         "listener's): comma-separated sr (TID 1500 SR), gsps (presentation state), sc "
-        "(Secondary Capture with the boxes burned in, for viewers that show neither)",
+        "(Secondary Capture with the boxes burned in, for viewers that show neither), kos "
+        "(Key Object Selection flagging the analysed image)",
     )
 
     @field_validator("results_objects")

@@ -302,6 +302,21 @@ def test_the_burned_in_secondary_capture(
     assert bad.status_code == 422 and "pdf" in bad.json()["message"]
 
 
+def test_the_key_object_selection_is_valid_and_flags_the_image(
+    abnormal_stack: Stack, samples: dict[str, bytes], tmp_path: Path
+) -> None:
+    require_tools("dciodvfy")
+    source = pydicom.dcmread(io.BytesIO(samples["abnormal-2"]))
+    parts = split_parts(upload_dicom(abnormal_stack.gateway, samples["abnormal-2"], parts="kos"))
+    assert list(parts) == ["kos", "analysis"]
+    (tmp_path / "kos.dcm").write_bytes(parts["kos"][1])
+    dciodvfy(tmp_path / "kos.dcm")
+    kos = pydicom.dcmread(tmp_path / "kos.dcm")
+    assert kos.Modality == "KO" and kos.StudyInstanceUID == source.StudyInstanceUID
+    (image,) = [i for i in kos.ContentSequence if i.ValueType == "IMAGE"]
+    assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+
+
 @pytest.mark.parametrize("mode", ["gateway", "in-process"])
 def test_evaluate_writes_both_objects_for_every_image(
     mode: str, abnormal_stack: Stack, tiny_bundle: Path, tmp_path: Path

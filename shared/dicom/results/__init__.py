@@ -92,6 +92,10 @@ def _build(
         return build_sr(source, result, uids)
     if kind is ResultKind.GSPS:
         return build_gsps(source, result, uids)
+    if kind is ResultKind.KOS:
+        from shared.dicom.results.kos import build_kos
+
+        return build_kos(source, result, uids)
     if image is None:
         raise ResultWriteError("A Secondary Capture needs the analysed image's pixels.")
     from shared.dicom.results.sc import build_sc  # cv2 drawing: only when asked for

@@ -23,10 +23,13 @@ class ResultKind(StrEnum):
     SR = "sr"  # Comprehensive SR, TID 1500
     GSPS = "gsps"  # Grayscale Softcopy Presentation State
     SC = "sc"  # Secondary Capture image, boxes burned in
+    KOS = "kos"  # Key Object Selection document flagging the analysed image
 
 
 DEFAULT_KINDS = (ResultKind.SR, ResultKind.GSPS)
-SERIES_NUMBERS = {ResultKind.SR: 9901, ResultKind.GSPS: 9902, ResultKind.SC: 9903}
+SERIES_NUMBERS = {
+    ResultKind.SR: 9901, ResultKind.GSPS: 9902, ResultKind.SC: 9903, ResultKind.KOS: 9904,
+}
 
 
 class ResultWriteError(ValueError):

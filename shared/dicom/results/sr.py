@@ -154,12 +154,9 @@ def _box_groups(
     return groups
 
 
-def build_sr(
-    source: SourceImage, result: AnalysisResult, uids: ObjectUids
-) -> hd.sr.ComprehensiveSR:
-    """The SR dataset (raises ResultWriteError when the source lacks its UIDs)."""
-    evidence = reference_dataset(source)
-    observer = hd.sr.ObserverContext(
+def device_observer(result: AnalysisResult) -> hd.sr.ObserverContext:
+    """The algorithm as the observer: a device named after the bundle (SR and KOS)."""
+    return hd.sr.ObserverContext(
         observer_type=dcm_codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=generate_uid(entropy_srcs=[MANUFACTURER, result.bundle_name]),
@@ -168,6 +165,14 @@ def build_sr(
             model_name=result.bundle_kind,
         ),
     )
+
+
+def build_sr(
+    source: SourceImage, result: AnalysisResult, uids: ObjectUids
+) -> hd.sr.ComprehensiveSR:
+    """The SR dataset (raises ResultWriteError when the source lacks its UIDs)."""
+    evidence = reference_dataset(source)
+    observer = device_observer(result)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.PROCEDURE,
