@@ -225,6 +225,13 @@ class GatewaySettings(
     def _parse_urls(cls, value: object) -> object:
         return split_list(value, strip_slash=True)
 
+    @field_validator("viewer_url")
+    @classmethod
+    def _viewer_url(cls, value: str | None) -> str | None:
+        if value and not value.lower().startswith(("http://", "https://")):
+            raise ValueError(f"VIEWER_URL must be an http(s) URL, not {value!r}")
+        return value or None
+
     @field_validator("api_keys_sha256", "operator_keys_sha256", mode="before")
     @classmethod
     def _parse_api_keys(cls, value: object) -> object:

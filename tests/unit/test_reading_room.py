@@ -64,3 +64,19 @@ def test_the_viewer_serves_ohif_deep_links_and_its_own_config(tmp_path: Path) ->
     assert "wadoRoot: '/dicom-web'" in config and "qidoRoot: '/dicom-web'" in config
     with pytest.raises(FileNotFoundError, match="setup-reading-room"):
         create_app(tmp_path / "nothing", "http://127.0.0.1:9")
+
+
+def test_viewer_link_needs_viewer_url_and_a_checked_study_uid() -> None:
+    from gateway.pipeline.response import viewer_link
+    from shared.dicom.source import SourceImage
+    from shared.settings import GatewaySettings
+
+    source = SourceImage("1.2.840.10008.5.1.4.1.1.1.1", "1.2.3.4", "1.2.3", "1.2.3.9", 8, 8,
+                         "MONOCHROME2")
+    assert viewer_link("http://127.0.0.1:3000/", source) == (
+        "http://127.0.0.1:3000/viewer?StudyInstanceUIDs=1.2.3.9"
+    )
+    assert viewer_link(None, source) is None
+    assert viewer_link("http://v", None) is None
+    with pytest.raises(ValueError, match="VIEWER_URL"):
+        GatewaySettings(viewer_url="javascript:alert(1)")
