@@ -56,6 +56,15 @@ def object_uids(source: SourceImage, result: AnalysisResult, kind: ResultKind) -
     return ObjectUids(generate_uid(), generate_uid())
 
 
+def series_identity(kind: ResultKind, uids: ObjectUids) -> dict[str, object]:
+    """The keyword arguments of every highdicom result object that place it: its own
+    series (number by kind) and instance, and us as the manufacturer."""
+    return {
+        "series_instance_uid": uids.series, "series_number": SERIES_NUMBERS[kind],
+        "sop_instance_uid": uids.instance, "instance_number": 1, "manufacturer": MANUFACTURER,
+    }
+
+
 def reference_dataset(source: SourceImage) -> Dataset:
     """A header-only stand-in for the source image: what highdicom reads from "evidence".
 

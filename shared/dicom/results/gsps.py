@@ -15,14 +15,13 @@ from pydicom.dataset import Dataset
 
 from shared.dicom.results.common import (
     DEVICE_SERIAL,
-    MANUFACTURER,
-    SERIES_NUMBERS,
     ObjectUids,
     ResultKind,
     coding_schemes,
     rectangle,
     reference_dataset,
     series_description,
+    series_identity,
 )
 from shared.dicom.results.model import AnalysisResult
 from shared.dicom.source import SourceImage
@@ -115,11 +114,7 @@ def build_gsps(
     )
     state = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=[image],
-        series_instance_uid=uids.series,
-        series_number=SERIES_NUMBERS[ResultKind.GSPS],
-        sop_instance_uid=uids.instance,
-        instance_number=1,
-        manufacturer=MANUFACTURER,
+        **series_identity(ResultKind.GSPS, uids),  # type: ignore[arg-type]
         manufacturer_model_name=result.bundle_name[:64],
         software_versions=result.version,
         device_serial_number=DEVICE_SERIAL,

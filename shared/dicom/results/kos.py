@@ -12,12 +12,11 @@ import highdicom as hd
 from pydicom.sr.codedict import codes as dcm_codes
 
 from shared.dicom.results.common import (
-    MANUFACTURER,
-    SERIES_NUMBERS,
     ObjectUids,
     ResultKind,
     reference_dataset,
     series_description,
+    series_identity,
 )
 from shared.dicom.results.model import AnalysisResult
 from shared.dicom.results.sr import device_observer
@@ -46,11 +45,7 @@ def build_kos(
     document = hd.ko.KeyObjectSelectionDocument(
         evidence=[image],
         content=content,
-        series_instance_uid=uids.series,
-        series_number=SERIES_NUMBERS[ResultKind.KOS],
-        sop_instance_uid=uids.instance,
-        instance_number=1,
-        manufacturer=MANUFACTURER,
+        **series_identity(ResultKind.KOS, uids),  # type: ignore[arg-type]
     )
     document.SeriesDescription = series_description(result, "KO")
     return document

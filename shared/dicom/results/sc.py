@@ -19,11 +19,11 @@ from pydicom.sr.codedict import codes as dcm_codes
 from shared.dicom.decode import CanonicalImage
 from shared.dicom.results.common import (
     MANUFACTURER,
-    SERIES_NUMBERS,
     ObjectUids,
     ResultKind,
     reference_dataset,
     series_description,
+    series_identity,
 )
 from shared.dicom.results.model import AnalysisResult
 from shared.dicom.source import SourceImage
@@ -82,11 +82,7 @@ def build_sc(
         photometric_interpretation=hd.PhotometricInterpretationValues.RGB,
         bits_allocated=8,
         coordinate_system=hd.CoordinateSystemNames.PATIENT,
-        series_instance_uid=uids.series,
-        series_number=SERIES_NUMBERS[ResultKind.SC],
-        sop_instance_uid=uids.instance,
-        instance_number=1,
-        manufacturer=MANUFACTURER,
+        **series_identity(ResultKind.SC, uids),  # type: ignore[arg-type]
         patient_orientation=("A", "F"),  # highdicom insists; cleared below
     )
     sc.PatientOrientation = None  # Type 2C, empty: the source's orientation is not kept

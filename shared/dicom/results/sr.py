@@ -28,13 +28,13 @@ from pydicom.uid import generate_uid
 from shared.dicom.results import codes
 from shared.dicom.results.common import (
     MANUFACTURER,
-    SERIES_NUMBERS,
     ObjectUids,
     ResultKind,
     coding_schemes,
     rectangle,
     reference_dataset,
     series_description,
+    series_identity,
 )
 from shared.dicom.results.model import AnalysisResult
 from shared.dicom.source import SourceImage
@@ -188,11 +188,7 @@ def build_sr(
     return hd.sr.ComprehensiveSR(
         evidence=[evidence],
         content=root,
-        series_instance_uid=uids.series,
-        series_number=SERIES_NUMBERS[ResultKind.SR],
-        sop_instance_uid=uids.instance,
-        instance_number=1,
-        manufacturer=MANUFACTURER,
+        **series_identity(ResultKind.SR, uids),  # type: ignore[arg-type]
         is_complete=False,
         is_final=False,
         is_verified=False,
