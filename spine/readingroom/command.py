@@ -118,6 +118,8 @@ def cmd_reading_room(args: argparse.Namespace, cli: CliSettings) -> int:
 
 
 def register(sub: argparse._SubParsersAction, settings: CliSettings) -> None:  # type: ignore[type-arg]
+    from spine.cli import add_stack_options
+
     room = sub.add_parser("reading-room", help=HELP, description=HELP)
     room.add_argument("--host", default="127.0.0.1",
                       help="address of the viewer and Orthanc's HTTP; beyond loopback only "
@@ -128,14 +130,7 @@ def register(sub: argparse._SubParsersAction, settings: CliSettings) -> None:  #
                       help="Orthanc's DICOM port (storescu sends here)")
     room.add_argument("--data-dir", default=str(cache_root(settings) / "reading-room"),
                       help="Orthanc's storage and index (kept across restarts)")
-    room.add_argument("--model-dir", help="model bundle folder (env MODEL_DIR); without it "
-                      "the default bundle")
-    room.add_argument("--port", type=int, default=settings.gateway_port,
-                      help="gateway port (env GATEWAY_PORT)")
-    room.add_argument("--classifier-port", type=int, default=settings.classifier_port,
-                      help="classifier port")
-    room.add_argument("--detector-port", type=int, default=settings.detector_port,
-                      help="detector port")
+    add_stack_options(room, settings)
     room.add_argument("--dicom-port", type=int, default=settings.listener_port,
                       help="our DICOM listener's port (env LISTENER_PORT)")
     room.set_defaults(func=cmd_reading_room)
