@@ -8,7 +8,8 @@
 # Node.js / npm come from Debian too. Debian packages are installed when run as root.
 # Nothing downloads at run or test time. Exits 1 when something is still missing.
 set -euo pipefail
-cd "$(dirname "$0")/../viewer"
+here=$(cd "$(dirname "$0")" && pwd)
+cd "$here/../viewer"
 debian_missing() {
   local out=()
   [ -x /usr/sbin/Orthanc ] || out+=(orthanc)
@@ -16,19 +17,9 @@ debian_missing() {
   command -v npm >/dev/null 2>&1 || out+=(nodejs npm)
   echo "${out[@]}"
 }
-need=$(debian_missing)
-if [ -n "$need" ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "[setup] missing Debian packages: $need; install them (as root: apt-get install" \
-         "$need) and run again" >&2
-    exit 1
-  fi
-  echo "[setup] apt-get install $need"
-  export DEBIAN_FRONTEND=noninteractive
-  # shellcheck disable=SC2086  # one word per package
-  apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends $need >/dev/null
-  [ -z "$(debian_missing)" ] || { echo "[setup] still missing: $(debian_missing)" >&2; exit 1; }
-fi
+# shellcheck source=scripts/debian-packages.sh
+. "$here/debian-packages.sh"
+install_missing debian_missing
 dist=node_modules/@ohif/app/dist/index.html
 marker="node_modules/.installed-$(sha256sum package-lock.json | cut -c1-16)"
 if [ -f "$dist" ] && [ -f "$marker" ]; then exit 0; fi
