@@ -13,6 +13,7 @@ import email.parser
 import email.policy
 import io
 import json
+import re
 import shutil
 import statistics
 import subprocess
@@ -238,15 +239,27 @@ def test_normal_image_keeps_only_the_fused_boxes_and_says_demo(
     assert "DEMO" in sr_ds.SeriesDescription
 
 
-def test_added_time_of_writing_the_objects(
+SERVER_TIMING = re.compile(r"dicom;dur=(\d+(?:\.\d+)?)")
+
+
+def writing_ms(response: httpx.Response) -> float:
+    """The writer's own time from ``Server-Timing: dicom;dur=<ms>`` (asserted well-formed)."""
+    match = SERVER_TIMING.fullmatch(response.headers.get("server-timing", ""))
+    assert match, f"no parseable Server-Timing: {response.headers.get('server-timing')!r}"
+    return float(match.group(1))
+
+
+def test_every_choice_of_parts_answers_those_objects_and_their_writing_time(
     abnormal_stack: Stack, samples: dict[str, bytes]
 ) -> None:
-    """Median wall time of /upload vs /upload/dicom, and the writer's own Server-Timing
-    for each result object alone (printed with -s; docs/INTEGRATION.md quotes it)."""
+    """Each ``parts`` gives exactly those objects, in order, and a positive, well-formed
+    ``Server-Timing: dicom;dur=``. The medians (and /upload vs /upload/dicom wall time)
+    are printed with -s, never asserted: ``python -m bench.result_objects`` measures what
+    each object adds, as ratios."""
     data = samples["abnormal-1"]
     plain, dicom, boxes = [], [], 0
-    written: dict[str, list[float]] = {"sr": [], "gsps": [], "sc": [], "sr,gsps": []}
-    for _ in range(5):
+    written: dict[str, list[float]] = {"sr": [], "gsps": [], "sc": [], "kos": [], "sr,gsps": []}
+    for _ in range(3):
         started = time.perf_counter()
         assert httpx.post(
             f"{abnormal_stack.gateway}/upload", params={"annotate": "false"},
@@ -256,19 +269,20 @@ def test_added_time_of_writing_the_objects(
         started = time.perf_counter()
         response = upload_dicom(abnormal_stack.gateway, data)
         dicom.append(time.perf_counter() - started)
-        assert response.status_code == 200
+        assert response.status_code == 200 and writing_ms(response) > 0
         boxes = len(json.loads(split_parts(response)["analysis"][1])["detections"])
         for parts, times in written.items():
             response = upload_dicom(abnormal_stack.gateway, data, parts=parts)
+            assert response.status_code == 200
             assert list(split_parts(response))[:-1] == parts.split(",")
-            times.append(float(response.headers["server-timing"].split("dur=")[1]))
+            times.append(writing_ms(response))
+            assert times[-1] > 0
     each = ", ".join(f"{k} {statistics.median(v):.1f} ms" for k, v in written.items())
     print(
         f"\n[dicom results] /upload median {1000 * statistics.median(plain):.1f} ms, "
         f"/upload/dicom median {1000 * statistics.median(dicom):.1f} ms; writing, median "
-        f"of 5 ({boxes} boxes, {len(data)} bytes image): {each}"
+        f"of 3 ({boxes} boxes, {len(data)} bytes image): {each}"
     )
-    assert statistics.median(written["sr,gsps"]) < 2000
 
 
 def test_the_burned_in_secondary_capture(
