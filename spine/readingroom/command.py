@@ -76,11 +76,28 @@ def _orthanc_plan(args: argparse.Namespace, cli: CliSettings) -> OrthancPlan:
     return plan
 
 
+def _local_host(args: argparse.Namespace) -> str:
+    """Where a browser on this machine finds the servers (not the wildcard they bind)."""
+    return "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+
+
+def _viewer_url(args: argparse.Namespace) -> str:
+    return f"http://{_local_host(args)}:{args.viewer_port}"
+
+
+def room_env(env: dict[str, str], plan: OrthancPlan, viewer_url: str) -> dict[str, str]:
+    """The children's environment wired both ways: results by C-STORE to this Orthanc,
+    images only from it; the gateway's page links to this viewer unless VIEWER_URL is set."""
+    return {
+        "VIEWER_URL": viewer_url, **env,
+        "RESULTS_STORE_AE": plan.store_ae, "LISTENER_ALLOWED_AE_TITLES": plan.aet,
+    }
+
+
 def _banner(args: argparse.Namespace, plan: OrthancPlan) -> list[str]:
-    shown = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
     return [
-        f"OHIF Viewer (studies, our SR drawn): http://{shown}:{args.viewer_port}/",
-        f"Orthanc (upload page: Upload, top right): http://{shown}:{args.orthanc_port}/",
+        f"OHIF Viewer (studies, our SR drawn): {_viewer_url(args)}/",
+        f"Orthanc (upload page: Upload, top right): http://{_local_host(args)}:{args.orthanc_port}/",
         f"send images: storescu -aet STORESCU -aec {plan.aet} 127.0.0.1 "
         f"{args.orthanc_dicom_port} image.dcm",
         f"data kept in {plan.data_dir}",
@@ -99,8 +116,7 @@ def cmd_reading_room(args: argparse.Namespace, cli: CliSettings) -> int:
     check_settings(GatewaySettings, ModelServerSettings)  # the children read the same env
     plan = _orthanc_plan(args, cli)
     model_dir = _ensure_model_dir(args.model_dir, cli)
-    env = lock_children_env(dict(os.environ), args.host, cli)
-    env.update(RESULTS_STORE_AE=plan.store_ae, LISTENER_ALLOWED_AE_TITLES=plan.aet)
+    env = room_env(lock_children_env(dict(os.environ), args.host, cli), plan, _viewer_url(args))
     orthanc = Child("orthanc", [str(ORTHANC), str(plan.write())], env, plan.ready_url())
     viewer = Child(
         "viewer",

@@ -43,6 +43,21 @@ def test_loopback_orthanc_keeps_its_data_and_routes_images_to_the_listener(
     assert "SendToModality(instanceId, 'SPINE')" in lua and "RemoteAet'] == 'SPINE'" in lua
 
 
+def test_the_children_are_wired_to_this_orthanc_and_link_to_this_viewer(
+    tmp_path: Path,
+) -> None:
+    from spine.readingroom.command import room_env
+
+    plan = OrthancPlan(tmp_path, "127.0.0.1", dicom_port=4299)
+    env = room_env({"RESULTS_STORE_AE": "PACS@10.0.0.1:104", "X": "1"}, plan, "http://h:3000")
+    assert env["RESULTS_STORE_AE"] == "ORTHANC@127.0.0.1:4299"
+    assert env["LISTENER_ALLOWED_AE_TITLES"] == "ORTHANC" and env["X"] == "1"
+    assert env["VIEWER_URL"] == "http://h:3000"  # the web page's "Open in viewer"
+    assert room_env({"VIEWER_URL": "https://mine"}, plan, "http://h:3000")["VIEWER_URL"] == (
+        "https://mine"
+    )
+
+
 def test_only_a_top_level_linear_voi_function_is_dropped() -> None:
     linear = {"00281056": {"vr": "CS", "Value": ["LINEAR"]}, "00281050": {"vr": "DS"}}
     sigmoid = {"00281056": {"vr": "CS", "Value": ["SIGMOID"]}}
