@@ -5,10 +5,11 @@ evaluate --dicom-out``) from the findings and the decoder's
 :class:`~shared.dicom.source.SourceImage`; the values go through the same functions as
 the ``/upload`` JSON (:mod:`gateway.pipeline.response`), so they say exactly what the
 JSON says. This module picks the parts (``parts``: all = ``RESULTS_OBJECTS``, or a list
-of sr, gsps, sc), applies ``DICOM_RESULT_PATIENT``, writes off the event loop, and packs
-the answer as ``multipart/related; type="application/dicom"`` (the SR, the presentation
-state, the Secondary Capture, then the JSON), or one bare ``application/dicom`` object
-when the client asks for one part and accepts only that.
+of sr, gsps, sc, kos), applies ``DICOM_RESULT_PATIENT``, writes off the event loop, and
+packs the answer as ``multipart/related; type="application/dicom"`` (the SR, the
+presentation state, the Secondary Capture, the Key Object Selection, then the JSON), or
+one bare ``application/dicom`` object when the client asks for one part and accepts only
+that.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ class BadParts(ServiceError):
 
 def requested_kinds(parts: str, settings: GatewaySettings) -> tuple[ResultKind, ...]:
     """The objects ``parts`` asks for: ``all`` is ``RESULTS_OBJECTS`` (SR + GSPS unless
-    the operator says otherwise), else a comma-separated list of sr, gsps, sc."""
+    the operator says otherwise), else a comma-separated list of sr, gsps, sc, kos."""
     try:
         return parse_kinds(settings.results_objects if parts.strip() == ALL else parts)
     except ValueError as exc:

@@ -47,7 +47,7 @@ async def upload_dicom(
     request: Request,
     parts: str = Query(
         outputs.ALL, description="all (the objects of RESULTS_OBJECTS: SR + GSPS unless "
-        "set otherwise) or a comma-separated list of sr, gsps, sc",
+        "set otherwise) or a comma-separated list of sr, gsps, sc, kos",
     ),
 ) -> Response:
     try:
