@@ -3,7 +3,7 @@
 The reading room of ``spine reading-room``, piece by piece on free loopback ports: its
 Orthanc (the product's configuration, Lua hook included), ``spine viewer`` (OHIF 3.13.2
 from npm on the same origin as Orthanc's DICOMweb), our DICOM listener in front of the
-real stack (tiny bundle) with ``RESULTS_OBJECTS=sr,gsps,sc``. A spine phantom is stored
+real stack (tiny bundle) with ``RESULTS_OBJECTS=sr,gsps,sc,kos``. A spine phantom is stored
 into Orthanc by REST; Orthanc sends it to the listener, the results come back to
 Orthanc by C-STORE. Then OHIF opens the study and:
 
@@ -48,6 +48,7 @@ pytestmark = pytest.mark.timeout(600)
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
 PR_CLASS = "1.2.840.10008.5.1.4.1.1.11.1"
 SC_CLASS = "1.2.840.10008.5.1.4.1.1.7"
+KO_CLASS = "1.2.840.10008.5.1.4.1.1.88.59"  # Key Object Selection Document
 ANNOTATIONS = "svg [data-annotation-uid]"
 
 
@@ -96,7 +97,7 @@ def room(stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Room]:
         unavailable(f"missing the OHIF Viewer in {OHIF_DIST}: run scripts/setup-reading-room.sh")
     tmp = tmp_path_factory.mktemp("room")
     listener = start_listener(
-        tmp / "listener", stack.gateway, RESULTS_OBJECTS="sr,gsps,sc",
+        tmp / "listener", stack.gateway, RESULTS_OBJECTS="sr,gsps,sc,kos",
         LISTENER_ALLOWED_AE_TITLES="ORTHANC",
     )
     plan = OrthancPlan(
@@ -137,7 +138,7 @@ def _wait_for_results(orthanc: Orthanc, study: str, timeout_s: float = 180) -> N
     classes: list[str] = []
     while time.monotonic() < deadline:
         classes = list(orthanc.study_instances(study).values())
-        if all(uid in classes for uid in (SR_CLASS, PR_CLASS, SC_CLASS)):
+        if all(uid in classes for uid in (SR_CLASS, PR_CLASS, SC_CLASS, KO_CLASS)):
             return
         time.sleep(0.5)
     raise AssertionError(f"results of {study} not in Orthanc: {classes}")
