@@ -23,6 +23,7 @@ from pathlib import Path
 
 import highdicom as hd
 import httpx
+import numpy as np
 import pydicom
 import pytest
 import yaml
@@ -308,10 +309,15 @@ def test_the_burned_in_secondary_capture(
     scale = max(pixels.shape[:2]) / max(source.Rows, source.Columns)
     assert max(pixels.shape[:2]) == 1024 and pixels.shape[2] == 3
     amber = (pixels[..., 0] > 200) & (pixels[..., 1] > 150) & (pixels[..., 2] < 80)
+    # Each box's left edge is amber, except where a text strip drawn after it (the warning
+    # banner, another box's label: black, a line of text high) lies across it.
+    edges = []
     for detection in body["detections"]:
         x1, y1, x2, y2 = (round(v * scale) for v in detection["bbox"])
-        left = amber[max(0, y1 + 2):y2 - 1, max(0, x1 - 2):x1 + 3]  # the box's left edge
-        assert left.size and left.any(axis=1).mean() > 0.9, detection
+        left = amber[max(0, y1 + 2):y2 - 1, max(0, x1 - 2):x1 + 3].any(axis=1)
+        assert left.size and left.mean() > 0.5, detection
+        edges.append(left)
+    assert np.concatenate(edges).mean() > 0.8
     bad = upload_dicom(abnormal_stack.gateway, samples["abnormal-1"], parts="sr,pdf")
     assert bad.status_code == 422 and "pdf" in bad.json()["message"]
 
