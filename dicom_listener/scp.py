@@ -7,7 +7,10 @@ only on a loopback address (:func:`check_exposure`). Presentation contexts: the 
 SOP classes input selection can accept (its radiograph classes and the Secondary
 Capture ones, from the same rules file as the gateway's), each with every transfer
 syntax our decoder handles (``shared.dicom.codecs.SUPPORTED_SYNTAXES``); anything else
-is rejected at negotiation, so a sender knows before it sends.
+is rejected at negotiation, so a sender knows before it sends. Transport: plain, DICOM
+TLS (``LISTENER_TLS_CERT`` / ``_KEY``, client certificates with ``LISTENER_TLS_CA``) or
+TLS only (``LISTENER_TLS_REQUIRED``), decided per connection by
+:mod:`dicom_listener.transport`.
 
 A C-STORE answers Success (0x0000) only after :class:`~dicom_listener.spool.Spool` has
 the instance on disk; a full spool or an oversize instance is A700 (out of resources),
@@ -18,16 +21,21 @@ disk error is A700 too: the sender keeps the instance and retries.
 from __future__ import annotations
 
 import logging
+import ssl
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_listener.spool import Spool, SpoolEntry, SpoolFull, read_uids
+from dicom_listener.transport import PolicyAssociationServer, TransportPolicy
 from shared.dicom.codecs import SUPPORTED_SYNTAXES
 from shared.dicom.selection import load_rules
+from shared.dicomnet.tls import TlsConfigError, server_context
 from shared.lockdown import is_loopback
 from shared.settings import ListenerSettings
 
@@ -51,6 +59,10 @@ class ScpConfig:
     check_called: bool
     max_associations: int
     sop_classes: tuple[str, ...]
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    tls_required: bool = False
 
     @classmethod
     def from_settings(cls, settings: ListenerSettings, host: str, port: int) -> ScpConfig:
@@ -63,9 +75,23 @@ class ScpConfig:
             check_called=settings.listener_check_called_ae,
             max_associations=settings.listener_max_associations,
             sop_classes=tuple(dict.fromkeys(classes)),
+            tls_cert=settings.listener_tls_cert, tls_key=settings.listener_tls_key,
+            tls_ca=settings.listener_tls_ca, tls_required=settings.listener_tls_required,
         )
         check_exposure(config)
         return config
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The port's TLS context (None: plain only); a file that cannot be used stops us."""
+        try:
+            context = server_context(self.tls_cert, self.tls_key, self.tls_ca)
+        except TlsConfigError as exc:
+            raise ListenerConfigError(str(exc)) from exc
+        if context is None and self.tls_required:
+            raise ListenerConfigError(
+                "LISTENER_TLS_REQUIRED needs LISTENER_TLS_CERT and LISTENER_TLS_KEY"
+            )
+        return context
 
 
 def check_exposure(config: ScpConfig) -> None:
@@ -89,6 +115,9 @@ class StoreScp:
         self.spool = spool
         self.on_stored = on_stored
         self.on_association = on_association or (lambda _result: None)
+        self.policy = TransportPolicy(
+            config.tls_context(), config.tls_required, on_refused=self.on_association
+        )
         self.ae = self._build_ae()
         self._server: Any = None
 
@@ -110,13 +139,31 @@ class StoreScp:
             (evt.EVT_ACCEPTED, lambda _event: self.on_association("accepted")),
             (evt.EVT_REJECTED, self._on_rejected),
         ]
-        self._server = self.ae.start_server(
-            (self.config.host, self.config.port), block=False, evt_handlers=handlers
+        # AE.start_server(block=False) with our server class: TLS is decided per connection.
+        server = self.ae.make_server(
+            (self.config.host, self.config.port), evt_handlers=handlers,
+            server_class=PolicyAssociationServer, policy=self.policy,
         )
+        threading.Thread(target=server.serve_forever, name="dicom-accept", daemon=True).start()
+        self.ae._servers.append(server)  # noqa: SLF001 - as start_server does; shutdown() removes it
+        self._server = server
         log.info(
-            "DICOM listener %s on %s:%d (calling AE titles: %s)", self.config.ae_title,
-            self.config.host, self.port, ", ".join(self.config.allowed_calling) or "any",
+            "DICOM listener %s on %s:%d, %s (calling AE titles: %s)", self.config.ae_title,
+            self.config.host, self.port, self.transport_description,
+            ", ".join(self.config.allowed_calling) or "any",
         )
+        if self.policy.tls is None and not is_loopback(self.config.host):
+            log.warning("DICOM associations to %s travel in clear: set LISTENER_TLS_CERT and "
+                        "LISTENER_TLS_KEY for DICOM TLS", self.config.host)
+
+    @property
+    def transport_description(self) -> str:
+        """What the port takes, for the start-up log line."""
+        if self.policy.tls is None:
+            return "plain associations only"
+        kinds = "DICOM TLS only" if self.config.tls_required else "plain and DICOM TLS"
+        clients = "client certificates required" if self.config.tls_ca else "no client certificate"
+        return f"{kinds}, {clients}"
 
     @property
     def port(self) -> int:

@@ -39,11 +39,12 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from dicom_listener.forward import Fate, Forwarded, GatewayClient
-from dicom_listener.scp import ScpConfig, StoreScp
+from dicom_listener.scp import ListenerConfigError, ScpConfig, StoreScp
 from dicom_listener.spool import Spool, SpoolEntry
-from dicom_listener.status import StatusServer, status_app
+from dicom_listener.status import StatusConfigError, StatusServer, status_app, status_keys
 from dicom_listener.studies import ImageResult, StudyTracker
 from dicom_listener.studyreport import ListenerMetrics, StudyReports, report
+from shared.apikeys import ApiKeys
 from shared.dicomnet.delivery import DeliveryQueueFull, ResultsDelivery
 from shared.dicomnet.spool import DurableResults
 from shared.paths import cache_root
@@ -98,6 +99,14 @@ class ListenerService:
             on_association=lambda result: self._call(self.metrics.associations.labels(result).inc),
         )
         self.status_port = settings.listener_status_port if status_port is None else status_port
+        self.status_keys: ApiKeys | None = None
+        if self.status_port:
+            try:
+                self.status_keys = status_keys(
+                    settings.listener_status_host, ApiKeys(settings.operator_keys_sha256)
+                )
+            except StatusConfigError as exc:
+                raise ListenerConfigError(str(exc)) from exc
         self.status: StatusServer | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue[_Work] = asyncio.Queue()
@@ -122,7 +131,7 @@ class ListenerService:
         self._tasks.append(asyncio.create_task(self._close_idle_studies(), name="studies"))
         if self.status_port:
             self.status = StatusServer(
-                status_app(self.health, self.studies, self.registry),
+                status_app(self.health, self.studies, self.registry, self.status_keys),
                 self.settings.listener_status_host, self.status_port,
             )
             self._tasks.append(asyncio.create_task(self.status.serve(), name="status"))

@@ -1,7 +1,12 @@
 """The listener's small HTTP status server: ``/health``, ``/metrics``, ``/studies``.
 
 On its own port (``LISTENER_STATUS_PORT``, loopback by default: ``/studies`` names
-study UIDs), served by uvicorn inside the listener's event loop. The listener handles
+study UIDs), served by uvicorn inside the listener's event loop. Bound beyond loopback
+(``LISTENER_STATUS_HOST``), ``/metrics`` and ``/studies`` need an operator key
+(``OPERATOR_KEYS_SHA256``, as ``X-API-Key`` or ``Authorization: Bearer``; a Prometheus
+scrape job sends it as its ``authorization`` credentials) and ``/health`` says only
+``status`` without one (a probe needs no secret; the gateway's ``/health`` does the same),
+and the listener refuses to start with no operator key configured. The listener handles
 SIGTERM itself, so uvicorn is kept from installing its signal handlers.
 """
 
@@ -9,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from typing import Any
 
 import uvicorn
@@ -19,13 +24,52 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from shared.apikeys import ApiKeys
+from shared.lockdown import is_loopback
+
+
+class StatusConfigError(ValueError):
+    """A status server that must not start as configured (names the variable)."""
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+KEY_REQUIRED = "an operator key is required (X-API-Key or Authorization: Bearer)"
+
+
+def status_keys(host: str, operator_keys: ApiKeys) -> ApiKeys | None:
+    """The keys status details need: none on loopback, the operator keys beyond it."""
+    if is_loopback(host):
+        return None
+    if not operator_keys.enabled:
+        raise StatusConfigError(
+            f"the listener's status server binds {host}, beyond loopback, and would show "
+            "study UIDs to anyone: set OPERATOR_KEYS_SHA256 (its callers send the key), "
+            "or bind LISTENER_STATUS_HOST=127.0.0.1"
+        )
+    return operator_keys
+
 
 def status_app(
     health: Callable[[], dict[str, Any]], studies: Callable[[], list[dict[str, Any]]],
-    registry: CollectorRegistry,
+    registry: CollectorRegistry, keys: ApiKeys | None = None,
 ) -> Starlette:
-    async def get_health(_request: Request) -> JSONResponse:
-        return JSONResponse(health())
+    """The routes; with ``keys``, a call without one of them gets a 401 (``/health``: its
+    ``status`` only)."""
+
+    def operator(request: Request) -> bool:
+        return keys is None or keys.identify(request.headers.raw) is not None
+
+    def guarded(handler: Handler) -> Handler:
+        async def checked(request: Request) -> Response:
+            if operator(request):
+                return await handler(request)
+            return JSONResponse({"status": "error", "message": KEY_REQUIRED}, status_code=401,
+                                headers={"WWW-Authenticate": "Bearer"})
+        return checked
+
+    async def get_health(request: Request) -> JSONResponse:
+        report = health()
+        return JSONResponse(report if operator(request) else {"status": report["status"]})
 
     async def get_metrics(_request: Request) -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
@@ -41,8 +85,8 @@ def status_app(
         return JSONResponse({"status": "error", "message": "no such study"}, status_code=404)
 
     return Starlette(routes=[
-        Route("/health", get_health), Route("/metrics", get_metrics),
-        Route("/studies", get_studies), Route("/studies/{uid}", get_study),
+        Route("/health", get_health), Route("/metrics", guarded(get_metrics)),
+        Route("/studies", guarded(get_studies)), Route("/studies/{uid}", guarded(get_study)),
     ])
 
 

@@ -2,8 +2,9 @@
 
 :class:`Gateway` owns what outlives a request: the HTTP pool to the model services and
 the two model clients (inside :class:`~gateway.pipeline.context.Pipeline`, with the
-decode pool, budget and rules), the readiness poller, the audit log, the results
-delivery and its durable spool with the lock that makes this process its only owner.
+decode pool, budget and rules), the timers that poll the replicas' readiness and resolve
+their ``dns+`` names (both off the request path), the audit log, the results delivery
+and its durable spool with the lock that makes this process its only owner.
 Routes reach it as ``request.app.state.gateway``; the pipeline sees only its
 :attr:`Gateway.pipeline`.
 """
@@ -12,8 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 
@@ -24,6 +27,7 @@ from gateway.pipeline.decode import decoder_pool, selection_rules
 from gateway.telemetry import GatewayMetrics
 from gateway.upstream.checks import check_classifier_answer, check_detector_answer
 from gateway.upstream.client import ModelClient
+from gateway.upstream.discovery import DNS_REFRESH_SECONDS
 from gateway.upstream.readiness import READINESS_STALE_INTERVALS
 from gateway.upstream.transport import (
     KEEPALIVE_EXPIRY_S,
@@ -58,7 +62,7 @@ class Gateway:
     # The same, on disk first (RESULTS_SPOOL_DIR; None = the queue in memory only).
     results: DurableResults | None = None
     spool_owner: HeldLock | None = None  # held while this gateway runs
-    _poller: asyncio.Task[None] | None = field(default=None, init=False, repr=False)
+    _timers: list[asyncio.Task[None]] = field(default_factory=list, init=False, repr=False)
 
     @property
     def metrics(self) -> GatewayMetrics:
@@ -105,10 +109,23 @@ class Gateway:
         metrics.watch_replicas(gateway.replica_states)
         return gateway
 
+    @property
+    def clients(self) -> tuple[ModelClient[Any], ...]:
+        return (self.pipeline.classifier, self.pipeline.detector)
+
     async def start(self) -> None:
-        """Poll readiness once (``/readyz`` never answers from nothing), then keep polling."""
+        """Resolve ``dns+`` names and poll readiness once (``/readyz`` never answers from
+        nothing), then keep doing both on their timers."""
+        await self.discover()
         await self.poll_readiness()
-        self._poller = asyncio.create_task(self._poll_forever(), name="readiness-poller")
+        self._timers.append(asyncio.create_task(
+            _every(self.settings.readiness_interval_s, self.poll_readiness, "readiness poll"),
+            name="readiness-poller",
+        ))
+        if any(client.discovery.names for client in self.clients):
+            self._timers.append(asyncio.create_task(
+                _every(DNS_REFRESH_SECONDS, self.discover, "DNS refresh"), name="dns-refresh"
+            ))
         await self.delivery.start()
         if self.results is not None:
             resent = await self.results.replay()
@@ -117,18 +134,11 @@ class Gateway:
 
     async def poll_readiness(self) -> None:
         timeout_s = self.settings.readiness_timeout_s
-        await asyncio.gather(
-            self.pipeline.classifier.poll_readiness(timeout_s),
-            self.pipeline.detector.poll_readiness(timeout_s),
-        )
+        await asyncio.gather(*(client.poll_readiness(timeout_s) for client in self.clients))
 
-    async def _poll_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.settings.readiness_interval_s)
-            try:
-                await self.poll_readiness()
-            except Exception:  # noqa: BLE001 - a failed poll leaves the cache to go stale
-                log.exception("readiness poll failed")
+    async def discover(self) -> None:
+        """Resolve both services' ``dns+`` names (each lookup bounded)."""
+        await asyncio.gather(*(client.discover() for client in self.clients))
 
     def replica_states(self) -> dict[str, dict[str, int]]:
         """Each model service's replicas by state (``spine_upstream_replicas``)."""
@@ -154,9 +164,9 @@ class Gateway:
                      self.results.store.count)
         if self.spool_owner is not None:
             self.spool_owner.release()
-        if self._poller is not None:
-            self._poller.cancel()
-            await asyncio.gather(self._poller, return_exceptions=True)
+        for timer in self._timers:
+            timer.cancel()
+        await asyncio.gather(*self._timers, return_exceptions=True)
         await self.http.aclose()
         self.pipeline.decode_pool.shutdown(wait=False, cancel_futures=True)
         if self.pipeline.decoders is not None:
@@ -177,6 +187,7 @@ def model_clients(
         "on_eject": metrics.ejected,
         "breaker_failures": settings.breaker_failures,
         "breaker_cooldown_s": settings.breaker_cooldown_s,
+        "attempt_timeout_s": settings.upstream_attempt_timeout_s,
     }
     classifier = ModelClient(
         "classifier", contract.CLASSIFIER_MODEL, settings.classifier_urls,
@@ -191,6 +202,17 @@ def model_clients(
         check=check_detector_answer, **common,
     )
     return classifier, detector
+
+
+async def _every(period_s: float, job: Callable[[], Awaitable[None]], what: str) -> None:
+    """Run ``job`` every ``period_s`` until cancelled; a failed run is logged, the next
+    one comes on time (a failed readiness poll leaves its cache to go stale)."""
+    while True:
+        await asyncio.sleep(period_s)
+        try:
+            await job()
+        except Exception:  # noqa: BLE001 - the timer outlives one bad run
+            log.exception("%s failed", what)
 
 
 class SpoolInUseError(RuntimeError):

@@ -9,7 +9,8 @@ from pathlib import Path
 import hypothesis  # noqa: F401  (imported early: see below)
 import pytest
 
-from tests.peers.orthanc import orthanc, orthanc_factory  # noqa: F401  (fixtures for all)
+from tests.peers.hosts import hosts  # noqa: F401  (fixtures for all)
+from tests.peers.orthanc import orthanc, orthanc_factory  # noqa: F401
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 # hypothesis is imported here, at a shallow stack depth, because its pytest plugin

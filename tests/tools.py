@@ -27,6 +27,12 @@ DEBIAN_PACKAGES: dict[str, str] = {
     "ojph_expand": "openjph-tools",
     "chromium": "chromium",
     **dict.fromkeys(("prometheus", "promtool"), "prometheus"),
+    # The test hosts (tests/peers/hosts.py): network namespaces, links cut and throttled,
+    # a DNS server for the model services, certificates for DICOM TLS.
+    **dict.fromkeys(("ip", "tc"), "iproute2"),
+    "iptables": "iptables",
+    "dnsmasq": "dnsmasq-base",
+    "openssl": "openssl",
 }
 
 FALSE_WORDS = ("", "0", "false", "no", "off")

@@ -1,8 +1,7 @@
 """API keys and browser security headers for the gateway.
 
-Keys are configured as sha256 digests (``API_KEYS_SHA256="id:hex,..."``), so the
-configuration, an environment dump or a leaked manifest never holds a usable key; the
-id names the caller in logs and the audit log. Security headers go on every response;
+Keys (:class:`~shared.apikeys.ApiKeys`, re-exported here) are configured as sha256
+digests (``API_KEYS_SHA256="id:hex,..."``). Security headers go on every response;
 the Content Security Policy is strict for the web page (which loads only its own files
 and shows images as data: URIs) and relaxed only for ``/docs``: Swagger UI, served by the
 gateway itself from the pinned ``fastapi-offline`` package (no CDN, no third-party
@@ -13,10 +12,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import hmac
 import importlib.util
 import re
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +21,10 @@ from fastapi import FastAPI
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse
 
-API_KEY_HEADER = b"x-api-key"
+from shared.apikeys import ApiKeys
+
+__all__ = ["ApiKeys", "docs_page", "document_api_keys", "security_headers"]
+
 # The PyPI package (pinned in requirements/constraints.txt) whose Swagger UI files we serve,
 # and where (a StaticFiles mount in gateway.app).
 SWAGGER_PACKAGE = "fastapi_offline"
@@ -37,34 +37,6 @@ PAGE_CSP = (
     "connect-src 'self'; font-src 'self'; object-src 'none'; base-uri 'none'; "
     "form-action 'self'; frame-ancestors 'none'"
 )
-
-
-class ApiKeys:
-    """Which configured key (by id) a request carries, if any."""
-
-    def __init__(self, digests: dict[str, str]) -> None:
-        self._digests = [(bytes.fromhex(d), key_id) for key_id, d in digests.items()]
-
-    @property
-    def enabled(self) -> bool:
-        return bool(self._digests)
-
-    def identify(self, headers: Iterable[tuple[bytes, bytes]]) -> str | None:
-        """The key id for ``Authorization: Bearer <key>`` or ``X-API-Key: <key>``, else None."""
-        supplied: bytes | None = None
-        for name, value in headers:
-            if name == b"authorization" and value[:7].lower() == b"bearer ":
-                supplied = value[7:].strip()
-            elif name == API_KEY_HEADER:
-                supplied = value.strip()
-        if not supplied:
-            return None
-        digest = hashlib.sha256(supplied).digest()
-        found = None
-        for candidate, key_id in self._digests:  # compare all: no early exit
-            if hmac.compare_digest(candidate, digest):
-                found = key_id
-        return found
 
 
 def security_headers(path: str, hsts_seconds: int = 0) -> list[tuple[str, str]]:

@@ -6,15 +6,21 @@ the replica with the fewest requests in flight (:mod:`~gateway.upstream.balancer
 replica that refuses connections is ejected at once; one that answers 5xx, times out or
 answers something the contract forbids after ``breaker_failures`` such calls in a row; it
 rests ``breaker_cooldown_s`` (a 503 pauses it for its ``Retry-After``, if shorter), then
-gets one trial call (:mod:`~gateway.upstream.breaker`). A refused connection, a 503 or a
-5xx is retried once on another replica (infer is idempotent); timeouts are not (the
-caller's deadline is spent). With every replica ejected the call fails at once instead of
-waiting on a broken replica. Each attempt ends as one :class:`~gateway.upstream.outcome.Outcome`
+gets one trial call (:mod:`~gateway.upstream.breaker`). A refused connection, a 503, a
+5xx or an attempt that got no answer within its own bound is retried once on another
+replica (infer is idempotent); a timeout at the request's deadline is not (the caller's
+time is spent). With every replica ejected the call fails at once instead of waiting on
+a broken replica. Each attempt ends as one :class:`~gateway.upstream.outcome.Outcome`
 (the rules are there), applied in one place, :meth:`ModelClient._record`.
 
-Every call is bounded by the service's timeout and by the request's deadline, whichever
-comes first, and tells the model server how long it may take (Triton's ``timeout``
-parameter), so the server drops the image instead of computing an answer nobody reads.
+Every call (all its attempts) is bounded by the service's timeout and by the request's
+deadline, whichever comes first. While another replica could still be asked, one attempt
+may take at most ``attempt_timeout_s`` of that (``UPSTREAM_ATTEMPT_TIMEOUT_S``; half the
+service's timeout by default): a replica whose link was cut mid-request, which never
+answers nor refuses, costs the call that long, then another replica answers. The last
+attempt may take all the time left. Each attempt tells the model server how long it may
+take (Triton's ``timeout`` parameter), so the server drops the image instead of computing
+an answer nobody reads.
 
 Answers are read with the bundle facts of the replica that gave them, read from its model
 configuration (:mod:`~gateway.upstream.facts`: when they are re-read) and checked against
@@ -26,7 +32,11 @@ goes to the log under the request id; the client's message is generic.
 
 Readiness (``/readyz``) is read from :meth:`ModelClient.cached_readiness`, which
 :meth:`ModelClient.poll_readiness` refreshes in the background (``gateway.runtime``):
-a probe never waits on a hanging replica (:mod:`~gateway.upstream.readiness`).
+a probe never waits on a hanging replica (:mod:`~gateway.upstream.readiness`). A replica
+the last poll found not ready is out of rotation until a poll finds it ready and its
+facts are read again: no upload waits on reading the facts of a replica that does not
+answer. ``dns+`` names are resolved off the request path too (:meth:`ModelClient.discover`,
+on the gateway's timer).
 """
 
 from __future__ import annotations
@@ -52,6 +62,7 @@ from gateway.upstream.breaker import (
     Change,
     Verdict,
 )
+from gateway.upstream.budget import CallBudget
 from gateway.upstream.discovery import Discovery
 from gateway.upstream.errors import (
     RETRY_AFTER_UNREACHABLE_S,
@@ -105,6 +116,7 @@ class ModelClient(Generic[F]):
     on_eject: EjectionObserver | None = field(default=None, kw_only=True)
     breaker_failures: int = field(default=BREAKER_FAILURES, kw_only=True)
     breaker_cooldown_s: float = field(default=BREAKER_COOLDOWN_S, kw_only=True)
+    attempt_timeout_s: float | None = field(default=None, kw_only=True)  # None: timeout_s / 2
     replicas: list[Replica[F]] = field(init=False)
     readiness: ReadinessCache = field(init=False, default_factory=ReadinessCache)
 
@@ -128,37 +140,55 @@ class ModelClient(Generic[F]):
             self.http, url, self.model_name, self.facts_type, self.output_specs, self._headers()
         )
 
-    async def _discover(self) -> None:
-        """Re-resolve ``dns+`` URLs when due; replicas already known keep their state."""
-        urls = await self.discovery.refresh(time.monotonic())
-        if urls is not None:
-            known = {replica.url: replica for replica in self.replicas}
-            self.replicas = [known.get(url) or self._replica(url) for url in urls]
+    async def discover(self) -> bool:
+        """Resolve the ``dns+`` names now (the gateway's timer calls this, never a request);
+        replicas already known keep their state, and the facts agreement is settled again
+        without the ones that left. True when the replicas changed."""
+        urls = await self.discovery.refresh()
+        if urls is None or urls == [r.url for r in self.replicas]:
+            return False
+        known = {replica.url: replica for replica in self.replicas}
+        joined, left = sorted(set(urls) - set(known)), sorted(set(known) - set(urls))
+        if joined or left:
+            log.info("%s replicas from DNS: %d (joined %s, left %s)",
+                     self.service, len(urls), joined or "none", left or "none")
+        self.replicas = [known.get(url) or self._replica(url) for url in urls]
+        self.agreement.settle(self.replicas)  # a replica that left no longer takes part
+        return True
+
+    @property
+    def attempt_bound_s(self) -> float:
+        """Longest one attempt may take while another replica could still be asked."""
+        return self.attempt_timeout_s or self.timeout_s / 2
 
     async def infer(
         self, inputs: dict[str, np.ndarray], outputs: list[str], request_id: str,
         deadline: float | None = None,
     ) -> InferResult[F]:
         """Outputs of one infer; ``deadline`` is a ``time.monotonic()`` time or None."""
-        await self._discover()
         now = time.monotonic()
-        await self.agreement.refresh(self.replicas, lambda r: r.bundle.stale and r.available(now))
+        await self.agreement.refresh(self.replicas, lambda r: self._read_first(r, now))
+        time_for = CallBudget.start(now, self.timeout_s, self.attempt_bound_s, deadline)
         tried: set[str] = set()
         last: UpstreamError | None = None
         started = time.perf_counter()
-        for _ in range(min(MAX_ATTEMPTS, len(self.replicas))):
-            budget = self.timeout_s
-            if deadline is not None:
-                budget = min(budget, deadline - time.monotonic())
-            if budget <= MIN_ATTEMPT_BUDGET_S:
+        for attempt in range(min(MAX_ATTEMPTS, len(self.replicas))):
+            now = time.monotonic()
+            if time_for.left(now) <= MIN_ATTEMPT_BUDGET_S:
+                if last is not None:
+                    raise last
                 self._fail(outcomes.deadline_passed(self.service), started)
-            replica = self.balancer.pick(self.replicas, time.monotonic(), tried)
+            replica = self.balancer.pick(self.replicas, now, tried)
             if replica is None:
                 break
             tried.add(replica.url)
+            more = attempt + 1 < MAX_ATTEMPTS and self._another(tried, now)
+            budget, own = time_for.attempt(now, last=not more)
             attempt_started = time.perf_counter()
             try:
-                ended, result = await self._attempt(replica, inputs, outputs, request_id, budget)
+                ended, result = await self._attempt(
+                    replica, inputs, outputs, request_id, budget, own_timeout=own
+                )
                 self._record(ended, attempt_started, replica)
             finally:
                 replica.breaker.release()  # no verdict (cancelled, a 4xx): the next may try
@@ -173,11 +203,23 @@ class ModelClient(Generic[F]):
             raise last
         self._fail(outcomes.nobody_to_ask(self._nobody_to_ask()), started)
 
+    def _read_first(self, replica: Replica[F], now: float) -> bool:
+        """Its stale facts are read before a call may use it: not for a replica that rests
+        or that the last poll found down (the poller reads those once they answer)."""
+        return (replica.bundle.stale and replica.available(now)
+                and self.readiness.ready.get(replica.url, True))
+
+    def _another(self, tried: set[str], now: float) -> bool:
+        """Another replica could take a call now, if this attempt fails."""
+        return any(r.url not in tried and r.available(now) and r.usable for r in self.replicas)
+
     async def _attempt(
         self, replica: Replica[F], inputs: dict[str, np.ndarray], outputs: list[str],
-        request_id: str, budget: float,
+        request_id: str, budget: float, *, own_timeout: bool,
     ) -> tuple[Outcome, InferResult[F] | None]:
-        """One call to one replica: how it ended, and its result when it answered."""
+        """One call to one replica within ``budget`` seconds (``own_timeout``: the bound is
+        the attempt's or the service's, not the request's deadline): how it ended, and its
+        result when it answered."""
         # Triton's "timeout" parameter (us): the server drops the image past it.
         body, headers = oip.encode_request(
             inputs, outputs=outputs, request_id=request_id,
@@ -192,8 +234,8 @@ class ModelClient(Generic[F]):
                     who=f"{self.service} replica {replica.url}",
                 )
         except httpx.TransportError as exc:
-            own = budget >= self.timeout_s  # its own timeout, not the request's deadline
-            return outcomes.transport_failed(self.service, exc, budget, own_timeout=own), None
+            ended = outcomes.transport_failed(self.service, exc, budget, own_timeout=own_timeout)
+            return ended, None
         if response.status_code != 200:
             return outcomes.refused(self.service, response, self.policy.cooldown_s), None
         try:
@@ -278,7 +320,6 @@ class ModelClient(Generic[F]):
 
     async def poll_readiness(self, timeout_s: float) -> dict[str, bool]:
         """Ask every replica at once whether it is ready; the answer is also cached."""
-        await self._discover()
         replicas = list(self.replicas)
         headers = self._headers()
         states = await asyncio.gather(*(

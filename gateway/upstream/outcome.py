@@ -7,9 +7,10 @@ stale, the error for the caller and whether another replica may be asked.
 :meth:`gateway.upstream.client.ModelClient._record` applies it; nothing else counts,
 ejects or retries.
 
-The rules: a refused connection, a 503 or a 5xx is retried once on another replica (infer
-is idempotent); timeouts are not (the caller's deadline is spent). A replica's own timeout
-counts against it, the request's deadline does not. A 4xx is ours to blame: another
+The rules: a refused connection, a 503, a 5xx or an attempt that got no answer within
+its own bound is retried once on another replica (infer is idempotent); a timeout at the
+request's deadline is not (the caller's time is spent). A replica's own timeout counts
+against it, the request's deadline does not. A 4xx is ours to blame: another
 replica would refuse it too. A replica that cannot be reached or answers 503 may have
 restarted, perhaps on another bundle: its facts are read again before its next use.
 """
@@ -54,8 +55,10 @@ ANSWERED = Outcome("ok", Verdict.SUCCESS)
 def transport_failed(
     service: str, exc: httpx.TransportError, budget_s: float, *, own_timeout: bool
 ) -> Outcome:
-    """No answer came: not accepted, timed out (``own_timeout``: the service's timeout,
-    not the request's deadline), or the connection failed."""
+    """No answer came: not accepted, timed out, or the connection failed. ``own_timeout``:
+    the attempt's own bound ran out (its per-attempt or the service's timeout), not the
+    request's deadline: the replica is slow or gone, so it counts against it and another
+    replica may answer in the time left."""
     if isinstance(exc, httpx.ConnectTimeout):
         problem = "a replica did not accept the connection in time"
         return Outcome("unreachable", Verdict.DOWN, "connect timeout",
@@ -63,7 +66,8 @@ def transport_failed(
     if isinstance(exc, httpx.TimeoutException):
         why = f"no answer within {budget_s:.3g} s"
         verdict = Verdict.FAILURE if own_timeout else Verdict.NONE
-        return Outcome("timeout", verdict, why, UpstreamTimeoutError(service, why))
+        return Outcome("timeout", verdict, why, UpstreamTimeoutError(service, why),
+                       retry=own_timeout)
     name = type(exc).__name__
     return Outcome("unreachable", Verdict.DOWN, f"unreachable ({name})",
                    UpstreamUnavailableError(service, f"cannot reach a replica ({name})"),

@@ -45,6 +45,7 @@ from shared.dicomnet.jobs import (
     RetryPolicy,
     Settlement,
 )
+from shared.dicomnet.tls import store_tls_context
 from shared.errors import ServiceError
 from shared.settings import ResultsDeliverySettings
 
@@ -144,6 +145,7 @@ class ResultsDelivery:
             destinations.append(StoreScuDestination(
                 AeAddress.parse(settings.results_store_ae),
                 calling_ae=settings.results_calling_ae, timeout_s=timeout_s,
+                tls=store_tls_context(settings),
             ))
         return cls(
             destinations,
@@ -167,7 +169,8 @@ class ResultsDelivery:
             if isinstance(destination, DicomWebDestination):
                 names.append(f"STOW-RS {destination.url}")
             elif isinstance(destination, StoreScuDestination):
-                names.append(f"C-STORE {destination.address}")
+                tls = " over TLS" if destination.tls is not None else ""
+                names.append(f"C-STORE {destination.address}{tls}")
             else:
                 names.append(destination.name)
         return ", ".join(names) or "off"
@@ -353,6 +356,7 @@ def results_config_problem(settings: ResultsDeliverySettings) -> str | None:
         if settings.results_store_ae:
             AeAddress.parse(settings.results_store_ae)
             check_ae_title(settings.results_calling_ae, "RESULTS_CALLING_AE")
+        store_tls_context(settings)
     except DestinationConfigError as exc:
         return str(exc)
     return None

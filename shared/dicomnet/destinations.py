@@ -8,7 +8,8 @@ happened: ``stored``, ``retry`` (the peer may take it later: unreachable, timed 
 - :class:`DicomWebDestination`: STOW-RS (PS3.18 10.5), ``POST {root}/studies`` with
   ``multipart/related; type="application/dicom"``, optional bearer or basic auth.
 - :class:`StoreScuDestination`: C-STORE (PS3.4 B) with pynetdicom, one association per
-  batch, presentation contexts for the SOP classes in the batch (our result objects).
+  batch, presentation contexts for the SOP classes in the batch (our result objects); over
+  DICOM TLS when given a context (:mod:`shared.dicomnet.tls`).
 
 Credentials never travel in clear beyond loopback (:func:`check_credentials_transport`).
 """
@@ -19,8 +20,9 @@ import asyncio
 import io
 import json
 import secrets
+import ssl
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -249,11 +251,15 @@ class StoreScuDestination:
 
     name = "dimse"
 
-    def __init__(self, address: AeAddress, *, calling_ae: str, timeout_s: float) -> None:
+    def __init__(
+        self, address: AeAddress, *, calling_ae: str, timeout_s: float,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         check_ae_title(calling_ae, "RESULTS_CALLING_AE")
         self.address = address
         self.calling_ae = calling_ae
         self.timeout_s = timeout_s
+        self.tls = tls
 
     async def send(self, instances: dict[str, bytes]) -> SendOutcome:
         # pynetdicom blocks: one thread per attempt, bounded by its own timeouts.
@@ -284,9 +290,14 @@ class StoreScuDestination:
         if not datasets:
             return outcome
         address = self.address
-        assoc = ae.associate(address.host, address.port, ae_title=address.ae_title)
+        # TLS: the certificate is checked against the host we dial (server_hostname).
+        tls_args = (self.tls, address.host) if self.tls is not None else None
+        assoc = ae.associate(
+            address.host, address.port, ae_title=address.ae_title, tls_args=tls_args
+        )
         if not assoc.is_established:
-            reason = "association rejected" if assoc.is_rejected else "unreachable"
+            unreachable = "unreachable or TLS refused" if self.tls else "unreachable"
+            reason = "association rejected" if assoc.is_rejected else unreachable
             pending = [uid for uid in uids if uid not in outcome.failed]
             if assoc.is_rejected:
                 outcome.failed.update(dict.fromkeys(pending, reason))
@@ -294,24 +305,7 @@ class StoreScuDestination:
                 outcome.retry.update(dict.fromkeys(pending, reason))
             return outcome
         try:
-            for uid, dataset in datasets.items():
-                if not assoc.is_established:
-                    outcome.retry[uid] = "association lost"
-                    continue
-                try:
-                    status = assoc.send_c_store(dataset)
-                except ValueError as exc:  # no accepted presentation context
-                    outcome.failed[uid] = f"not accepted ({exc})"[:200]
-                    continue
-                code = getattr(status, "Status", None)
-                if code is None:
-                    outcome.retry[uid] = "no C-STORE response"
-                elif code == 0x0000 or code in STORE_WARNINGS:
-                    outcome.stored.append(uid)
-                elif code & 0xFF00 == 0xA700:
-                    outcome.retry[uid] = f"status 0x{code:04X} (out of resources)"
-                else:
-                    outcome.failed[uid] = f"status 0x{code:04X}"
+            _store_each(assoc, datasets, outcome)
         finally:
             if assoc.is_established:
                 assoc.release()
@@ -319,3 +313,25 @@ class StoreScuDestination:
 
     async def close(self) -> None:
         return None
+
+
+def _store_each(assoc: Any, datasets: dict[str, Any], outcome: SendOutcome) -> None:
+    """C-STORE each dataset on the open association; each one's fate into ``outcome``."""
+    for uid, dataset in datasets.items():
+        if not assoc.is_established:
+            outcome.retry[uid] = "association lost"
+            continue
+        try:
+            status = assoc.send_c_store(dataset)
+        except ValueError as exc:  # no accepted presentation context
+            outcome.failed[uid] = f"not accepted ({exc})"[:200]
+            continue
+        code = getattr(status, "Status", None)
+        if code is None:
+            outcome.retry[uid] = "no C-STORE response"
+        elif code == 0x0000 or code in STORE_WARNINGS:
+            outcome.stored.append(uid)
+        elif code & 0xFF00 == 0xA700:
+            outcome.retry[uid] = f"status 0x{code:04X} (out of resources)"
+        else:
+            outcome.failed[uid] = f"status 0x{code:04X}"

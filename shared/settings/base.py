@@ -64,3 +64,18 @@ def split_list(value: object, *, strip_slash: bool = False) -> object:
         return value
     parts = [part.strip() for part in value.split(",") if part.strip()]
     return [part.rstrip("/") for part in parts] if strip_slash else parts
+
+
+def parse_key_digests(value: object, variable: str) -> object:
+    """``id1:hex,id2:hex`` -> ``{id: hex}`` (ids name callers in logs, never the key)."""
+    if not isinstance(value, str):
+        return value
+    keys: dict[str, str] = {}
+    hexdigits = set("0123456789abcdef")
+    for item in filter(None, (part.strip() for part in value.split(","))):
+        key_id, _, digest = item.partition(":")
+        digest = digest.strip().lower()
+        if not key_id.strip() or len(digest) != 64 or not set(digest) <= hexdigits:
+            raise ValueError(f"{variable} entries are 'id:<64 hex digits of sha256(key)>'")
+        keys[key_id.strip()] = digest
+    return keys

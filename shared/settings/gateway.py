@@ -10,9 +10,10 @@ from typing import Annotated
 from pydantic import Field, field_validator
 from pydantic_settings import NoDecode
 
-from shared.settings.base import CommonSettings, split_list
+from shared.settings.base import CommonSettings, parse_key_digests, split_list
 from shared.settings.sections import (
     HttpServerSettings,
+    OperatorKeysSettings,
     PseudonymSecretSettings,
     ResultsDeliverySettings,
     SelectionRulesSettings,
@@ -56,6 +57,7 @@ class GatewaySettings(
     ResultsDeliverySettings,
     SelectionRulesSettings,
     PseudonymSecretSettings,
+    OperatorKeysSettings,
 ):
     """The public API: intake, decoding, the model clients, fusion, PHI, admission, outputs."""
 
@@ -147,6 +149,13 @@ class GatewaySettings(
     upstream_timeout_s: float = Field(60.0, gt=0, description="Deadline for one model call")
     classifier_timeout_s: float | None = Field(None, gt=0, description="None = UPSTREAM_TIMEOUT_S")
     detector_timeout_s: float | None = Field(None, gt=0, description="None = UPSTREAM_TIMEOUT_S")
+    upstream_attempt_timeout_s: float | None = Field(
+        None, gt=0, description="longest one attempt at one replica may take while another "
+        "replica could still be asked: no answer by then (a cut link, a hung replica) and "
+        "the call is retried on another replica, within the service's timeout and the "
+        "request's deadline; the last attempt may take what is left; None = half the "
+        "service's timeout",
+    )
     breaker_failures: int = Field(
         3, ge=1,
         description="failed calls in a row (5xx, timeout, invalid answer) that eject a replica",
@@ -190,10 +199,6 @@ class GatewaySettings(
     api_keys_sha256: Annotated[dict[str, str], NoDecode] = Field(
         default_factory=dict, description="'id:sha256hex,...'; empty = no API keys required"
     )
-    operator_keys_sha256: Annotated[dict[str, str], NoDecode] = Field(
-        default_factory=dict, description="'id:sha256hex,...' keys that see /health details "
-        "(replica URLs, bundle paths and hashes); empty = nobody",
-    )
     rate_limit_per_minute: float = Field(0.0, ge=0, description="Per key/client; 0 = off")
     rate_limit_burst: int = Field(10, ge=1, description="Token bucket size")
     max_uploads_per_client: int = Field(8, ge=0, description="Concurrent; 0 = unlimited (429)")
@@ -232,18 +237,7 @@ class GatewaySettings(
             raise ValueError(f"VIEWER_URL must be an http(s) URL, not {value!r}")
         return value or None
 
-    @field_validator("api_keys_sha256", "operator_keys_sha256", mode="before")
+    @field_validator("api_keys_sha256", mode="before")
     @classmethod
     def _parse_api_keys(cls, value: object) -> object:
-        """``id1:hex,id2:hex`` -> ``{id: hex}`` (ids name callers in logs, never the key)."""
-        if not isinstance(value, str):
-            return value
-        keys: dict[str, str] = {}
-        for item in filter(None, (part.strip() for part in value.split(","))):
-            key_id, _, digest = item.partition(":")
-            digest = digest.strip().lower()
-            hexdigits = set("0123456789abcdef")
-            if not key_id.strip() or len(digest) != 64 or not set(digest) <= hexdigits:
-                raise ValueError("API_KEYS_SHA256 entries are 'id:<64 hex digits of sha256(key)>'")
-            keys[key_id.strip()] = digest
-        return keys
+        return parse_key_digests(value, "API_KEYS_SHA256")

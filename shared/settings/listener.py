@@ -13,13 +13,15 @@ from pydantic_settings import NoDecode
 from shared.settings.base import CommonSettings, split_list
 from shared.settings.sections import (
     ListenerEndpointSettings,
+    OperatorKeysSettings,
     ResultsDeliverySettings,
     SelectionRulesSettings,
 )
 
 
 class ListenerSettings(
-    CommonSettings, ListenerEndpointSettings, ResultsDeliverySettings, SelectionRulesSettings
+    CommonSettings, ListenerEndpointSettings, ResultsDeliverySettings, SelectionRulesSettings,
+    OperatorKeysSettings,
 ):
     """The C-STORE SCP, its spool and study reports, and its client of the gateway."""
 
@@ -33,6 +35,23 @@ class ListenerSettings(
     )
     listener_max_associations: int = Field(
         10, ge=1, le=256, description="DICOM associations served at once"
+    )
+
+    # --- DICOM TLS on the listener's port (docs/OPERATIONS.md "DICOM TLS") ----------------
+    listener_tls_cert: Path | None = Field(
+        None, description="PEM certificate (chain) the DICOM listener presents to TLS "
+        "callers; with LISTENER_TLS_KEY its port accepts DICOM TLS associations (TLS 1.2+)",
+    )
+    listener_tls_key: Path | None = Field(
+        None, description="PEM private key (unencrypted) of LISTENER_TLS_CERT"
+    )
+    listener_tls_ca: Path | None = Field(
+        None, description="PEM CA certificate(s) a TLS caller's client certificate must chain "
+        "to; set = a caller without a valid client certificate is refused; None = none asked",
+    )
+    listener_tls_required: bool = Field(
+        False, description="refuse plain (unencrypted) associations on the listener's port; "
+        "false = plain and TLS callers both accepted (needs LISTENER_TLS_CERT for TLS)",
     )
 
     # --- the spool and the study reports -------------------------------------------------

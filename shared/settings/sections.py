@@ -8,16 +8,19 @@
 | :class:`BundleSettings` | the model services, the ``spine`` command (builds the default) |
 | :class:`PseudonymSecretSettings` | the gateway, ``spine serve`` (fills in a per-install one) |
 | :class:`ListenerEndpointSettings` | the DICOM listener, ``spine serve`` (starts and polls it) |
+| :class:`OperatorKeysSettings` | the gateway (``/health`` details), the listener (its status) |
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import NoDecode
 
-from shared.settings.base import SettingsBase
+from shared.settings.base import SettingsBase, parse_key_digests
 
 # RESULTS_OBJECTS words, in the order the objects are written (shared.dicom.results).
 RESULT_OBJECT_KINDS = ("sr", "gsps", "sc", "kos")
@@ -94,6 +97,26 @@ class ResultsDeliverySettings(SettingsBase):
         10.0, ge=0, description="at shutdown, how long pending results may still be delivered; "
         "what is left is logged and counted as failed (reason shutdown)",
     )
+    results_store_tls: bool = Field(
+        False, description="send C-STORE results over DICOM TLS (TLS 1.2 or later), the "
+        "destination's certificate checked against RESULTS_STORE_TLS_CA",
+    )
+    results_store_tls_ca: Path | None = Field(
+        None, description="PEM CA certificate(s) the C-STORE destination's certificate must "
+        "chain to; None = the system's CAs",
+    )
+    results_store_tls_cert: Path | None = Field(
+        None, description="PEM client certificate (chain) we present to the C-STORE "
+        "destination, for a PACS that requires one; with RESULTS_STORE_TLS_KEY",
+    )
+    results_store_tls_key: Path | None = Field(
+        None, description="PEM private key (unencrypted) of RESULTS_STORE_TLS_CERT"
+    )
+    results_store_tls_check_hostname: bool = Field(
+        True, description="the destination's certificate must name the host of "
+        "RESULTS_STORE_AE (DNS name or IP address); false = the chain only, as DCMTK does",
+    )
+
     results_objects: str = Field(
         "sr,gsps", description="the result objects written for each analysed image and "
         "sent to this process's RESULTS_* destinations (the gateway's STOW-RS results, the "
@@ -161,8 +184,24 @@ class ListenerEndpointSettings(SettingsBase):
     )
     listener_status_host: str = Field(
         "127.0.0.1", description="address of the listener's status server "
-        "(/health, /metrics, /studies)",
+        "(/health, /metrics, /studies); beyond loopback every call needs an operator key "
+        "(OPERATOR_KEYS_SHA256)",
     )
     listener_status_port: int = Field(
         8003, ge=0, le=65535, description="port of the listener's status server; 0 = none"
     )
+
+
+class OperatorKeysSettings(SettingsBase):
+    """Keys of the operators, who see what a deployment is made of."""
+
+    operator_keys_sha256: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict, description="'id:sha256hex,...' keys that see the gateway's "
+        "/health details (replica URLs, bundle paths and hashes) and, bound beyond loopback, "
+        "the listener's status (/metrics, /studies); empty = nobody",
+    )
+
+    @field_validator("operator_keys_sha256", mode="before")
+    @classmethod
+    def _parse_operator_keys(cls, value: object) -> object:
+        return parse_key_digests(value, "OPERATOR_KEYS_SHA256")

@@ -1,4 +1,9 @@
-"""``spine dicom-listener`` as a real subprocess on free loopback ports, for tests."""
+"""``spine dicom-listener`` as a real subprocess on free loopback ports, for tests.
+
+On a test host (tests/peers/hosts.py) it binds the host's ``address`` (DICOM and status
+ports) and runs under ``wrap`` (``host.command([])``); its status server then needs the
+operator key, sent as ``status_headers``.
+"""
 
 from __future__ import annotations
 
@@ -25,10 +30,13 @@ class Listener:
     port: int = field(default_factory=free_port)
     status_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    address: str = "127.0.0.1"
+    wrap: tuple[str, ...] = ()
+    status_headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def status(self) -> str:
-        return f"http://127.0.0.1:{self.status_port}"
+        return f"http://{self.address}:{self.status_port}"
 
     @property
     def log_path(self) -> Path:
@@ -38,7 +46,8 @@ class Listener:
         self.env.update(overrides)
         handle = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "spine.cli", "dicom-listener", "--host", "127.0.0.1",
+            [*self.wrap, sys.executable, "-m", "spine.cli", "dicom-listener",
+             "--host", self.address,
              "--port", str(self.port), "--ae-title", self.ae_title,
              "--status-port", str(self.status_port)],
             env=self.env, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO,
@@ -48,7 +57,7 @@ class Listener:
             if self.process.poll() is not None:
                 raise RuntimeError(f"listener exited:\n{self.log_text()[-3000:]}")
             try:
-                if httpx.get(self.status + "/health", timeout=1.0).status_code == 200:
+                if self._get("/health", timeout_s=1.0).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
@@ -69,14 +78,17 @@ class Listener:
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def _get(self, path: str, timeout_s: float = 5.0) -> httpx.Response:
+        return httpx.get(self.status + path, headers=self.status_headers, timeout=timeout_s)
+
     def health(self) -> dict[str, Any]:
-        return httpx.get(self.status + "/health", timeout=5.0).json()
+        return self._get("/health").json()
 
     def metrics(self) -> str:
-        return httpx.get(self.status + "/metrics", timeout=5.0).text
+        return self._get("/metrics").text
 
     def study(self, study_uid: str) -> dict[str, Any] | None:
-        response = httpx.get(f"{self.status}/studies/{study_uid}", timeout=5.0)
+        response = self._get(f"/studies/{study_uid}")
         return response.json() if response.status_code == 200 else None
 
     def wait_for_study(self, study_uid: str, timeout_s: float = 120.0) -> dict[str, Any]:
@@ -91,19 +103,23 @@ class Listener:
                            f"{self.log_text()[-3000:]}")
 
 
-def start_listener(root: Path, gateway_url: str, **overrides: str) -> Listener:
+def start_listener(
+    root: Path, gateway_url: str, *, address: str = "127.0.0.1", wrap: tuple[str, ...] = (),
+    status_headers: dict[str, str] | None = None, **overrides: str,
+) -> Listener:
     """A started listener sending to ``gateway_url``; ``overrides`` are environment values."""
     root.mkdir(parents=True, exist_ok=True)
     env = base_env(
         root, LISTENER_GATEWAY_URL=gateway_url, LISTENER_SPOOL_DIR=str(root / "spool"),
         LISTENER_RESULTS_DIR=str(root / "studies"), LISTENER_STUDY_IDLE_S="1",
         LISTENER_RETRY_INITIAL_S="0.5", LISTENER_RETRY_MAX_S="2", LOG_JSON="1",
-        RESULTS_RETRY_INITIAL_S="0.5", RESULTS_RETRY_MAX_S="2",
+        RESULTS_RETRY_INITIAL_S="0.5", RESULTS_RETRY_MAX_S="2", LISTENER_STATUS_HOST=address,
     )
     for name in ("RESULTS_STORE_AE", "RESULTS_DICOMWEB_URL", "LISTENER_ALLOWED_AE_TITLES"):
         env.pop(name, None)
     env.update(overrides)
-    listener = Listener(root, env)
+    listener = Listener(root, env, address=address, wrap=wrap,
+                        status_headers=dict(status_headers or {}))
     listener.start()
     return listener
 

@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,17 +111,20 @@ class Stack:
 
 
 def start_service(
-    name: str, env: dict[str, str], log_dir: Path, port: int | None = None
+    name: str, env: dict[str, str], log_dir: Path, port: int | None = None, *,
+    bind: str = "127.0.0.1", wrap: Sequence[str] = (), label: str | None = None,
 ) -> Service:
+    """``spine <name>`` on ``bind:port``; ``wrap`` prefixes the command (e.g. ``ip netns
+    exec <host>``: :mod:`tests.peers.hosts`), ``label`` names its log (default ``name``)."""
     port = port or free_port()
-    log_path = log_dir / f"{name}.log"
+    log_path = log_dir / f"{label or name}.log"
     handle = log_path.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "spine.cli", name, "--host", "127.0.0.1", "--port", str(port)],
+        [*wrap, sys.executable, "-m", "spine.cli", name, "--host", bind, "--port", str(port)],
         env=env, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO,
     )
     ready_path = "/livez" if name == "gateway" else "/v2/health/ready"
-    return Service(name, f"http://127.0.0.1:{port}", ready_path, process, log_path)
+    return Service(label or name, f"http://{bind}:{port}", ready_path, process, log_path)
 
 
 def wait_ready(service: Service, timeout_s: float = 240.0) -> None:

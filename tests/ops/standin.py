@@ -222,6 +222,7 @@ class StandIn:
 
     def stop(self) -> None:
         self._server.should_exit = True
+        self._server.force_exit = True  # calls left hanging ("hang") are not waited for
         self._thread.join(10)
 
 

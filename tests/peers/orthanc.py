@@ -3,6 +3,8 @@
 Started from a generated JSON configuration in a temporary folder (its own storage and
 index, free loopback ports, no remote access, no system service), so a test owns it
 whole: it can stop it while results are pending and start it again on the same ports.
+On a test host (tests/peers/hosts.py: ``address`` and ``wrap`` = ``host.command([])``)
+it takes calls from the test network, and ``extra`` adds configuration (DICOM TLS).
 The REST helpers are the few the tests need to check what arrived, and where.
 Under ``CI=1`` a missing Orthanc fails naming the Debian packages (:mod:`tests.tools`).
 """
@@ -44,12 +46,15 @@ class Orthanc:
     http_port: int = field(default_factory=free_port)
     dicom_port: int = field(default_factory=free_port)
     aet: str = AET
-    modalities: dict[str, list[object]] = field(default_factory=dict)
+    modalities: dict[str, Any] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    address: str = "127.0.0.1"
+    wrap: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self.address}:{self.http_port}"
 
     @property
     def dicomweb(self) -> str:
@@ -59,7 +64,7 @@ class Orthanc:
     @property
     def store_ae(self) -> str:
         """Its DICOM address as ``RESULTS_STORE_AE`` spells it: ``AE@host:port``."""
-        return f"{self.aet}@127.0.0.1:{self.dicom_port}"
+        return f"{self.aet}@{self.address}:{self.dicom_port}"
 
     @property
     def log_path(self) -> Path:
@@ -73,7 +78,8 @@ class Orthanc:
             "HttpPort": self.http_port,
             "DicomPort": self.dicom_port,
             "DicomAet": self.aet,
-            "RemoteAccessAllowed": False,  # loopback only
+            # Loopback only, but on a test host its callers are on the test network.
+            "RemoteAccessAllowed": self.address != "127.0.0.1",
             "AuthenticationEnabled": False,
             "DicomCheckCalledAet": False,
             "DicomAlwaysAllowStore": True,  # any calling AE may C-STORE (our delivery)
@@ -86,6 +92,7 @@ class Orthanc:
             "HttpThreadsCount": 8,
             "Plugins": [str(DICOMWEB_PLUGIN)],
             "DicomWeb": {"Enable": True, "Root": "/dicom-web/", "EnableWado": True},
+            **self.extra,
         }
 
     def start(self, timeout_s: float = 30.0) -> None:
@@ -97,8 +104,8 @@ class Orthanc:
         config.write_text(json.dumps(self.config(), indent=2))
         # The plugin answers QIDO-RS only once it is loaded.
         self.process = spawn_answering(
-            [str(ORTHANC), str(config)], self.log_path, self.root, f"{self.dicomweb}/studies",
-            "Orthanc", timeout_s,
+            [*self.wrap, str(ORTHANC), str(config)], self.log_path, self.root,
+            f"{self.dicomweb}/studies", "Orthanc", timeout_s,
         )
 
     def stop(self) -> None:
@@ -152,10 +159,14 @@ class Orthanc:
             time.sleep(0.1)
         raise RuntimeError(f"instance {sop_uid} not in Orthanc after {timeout_s} s")
 
-    def add_modality(self, name: str, aet: str, host: str, port: int) -> None:
-        """Declare a DICOM peer (e.g. our listener) so ``/modalities/{name}/store`` reaches it."""
-        self.rest("PUT", f"/modalities/{name}", json={"AET": aet, "Host": host, "Port": port})
-        self.modalities[name] = [aet, host, port]  # kept on restart
+    def add_modality(self, name: str, aet: str, host: str, port: int, *, tls: bool = False) -> None:
+        """Declare a DICOM peer (e.g. our listener) so ``/modalities/{name}/store`` reaches it;
+        ``tls``: Orthanc calls it over DICOM TLS (``UseDicomTls``)."""
+        modality: dict[str, Any] = {"AET": aet, "Host": host, "Port": port}
+        if tls:
+            modality["UseDicomTls"] = True
+        self.rest("PUT", f"/modalities/{name}", json=modality)
+        self.modalities[name] = modality  # kept on restart
 
     def store_to_modality(self, name: str, resources: list[str]) -> dict[str, Any]:
         """Orthanc sends these instances/series/studies to the modality by C-STORE (sync)."""

@@ -18,14 +18,16 @@ import pytest
 from gateway.upstream.breaker import BREAKER_COOLDOWN_S
 from gateway.upstream.checks import check_classifier_answer
 from gateway.upstream.client import ModelClient
+from gateway.upstream.discovery import Discovery
 from gateway.upstream.errors import (
     UpstreamBadGatewayError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from gateway.upstream.facts import ReadFacts
 from shared import contract
 from shared.contract import ClassifierFacts
-from tests.ops.standin import StandIn, standin
+from tests.ops.standin import CLASSIFIER_FACTS, StandIn, standin
 
 OUTPUTS = contract.names(contract.CLASSIFIER_OUTPUTS)
 
@@ -84,15 +86,29 @@ class Ejections(list[str]):
 
 @asynccontextmanager
 async def client(
-    urls: list[str], attempts: Attempts, ejections: Ejections | None = None, **breaker: float
+    urls: list[str], attempts: Attempts, ejections: Ejections | None = None,
+    timeout_s: float = 10.0, **options: float,
 ) -> AsyncIterator[ModelClient[ClassifierFacts]]:
     async with httpx.AsyncClient() as http:
         yield ModelClient(
-            "classifier", contract.CLASSIFIER_MODEL, urls, http, 10.0, observe=attempts,
+            "classifier", contract.CLASSIFIER_MODEL, urls, http, timeout_s, observe=attempts,
             facts_type=ClassifierFacts, output_specs=contract.CLASSIFIER_OUTPUTS,
             check=check_classifier_answer, on_eject=ejections,
-            **breaker,  # type: ignore[arg-type]
+            **options,  # type: ignore[arg-type]
         )
+
+
+def count_lookups(discovery: Discovery) -> list[str]:
+    """The names ``discovery`` resolves from now on, in order (the resolver unchanged)."""
+    lookups: list[str] = []
+    resolve = discovery.resolve
+
+    async def counted(host: str, port: int) -> list[str]:
+        lookups.append(host)
+        return await resolve(host, port)
+
+    discovery.resolve = counted
+    return lookups
 
 
 def image() -> dict[str, np.ndarray]:
@@ -259,15 +275,107 @@ async def test_an_answer_of_an_unlisted_model_version_is_not_read_with_old_facts
         assert models.replicas[0].breaker.failures == 0  # not the replica's fault
 
 
-async def test_a_dns_name_stands_for_every_address_and_polls_expand_it(
+async def test_a_dns_name_stands_for_every_address_resolved_off_the_request_path(
     first: StandIn
 ) -> None:
     attempts = Attempts()
     port = httpx.URL(first.url).port
     async with client([f"dns+http://localhost:{port}"], attempts) as models:
-        assert models.replicas == []  # resolved on first use
+        assert models.replicas == []  # resolved by the gateway's timer, not by a request
+        lookups = count_lookups(models.discovery)
+        assert await models.discover() is True
+        assert await models.discover() is False  # the same addresses: nothing changed
         ready = await models.poll_readiness(2.0)
         assert ready[f"http://127.0.0.1:{port}"] is True
         result = await models.infer(image(), OUTPUTS, "r")
         assert result.replica == f"http://127.0.0.1:{port}" and attempts == ["ok"]
+        assert lookups == ["localhost", "localhost"]  # the two discover() calls, no more
         assert models.agreed_facts() == first.facts and models.problems() == {}
+
+
+async def test_an_attempt_without_an_answer_in_its_bound_is_retried_on_another_replica(
+    first: StandIn, second: StandIn
+) -> None:
+    """A replica that takes the call and never answers (a cut link, a hung process) costs
+    the call one attempt bound, then the other replica answers, well before the service's
+    timeout; the silent one is counted against (its own timeout, not the deadline)."""
+    attempts = Attempts()
+    async with client([first.url, second.url], attempts, timeout_s=30.0,
+                      attempt_timeout_s=0.5) as models:
+        first.mode = "hang"
+        models.balancer.outstanding[second.url] = 1  # so the first pick is the hanging one
+        started = time.monotonic()
+        result = await models.infer(image(), OUTPUTS, "r", deadline=started + 30.0)
+        took = time.monotonic() - started
+        assert result.replica == second.url and attempts == ["timeout", "ok"]
+        assert 0.5 <= took < 30.0
+        assert [r.breaker.failures for r in models.replicas] == [1, 0]
+        assert (first.calls, second.calls) == (1, 1)
+
+
+async def test_the_last_replica_to_ask_gets_all_the_time_left(first: StandIn) -> None:
+    """With nobody else to ask, the attempt bound does not cut a slow answer short."""
+    attempts = Attempts()
+    async with client([first.url], attempts, timeout_s=0.8, attempt_timeout_s=0.2) as models:
+        first.mode = "hang"
+        started = time.monotonic()
+        with pytest.raises(UpstreamTimeoutError, match=r"no answer within 0\.[5-8]\d* s"):
+            await models.infer(image(), OUTPUTS, "r")  # the facts read took a little of it
+        assert time.monotonic() - started >= 0.8 and attempts == ["timeout"]
+
+
+async def test_a_timeout_at_the_requests_deadline_is_not_retried_nor_held_against_anyone(
+    first: StandIn, second: StandIn
+) -> None:
+    attempts = Attempts()
+    async with client([first.url, second.url], attempts, timeout_s=30.0,
+                      attempt_timeout_s=5.0) as models:
+        first.mode = second.mode = "hang"
+        with pytest.raises(UpstreamTimeoutError):
+            await models.infer(image(), OUTPUTS, "r", deadline=time.monotonic() + 0.4)
+        assert attempts == ["timeout"] and first.calls + second.calls == 1
+        assert all(r.breaker.failures == 0 for r in models.replicas)
+
+
+async def test_a_replica_the_poll_found_down_is_left_to_the_poller(
+    first: StandIn, second: StandIn
+) -> None:
+    """Its facts are not read on the request path (an upload never waits on a replica that
+    does not answer); the poll that finds it ready again reads them and it is back."""
+    attempts = Attempts()
+    async with client([first.url, second.url], attempts) as models:
+        await models.infer(image(), OUTPUTS, "r1")
+        first.ready_hangs = True
+        assert await models.poll_readiness(0.3) == {first.url: False, second.url: True}
+        reads = first.config_reads
+        assert models.replica_states(10.0) == {"ready": 1, "ejected": 0, "not_ready": 1}
+        for n in range(3):
+            assert (await models.infer(image(), OUTPUTS, f"r{n}")).replica == second.url
+        assert first.config_reads == reads
+        first.ready_hangs = False
+        await models.poll_readiness(2.0)
+        assert first.config_reads == reads + 1
+        assert models.replica_states(10.0) == {"ready": 2, "ejected": 0, "not_ready": 0}
+
+
+async def test_a_replica_that_leaves_dns_no_longer_takes_part_in_the_agreement() -> None:
+    """The last replica on the old bundle leaves: the new bundle's replica is agreed at
+    once, without waiting for the next readiness poll."""
+    names = {"pool": ["10.0.0.1", "10.0.0.2"]}
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return names[host]
+
+    async with client(["dns+http://pool:8001"], Attempts()) as models:
+        models.discovery.resolve = resolve
+        assert await models.discover()
+        old, new = models.replicas
+        moved = CLASSIFIER_FACTS.model_copy(update={"threshold": 0.4})
+        for replica, facts in ((old, CLASSIFIER_FACTS), (new, moved)):
+            replica.bundle.learned(ReadFacts(facts, frozenset({facts.version})))
+            models.agreement.settle(models.replicas)
+        assert old.usable and not new.usable  # the facts agreed first win
+        names["pool"] = ["10.0.0.2"]
+        assert await models.discover()
+        assert models.replicas == [new] and new.usable
+        assert models.agreed_facts() == moved

@@ -54,3 +54,17 @@ def test_missing_module_names_the_install(monkeypatch: pytest.MonkeyPatch) -> No
     with pytest.raises(pytest.fail.Exception, match=f"missing Python module {ABSENT}: pip x"):
         tools.require_module(ABSENT, "pip x")
     tools.require_module("json", "never asked")
+
+
+def test_missing_network_tools_fail_under_ci_naming_the_packages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.peers.hosts import require_hosts
+
+    monkeypatch.setenv("CI", "1")
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(pytest.fail.Exception,
+                       match=r"missing ip, tc, iptables: apt-get install iproute2 iptables"):
+        require_hosts()
+    with pytest.raises(pytest.fail.Exception, match="apt-get install dnsmasq-base openssl"):
+        tools.require_tools("dnsmasq", "openssl")

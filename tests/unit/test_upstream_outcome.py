@@ -37,13 +37,15 @@ def test_a_connect_timeout_is_unreachable_not_a_timeout() -> None:
 
 
 @pytest.mark.parametrize(("own", "verdict"), [(True, Verdict.FAILURE), (False, Verdict.NONE)])
-def test_a_read_timeout_is_not_retried_and_counts_only_if_it_was_the_services_own(
+def test_a_read_timeout_at_the_attempts_own_bound_is_retried_and_counts_against_the_replica(
     own: bool, verdict: Verdict
 ) -> None:
+    """Its own bound: the replica is slow or gone, another may answer in the time left;
+    the request's deadline: the caller's time is spent, nobody is to blame."""
     ended = outcome.transport_failed(
         "classifier", httpx.ReadTimeout("slow", request=REQUEST), 2.5, own_timeout=own
     )
-    assert (ended.label, ended.verdict, ended.retry, ended.stale) == ("timeout", verdict, False, False)
+    assert (ended.label, ended.verdict, ended.retry, ended.stale) == ("timeout", verdict, own, False)
     assert isinstance(ended.error, UpstreamTimeoutError) and ended.error.status_code == 504
     assert ended.error.problem == "classifier service: no answer within 2.5 s"
 
