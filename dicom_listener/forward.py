@@ -24,6 +24,8 @@ from typing import Any
 
 import httpx
 
+from shared import tracing
+
 RETRY_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
 MAX_REASON = 300
 
@@ -120,23 +122,26 @@ class GatewayClient:
         self.url = url.rstrip("/")
         self.objects = objects
         self._client = httpx.AsyncClient(
-            base_url=self.url, headers=headers, timeout=httpx.Timeout(timeout_s, connect=5.0)
+            base_url=self.url, headers=headers, timeout=httpx.Timeout(timeout_s, connect=5.0),
+            event_hooks={"request": [tracing.inject_into_request]},
         )
 
     async def forward(self, data: bytes) -> Forwarded:
         """Analyse one Part 10 instance; never raises for the gateway's trouble."""
-        try:
-            response = await self._client.post(
-                "/upload/dicom",
-                params={"parts": self.objects},
-                files={"file": ("instance.dcm", data, "application/dicom")},
-                headers={"Accept": "multipart/related"},
-            )
-        except httpx.TimeoutException:
-            return Forwarded(Fate.RETRY, "the gateway did not answer in time")
-        except httpx.HTTPError as exc:
-            return Forwarded(Fate.RETRY, f"gateway unreachable ({type(exc).__name__})")
-        return interpret(response)
+        with tracing.span("forward to gateway", kind="client") as live:
+            try:
+                response = await self._client.post(
+                    "/upload/dicom",
+                    params={"parts": self.objects},
+                    files={"file": ("instance.dcm", data, "application/dicom")},
+                    headers={"Accept": "multipart/related"},
+                )
+            except httpx.TimeoutException:
+                return Forwarded(Fate.RETRY, "the gateway did not answer in time")
+            except httpx.HTTPError as exc:
+                return Forwarded(Fate.RETRY, f"gateway unreachable ({type(exc).__name__})")
+            tracing.annotate(live, **{"http.response.status_code": response.status_code})
+            return interpret(response)
 
     async def ready(self) -> bool:
         try:

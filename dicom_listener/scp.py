@@ -33,6 +33,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from dicom_listener.spool import Spool, SpoolEntry, SpoolFull, read_uids
 from dicom_listener.transport import PolicyAssociationServer, TransportPolicy
+from shared import tracing
 from shared.dicom.codecs import SUPPORTED_SYNTAXES
 from shared.dicom.selection import load_rules
 from shared.dicomnet.tls import TlsConfigError, server_context
@@ -187,6 +188,14 @@ class StoreScp:
         self.on_association("rejected")
 
     def _on_store(self, event: Any) -> int:
+        """One C-STORE: the root span of the instance's trace (DICOM carries no trace
+        context); the work queued for it continues that trace."""
+        with tracing.span("C-STORE receive", kind="server") as live:
+            status = self._store(event)
+            tracing.annotate(live, **{"dicom.status": f"0x{status:04X}"})
+            return status
+
+    def _store(self, event: Any) -> int:
         sop_uid = str(event.request.AffectedSOPInstanceUID or "")
         try:
             data = event.encoded_dataset(include_meta=True)

@@ -44,6 +44,7 @@ from dicom_listener.spool import Spool, SpoolEntry
 from dicom_listener.status import StatusConfigError, StatusServer, status_app, status_keys
 from dicom_listener.studies import ImageResult, StudyTracker
 from dicom_listener.studyreport import ListenerMetrics, StudyReports, report
+from shared import tracing
 from shared.apikeys import ApiKeys
 from shared.dicomnet.delivery import DeliveryQueueFull, ResultsDelivery
 from shared.dicomnet.spool import DurableResults
@@ -61,6 +62,7 @@ class _Work:
     entry: SpoolEntry
     first_seen: float  # monotonic: received, or replayed at this start
     attempt: int = 0
+    trace: tracing.Carrier = dataclasses.field(default_factory=dict)  # its C-STORE's span
 
 
 class ListenerService:
@@ -169,13 +171,15 @@ class ListenerService:
     def _from_thread(self, entry: SpoolEntry) -> None:
         if self._loop is None or self._loop.is_closed():
             raise RuntimeError("the listener's loop is not running")
-        self._loop.call_soon_threadsafe(self._accept, entry)
+        self._loop.call_soon_threadsafe(self._accept, entry, True, tracing.carrier())
 
-    def _accept(self, entry: SpoolEntry, received: bool = True) -> None:
+    def _accept(
+        self, entry: SpoolEntry, received: bool = True, trace: tracing.Carrier | None = None
+    ) -> None:
         if received:
             self.metrics.received.inc()
         self.tracker.received(entry.study_uid, entry.sop_uid)
-        self._queue.put_nowait(_Work(entry, time.monotonic()))
+        self._queue.put_nowait(_Work(entry, time.monotonic(), trace=trace or {}))
 
     # --- work --------------------------------------------------------------------------------
 
@@ -187,7 +191,9 @@ class ListenerService:
             self._in_flight += 1
             self._idle.clear()
             try:
-                await self._process(work)
+                with tracing.span("process instance", parent=work.trace,
+                                  **{"spine.attempt": work.attempt + 1}):
+                    await self._process(work)
             except Exception:  # noqa: BLE001 - the entry stays in the spool: retried
                 log.exception("SOP Instance %s: unexpected error; retried", work.entry.sop_uid)
                 self._retry(work, Forwarded(Fate.RETRY, "internal error"))

@@ -34,7 +34,7 @@ from gateway.upstream.transport import (
     MAX_CONNECTIONS,
     MAX_KEEPALIVE_CONNECTIONS,
 )
-from shared import contract, dicom
+from shared import contract, dicom, tracing
 from shared.contract import ClassifierFacts, DetectorFacts
 from shared.dicomnet import ResultsDelivery
 from shared.dicomnet.spool import DurableResults, ResultStore
@@ -76,7 +76,8 @@ class Gateway:
                 max_connections=MAX_CONNECTIONS,
                 max_keepalive_connections=MAX_KEEPALIVE_CONNECTIONS,
                 keepalive_expiry=KEEPALIVE_EXPIRY_S,
-            )
+            ),
+            event_hooks={"request": [tracing.inject_into_request]},  # to the model services
         )
         decoders = decoder_pool(settings)
         if decoders is not None:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
 from model_server.errors import DeadlineExceededError, QueueFullError
+from shared import tracing
 
 In = TypeVar("In")
 Out = TypeVar("Out")
@@ -42,6 +43,8 @@ class _Pending(Generic[In, Out]):
     future: asyncio.Future[Out]
     enqueued_at: float = field(default_factory=time.perf_counter)
     deadline: float | None = None
+    trace: tracing.Carrier = field(default_factory=dict)  # the request's span, when tracing
+    enqueued_ns: int = field(default_factory=time.time_ns)
 
 
 class DynamicBatcher(Generic[In, Out]):
@@ -89,7 +92,9 @@ class DynamicBatcher(Generic[In, Out]):
             raise RuntimeError("batcher not started")
         future: asyncio.Future[Out] = asyncio.get_running_loop().create_future()
         try:
-            self._queue.put_nowait(_Pending(item, future, deadline=deadline))
+            self._queue.put_nowait(
+                _Pending(item, future, deadline=deadline, trace=tracing.carrier())
+            )
         except asyncio.QueueFull as exc:
             raise QueueFullError(
                 f"inference queue is full ({self.max_queue_size} waiting)"
@@ -126,7 +131,7 @@ class DynamicBatcher(Generic[In, Out]):
         loop = asyncio.get_running_loop()
         while True:
             collected = await self._collect()
-            started = time.perf_counter()
+            started, started_ns = time.perf_counter(), time.time_ns()
             batch = [pending for pending in collected if self._still_wanted(pending, started)]
             if not batch:
                 continue
@@ -144,6 +149,7 @@ class DynamicBatcher(Generic[In, Out]):
                         pending.future.set_exception(exc)
                 continue
             finished = time.perf_counter()
+            _trace(batch, started_ns, time.time_ns())
             for pending, result in zip(batch, results, strict=True):
                 if not pending.future.done():
                     pending.future.set_result(result)
@@ -155,3 +161,13 @@ class DynamicBatcher(Generic[In, Out]):
                         compute_seconds=finished - started,
                     )
                 )
+
+
+def _trace(batch: Sequence[_Pending[In, Out]], started_ns: int, finished_ns: int) -> None:
+    """Each request's wait in the queue and its share of the batch, as spans of its trace
+    (the batch ran once for all of them, on the batch thread)."""
+    for pending in batch:
+        if pending.trace:
+            tracing.record("queue wait", pending.trace, pending.enqueued_ns, started_ns)
+            tracing.record("inference", pending.trace, started_ns, finished_ns,
+                           **{"spine.batch_size": len(batch)})

@@ -34,7 +34,7 @@ if [ ! -f "$marker" ]; then
   echo "[setup] installing the project and its dependencies (a few minutes the first time)"
   "$VENV/bin/pip" install --quiet --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
   "$VENV/bin/pip" install --quiet -e ".[all,dev]" 2>&1 | grep -v "^WARNING: Location" || true
-  "$VENV/bin/python" -c "import torch, timm, ultralytics, pydicom, fastapi" \
+  "$VENV/bin/python" -c "import torch, timm, ultralytics, pydicom, fastapi, opentelemetry.sdk" \
     || { echo "[setup] install failed" >&2; exit 1; }
   rm -f "$VENV"/.installed-*
   touch "$marker"

@@ -13,12 +13,14 @@ import sys
 import time
 from contextvars import ContextVar
 
+from shared import tracing
+
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 _configured = False
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line: time, level, logger, message, request_id, extras."""
+    """One JSON object per line: time, level, logger, message, request_id, trace_id, extras."""
 
     _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
@@ -38,6 +40,8 @@ class JsonFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id:
             entry["request_id"] = request_id
+        if trace_id := tracing.trace_id():
+            entry["trace_id"] = trace_id
         for key, value in vars(record).items():
             if key not in self._RESERVED and not key.startswith("_"):
                 entry[key] = value
@@ -52,7 +56,9 @@ class TextFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         text = super().format(record)
-        request_id = request_id_var.get()
+        request_id, trace_id = request_id_var.get(), tracing.trace_id()
+        if trace_id:
+            text = f"{text} [trace_id={trace_id}]"
         return f"{text} [request_id={request_id}]" if request_id else text
 
 

@@ -10,6 +10,7 @@ every other response.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -20,6 +21,7 @@ from typing import Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from shared import tracing
 from shared.errors import ServiceError
 from shared.logging import request_id_var
 
@@ -41,6 +43,10 @@ LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 
 QUIET_PATHS = frozenset(
     {"/livez", "/readyz", "/health", "/metrics", "/v2/health/live", "/v2/health/ready"}
 )
+
+
+# A model's own readiness (the gateway polls every replica's): a probe too, for tracing.
+MODEL_READY_PATH = re.compile(r"^/v2/models/[^/]+(/versions/[^/]+)?/ready$")
 
 
 class HttpMetrics:
@@ -125,6 +131,15 @@ async def unless_disconnected(work: Awaitable[T], receive: Receive) -> T:
     return task.result()
 
 
+def _traceparent(scope: Scope) -> dict[str, str]:
+    """The caller's W3C trace context; ``{}`` (a new trace) when it sent none. Never the
+    current context: a server's connection task may still hold an earlier request's."""
+    if not tracing.enabled():
+        return {}
+    value = header(scope, b"traceparent")
+    return {tracing.TRACEPARENT: value} if value else {}
+
+
 class RequestContextMiddleware:
     """Request id in/out and in the log context, header limits, metrics, access log.
 
@@ -155,6 +170,22 @@ class RequestContextMiddleware:
         supplied = header(scope, b"x-request-id") or ""
         request_id = supplied if SAFE_REQUEST_ID.match(supplied) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
+        path = str(scope.get("path", ""))
+        # Probes and scrapes make no spans: a trace is a request someone waits for.
+        probe = path in QUIET_PATHS or MODEL_READY_PATH.match(path)
+        traced = contextlib.nullcontext() if probe else tracing.span(
+            "HTTP request", parent=_traceparent(scope), kind="server",
+            **{"spine.request_id": request_id},
+        )
+        try:
+            with traced as live:
+                await self._handle(scope, receive, send, request_id, live)
+        finally:
+            request_id_var.reset(token)
+
+    async def _handle(
+        self, scope: Scope, receive: Receive, send: Send, request_id: str, live: Any
+    ) -> None:
         path = str(scope.get("path", ""))
         extra = [(k.lower().encode("latin-1"), v.encode("latin-1"))
                  for k, v in [(REQUEST_ID_HEADER, request_id), *self.response_headers(path)]]
@@ -191,6 +222,8 @@ class RequestContextMiddleware:
             elapsed = time.perf_counter() - started
             route, method = route_label(scope), str(scope.get("method", ""))
             status = state["status"]
+            tracing.annotate(live, name=f"{method} {route}",
+                             **{"http.route": route, "http.response.status_code": status})
             if self.metrics is not None:
                 self.metrics.in_flight.dec()
                 self.metrics.requests.labels(route, method, str(status)).inc()
@@ -202,4 +235,3 @@ class RequestContextMiddleware:
                        "duration_ms": round(elapsed * 1000, 2),
                        "key_id": scope.get("state", {}).get("key_id")},
             )
-            request_id_var.reset(token)

@@ -43,6 +43,7 @@ def _serve_http(
 
     from shared.lockdown import exposure_problems, refusal_message
     from shared.logging import configure_logging
+    from shared.tracing import tracing_from
     from spine.guarded_http import protocol_with_header_timeout
     from spine.supervisor import UVICORN_GRACE_S
 
@@ -54,6 +55,7 @@ def _serve_http(
         if problem := results_config_problem(settings):
             sys.exit(f"spine gateway: refusing to start: {problem}")
     configure_logging(service, settings.log_level, settings.log_json)
+    tracing_from(service, settings)
     app = import_from_string(app_factory)(settings)
     uvicorn.run(
         app, host=host, port=port, log_config=None,

@@ -21,6 +21,7 @@ def cmd_dicom_listener(args: argparse.Namespace, _cli: CliSettings) -> int:
     from dicom_listener.service import run
     from shared.dicomnet.destinations import DestinationConfigError
     from shared.logging import configure_logging
+    from shared.tracing import tracing_from
     from spine.config import read_settings
 
     settings = read_settings(ListenerSettings)
@@ -29,6 +30,7 @@ def cmd_dicom_listener(args: argparse.Namespace, _cli: CliSettings) -> int:
         updates["listener_status_port"] = args.status_port
     settings = settings.model_copy(update=updates)
     configure_logging("dicom-listener", settings.log_level, settings.log_json)
+    tracing_from("dicom-listener", settings)
     try:
         asyncio.run(run(settings, host=args.host, port=args.port))
     except (ListenerConfigError, DestinationConfigError) as exc:

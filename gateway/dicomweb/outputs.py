@@ -25,6 +25,7 @@ from gateway.pipeline.analyze import Findings
 from gateway.pipeline.context import Pipeline
 from gateway.pipeline.response import bundle_summary, detections, member_probabilities
 from gateway.schemas import UploadResponse
+from shared import tracing
 from shared.dicom.results import (
     AnalysisResult,
     DicomResults,
@@ -135,7 +136,11 @@ async def write(
         return write_results(source, result, kinds, image=findings.canonical)
 
     try:
-        results = await asyncio.get_running_loop().run_in_executor(pipeline.decode_pool, work)
+        parts = ",".join(kind.value for kind in kinds)
+        with tracing.span("write results", **{"spine.parts": parts}):
+            results = await asyncio.get_running_loop().run_in_executor(
+                pipeline.decode_pool, work
+            )
     except ResultWriteError as exc:
         raise ResultNotWritable(str(exc)) from exc
     return results, (time.perf_counter() - started) * 1000

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -24,7 +24,7 @@ from gateway.pipeline.fusion import Box, Diagnosis, apply_fusion, boxes_from_out
 from gateway.schemas import Timings
 from gateway.upstream.client import InferResult
 from gateway.upstream.errors import UpstreamError, UpstreamTimeoutError
-from shared import contract, dicom
+from shared import contract, dicom, tracing
 from shared.contract import ClassifierFacts, DetectorFacts
 from shared.settings import GatewaySettings
 
@@ -93,7 +93,8 @@ async def analyze(
     if not isinstance(answer, InferResult):
         warnings.append(_detection_warning(answer))
 
-    fused = fuse(pipeline.settings, classified, detected)
+    with tracing.span("fusion"):
+        fused = fuse(pipeline.settings, classified, detected)
     merged = time.perf_counter()
     annotated_image, canonical_image = await draw(
         pipeline, canonical, fused.boxes or [], annotate=annotate, canonical=include_canonical
@@ -123,6 +124,13 @@ async def analyze(
     return findings
 
 
+async def _traced(name: str, call: Awaitable[T]) -> T:
+    """``call`` inside a client span: every attempt on a replica (a retry too) is its
+    child, through the ``traceparent`` the HTTP client adds."""
+    with tracing.span(name, kind="client"):
+        return await call
+
+
 async def infer_both(
     pipeline: Pipeline, pixels: np.ndarray, request_id: str, deadline: float | None
 ) -> tuple[InferResult[ClassifierFacts], InferResult[DetectorFacts] | Exception]:
@@ -134,12 +142,12 @@ async def infer_both(
     """
     image = pixels[None, None]  # [1, 1, H, W] uint8
     inputs = {contract.IMAGE.name: image}
-    classify = asyncio.ensure_future(pipeline.classifier.infer(
+    classify = asyncio.ensure_future(_traced("call classifier", pipeline.classifier.infer(
         inputs, contract.names(contract.CLASSIFIER_OUTPUTS), request_id, deadline
-    ))
-    detect = asyncio.ensure_future(pipeline.detector.infer(
+    )))
+    detect = asyncio.ensure_future(_traced("call detector", pipeline.detector.infer(
         inputs, contract.names(contract.DETECTOR_OUTPUTS), request_id, deadline
-    ))
+    )))
     try:
         classified = await classify
     except BaseException as exc:

@@ -16,7 +16,7 @@ import time
 
 from gateway.pipeline.budget import DecodeBudget
 from gateway.pipeline.context import Pipeline
-from shared import dicom
+from shared import dicom, tracing
 from shared.settings import GatewaySettings
 
 
@@ -52,6 +52,15 @@ def selection_rules(settings: GatewaySettings) -> dicom.SelectionRules | None:
 
 
 async def decode(
+    pipeline: Pipeline, data: bytes
+) -> tuple[dicom.CanonicalImage, dicom.DicomMetadata]:
+    """:func:`decode_in_workers` in a span; the worker calls are its children (each step
+    runs in a copy of this context, and the pool times its call to the worker)."""
+    with tracing.span("decode", **{"spine.bytes": len(data)}):
+        return await decode_in_workers(pipeline, data)
+
+
+async def decode_in_workers(
     pipeline: Pipeline, data: bytes
 ) -> tuple[dicom.CanonicalImage, dicom.DicomMetadata]:
     """DICOM bytes -> canonical image, in a decode thread (never on the event loop).

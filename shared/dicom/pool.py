@@ -42,6 +42,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from shared import tracing
 from shared.dicom.errors import NotDicomError
 from shared.dicom.protocol import HEADER, load_reply, read_exact
 
@@ -247,7 +248,11 @@ class DecoderPool:
         for attempt in (1, 2):
             worker = self._checkout()
             try:
-                ok, value = worker.call(fn, args, deadline)
+                # Timed here, not in the worker: the sandbox writes no file, opens no socket.
+                with tracing.span(f"decode worker {fn.__name__}", **{
+                    "process.pid": worker.process.pid, "spine.attempt": attempt,
+                }):
+                    ok, value = worker.call(fn, args, deadline)
             except _WorkerDied:
                 self._checkin(worker, healthy=False)
                 if attempt == 2:

@@ -28,6 +28,7 @@ from collections.abc import Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from shared import tracing
 from shared.dicomnet.destinations import (
     AeAddress,
     Destination,
@@ -225,9 +226,10 @@ class ResultsDelivery:
         settlement = (
             Settlement(sop_uids, len(self.destinations), on_settled) if on_settled else None
         )
+        trace = tracing.carrier()
         for destination in self.destinations:
             job = Job(destination, study_uid, dict(zip(sop_uids, instances, strict=True)),
-                       settlement=settlement)
+                       settlement=settlement, trace=trace)
             self._live[id(job)] = job
             self._queue.put_nowait(job)
         self._add_pending(cost)
@@ -249,7 +251,12 @@ class ResultsDelivery:
         while True:
             job = await self._queue.get()
             try:
-                outcome = await job.destination.send(dict(job.items))
+                with tracing.span(
+                    f"deliver to {job.destination.name}", parent=job.trace,
+                    kind="client", **{"spine.attempt": job.attempt + 1,
+                                      "spine.objects": len(job.items)},
+                ):
+                    outcome = await job.destination.send(dict(job.items))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - a sender bug must not lose results

@@ -83,6 +83,7 @@ class Job:
     submitted: float = field(default_factory=time.monotonic)
     attempt: int = 0
     settlement: Settlement | None = None
+    trace: dict[str, str] = field(default_factory=dict)  # the submitter's span (W3C headers)
 
     def settled(self, uid: str, outcome: str) -> None:
         if self.settlement is not None:

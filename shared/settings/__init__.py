@@ -21,6 +21,7 @@ from __future__ import annotations
 from shared.settings.base import (
     CommonSettings,
     SettingsBase,
+    TracingMode,
     child_settings,
     documented_defaults,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "SelectionRulesSettings",
     "SettingsBase",
     "StudyDateMode",
+    "TracingMode",
     "documented_defaults",
     "child_settings",
 ]

@@ -10,10 +10,11 @@ capitals, whichever class reads it.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from enum import StrEnum
 from pathlib import Path
 from typing import TypeVar
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 S = TypeVar("S", bound=BaseSettings)
@@ -24,6 +25,14 @@ class SettingsBase(BaseSettings):
     are ignored, so one environment can serve every process."""
 
     model_config = SettingsConfigDict(env_file=None, extra="ignore", case_sensitive=False)
+
+
+class TracingMode(StrEnum):
+    """Where spans go (shared/tracing.py; docs/OPERATIONS.md "Tracing")."""
+
+    OFF = "off"  # no span, no OpenTelemetry import
+    FILE = "file"  # JSON lines per process under TRACING_DIR
+    OTLP = "otlp"  # OTLP/HTTP to OTEL_EXPORTER_OTLP_ENDPOINT
 
 
 class CommonSettings(SettingsBase):
@@ -42,6 +51,34 @@ class CommonSettings(SettingsBase):
         None, description="Ultralytics' settings folder (read by Ultralytics itself); "
         "None = <cache root>/ultralytics",
     )
+    tracing: TracingMode = Field(
+        TracingMode.OFF, description="spans of each request (W3C traceparent across the "
+        "services): off, file (JSON lines in TRACING_DIR) or otlp (OTLP/HTTP); needs the "
+        "`tracing` extra unless off",
+    )
+    tracing_dir: Path | None = Field(
+        None, description="folder TRACING=file writes <service>-<pid>.jsonl into, one span "
+        "per line",
+    )
+    otel_exporter_otlp_endpoint: str | None = Field(
+        None, description="OTLP/HTTP collector root for TRACING=otlp (spans go to "
+        "{url}/v1/traces); None = the SDK's http://localhost:4318",
+    )
+    otel_resource_attributes: str | None = Field(
+        None, description="key=value,... added to every span's resource, e.g. "
+        "host.name=gpu-3 (read by the OpenTelemetry SDK itself)",
+    )
+
+    @field_validator("tracing", mode="before")
+    @classmethod
+    def _lower_tracing(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _tracing_dir_given(self) -> CommonSettings:
+        if self.tracing is TracingMode.FILE and self.tracing_dir is None:
+            raise ValueError("TRACING=file needs TRACING_DIR")
+        return self
 
 
 def documented_defaults(cls: type[S], **overrides: object) -> S:
