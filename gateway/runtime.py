@@ -22,6 +22,7 @@ import httpx
 
 from gateway.audit import AuditLog
 from gateway.pipeline.budget import DecodeBudget
+from gateway.pipeline.building import BuildWatch
 from gateway.pipeline.context import Pipeline
 from gateway.pipeline.decode import decoder_pool, selection_rules
 from gateway.telemetry import GatewayMetrics
@@ -100,6 +101,8 @@ class Gateway:
                 metrics=metrics,
                 selection=selection_rules(settings),
                 decode_budget=DecodeBudget(settings.decode_memory_budget_mb * 2**20),
+                building=(BuildWatch(settings.bundle_build_progress_file)
+                          if settings.bundle_build_progress_file is not None else None),
             ),
             audit=AuditLog(settings.audit_log_path, settings.pseudonym_secret, settings.audit_log),
             decodable=dicom.decodable_transfer_syntaxes(decoders),

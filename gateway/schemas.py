@@ -10,6 +10,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.buildprogress import BuildProgress
+
 
 class ErrorResponse(BaseModel):
     """Every error the gateway returns, whatever the status code."""
@@ -55,11 +57,27 @@ class ImageGeometry(BaseModel):
     scale_y: float = Field(description="canonical height / original height")
 
 
+class BundlePart(BaseModel):
+    """The bundle one model service answered with."""
+
+    name: str
+    kind: Literal["user", "demo", "untrained"]
+    digest: str = Field(
+        description="Digest of the bundle's facts (all but device and backends): the same on "
+        "every replica serving this bundle; another bundle swapped in has another"
+    )
+
+
 class BundleSummary(BaseModel):
     name: str
     kind: Literal["user", "demo", "untrained"]
     demo: bool = Field(description="True when the weights are not a real medical model")
     checkpoints: dict[str, str] = Field(description="checkpoint path -> sha256")
+    parts: dict[str, BundlePart] = Field(
+        default_factory=dict,
+        description="service (classifier, detector) -> the bundle its answer came from; "
+        "while a bundle swap rolls through the services they may differ for a moment",
+    )
 
 
 class Timings(BaseModel):
@@ -155,3 +173,7 @@ class HealthResponse(BaseModel):
     demo: bool
     warnings: list[str]
     decodable_transfer_syntaxes: dict[str, bool]
+    bundle_build: BuildProgress | None = Field(
+        None, description="The bundle `spine serve` is building, until it is loaded: stage, "
+        "share done, seconds left (estimates)",
+    )

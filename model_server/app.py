@@ -5,15 +5,19 @@ Both model services are this app around a different
 images (:mod:`model_server.infer`), batched dynamically across clients
 (:mod:`model_server.batching`), run on the model's device, and reassembled per request
 by the routes (:mod:`model_server.routes`); what they share is a
-:class:`~model_server.served.Served`. Every refusal is a
-:class:`~model_server.errors.ServingError` mapped by one handler.
+:class:`~model_server.served.Served`. The model itself sits in a
+:class:`~model_server.repository.ModelRepository`, which Triton's model repository
+extension (:mod:`model_server.repository_api`) swaps without a failed request. Every
+refusal is a :class:`~model_server.errors.ServingError` mapped by one handler.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from pathlib import Path
 
 from fastapi import FastAPI
 
@@ -21,6 +25,9 @@ from model_server.batching import DynamicBatcher
 from model_server.errors import ServingError
 from model_server.lifecycle import BatchedModel, BundleModel
 from model_server.metrics import ModelMetrics
+from model_server.repository import ModelBuilder, ModelRepository, run_jobs
+from model_server.repository_api import RepositoryAccess
+from model_server.repository_api import router as repository_router
 from model_server.routes import refuse, router
 from model_server.served import Batcher, BodyLimits, Served
 from shared.observability import ASGIApp, Receive, RequestContextMiddleware, Scope, Send, send_json
@@ -56,20 +63,23 @@ class InternalTokenMiddleware:
 
 
 def _lifespan(
-    model: BatchedModel, batcher: Batcher
+    repository: ModelRepository, batcher: Batcher
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         await batcher.start()
-        model.load_in_background()
+        # The start-up load runs beside the server: /v2/health/live answers at once.
+        loading = asyncio.create_task(repository.start(), name="model-load")
         yield
+        if not loading.done():
+            loading.cancel()  # its thread ends with the load; the process is exiting
         await batcher.stop()
 
     return lifespan
 
 
 def create_model_app(
-    model: BatchedModel,
+    model: BatchedModel | None,
     *,
     title: str,
     max_batch_size: int,
@@ -77,25 +87,39 @@ def create_model_app(
     max_queue_size: int,
     settings: ModelServerSettings,
     request_timeout_s: float = DEFAULT_INFER_DEADLINE_S,
+    build: ModelBuilder | None = None,
+    name: str | None = None,
 ) -> FastAPI:
-    """The KServe v2 REST app (with Triton's binary tensor extension) around ``model``.
+    """The KServe v2 REST app (with Triton's binary tensor and model repository
+    extensions) around ``model``, loaded at start-up; ``None``: no model until one is
+    loaded through the repository API (``build`` makes the model of a bundle folder,
+    ``name`` is the model's).
 
-    ``settings`` supplies INTERNAL_TOKEN and the request limits.
+    ``settings`` supplies INTERNAL_TOKEN, MODEL_REPOSITORY_ROOT and the request limits.
     """
-    metrics = ModelMetrics(model.name)
-    metrics.watch_model(model)
+    model_name = model.name if model is not None else name
+    if model_name is None:
+        raise ValueError("a model server without a model at start needs its model's name")
+    metrics = ModelMetrics(model_name)
     batcher: Batcher = DynamicBatcher(
-        model.predict_batch,
+        run_jobs,
         max_batch_size=max_batch_size,
         max_delay_ms=max_delay_ms,
         max_queue_size=max_queue_size,
         on_batch=metrics.observe_batch,
     )
-    app = FastAPI(title=title, version="1", lifespan=_lifespan(model, batcher))
-    app.state.served = Served(
-        title, model, batcher, metrics, request_timeout_s, BodyLimits.from_settings(settings)
+    repository = ModelRepository(
+        model_name, build or _no_builder, request_timeout_s + 5.0,
+        first=model, model_dir=getattr(model, "model_dir", None),
     )
+    metrics.watch_model(repository)
+    app = FastAPI(title=title, version="1", lifespan=_lifespan(repository, batcher))
+    app.state.served = Served(
+        title, repository, batcher, metrics, request_timeout_s, BodyLimits.from_settings(settings)
+    )
+    app.state.repository_access = RepositoryAccess.from_settings(settings)
     app.include_router(router)
+    app.include_router(repository_router)
     app.add_exception_handler(ServingError, refuse)
     token = settings.internal_token.get_secret_value() if settings.internal_token else ""
     if token:
@@ -109,17 +133,33 @@ def create_model_app(
     return app
 
 
+def _no_builder(model_dir: Path) -> BatchedModel:
+    raise RuntimeError("this server cannot load bundles from folders")
+
+
+def bundle_model(
+    model_type: type[BundleModel], settings: ModelServerSettings, model_dir: Path
+) -> BundleModel:
+    """The model of the bundle in ``model_dir``, as start-up and every load make it."""
+    return model_type(model_dir, settings.model_device, settings.torch_threads, settings=settings)
+
+
 def create_bundle_app(
     model_type: type[BundleModel], title: str, settings: ModelServerSettings
 ) -> FastAPI:
-    """The OIP app of a model service, configured by the settings its entry point read."""
-    if settings.model_dir is None:
-        raise RuntimeError(
-            "MODEL_DIR is not set (`spine classifier|detector` chooses the default bundle)"
-        )
-    model = model_type(
-        settings.model_dir, settings.model_device, settings.torch_threads, settings=settings
-    )
+    """The OIP app of a model service, configured by the settings its entry point read:
+    ``MODEL_DIR`` loaded at start, or (``MODEL_LOAD_AT_START=false``) nothing until a
+    load through the repository API."""
+    model = None
+    if settings.model_load_at_start:
+        if settings.model_dir is None:
+            raise RuntimeError(
+                "MODEL_DIR is not set (`spine classifier|detector` chooses the default bundle)"
+            )
+        model = bundle_model(model_type, settings, settings.model_dir)
+    elif settings.model_repository_root is None:
+        raise RuntimeError("MODEL_LOAD_AT_START=false needs MODEL_REPOSITORY_ROOT: without "
+                           "the repository API nothing could ever be loaded")
     return create_model_app(
         model,
         title=title,
@@ -127,4 +167,6 @@ def create_bundle_app(
         max_delay_ms=settings.max_delay_ms,
         max_queue_size=settings.max_queue_size,
         settings=settings,
+        build=lambda folder: bundle_model(model_type, settings, folder),
+        name=model_type.name,
     )

@@ -128,39 +128,42 @@ class DynamicBatcher(Generic[In, Out]):
         return True
 
     async def _loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            collected = await self._collect()
-            started, started_ns = time.perf_counter(), time.time_ns()
-            batch = [pending for pending in collected if self._still_wanted(pending, started)]
-            if not batch:
-                continue
-            try:
-                results = await loop.run_in_executor(
-                    self._executor, self._run_batch, [pending.item for pending in batch]
+            # The batch lives in _run's frame only: once run, nothing here holds its
+            # items (a swapped-out model is freed without waiting for the next batch).
+            await self._run(await self._collect())
+
+    async def _run(self, collected: list[_Pending[In, Out]]) -> None:
+        started, started_ns = time.perf_counter(), time.time_ns()
+        batch = [pending for pending in collected if self._still_wanted(pending, started)]
+        if not batch:
+            return
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._run_batch, [pending.item for pending in batch]
+            )
+            if len(results) != len(batch):
+                raise RuntimeError(
+                    f"run_batch returned {len(results)} results for {len(batch)} items"
                 )
-                if len(results) != len(batch):
-                    raise RuntimeError(
-                        f"run_batch returned {len(results)} results for {len(batch)} items"
-                    )
-            except Exception as exc:  # noqa: BLE001 - every caller must hear about it
-                for pending in batch:
-                    if not pending.future.done():
-                        pending.future.set_exception(exc)
-                continue
-            finished = time.perf_counter()
-            _trace(batch, started_ns, time.time_ns())
-            for pending, result in zip(batch, results, strict=True):
+        except Exception as exc:  # noqa: BLE001 - every caller must hear about it
+            for pending in batch:
                 if not pending.future.done():
-                    pending.future.set_result(result)
-            if self._on_batch is not None:
-                self._on_batch(
-                    BatchStats(
-                        size=len(batch),
-                        queue_seconds=[started - p.enqueued_at for p in batch],
-                        compute_seconds=finished - started,
-                    )
+                    pending.future.set_exception(exc)
+            return
+        finished = time.perf_counter()
+        _trace(batch, started_ns, time.time_ns())
+        for pending, result in zip(batch, results, strict=True):
+            if not pending.future.done():
+                pending.future.set_result(result)
+        if self._on_batch is not None:
+            self._on_batch(
+                BatchStats(
+                    size=len(batch),
+                    queue_seconds=[started - p.enqueued_at for p in batch],
+                    compute_seconds=finished - started,
                 )
+            )
 
 
 def _trace(batch: Sequence[_Pending[In, Out]], started_ns: int, finished_ns: int) -> None:

@@ -71,3 +71,19 @@ class ModelFailedError(ServingError):
 
     status_code = 500
     reason = "model_error"
+
+
+class RepositoryForbiddenError(ServingError):
+    """The model repository API is off, or the folder is outside MODEL_REPOSITORY_ROOT."""
+
+    status_code = 403
+
+
+class RepositoryRequestError(ServingError):
+    """A repository request that cannot be done as asked (Triton answers 400)."""
+
+    status_code = 400
+
+
+class LoadFailedError(RepositoryRequestError):
+    """A bundle did not load; the one loaded before still serves."""

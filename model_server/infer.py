@@ -15,6 +15,8 @@ import numpy as np
 from starlette.datastructures import Headers
 
 from model_server.errors import ClientGoneError, InputError, ModelFailedError, ServingError
+from model_server.lifecycle import BatchedModel
+from model_server.repository import Job
 from model_server.served import Served
 from shared import contract, oip
 from shared.observability import ClientDisconnectedError, Receive, unless_disconnected
@@ -65,14 +67,14 @@ def caller_timeout_s(parameters: dict[str, Any]) -> float | None:
 
 
 async def infer_images(
-    served: Served, images: list[np.ndarray], deadline: float, receive: Receive
+    served: Served, model: BatchedModel, images: list[np.ndarray], deadline: float,
+    receive: Receive,
 ) -> list[dict[str, np.ndarray]]:
-    """Every image through the batcher; dropped if the caller goes away meanwhile."""
+    """Every image through the batcher on ``model`` (the one its request leased); dropped
+    if the caller goes away meanwhile."""
+    jobs = [served.batcher.submit(Job(model, image), deadline=deadline) for image in images]
     try:
-        results = await unless_disconnected(
-            _all_or_none([served.batcher.submit(image, deadline=deadline) for image in images]),
-            receive,
-        )
+        results = await unless_disconnected(_all_or_none(jobs), receive)
     except ClientDisconnectedError as exc:
         log.info("caller went away; its queued images were dropped")
         raise ClientGoneError("client closed the request") from exc

@@ -46,7 +46,6 @@ class BatchedModel(ABC):
         self.ready = False
         self.load_error: str | None = None
         self.load_seconds: float | None = None
-        self.load_failures = 0  # loads that failed (``spine_model_load_failures_total``)
 
     def load_in_background(self) -> threading.Thread:
         """Start ``load()`` in a thread; ``ready`` turns true, or ``load_error`` says why not."""
@@ -60,7 +59,6 @@ class BatchedModel(ABC):
             self.load()
         except Exception as exc:  # noqa: BLE001 - reported through readiness and the log
             self.load_error = str(exc)
-            self.load_failures += 1
             log.error("model %s failed to load: %s", self.name, exc)
             return
         self.load_seconds = time.perf_counter() - started

@@ -54,11 +54,15 @@ class GpuMemoryGauges:
 
 
 class ModelState(Protocol):
-    """What the state metrics read of the served model (a ``BatchedModel``)."""
+    """What the state metrics read of the served model (the model repository: its
+    serving bundle's readiness, and the loads that failed at start-up and in swaps)."""
 
-    name: str
-    ready: bool
-    load_failures: int
+    @property
+    def name(self) -> str: ...
+    @property
+    def ready(self) -> bool: ...
+    @property
+    def load_failures(self) -> int: ...
 
 
 class ModelStateCollector(Collector):

@@ -21,7 +21,7 @@ router = APIRouter()
 async def server_metadata(request: Request) -> dict[str, Any]:
     return {
         "name": served_of(request).title, "version": "1",
-        "extensions": ["binary_tensor_data", "model_configuration"],
+        "extensions": ["binary_tensor_data", "model_configuration", "model_repository"],
     }
 
 
@@ -32,10 +32,10 @@ async def live() -> dict[str, bool]:
 
 @router.get("/v2/health/ready", tags=["health"])
 async def ready(request: Request) -> Response:
-    model = served_of(request).model
-    if model.ready:
+    repository = served_of(request).repository
+    if repository.ready:
         return JSONResponse({"ready": True})
-    return JSONResponse({"ready": False, "error": model.load_error}, status_code=503)
+    return JSONResponse({"ready": False, "error": repository.load_error}, status_code=503)
 
 
 @router.get("/v2/models/{name}", tags=["model"])
@@ -43,7 +43,7 @@ async def ready(request: Request) -> Response:
 async def model_metadata(name: str, request: Request, version: str | None = None) -> Response:
     served = served_of(request)
     served.check_name(name)
-    return JSONResponse(served.model.metadata().model_dump())
+    return JSONResponse(served.repository.current().metadata().model_dump())
 
 
 @router.get("/v2/models/{name}/config", tags=["model"])
@@ -60,7 +60,7 @@ async def model_config(name: str, request: Request, version: str | None = None) 
 async def model_ready(name: str, request: Request, version: str | None = None) -> Response:
     served = served_of(request)
     served.check_name(name)
-    is_ready = served.model.ready
+    is_ready = served.repository.ready
     return JSONResponse({"name": name, "ready": is_ready}, status_code=200 if is_ready else 503)
 
 
@@ -69,24 +69,26 @@ async def model_ready(name: str, request: Request, version: str | None = None) -
 async def infer(name: str, request: Request, version: str | None = None) -> Response:
     served = served_of(request)
     served.check_name(name)
-    served.admit()
-    started = time.perf_counter()
-    infer_request, images = read_images(request.headers, await served.read_body(request))
-    served.admit_images(len(images))
-    budget = served.request_timeout_s
-    if (caller_s := caller_timeout_s(infer_request.parameters)) is not None:
-        budget = min(budget, caller_s)
-    served.metrics.set_queue_depth(served.batcher.queue_depth)
-    results = await infer_images(served, images, started + budget, request.receive)
-    outputs = requested_outputs(served.model.merge_outputs(results), infer_request)
+    with served.repository.lease() as model:  # this request's bundle, to its answer
+        served.admit()
+        started = time.perf_counter()
+        infer_request, images = read_images(request.headers, await served.read_body(request))
+        served.admit_images(len(images))
+        budget = served.request_timeout_s
+        if (caller_s := caller_timeout_s(infer_request.parameters)) is not None:
+            budget = min(budget, caller_s)
+        served.metrics.set_queue_depth(served.batcher.queue_depth)
+        results = await infer_images(served, model, images, started + budget, request.receive)
+        outputs = requested_outputs(model.merge_outputs(results), infer_request)
+        version = model.model_version()
     elapsed = time.perf_counter() - started
     payload, headers = oip.encode_response(
-        served.model.name,
+        name,
         outputs,
         request_id=infer_request.id,
         binary={key for key in outputs if oip.wants_binary(infer_request, key)},
         parameters={"server_ms": round(elapsed * 1000, 3)},
-        model_version=served.model.model_version(),
+        model_version=version,
     )
     served.metrics.observe_request(elapsed)
     return Response(content=payload, headers=headers, media_type=headers["Content-Type"])

@@ -1,4 +1,5 @@
-"""What the routes of one model server share: the model, its batcher, metrics and limits."""
+"""What the routes of one model server share: the model repository, the batcher, metrics
+and limits."""
 
 from __future__ import annotations
 
@@ -15,8 +16,8 @@ from model_server.errors import (
     RequestTooLargeError,
     UnknownModelError,
 )
-from model_server.lifecycle import BatchedModel
 from model_server.metrics import ModelMetrics
+from model_server.repository import Job, ModelRepository
 from shared import contract
 from shared.bodies import BodyRefusedError, read_capped
 from shared.settings import ModelServerSettings
@@ -26,7 +27,8 @@ from shared.settings import ModelServerSettings
 DEFAULT_IMAGE_BYTES = 4096 * 4096
 BODY_ENVELOPE_BYTES = 1024 * 1024
 
-Batcher = DynamicBatcher[np.ndarray, dict[str, np.ndarray]]
+# Images carry the model their request leased (a swap drains the old one meanwhile).
+Batcher = DynamicBatcher[Job, dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
@@ -52,25 +54,24 @@ class BodyLimits:
 
 @dataclass
 class Served:
-    """What the routes share: the model, its batcher and metrics, the server's limits."""
+    """What the routes share: the model repository, the batcher and metrics, the limits."""
 
     title: str
-    model: BatchedModel
+    repository: ModelRepository
     batcher: Batcher
     metrics: ModelMetrics
     request_timeout_s: float
     limits: BodyLimits = BodyLimits()
 
     def check_name(self, name: str) -> None:
-        if name != self.model.name:
+        if name != self.repository.name:
             raise UnknownModelError(
-                f"unknown model {name!r}; this server serves {self.model.name!r}"
+                f"unknown model {name!r}; this server serves {self.repository.name!r}"
             )
 
     def admit(self) -> None:
-        """Refuse before the body is read: model loading, or the queue already full."""
-        if not self.model.ready:
-            raise ModelNotReadyError(f"model {self.model.name} is not ready")
+        """Refuse before the body is read: the queue already full (an infer has leased a
+        ready model from the repository first)."""
         if self.batcher.queue_depth >= self.batcher.max_queue_size:
             raise QueueFullError("inference queue is full")
 
@@ -87,17 +88,18 @@ class Served:
     def model_config(self) -> dict[str, Any]:
         """Triton's JSON model configuration of the loaded model: its tensors, batching
         limits and the bundle facts as ``parameters`` (what the gateway reads)."""
-        if not self.model.ready:
-            raise ModelNotReadyError(f"model {self.model.name} is not ready")
-        metadata = self.model.metadata()
+        model = self.repository.current()
+        if not model.ready:
+            raise ModelNotReadyError(f"model {model.name} is not ready")
+        metadata = model.metadata()
         return contract.model_configuration(
-            self.model.name,
+            model.name,
             inputs=metadata.inputs,
             outputs=metadata.outputs,
-            parameters=self.model.config_parameters(),
+            parameters=model.config_parameters(),
             max_batch_size=self.batcher.max_batch_size,
             max_queue_delay_us=round(self.batcher.max_delay * 1e6),
-            instance_kind=self.model.instance_kind(),
+            instance_kind=model.instance_kind(),
             platform=metadata.platform,
         )
 

@@ -55,14 +55,24 @@ def ensure_untrained_bundle(settings: CommonSettings, echo: bool = True) -> Path
     )
 
 
-def ensure_demo_bundle(settings: CommonSettings, echo: bool = True) -> Path:
+def ensure_demo_bundle(
+    settings: CommonSettings, echo: bool = True, progress_file: Path | None = None
+) -> Path:
+    """The demo bundle, built first if needed (its progress to ``progress_file``)."""
     from training.demo_bundle import build_demo_bundle
 
     what = (
         "demo (trained on phantoms: about 15 minutes on 2 CPU cores; "
         "SPINE_DEFAULT_BUNDLE=untrained starts in seconds with random weights)"
     )
-    return _ensure(demo_bundle_dir(settings), build_demo_bundle, what, echo, settings)
+    return _ensure(
+        demo_bundle_dir(settings), lambda t: build_demo_bundle(t, progress_file=progress_file),
+        what, echo, settings,
+    )
+
+
+def demo_bundle_built(settings: CommonSettings) -> bool:
+    return (demo_bundle_dir(settings) / "manifest.yaml").is_file()
 
 
 def ensure_default_bundle(settings: CliSettings | ModelServerSettings, echo: bool = True) -> Path:

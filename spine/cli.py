@@ -84,15 +84,20 @@ def _ensure_model_dir(chosen: str | None, settings: CliSettings | ModelServerSet
 
 
 def cmd_serve(args: argparse.Namespace, settings: CliSettings) -> int:
+    from spine.background_build import plan_background_build
     from spine.config import check_settings
     from spine.secrets import lock_children_env
     from spine.supervisor import build_children, serve
 
-    check_settings(GatewaySettings, ModelServerSettings)  # the children read the same env
+    check_settings(GatewaySettings)  # the children read the same env
+    model_settings = read_settings(ModelServerSettings)
     if args.dicom_port is not None:
         check_settings(ListenerSettings)
-    model_dir = _ensure_model_dir(args.model_dir, settings)
     env = lock_children_env(dict(os.environ), args.host, settings)
+    build = plan_background_build(
+        settings, args.model_dir, model_settings.model_repository_root, env
+    )
+    model_dir = None if build is not None else _ensure_model_dir(args.model_dir, settings)
     if args.device:
         env["MODEL_DEVICE"] = args.device
     children = build_children(
@@ -100,16 +105,18 @@ def cmd_serve(args: argparse.Namespace, settings: CliSettings) -> int:
         detector_port=args.detector_port, model_dir=model_dir, base_env=env,
         dicom_port=args.dicom_port,
     )
-    print(f"[spine] model bundle: {model_dir}", flush=True)
-    return serve(children, f"http://{args.host}:{args.port}")
+    if model_dir is not None:
+        print(f"[spine] model bundle: {model_dir}", flush=True)
+    return serve(children, f"http://{args.host}:{args.port}", build)
 
 
 def cmd_model_service(args: argparse.Namespace, _cli: CliSettings) -> int:
     """``spine classifier|detector``: this process's settings, read once, with the bundle
     chosen here (``--model-dir``, ``MODEL_DIR`` or the default) passed to its app."""
     settings = read_settings(ModelServerSettings)
-    model_dir = _ensure_model_dir(args.model_dir, settings)
-    settings = settings.model_copy(update={"model_dir": model_dir})
+    if settings.model_load_at_start:  # else a bundle comes through the repository API
+        model_dir = _ensure_model_dir(args.model_dir, settings)
+        settings = settings.model_copy(update={"model_dir": model_dir})
     factory = f"{args.command}_service.app:create_app"
     return _serve_http(args.command, factory, settings, args.host, args.port)
 

@@ -102,13 +102,14 @@ def cmd_demo_bundle(args: argparse.Namespace, settings: CliSettings) -> int:
     from shared.paths import prepare_ultralytics_env
     from spine.bundles import ensure_demo_bundle
 
+    progress_file = Path(args.progress_file) if args.progress_file else None
     if args.out:
         from training.demo_bundle import build_demo_bundle
 
         prepare_ultralytics_env(settings)
-        build_demo_bundle(Path(args.out))
+        build_demo_bundle(Path(args.out), progress_file=progress_file)
     else:
-        print(ensure_demo_bundle(settings))
+        print(ensure_demo_bundle(settings, progress_file=progress_file))
     return 0
 
 
@@ -169,6 +170,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 
     demo = sub.add_parser("demo-bundle", help="build (or find) the demo bundle")
     demo.add_argument("--out", help="build into this folder instead of the cache")
+    demo.add_argument("--progress-file", help="write the build's progress (JSON: stage, "
+                      "share done, time left) to this file every few seconds")
     demo.set_defaults(func=cmd_demo_bundle)
 
 

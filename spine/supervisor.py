@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
@@ -37,7 +38,7 @@ LISTENER = "dicom-listener"
 DEFAULT_LISTENER_STATUS_PORT = 8003
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before exec: get SIGTERM when the supervisor dies (Linux only)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
@@ -54,9 +55,10 @@ class Child:
     process: subprocess.Popen[bytes] | None = None
     restarts: int = 0
     started_at: float = field(default=0.0)
+    url: str = ""  # the service's base URL (model services: what a bundle load calls)
 
     def start(self) -> None:
-        preexec = _die_with_parent if sys.platform.startswith("linux") else None
+        preexec = die_with_parent if sys.platform.startswith("linux") else None
         self.process = subprocess.Popen(self.argv, env=self.env, preexec_fn=preexec)  # noqa: S603
         self.started_at = time.monotonic()
 
@@ -141,19 +143,26 @@ def free_loopback_port(host: str) -> int:
 
 def build_children(
     settings: CliSettings, *, host: str, gateway_port: int, classifier_port: int,
-    detector_port: int, model_dir: Path, base_env: dict[str, str], dicom_port: int | None = None,
+    detector_port: int, model_dir: Path | None, base_env: dict[str, str],
+    dicom_port: int | None = None,
     extra_detector_ports: list[int] | None = None,
 ) -> list[Child]:
     """The classifier, the detector (and its extra replicas: ``detector-2`` ... on
     ``extra_detector_ports``, default free ports when ``DETECTOR_REPLICAS`` > 1), the
     gateway and (with ``dicom_port``) the DICOM listener, with their environments
     (``base_env`` plus what each needs). ``settings``: ``spine serve``'s own, read from
-    the environment ``base_env`` copies (the CPU plan, the listener's status address)."""
+    the environment ``base_env`` copies (the CPU plan, the listener's status address).
+    ``model_dir`` None: the model services start with no bundle (one is loaded later
+    through their repository API) and count as started once they answer at all."""
     python = [sys.executable, "-m", "spine.cli"]
     plan = cpu_plan(os.cpu_count() or 2, settings)
     if extra_detector_ports is None:
         extra_detector_ports = [free_loopback_port(host) for _ in range(plan.detector_replicas - 1)]
-    model_env = {**base_env, "MODEL_DIR": str(model_dir)}
+    model_env = (
+        {**base_env, "MODEL_DIR": str(model_dir)} if model_dir is not None
+        else {**base_env, "MODEL_LOAD_AT_START": "false"}
+    )
+    probe = "/v2/health/ready" if model_dir is not None else "/v2/health/live"
     explicit = "TORCH_THREADS" in base_env  # an operator's TORCH_THREADS wins, as before
 
     def env_with(threads: int) -> dict[str, str]:
@@ -169,14 +178,16 @@ def build_children(
         Child(
             "detector" if index == 0 else f"detector-{index + 1}",
             python + ["detector", "--host", host, "--port", str(port)],
-            env_with(plan.detector_threads), f"http://{host}:{port}/v2/health/ready",
+            env_with(plan.detector_threads), f"http://{host}:{port}{probe}",
+            url=f"http://{host}:{port}",
         )
         for index, port in enumerate(detector_ports)
     ]
     children = [
         Child(
             "classifier", python + ["classifier", "--host", host, "--port", str(classifier_port)],
-            env_with(plan.classifier_threads), f"http://{host}:{classifier_port}/v2/health/ready",
+            env_with(plan.classifier_threads), f"http://{host}:{classifier_port}{probe}",
+            url=f"http://{host}:{classifier_port}",
         ),
         *detectors,
         Child(
@@ -221,9 +232,23 @@ def wait_until_ready(children: list[Child], timeout_s: float = READY_TIMEOUT_S) 
     return not pending
 
 
-def supervise(children: list[Child], stop_requested: list[bool]) -> None:
+class Companion(Protocol):
+    """Work ``spine serve`` runs beside its services (the demo bundle's build)."""
+
+    def start(self, children: list[Child]) -> None: ...
+
+    def poll(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+
+def supervise(
+    children: list[Child], stop_requested: list[bool], companion: Companion | None = None
+) -> None:
     """Restart any child that dies, with backoff, until a stop is requested."""
     while not stop_requested[0]:
+        if companion is not None:
+            companion.poll()
         for child in children:
             if stop_requested[0]:
                 break
@@ -243,7 +268,10 @@ def supervise(children: list[Child], stop_requested: list[bool]) -> None:
         time.sleep(0.5)
 
 
-def serve(children: list[Child], gateway_url: str, banner: list[str] | None = None) -> int:
+def serve(
+    children: list[Child], gateway_url: str, companion: Companion | None = None,
+    banner: list[str] | None = None,
+) -> int:
     stop_requested = [False]
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -253,16 +281,22 @@ def serve(children: list[Child], gateway_url: str, banner: list[str] | None = No
     signal.signal(signal.SIGTERM, request_stop)
     for child in children:
         child.start()
+    if companion is not None:
+        companion.start(children)
     try:
         if not wait_until_ready(children):
             return 1
-        print(f"[spine] all services ready. Swagger UI: {gateway_url}/docs  "
+        what = "services up (the demo bundle is building: progress on the page, /health " \
+            "and here)" if companion is not None else "all services ready"
+        print(f"[spine] {what}. Swagger UI: {gateway_url}/docs  "
               f"(web page: {gateway_url}/)  Ctrl-C stops everything.", flush=True)
         for line in banner or ():
             print(f"[spine] {line}", flush=True)
-        supervise(children, stop_requested)
+        supervise(children, stop_requested, companion)
         return 0
     finally:
         print("[spine] stopping: draining in-flight requests ...", flush=True)
+        if companion is not None:
+            companion.stop()
         stop_all(children)
         print("[spine] stopped", flush=True)

@@ -20,6 +20,7 @@ import torch
 import yaml
 
 from shared.bundle import BundleKind, MemberSpec
+from training.build_meter import BuildMeter, TrainingCounter, files_counter
 from training.canonical import canonical_images, labelled_images
 from training.datasets import load_vindr, split_train_val
 from training.detector_sweep import CONF_GRID, IOU_GRID, choose_point, sweep_detector, sweep_record
@@ -168,10 +169,16 @@ class DetectorJob:
 
 
 def build_demo_bundle(
-    out_dir: Path, config: DemoConfig | None = None, progress: bool = True
+    out_dir: Path, config: DemoConfig | None = None, progress: bool = True,
+    progress_file: Path | None = None,
 ) -> Path:
-    """Build into ``out_dir.partial`` (resumable), then rename into place."""
-    config = config or DemoConfig()
+    """Build into ``out_dir.partial`` (resumable), then rename into place; with
+    ``progress_file``, its progress goes there every few seconds (``spine serve``)."""
+    with BuildMeter(progress_file) as meter:
+        return _build(out_dir, config or DemoConfig(), progress, meter)
+
+
+def _build(out_dir: Path, config: DemoConfig, progress: bool, meter: BuildMeter) -> Path:
     started = time.perf_counter()
     work = out_dir.with_name(out_dir.name + ".partial")
     work.mkdir(parents=True, exist_ok=True)
@@ -181,6 +188,8 @@ def build_demo_bundle(
         if progress:
             print(f"[demo-bundle {time.perf_counter() - started:6.0f} s] {text}", flush=True)
 
+    meter.enter("generating phantoms",
+                files_counter(data / "train_images", "*.dicom", config.train_count))
     if not (data / "annotations" / "train.csv").is_file():
         stage(f"generating {config.train_count} phantoms (seed {config.seed})")
         generate_phantoms(
@@ -194,6 +203,8 @@ def build_demo_bundle(
     records = load_vindr(data, "train")
     train_records, val_records = split_train_val(records, config.val_fraction, config.seed)
     stage("decoding canonical images with the gateway's decoder")
+    meter.enter("decoding canonical images",
+                files_counter(work / ".train" / "canonical", "*.png", len(records)))
     entries = canonical_images(records, work / ".train" / "canonical", progress=progress)
 
     manifest = {
@@ -208,6 +219,12 @@ def build_demo_bundle(
     existing = yaml.safe_load(manifest_file.read_text()) if manifest_file.is_file() else {}
     manifest_file.write_text(yaml.safe_dump({**(existing or {}), **manifest}, sort_keys=False))
 
+    training = TrainingCounter(
+        config.classifier.epochs * len(config.members), config.detector.epochs,
+        lambda: epochs_done(work), classifier_trained="classifier" in (existing or {}),
+        detector_trained=(work / DEFAULT_CHECKPOINT).is_file(),
+    )
+    meter.enter("training the models", training, training.describe)
     detector_job = None
     if not (work / DEFAULT_CHECKPOINT).is_file():
         data_yaml = write_yolo_dataset(
@@ -224,6 +241,7 @@ def build_demo_bundle(
             torch.set_num_threads(max(1, cores - (config.detector.threads or 1)))
 
             def share_cores() -> None:  # the detector's core is free once it is done
+                training.epoch_started()
                 if detector_job is None or not detector_job.process.is_alive():
                     torch.set_num_threads(cores)
 
@@ -235,12 +253,14 @@ def build_demo_bundle(
                 config.classifier,
                 on_epoch_start=share_cores,
             )
+            training.classifier_done()
         if detector_job is not None:
             stage(f"waiting for the detector ({detector_job.status()})")
             detector_job.wait(progress)
     finally:
         if detector_job is not None and detector_job.process.is_alive():
             detector_job.process.terminate()
+    meter.enter("choosing the detector's operating point")
     if not (work / RECIPE_FILE).is_file():
         stage(f"choosing the detector's conf and NMS IoU on {len(val_records)} validation images")
         detector_section = {

@@ -15,7 +15,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.pipeline.response import bundle_summary
+from gateway.pipeline.response import parts_summary
 from gateway.runtime import Gateway
 from gateway.schemas import HealthResponse, ServiceHealth
 from gateway.upstream.client import ModelClient
@@ -46,7 +46,7 @@ async def service_health(client: ModelClient[Any]) -> ServiceHealth:
     return ServiceHealth(
         ready=any(replicas.values()),
         replicas=replicas,
-        model_bundle=bundle_summary(facts, None) if facts is not None else None,
+        model_bundle=parts_summary({client.service: facts}) if facts is not None else None,
         device=",".join(devices) or None,
         problems={url: detail for url, (_, detail) in client.problems().items()},
     )
@@ -71,6 +71,8 @@ async def health_report(gateway: Gateway) -> HealthResponse:
     )
     devices = sorted({s.device for s in services.values() if s.device})
     warnings = []
+    building = gateway.pipeline.building
+    build = building.current() if building is not None else None
     bundle = services["classifier"].model_bundle
     if bundle is not None and (text := demo_warning(bundle.kind)):
         warnings.append(text)
@@ -85,14 +87,18 @@ async def health_report(gateway: Gateway) -> HealthResponse:
         demo=demo,
         warnings=warnings,
         decodable_transfer_syntaxes=gateway.decodable,
+        bundle_build=build,
     )
 
 
 def public_health(report: HealthResponse) -> HealthResponse:
-    """``report`` without what maps the deployment: per service only whether it is ready."""
+    """``report`` without what maps the deployment: per service only whether it is ready
+    (and a failed build's reason, which may name local paths, left out)."""
+    build = report.bundle_build
     return report.model_copy(update={
         "services": {name: ServiceHealth(ready=s.ready, replicas={}, problems={})
                      for name, s in report.services.items()},
+        "bundle_build": build.model_copy(update={"error": None}) if build else None,
     })
 
 
@@ -102,6 +108,9 @@ async def check_ready(gateway: Gateway) -> None:
     Read from the state the gateway's poller and circuit breaker keep (no call is made):
     the answer takes microseconds even while a replica hangs.
     """
+    building = gateway.pipeline.building
+    if building is not None and (refused := building.refusal()) is not None:
+        raise NotReadyError(refused.message, retry_after_s=refused.retry_after_s)
     classifier = gateway.pipeline.classifier
     replicas = classifier.cached_readiness(gateway.readiness_max_age_s)
     if not any(replicas.values()):

@@ -79,6 +79,7 @@ async def analyze(
     decoded image's header before the models are asked: it notes the UIDs for the audit
     line, and may refuse the image (raising a ServiceError; STOW-RS: the study in the path).
     """
+    _refuse_while_building(pipeline)
     started = time.perf_counter()
     canonical, metadata = await decode(pipeline, data)
     decoded = time.perf_counter()
@@ -122,6 +123,12 @@ async def analyze(
     )
     _log(findings)
     return findings
+
+
+def _refuse_while_building(pipeline: Pipeline) -> None:
+    """The bundle is still being built: no result from anything else (503 + progress)."""
+    if pipeline.building is not None and (refused := pipeline.building.refusal()) is not None:
+        raise refused
 
 
 async def _traced(name: str, call: Awaitable[T]) -> T:

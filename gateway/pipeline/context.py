@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from gateway.pipeline.budget import DecodeBudget
+from gateway.pipeline.building import BuildWatch
 from gateway.telemetry import GatewayMetrics
 from gateway.upstream.client import ModelClient
 from shared import dicom
@@ -33,3 +34,5 @@ class Pipeline:
     selection: dicom.SelectionRules | None = None
     # Pixel memory all decodes together may hold (DECODE_MEMORY_BUDGET_MB).
     decode_budget: DecodeBudget = field(default_factory=lambda: DecodeBudget(2048 * 2**20))
+    # The bundle `spine serve` is building (None: none; BUNDLE_BUILD_PROGRESS_FILE).
+    building: BuildWatch | None = None

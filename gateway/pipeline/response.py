@@ -13,6 +13,7 @@ from gateway.pipeline import phi
 from gateway.pipeline.analyze import Findings
 from gateway.pipeline.fusion import Box, to_original
 from gateway.schemas import (
+    BundlePart,
     BundleSummary,
     Detection,
     DicomSummary,
@@ -22,7 +23,7 @@ from gateway.schemas import (
     UploadResponse,
 )
 from shared import contract, dicom
-from shared.contract import ServedFacts
+from shared.contract import ServedFacts, facts_digest
 from shared.dicom.source import SourceImage
 from shared.settings import GatewaySettings
 
@@ -154,13 +155,30 @@ def preview_headers(canonical: dicom.CanonicalImage) -> dict[str, str]:
 
 
 def bundle_summary(classifier: ServedFacts, detector: ServedFacts | None) -> BundleSummary:
-    """The bundle as both services report it (checkpoints of both, by path)."""
-    checkpoints = dict(classifier.checkpoints)
+    """The bundle of one answer: the classifier's, checkpoints of both parts (by path),
+    each part's bundle, and demo if either part is."""
+    parts = {"classifier": classifier}
     if detector is not None:
-        checkpoints.update(detector.checkpoints)
+        parts["detector"] = detector
+    return parts_summary(parts)
+
+
+def parts_summary(parts: dict[str, ServedFacts]) -> BundleSummary:
+    """The bundle of the first part, with every part's checkpoints and bundle."""
+    first = next(iter(parts.values()))
+    checkpoints: dict[str, str] = {}
+    for facts in parts.values():
+        checkpoints.update(facts.checkpoints)
     return BundleSummary(
-        name=classifier.name,
-        kind=classifier.kind.value,  # type: ignore[arg-type]
-        demo=classifier.demo,
+        name=first.name,
+        kind=first.kind.value,  # type: ignore[arg-type]
+        demo=any(facts.demo for facts in parts.values()),
         checkpoints=checkpoints,
+        parts={
+            service: BundlePart(
+                name=facts.name, kind=facts.kind.value,  # type: ignore[arg-type]
+                digest=facts_digest(facts.identity()),
+            )
+            for service, facts in parts.items()
+        },
     )

@@ -302,6 +302,29 @@ function banner(kind, text, testid) {
   ]);
 }
 
+const BUILD_POLL_MS = 5000;
+let buildPoll = null;  // one timer, however often the health is refreshed
+
+/** The banner of a model bundle being built (spine serve on a fresh install), or null. */
+function buildBanner(build) {
+  if (!build || build.state === "done") return null;
+  if (build.state === "failed") {
+    return banner("error", `The ${String(build.bundle)} model bundle could not be built; `
+      + "no analysis can run (see the log of spine serve).", "health-build");
+  }
+  const percent = Math.round(Number(build.fraction) * 100);
+  const eta = Number(build.eta_s);
+  const left = Number.isFinite(eta) && build.eta_s !== null
+    ? `, about ${eta < 90 ? `${Math.max(5, Math.round(eta / 5) * 5)} s` : `${Math.round(eta / 60)} min`} left`
+    : "";
+  const text = `Building the ${String(build.bundle)} model bundle: ${percent}% (${String(build.stage)})${left}. `
+    + "Uploads are answered once it is loaded.";
+  return h("div", { class: ["banner", "banner--warn"], role: "status", dataset: { testid: "health-build", source: "health" } }, [
+    h("span", { class: "banner__text", text }),
+    h("progress", { class: "banner__progress", max: "100", value: String(percent) }),
+  ]);
+}
+
 async function refreshHealth() {
   let health;
   try {
@@ -321,6 +344,14 @@ async function refreshHealth() {
   dom.health.title = `Models loaded: ${health.models_loaded ? "yes" : "no"}`;
 
   const banners = [];
+  const build = buildBanner(health.bundle_build);
+  if (build) {
+    banners.push(build);
+    dom.healthText.textContent = `building the ${String(health.bundle_build.bundle)} bundle`;
+    dom.health.dataset.state = "degraded";  // up, but no analysis until it is loaded
+    window.clearTimeout(buildPoll);
+    buildPoll = window.setTimeout(refreshHealth, BUILD_POLL_MS);  // until it is loaded
+  }
   const warnings = Array.isArray(health.warnings) ? health.warnings.map(String) : [];
   const bundleKind = classifierBundle && classifierBundle.kind;
   const demo = Boolean(health.demo) || bundleKind === "demo" || bundleKind === "untrained";

@@ -8,9 +8,10 @@ answers something the contract forbids after ``breaker_failures`` such calls in 
 rests ``breaker_cooldown_s`` (a 503 pauses it for its ``Retry-After``, if shorter), then
 gets one trial call (:mod:`~gateway.upstream.breaker`). A refused connection, a 503, a
 5xx or an attempt that got no answer within its own bound is retried once on another
-replica (infer is idempotent); a timeout at the request's deadline is not (the caller's
-time is spent). With every replica ejected the call fails at once instead of waiting on
-a broken replica. Each attempt ends as one :class:`~gateway.upstream.outcome.Outcome`
+replica (infer is idempotent), an answer from a bundle swapped under the call once on any
+replica; a timeout at the request's deadline is not (the caller's time is spent). With
+every replica ejected the call fails at once instead of waiting on a broken replica. Each
+attempt ends as one :class:`~gateway.upstream.outcome.Outcome`
 (the rules are there), applied in one place, :meth:`ModelClient._record`.
 
 Every call (all its attempts) is bounded by the service's timeout and by the request's
@@ -172,7 +173,7 @@ class ModelClient(Generic[F]):
         tried: set[str] = set()
         last: UpstreamError | None = None
         started = time.perf_counter()
-        for attempt in range(min(MAX_ATTEMPTS, len(self.replicas))):
+        for attempt in range(MAX_ATTEMPTS):  # a swapped bundle's replica may be asked again
             now = time.monotonic()
             if time_for.left(now) <= MIN_ATTEMPT_BUDGET_S:
                 if last is not None:
@@ -198,6 +199,8 @@ class ModelClient(Generic[F]):
             assert ended.error is not None  # every outcome but ANSWERED carries its error
             if not ended.retry:
                 raise ended.error
+            if ended.again:
+                tried.discard(replica.url)
             last = ended.error
         if last is not None:
             raise last

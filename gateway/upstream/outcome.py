@@ -8,9 +8,10 @@ stale, the error for the caller and whether another replica may be asked.
 ejects or retries.
 
 The rules: a refused connection, a 503, a 5xx or an attempt that got no answer within
-its own bound is retried once on another replica (infer is idempotent); a timeout at the
-request's deadline is not (the caller's time is spent). A replica's own timeout counts
-against it, the request's deadline does not. A 4xx is ours to blame: another
+its own bound is retried once on another replica (infer is idempotent), an answer from a
+bundle swapped under the call once on any replica; a timeout at the request's deadline is
+not (the caller's time is spent). A replica's own timeout counts against it, the
+request's deadline does not. A 4xx is ours to blame: another
 replica would refuse it too. A replica that cannot be reached or answers 503 may have
 restarted, perhaps on another bundle: its facts are read again before its next use.
 """
@@ -47,6 +48,7 @@ class Outcome:
     stale: bool = False  # the replica may have restarted: read its facts again
     rest_s: float | None = None  # a 503's asked-for pause
     said: str | None = None  # what the replica said or did wrong (the log only)
+    again: bool = False  # the same replica may be asked again (its bundle was swapped)
 
 
 ANSWERED = Outcome("ok", Verdict.SUCCESS)
@@ -102,9 +104,12 @@ def invalid_answer(service: str, problem: Exception) -> Outcome:
 
 
 def bundle_changed(service: str) -> Outcome:
-    """The answer came from a bundle the replica's (re-read) facts do not describe."""
+    """The answer came from a bundle the replica's (re-read) facts do not describe: a
+    call that was in flight while its bundle was swapped. Another call, to this replica
+    (its facts are current now) or another, is read with the facts of its own answer."""
     problem = "a replica's bundle changed; its answer was not used"
-    return Outcome("unavailable", error=UpstreamUnavailableError(service, problem), retry=True)
+    return Outcome("unavailable", error=UpstreamUnavailableError(service, problem),
+                   retry=True, again=True)
 
 
 def deadline_passed(service: str) -> Outcome:

@@ -169,6 +169,11 @@ class GatewaySettings(
     readiness_timeout_s: float = Field(
         0.8, gt=0, le=5, description="longest one readiness poll of one replica may take"
     )
+    bundle_build_progress_file: Path | None = Field(
+        None, description="JSON file `spine serve` writes the progress of the demo bundle it "
+        "builds to; until it says done, analyses answer 503 with Retry-After and the "
+        "progress, which /health, /readyz and the page show; None = no build",
+    )
 
     # --- fusion, PHI and the DICOM results ------------------------------------------------
     fusion_mode: FusionMode = Field(

@@ -4,6 +4,8 @@ once by the entry point, passed to ``create_app(settings)`` and on to the model.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from pydantic import Field
 
 from shared.settings.base import CommonSettings
@@ -36,6 +38,16 @@ class ModelServerSettings(CommonSettings, HttpServerSettings, BundleSettings):
         description="rect: the minimal stride-32 rectangle, as Ultralytics' own predict "
         "(2400x1600 portrait -> 640x448; images of one rectangle batch together); square: "
         "the fixed image_size square (any shapes batch together)",
+    )
+
+    # --- the model repository API (bundle swaps: docs/OPERATIONS.md "Swapping a bundle") -
+    model_repository_root: Path | None = Field(
+        None, description="folder under which POST /v2/repository/models/{name}/load may load "
+        "bundles (with INTERNAL_TOKEN set); None = the repository API answers 403",
+    )
+    model_load_at_start: bool = Field(
+        True, description="false: start with no bundle and wait for a load through the "
+        "repository API (`spine serve` does so while the demo bundle builds)",
     )
 
     # --- dynamic batching and what one infer request may cost ----------------------------

@@ -131,6 +131,9 @@ class StandIn:
         )
         self.mode = "ok"
         self.config_mode = "ok"
+        # The next answer names this version (then None): a call that was in flight on
+        # the old bundle while this replica's bundle was swapped.
+        self.straggler_version: str | None = None
         self.config_reads = 0
         self.ready_hangs = False
         self.calls = 0
@@ -205,6 +208,8 @@ class StandIn:
             else:
                 outputs = _detector_answer(self.mode, images, height, width)
             version = "another-version" if self.mode == "version" else self.facts.version
+            if self.straggler_version is not None:
+                version, self.straggler_version = self.straggler_version, None
             payload, headers = oip.encode_response(
                 name, outputs, request_id=header.id, binary=set(outputs), model_version=version
             )

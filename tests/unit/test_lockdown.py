@@ -16,6 +16,7 @@ from gateway.pipeline.phi import public_study_date
 from model_server.batching import DynamicBatcher
 from model_server.errors import ModelFailedError
 from model_server.infer import infer_images
+from model_server.repository import Job
 from shared.lockdown import exposure_problems, is_loopback, weak_secret
 from shared.settings import (
     CliSettings,
@@ -94,20 +95,21 @@ def test_a_failed_request_cancels_its_remaining_images() -> None:
     computed: list[int] = []
     lock = threading.Lock()
 
-    def run_batch(items: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    def run_batch(jobs: list[Job]) -> list[dict[str, np.ndarray]]:
         with lock:
-            computed.extend(int(item[0, 0]) for item in items)
+            computed.extend(int(job.image[0, 0]) for job in jobs)
         time.sleep(0.05)
-        if any(int(item[0, 0]) == 0 for item in items):
+        if any(int(job.image[0, 0]) == 0 for job in jobs):
             raise RuntimeError("boom")
-        return [{"x": item} for item in items]
+        return [{"x": job.image} for job in jobs]
 
     async def scenario() -> None:
-        batcher: DynamicBatcher[np.ndarray, dict[str, np.ndarray]] = DynamicBatcher(
+        batcher: DynamicBatcher[Job, dict[str, np.ndarray]] = DynamicBatcher(
             run_batch, max_batch_size=1, max_delay_ms=0, max_queue_size=64
         )
         await batcher.start()
         served = SimpleNamespace(batcher=batcher)
+        model = SimpleNamespace(name="spine-test")  # the model the request leased
         never = asyncio.Event()
 
         async def receive() -> dict[str, str]:
@@ -116,7 +118,9 @@ def test_a_failed_request_cancels_its_remaining_images() -> None:
 
         images = [np.full((8, 8), i, np.uint8) for i in range(10)]
         with pytest.raises(ModelFailedError):
-            await infer_images(served, images, time.perf_counter() + 30, receive)  # type: ignore[arg-type]
+            await infer_images(
+                served, model, images, time.perf_counter() + 30, receive  # type: ignore[arg-type]
+            )
         await asyncio.sleep(0.5)
         await batcher.stop()
 

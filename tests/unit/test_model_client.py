@@ -271,8 +271,31 @@ async def test_an_answer_of_an_unlisted_model_version_is_not_read_with_old_facts
         first.mode = "version"
         with pytest.raises(UpstreamUnavailableError, match="bundle changed"):
             await models.infer(image(), OUTPUTS, "r2")
-        assert attempts == ["ok", "unavailable"] and first.config_reads == 2
+        # Asked again once (its bundle may have been swapped under the call), facts re-read
+        # each time; the version is never listed, so no answer is read.
+        assert attempts == ["ok", "unavailable", "unavailable"] and first.config_reads == 3
         assert models.replicas[0].breaker.failures == 0  # not the replica's fault
+
+
+async def test_a_call_in_flight_during_a_bundle_swap_is_asked_again_not_failed(
+    first: StandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One replica swapped to another bundle: a call sent before the swap answers from the
+    old bundle after the gateway has read the new facts. It is not read with either facts'
+    guess: the replica is asked again, and the answer of the new bundle is used."""
+    old = first.facts
+    new = type(old).model_validate({**old.model_dump(), "threshold": 0.6})
+    monkeypatch.setattr(first, "facts", old)
+    attempts = Attempts()
+    async with client([first.url], attempts) as models:
+        assert (await models.infer(image(), OUTPUTS, "r1")).facts == old
+        first.facts = new  # swapped: the next answer names the new version
+        assert (await models.infer(image(), OUTPUTS, "r2")).facts == new
+        first.straggler_version = old.version  # the call sent before the swap comes back
+        result = await models.infer(image(), OUTPUTS, "r3")
+        assert result.facts == new and result.facts.threshold == 0.6
+        assert attempts == ["ok", "ok", "unavailable", "ok"]
+        assert models.replicas[0].usable and models.replicas[0].breaker.failures == 0
 
 
 async def test_a_dns_name_stands_for_every_address_resolved_off_the_request_path(
