@@ -1,14 +1,18 @@
-# The two commands of README.md: `make run` and `make test`.
+# The commands of README.md: `make run`, `make test` and `make reading-room`.
 VENV ?= .venv
 export VENV
 
-.PHONY: setup run test lint
+.PHONY: setup run test lint reading-room
 
 setup:
 	@scripts/setup.sh
 
 run: setup
 	$(VENV)/bin/spine serve
+
+reading-room: setup
+	@scripts/setup-reading-room.sh
+	$(VENV)/bin/spine reading-room
 
 test: setup
 	@scripts/setup-test-tools.sh

@@ -2,8 +2,9 @@
 
 Over HTTP on purpose: every limit of the gateway (size, input selection, admission,
 API keys) applies to the listener as to any client, and the listener scales with the
-gateway's replicas behind one URL. The answer of a 200 is ``multipart/related``: the SR
-(Content-ID ``<sr>``), the presentation state (``<gsps>``) and the ``/upload`` JSON
+gateway's replicas behind one URL. It asks for the objects of its own ``RESULTS_OBJECTS``
+(``parts=sr,gsps`` by default); the answer of a 200 is ``multipart/related``: those
+objects (Content-ID ``<sr>``, ``<gsps>``, ``<sc>``) and the ``/upload`` JSON
 (``<analysis>``), see ``gateway/dicomweb/outputs.py``; it is split with the standard library.
 
 :class:`Forwarded` says what to do next: ``analysed`` (deliver the objects), ``refused``
@@ -45,8 +46,15 @@ class Forwarded:
     status: int | None = None
     retry_after_s: float | None = None
     analysis: dict[str, Any] = field(default_factory=dict)
-    sr: bytes | None = None
-    gsps: bytes | None = None
+    objects: dict[str, bytes] = field(default_factory=dict)  # Content-ID -> Part 10 file
+
+    @property
+    def sr(self) -> bytes | None:
+        return self.objects.get("sr")
+
+    @property
+    def gsps(self) -> bytes | None:
+        return self.objects.get("gsps")
 
     @property
     def diagnosis(self) -> str | None:
@@ -92,10 +100,11 @@ def interpret(response: httpx.Response) -> Forwarded:
             analysis = json.loads(parts["analysis"][1])
         except (KeyError, ValueError) as exc:
             return Forwarded(Fate.RETRY, f"unreadable gateway answer ({exc})", status)
-        return Forwarded(
-            Fate.ANALYSED, status=status, analysis=analysis,
-            sr=parts.get("sr", ("", None))[1], gsps=parts.get("gsps", ("", None))[1],
-        )
+        objects = {
+            name: data for name, (kind, data) in parts.items()
+            if kind == "application/dicom" and data
+        }
+        return Forwarded(Fate.ANALYSED, status=status, analysis=analysis, objects=objects)
     if status == 422:
         return Forwarded(Fate.REFUSED, _message(response), status)
     if status in RETRY_STATUSES:
@@ -106,9 +115,12 @@ def interpret(response: httpx.Response) -> Forwarded:
 class GatewayClient:
     """An ``httpx.AsyncClient`` to ``LISTENER_GATEWAY_URL`` (with the API key if set)."""
 
-    def __init__(self, url: str, *, api_key: str | None, timeout_s: float) -> None:
+    def __init__(
+        self, url: str, *, api_key: str | None, timeout_s: float, objects: str = "sr,gsps"
+    ) -> None:
         headers = {"X-API-Key": api_key} if api_key else {}
         self.url = url.rstrip("/")
+        self.objects = objects
         self._client = httpx.AsyncClient(
             base_url=self.url, headers=headers, timeout=httpx.Timeout(timeout_s, connect=5.0),
             event_hooks={"request": [tracing.inject_into_request]},
@@ -120,6 +132,7 @@ class GatewayClient:
             try:
                 response = await self._client.post(
                     "/upload/dicom",
+                    params={"parts": self.objects},
                     files={"file": ("instance.dcm", data, "application/dicom")},
                     headers={"Accept": "multipart/related"},
                 )

@@ -94,6 +94,7 @@ class ListenerService:
             settings.listener_gateway_url,
             api_key=key.get_secret_value() if key else None,
             timeout_s=settings.listener_forward_timeout_s,
+            objects=settings.results_objects,
         )
         self.scp = StoreScp(
             ScpConfig.from_settings(settings, host, port), self.spool, self._from_thread,
@@ -231,8 +232,7 @@ class ListenerService:
         """Results on disk first (``results/``), then to the delivery; the caller removes
         the instance's entry after this returns. :class:`DeliveryQueueFull` leaves
         nothing behind (the instance is retried)."""
-        objects = [data for data in (answer.sr, answer.gsps) if data]
-        await self.results.submit(objects)
+        await self.results.submit(list(answer.objects.values()))
         self.metrics.results_waiting.set(self.spool.result_count)
 
     def _retry(self, work: _Work, answer: Forwarded) -> None:

@@ -145,6 +145,11 @@ class UploadResponse(BaseModel):
         None, description="The input selection rule that accepted the image; null when "
         "INPUT_SELECTION=off"
     )
+    viewer_url: str | None = Field(
+        None, description="This image's study in the DICOMweb viewer of VIEWER_URL "
+        "(OHIF: {VIEWER_URL}/viewer?StudyInstanceUIDs=...); null without VIEWER_URL or a "
+        "valid Study Instance UID",
+    )
 
 
 class ServiceHealth(BaseModel):

@@ -31,22 +31,8 @@ missing() {
 }
 # kubectl is not a (recent enough) Debian package: its own script fetches it.
 "$(dirname "$0")/setup-kubectl.sh"
-need=$(missing)
-if [ -z "$need" ]; then exit 0; fi
-if [ "$(id -u)" -ne 0 ]; then
-  echo "[setup] missing Debian packages: $need; install them (as root:" \
-       "apt-get install $need) and run again" >&2
-  exit 1
-fi
-echo "[setup] apt-get install $need"
-export DEBIAN_FRONTEND=noninteractive
-# shellcheck disable=SC2086  # one word per package
-if ! { apt-get update -qq >/dev/null && apt-get install -y -qq --no-install-recommends $need >/dev/null; }; then
-  echo "[setup] apt-get install $need failed" >&2
-  exit 1
-fi
-still=$(missing)
-if [ -n "$still" ]; then
-  echo "[setup] still missing after apt-get install: $still" >&2
-  exit 1
-fi
+# Orthanc, Node.js and the OHIF Viewer (npm ci, pinned) for the reading-room browser test.
+"$(dirname "$0")/setup-reading-room.sh"
+# shellcheck source=scripts/debian-packages.sh
+. "$(dirname "$0")/debian-packages.sh"
+install_missing missing

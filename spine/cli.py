@@ -132,20 +132,26 @@ MODEL_DIR_HELP = (
 )
 
 
+def add_stack_options(parser: argparse.ArgumentParser, settings: CliSettings) -> None:
+    """The bundle and the three services' ports, for the commands that start the stack
+    (``spine serve``, ``spine reading-room``)."""
+    parser.add_argument("--model-dir", help=MODEL_DIR_HELP)
+    parser.add_argument("--port", type=int, default=settings.gateway_port,
+                        help="gateway port (env GATEWAY_PORT)")
+    parser.add_argument("--classifier-port", type=int, default=settings.classifier_port,
+                        help="classifier port (env CLASSIFIER_PORT)")
+    parser.add_argument("--detector-port", type=int, default=settings.detector_port,
+                        help="detector port (env DETECTOR_PORT)")
+
+
 def build_parser(settings: CliSettings) -> argparse.ArgumentParser:
     """The ``spine`` parser; its options' defaults are ``settings`` (the environment)."""
     parser = Parser(prog="spine", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     serve = sub.add_parser("serve", help="start gateway + classifier + detector on this machine")
-    serve.add_argument("--model-dir", help=MODEL_DIR_HELP)
     serve.add_argument("--host", default=settings.spine_host, help="address (env SPINE_HOST)")
-    serve.add_argument("--port", type=int, default=settings.gateway_port,
-                       help="gateway port (env GATEWAY_PORT)")
-    serve.add_argument("--classifier-port", type=int, default=settings.classifier_port,
-                       help="classifier port (env CLASSIFIER_PORT)")
-    serve.add_argument("--detector-port", type=int, default=settings.detector_port,
-                       help="detector port (env DETECTOR_PORT)")
+    add_stack_options(serve, settings)
     serve.add_argument("--device", choices=["auto", "cpu", "cuda"],
                        help="device of both model services; without it MODEL_DEVICE (auto)")
     serve.add_argument("--dicom-port", type=int,
@@ -176,12 +182,14 @@ def build_parser(settings: CliSettings) -> argparse.ArgumentParser:
         commands_training,
         commands_triton,
     )
+    from spine.readingroom import command as commands_reading_room
 
     commands_training.register(sub)
     commands_bench.register(sub)
     commands_bundle.register(sub)
     commands_listener.register(sub, settings)
     commands_triton.register(sub)
+    commands_reading_room.register(sub, settings)
     return parser
 
 

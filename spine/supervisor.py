@@ -268,7 +268,10 @@ def supervise(
         time.sleep(0.5)
 
 
-def serve(children: list[Child], gateway_url: str, companion: Companion | None = None) -> int:
+def serve(
+    children: list[Child], gateway_url: str, companion: Companion | None = None,
+    banner: list[str] | None = None,
+) -> int:
     stop_requested = [False]
 
     def request_stop(signum: int, _frame: object) -> None:
@@ -287,6 +290,8 @@ def serve(children: list[Child], gateway_url: str, companion: Companion | None =
             "and here)" if companion is not None else "all services ready"
         print(f"[spine] {what}. Swagger UI: {gateway_url}/docs  "
               f"(web page: {gateway_url}/)  Ctrl-C stops everything.", flush=True)
+        for line in banner or ():
+            print(f"[spine] {line}", flush=True)
         supervise(children, stop_requested, companion)
         return 0
     finally:

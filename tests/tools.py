@@ -19,7 +19,7 @@ DEBIAN_PACKAGES: dict[str, str] = {
     **dict.fromkeys(
         ("dcmconv", "dcmcrle", "dcmdrle", "dcmcjpeg", "dcmdjpeg", "dcmcjpls", "dcmdjpls"), "dcmtk"
     ),
-    "dsrdump": "dcmtk",
+    **dict.fromkeys(("dsrdump", "dcmp2pgm"), "dcmtk"),
     **dict.fromkeys(("storescu", "echoscu"), "dcmtk"),
     "dciodvfy": "dicom3tools",
     "gdcmconv": "libgdcm-tools",

@@ -140,7 +140,8 @@ def _predict_in_process(
     detector = DetectorModel(model_dir, "auto", settings=settings)
     classifier.load()
     detector.load()
-    names = classifier.ensemble.member_names if classifier.ensemble else []
+    # the member_probabilities columns, in the manifest's order (torch path or ONNX graph)
+    names = [member.name for member in classifier.manifest.classifier.members]
     items = []
     for record in tqdm(records, desc="evaluate", unit="img", disable=not progress):
         canonical, metadata = decode_dicom(record.path.read_bytes())

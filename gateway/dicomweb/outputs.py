@@ -4,11 +4,12 @@ The objects themselves are written by :mod:`shared.dicom.results` (shared with `
 evaluate --dicom-out``) from the findings and the decoder's
 :class:`~shared.dicom.source.SourceImage`; the values go through the same functions as
 the ``/upload`` JSON (:mod:`gateway.pipeline.response`), so they say exactly what the
-JSON says. This module picks the parts, applies ``DICOM_RESULT_PATIENT``, writes off the
-event loop, and
+JSON says. This module picks the parts (``parts``: all = ``RESULTS_OBJECTS``, or a list
+of sr, gsps, sc, kos), applies ``DICOM_RESULT_PATIENT``, writes off the event loop, and
 packs the answer as ``multipart/related; type="application/dicom"`` (the SR, the
-presentation state, then the JSON), or one bare ``application/dicom`` object when the
-client asks for one part and accepts only that.
+presentation state, the Secondary Capture, the Key Object Selection, then the JSON), or
+one bare ``application/dicom`` object when the client asks for one part and accepts only
+that.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import dataclasses
 import json
 import secrets
 import time
-from enum import StrEnum
 
 from gateway.pipeline import phi
 from gateway.pipeline.analyze import Findings
@@ -30,7 +30,9 @@ from shared.dicom.results import (
     AnalysisResult,
     DicomResults,
     ResultBox,
+    ResultKind,
     ResultWriteError,
+    parse_kinds,
     write_results,
 )
 from shared.dicom.source import SourceImage
@@ -45,12 +47,22 @@ MULTIPART = f'multipart/related; type="{DICOM}"'
 _DROPPED = ("PatientBirthDate", "PatientSex", "IssuerOfPatientID")
 
 
-class Parts(StrEnum):
-    """Which objects ``/upload/dicom`` answers with."""
+ALL = "all"
 
-    ALL = "all"
-    SR = "sr"
-    GSPS = "gsps"
+
+class BadParts(ServiceError):
+    """``parts`` names an object this service does not write."""
+
+    status_code = 422
+
+
+def requested_kinds(parts: str, settings: GatewaySettings) -> tuple[ResultKind, ...]:
+    """The objects ``parts`` asks for: ``all`` is ``RESULTS_OBJECTS`` (SR + GSPS unless
+    the operator says otherwise), else a comma-separated list of sr, gsps, sc, kos."""
+    try:
+        return parse_kinds(settings.results_objects if parts.strip() == ALL else parts)
+    except ValueError as exc:
+        raise BadParts(f"parts: {exc}") from exc
 
 
 class ResultNotWritable(ServiceError):
@@ -110,7 +122,7 @@ def _corners(bbox: list[float]) -> tuple[float, float, float, float]:
 
 
 async def write(
-    pipeline: Pipeline, findings: Findings, parts: Parts
+    pipeline: Pipeline, findings: Findings, kinds: tuple[ResultKind, ...]
 ) -> tuple[DicomResults, float]:
     """The objects asked for, written in the decode pool; (results, milliseconds)."""
     source = findings.metadata.source
@@ -121,12 +133,11 @@ async def write(
     started = time.perf_counter()
 
     def work() -> DicomResults:
-        return write_results(
-            source, result, sr=parts is not Parts.GSPS, gsps=parts is not Parts.SR
-        )
+        return write_results(source, result, kinds, image=findings.canonical)
 
     try:
-        with tracing.span("write results", **{"spine.parts": str(parts)}):
+        parts = ",".join(kind.value for kind in kinds)
+        with tracing.span("write results", **{"spine.parts": parts}):
             results = await asyncio.get_running_loop().run_in_executor(
                 pipeline.decode_pool, work
             )
@@ -145,32 +156,30 @@ def multipart_related(results: DicomResults, answer: UploadResponse) -> tuple[by
     boundary = secrets.token_hex(16)
     delimiter = f"--{boundary}\r\n".encode()
     body = b""
-    for name, data in (("sr", results.sr), ("gsps", results.gsps)):
-        if data is not None:
-            body += delimiter + _part(DICOM, name, data)
+    for kind, data in results.objects.items():
+        body += delimiter + _part(DICOM, kind.value, data)
     analysis = json.dumps(answer.model_dump(by_alias=True)).encode()
     body += delimiter + _part("application/json", "analysis", analysis)
     body += f"--{boundary}--\r\n".encode()
     return body, f"{MULTIPART}; boundary={boundary}"
 
 
-def wants_bare_object(accept: str | None, parts: Parts) -> bool:
+def wants_bare_object(accept: str | None, kinds: tuple[ResultKind, ...]) -> bool:
     """One object asked for by a client that accepts ``application/dicom`` and not multipart."""
-    if parts is Parts.ALL or not accept:
+    if len(kinds) != 1 or not accept:
         return False
     types = {item.split(";")[0].strip().lower() for item in accept.split(",")}
     return DICOM in types and not any(t.startswith("multipart/") or t == "*/*" for t in types)
 
 
 async def dicom_answer(
-    pipeline: Pipeline, findings: Findings, answer: UploadResponse, parts: Parts,
-    accept: str | None,
+    pipeline: Pipeline, findings: Findings, answer: UploadResponse,
+    kinds: tuple[ResultKind, ...], accept: str | None,
 ) -> DicomAnswer:
     """The whole ``/upload/dicom`` body for one finished analysis."""
-    results, write_ms = await write(pipeline, findings, parts)
-    if wants_bare_object(accept, parts):
-        data = results.sr if parts is Parts.SR else results.gsps
-        assert data is not None
-        return DicomAnswer(data, DICOM, write_ms, f"{answer.request_id or 'result'}-{parts}.dcm")
+    results, write_ms = await write(pipeline, findings, kinds)
+    if wants_bare_object(accept, kinds):
+        ((kind, data),) = results.objects.items()
+        return DicomAnswer(data, DICOM, write_ms, f"{answer.request_id or 'result'}-{kind}.dcm")
     body, media_type = multipart_related(results, answer)
     return DicomAnswer(body, media_type, write_ms)

@@ -30,11 +30,12 @@ router = APIRouter()
                 outputs.MULTIPART: {"schema": {"type": "string", "format": "binary"}},
                 outputs.DICOM: {"schema": {"type": "string", "format": "binary"}},
             },
-            "description": "multipart/related: the Comprehensive 3D SR (TID 1500), the "
-            "Grayscale Softcopy Presentation State (each application/dicom, Content-ID "
-            "<sr> / <gsps>) and the /upload JSON (application/json, <analysis>). With "
-            "parts=sr or parts=gsps and `Accept: application/dicom`, that one object "
-            "alone. Server-Timing: dicom;dur=<ms spent writing the objects>.",
+            "description": "multipart/related: the Comprehensive SR (TID 1500), the "
+            "Grayscale Softcopy Presentation State, the burned-in Secondary Capture (each "
+            "application/dicom, Content-ID <sr> / <gsps> / <sc>, those that `parts` asks "
+            "for) and the /upload JSON (application/json, <analysis>). With one part "
+            "asked for and `Accept: application/dicom`, that one object alone. "
+            "Server-Timing: dicom;dur=<ms spent writing the objects>.",
         },
         **error_responses(*ANALYSIS_ERRORS),
     },
@@ -44,17 +45,22 @@ router = APIRouter()
 )
 async def upload_dicom(
     request: Request,
-    parts: outputs.Parts = Query(
-        outputs.Parts.ALL, description="all (SR + GSPS), sr or gsps"
+    parts: str = Query(
+        outputs.ALL, description="all (the objects of RESULTS_OBJECTS: SR + GSPS unless "
+        "set otherwise) or a comma-separated list of sr, gsps, sc, kos",
     ),
 ) -> Response:
+    try:
+        kinds = outputs.requested_kinds(parts, gateway_of(request).settings)
+    except ServiceError as exc:
+        return service_error_response(exc)
     analysed = await analyse_upload(request, annotate=False, canonical_image=False)
     if isinstance(analysed, Response):
         return analysed
     findings, result = analysed
     try:
         answer = await outputs.dicom_answer(
-            gateway_of(request).pipeline, findings, result, parts, request.headers.get("accept")
+            gateway_of(request).pipeline, findings, result, kinds, request.headers.get("accept")
         )
     except ServiceError as exc:
         return service_error_response(exc)

@@ -8,10 +8,11 @@ hostile-input limit), concurrently. The answer is the Store Instances Response
 refused ones in FailedSOPSequence with a FailureReason (:func:`failure_reason`), status 200
 (all analysed), 202 (some) or 409 (none). Our ``/upload`` JSON of each instance travels
 in a private element of its item (:data:`PRIVATE_CREATOR`), which standard clients
-ignore. With a results destination (``RESULTS_*``) the SR and presentation state of each
-analysed instance are queued for delivery (:mod:`shared.dicomnet`); with
-``RESULTS_SPOOL_DIR`` they are first written durably to its ``results/`` (before the answer
-is sent) and kept there until delivered, across restarts. A request whose results would
+ignore. With a results destination (``RESULTS_*``) the result objects of each analysed
+instance (``RESULTS_OBJECTS``: SR and presentation state unless set otherwise) are queued
+for delivery (:mod:`shared.dicomnet`); with ``RESULTS_SPOOL_DIR`` they are first written
+durably to its ``results/`` (before the answer is sent) and kept there until delivered,
+across restarts. A request whose results would
 not fit in the queue, or in the spool, is refused (503 + Retry-After) before any work.
 """
 
@@ -59,7 +60,6 @@ DOES_NOT_MATCH = 0xA900
 CANNOT_UNDERSTAND = 0xC000
 PROCESSING_FAILURE = 0x0110
 SOP_CLASS_NOT_SUPPORTED = 0x0122
-RESULT_OBJECTS = 2  # an SR and a presentation state per analysed instance
 
 class StudyMismatchError(ServiceError):
     """The instance's Study Instance UID differs from the study in the request path."""
@@ -155,19 +155,20 @@ async def _identify(pipeline: Pipeline, data: bytes) -> dicom.InstanceIds:
 
 
 async def _deliver(gateway: Gateway, findings: Findings) -> None:
-    """Queue the SR + presentation state of one analysed instance (when a destination is set),
-    written durably to the results spool first when there is one."""
+    """Queue the result objects (RESULTS_OBJECTS) of one analysed instance (when a
+    destination is set), written durably to the results spool first when there is one."""
     if not gateway.delivery.enabled:
         return
-    results, _ = await outputs.write(gateway.pipeline, findings, outputs.Parts.ALL)
-    assert results.sr is not None and results.gsps is not None
+    kinds = outputs.requested_kinds(outputs.ALL, gateway.settings)
+    results, _ = await outputs.write(gateway.pipeline, findings, kinds)
+    objects = list(results.objects.values())
     if gateway.results is not None:  # RESULTS_SPOOL_DIR: on disk before the answer
-        await gateway.results.submit([results.sr, results.gsps])
+        await gateway.results.submit(objects)
         return
     await gateway.delivery.submit(
-        [results.sr, results.gsps],
+        objects,
         study_uid=findings.metadata.study_instance_uid or "",
-        sop_uids=[results.uids.sr_instance, results.uids.pr_instance],
+        sop_uids=[uids.instance for uids in results.uids.values()],
     )
 
 
@@ -230,13 +231,14 @@ async def store_instances(request: Request, study: str | None) -> Response:
             ),
             settings.upload_timeout_s,
         )
-        if not gateway.delivery.has_room(RESULT_OBJECTS * len(parts)):
+        per_instance = len(settings.results_objects.split(","))
+        if not gateway.delivery.has_room(per_instance * len(parts)):
             raise DeliveryQueueFull(
                 "the results delivery queue is full (RESULTS_QUEUE_SIZE); retry later"
             )
         spool = gateway.results
         if spool is not None and gateway.delivery.enabled and not spool.store.has_room(
-            RESULT_OBJECTS * len(parts)
+            per_instance * len(parts)
         ):
             raise ResultSpoolFull(
                 "the results spool is full (RESULTS_QUEUE_SIZE objects in "

@@ -7,6 +7,8 @@ the original image's pixels, names the model bundle, and shows the patient only 
 
 from __future__ import annotations
 
+import urllib.parse
+
 from gateway.pipeline import phi
 from gateway.pipeline.analyze import Findings
 from gateway.pipeline.fusion import Box, to_original
@@ -22,6 +24,7 @@ from gateway.schemas import (
 )
 from shared import contract, dicom
 from shared.contract import ServedFacts, facts_digest
+from shared.dicom.source import SourceImage
 from shared.settings import GatewaySettings
 
 
@@ -55,6 +58,7 @@ def upload_response(findings: Findings, settings: GatewaySettings) -> UploadResp
         request_id=findings.request_id,
         warnings=([facts.demo_warning] if facts.demo_warning else []) + findings.warnings,
         input_selection=input_selection(findings.canonical.selection),
+        viewer_url=viewer_link(settings.viewer_url, findings.metadata.source),
     )
 
 
@@ -70,6 +74,14 @@ def detections(findings: Findings) -> list[Detection] | None:
     if findings.fused.boxes is None:
         return None
     return [detection(box, findings.canonical) for box in findings.fused.boxes]
+
+
+def viewer_link(viewer_url: str | None, source: SourceImage | None) -> str | None:
+    """``VIEWER_URL``'s OHIF link to the image's study (its UID VR-checked), or None."""
+    if not viewer_url or source is None or not source.study_instance_uid:
+        return None
+    query = urllib.parse.urlencode({"StudyInstanceUIDs": source.study_instance_uid})
+    return f"{viewer_url.rstrip('/')}/viewer?{query}"
 
 
 def input_selection(selection: dicom.Selection | None) -> InputSelection | None:

@@ -435,8 +435,32 @@ function bundleSection(result, file) {
       h("summary", { text: `Checkpoints (${entries.length}) with sha256` }),
       checkpointList,
     ]) : null,
-    h("div", { class: "panel-box__actions" }, [download, file ? dicomSrButton(result, file) : null]),
+    h("div", { class: "panel-box__actions" }, [
+      download, file ? dicomSrButton(result, file) : null, viewerLink(result),
+    ]),
   ]);
+}
+
+/**
+ * "Open in viewer": the study in the DICOMweb viewer of VIEWER_URL (the reading room's
+ * OHIF), when the gateway gave a link. Only an http(s) URL becomes a link.
+ */
+export function viewerLink(result) {
+  let url;
+  try {
+    url = new URL(str(result.viewer_url));
+  } catch {
+    return null;
+  }
+  if (url.protocol !== "http:" && url.protocol !== "https:") return null;
+  return h("a", {
+    class: "btn btn--ghost btn--small",
+    href: url.href,
+    target: "_blank",
+    rel: "noopener noreferrer",
+    text: "Open in viewer",
+    title: "This study in the DICOMweb viewer (VIEWER_URL), with the results the PACS holds",
+  });
 }
 
 /** "Download DICOM SR": the same file through /upload/dicom?parts=sr (one bare SR object). */

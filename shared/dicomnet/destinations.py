@@ -8,7 +8,7 @@ happened: ``stored``, ``retry`` (the peer may take it later: unreachable, timed 
 - :class:`DicomWebDestination`: STOW-RS (PS3.18 10.5), ``POST {root}/studies`` with
   ``multipart/related; type="application/dicom"``, optional bearer or basic auth.
 - :class:`StoreScuDestination`: C-STORE (PS3.4 B) with pynetdicom, one association per
-  batch, presentation contexts for the SOP classes in the batch (our SR and GSPS); over
+  batch, presentation contexts for the SOP classes in the batch (our result objects); over
   DICOM TLS when given a context (:mod:`shared.dicomnet.tls`).
 
 Credentials never travel in clear beyond loopback (:func:`check_credentials_transport`).

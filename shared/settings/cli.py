@@ -52,9 +52,13 @@ class CliSettings(
         "balances by requests in flight); extra ones listen on free loopback ports",
     )
 
-    # --- tools: `spine bench`, `spine triton` --------------------------------------------
+    # --- tools: `spine bench`, `spine triton`, `spine reading-room` ---------------------
     spine_api_key: SecretStr | None = Field(
         None, description="API key `spine bench --gateway` sends (X-API-Key)"
+    )
+    reading_room_users: SecretStr | None = Field(
+        None, description="`spine reading-room`: Orthanc's HTTP users as user:password"
+        "[,user:password] (basic auth on Orthanc and the viewer); required beyond loopback",
     )
     triton_venv: Path | None = Field(
         None, description="environment with the nvidia-pytriton wheel "

@@ -194,6 +194,11 @@ class GatewaySettings(
         description="Patient module of DICOM results: copy (the source's, so results land "
         "in the patient's own study) or pseudonymize (PatientID/Name -> keyed pseudonym)",
     )
+    viewer_url: str | None = Field(
+        None, description="a DICOMweb viewer (e.g. `spine reading-room`'s OHIF, "
+        "http://127.0.0.1:3000); the web page then offers \"Open in viewer\" for an "
+        "analysed DICOM study ({url}/viewer?StudyInstanceUIDs=...); None = no link",
+    )
 
     # --- admission, browsers, audit ------------------------------------------------------
     api_keys_sha256: Annotated[dict[str, str], NoDecode] = Field(
@@ -229,6 +234,13 @@ class GatewaySettings(
     @classmethod
     def _parse_urls(cls, value: object) -> object:
         return split_list(value, strip_slash=True)
+
+    @field_validator("viewer_url")
+    @classmethod
+    def _viewer_url(cls, value: str | None) -> str | None:
+        if value and not value.lower().startswith(("http://", "https://")):
+            raise ValueError(f"VIEWER_URL must be an http(s) URL, not {value!r}")
+        return value or None
 
     @field_validator("api_keys_sha256", mode="before")
     @classmethod

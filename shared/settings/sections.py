@@ -22,6 +22,9 @@ from pydantic_settings import NoDecode
 
 from shared.settings.base import SettingsBase, parse_key_digests
 
+# RESULTS_OBJECTS words, in the order the objects are written (shared.dicom.results).
+RESULT_OBJECT_KINDS = ("sr", "gsps", "sc", "kos")
+
 
 class DefaultBundle(StrEnum):
     """What the model services serve without ``MODEL_DIR``."""
@@ -113,6 +116,26 @@ class ResultsDeliverySettings(SettingsBase):
         True, description="the destination's certificate must name the host of "
         "RESULTS_STORE_AE (DNS name or IP address); false = the chain only, as DCMTK does",
     )
+
+    results_objects: str = Field(
+        "sr,gsps", description="the result objects written for each analysed image and "
+        "sent to this process's RESULTS_* destinations (the gateway's STOW-RS results, the "
+        "listener's): comma-separated sr (TID 1500 SR), gsps (presentation state), sc "
+        "(Secondary Capture with the boxes burned in, for viewers that show neither), kos "
+        "(Key Object Selection flagging the analysed image)",
+    )
+
+    @field_validator("results_objects")
+    @classmethod
+    def _result_objects(cls, value: str) -> str:
+        words = [word.strip().lower() for word in value.split(",") if word.strip()]
+        unknown = sorted(set(words) - set(RESULT_OBJECT_KINDS))
+        if unknown or not words:
+            raise ValueError(
+                f"RESULTS_OBJECTS is a comma-separated list of {', '.join(RESULT_OBJECT_KINDS)}"
+                f", not {value!r}"
+            )
+        return ",".join(kind for kind in RESULT_OBJECT_KINDS if kind in words)
 
 
 class SelectionRulesSettings(SettingsBase):

@@ -326,6 +326,36 @@ def test_download_dicom_sr_saves_the_structured_report(
     assert not page.errors.unexpected()
 
 
+@pytest.mark.parametrize(
+    ("viewer_url", "href"),
+    [
+        ("http://127.0.0.1:3000/viewer?StudyInstanceUIDs=1.2.3", "http://127.0.0.1:3000/viewer?StudyInstanceUIDs=1.2.3"),
+        ("javascript:alert(1)", None),
+        (None, None),
+    ],
+)
+def test_open_in_viewer_only_for_an_http_viewer_url(
+    stack: Any, page: Any, spine_dicom: Path, api_result: dict[str, Any],
+    viewer_url: str | None, href: str | None,
+) -> None:
+    """VIEWER_URL's link (the gateway's ``viewer_url``) becomes "Open in viewer"."""
+    body = {**api_result, "viewer_url": viewer_url}
+    page.route("**/upload?*", lambda route: route.fulfill(
+        status=200, content_type="application/json", body=json.dumps(body)
+    ))
+    open_page(page, stack.gateway)
+    page.set_input_files("#file-input", str(spine_dicom))
+    wait_settled(page)
+    link = page.locator(".card").first.get_by_role("link", name="Open in viewer")
+    if href is None:
+        assert link.count() == 0
+    else:
+        assert link.get_attribute("href") == href
+        assert link.get_attribute("target") == "_blank"
+        assert "noopener" in (link.get_attribute("rel") or "")
+    assert page.errors.unexpected() == []
+
+
 def test_each_file_shows_upload_progress_then_analysing(
     stack: Any, page: Any, spine_dicom: Path, tmp_path: Path, artifacts: Path
 ) -> None:

@@ -41,7 +41,7 @@ from tests.tools import require_tools
 
 pytestmark = pytest.mark.timeout(600)
 
-SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
 GSPS_CLASS = "1.2.840.10008.5.1.4.1.1.11.1"  # Grayscale Softcopy Presentation State
 ALLOWED = "ORTHANC,STORESCU,ECHOSCU"
 MODALITY = "SPINE"

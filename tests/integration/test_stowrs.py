@@ -37,7 +37,7 @@ from tests.peers.orthanc import Orthanc, start_orthanc
 
 pytestmark = pytest.mark.timeout(600)
 
-SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
 GSPS_CLASS = "1.2.840.10008.5.1.4.1.1.11.1"
 KEY = secrets.token_urlsafe(24)
 BUDGET_S = 8.0

@@ -12,7 +12,13 @@ import pytest
 from gateway.dicomweb import outputs as dicom_out
 from shared.dicom import decode_dicom
 from shared.dicom.render import RenderSpec, Window, display_window, render
-from shared.dicom.results import AnalysisResult, ResultBox, ResultWriteError, write_results
+from shared.dicom.results import (
+    AnalysisResult,
+    ResultBox,
+    ResultKind,
+    ResultWriteError,
+    write_results,
+)
 from shared.dicom.results.common import reference_dataset
 from shared.settings import GatewaySettings, ResultPatientMode
 from tests.factories import make_dicom, radiograph_pixels
@@ -108,15 +114,28 @@ def test_display_window_reproduces_the_rendering(window) -> None:
 @pytest.mark.parametrize(
     ("accept", "parts", "bare"),
     [
-        ("application/dicom", dicom_out.Parts.SR, True),
-        ("application/dicom", dicom_out.Parts.ALL, False),
-        (None, dicom_out.Parts.SR, False),
-        ("*/*", dicom_out.Parts.GSPS, False),
-        ('multipart/related; type="application/dicom"', dicom_out.Parts.SR, False),
+        ("application/dicom", "sr", True),
+        ("application/dicom", "sc", True),
+        ("application/dicom", "all", False),
+        ("application/dicom", "sr,gsps", False),
+        (None, "sr", False),
+        ("*/*", "gsps", False),
+        ('multipart/related; type="application/dicom"', "sr", False),
     ],
 )
 def test_bare_object_only_when_asked_for(accept, parts, bare) -> None:
-    assert dicom_out.wants_bare_object(accept, parts) is bare
+    kinds = dicom_out.requested_kinds(parts, GatewaySettings())
+    assert dicom_out.wants_bare_object(accept, kinds) is bare
+
+
+def test_parts_all_follows_results_objects_and_a_bad_part_is_refused() -> None:
+    assert dicom_out.requested_kinds("all", GatewaySettings()) == (ResultKind.SR, ResultKind.GSPS)
+    chosen = GatewaySettings(results_objects="sc,sr")
+    assert dicom_out.requested_kinds("all", chosen) == (ResultKind.SR, ResultKind.SC)
+    assert dicom_out.requested_kinds("gsps, SC", chosen) == (ResultKind.GSPS, ResultKind.SC)
+    for bad in ("pdf", "", "sr,ko"):
+        with pytest.raises(dicom_out.BadParts, match="parts"):
+            dicom_out.requested_kinds(bad, GatewaySettings())
 
 
 @pytest.mark.parametrize(
@@ -132,3 +151,17 @@ def test_labels_of_boxes_flat_against_an_edge_stay_inside(source, bbox) -> None:
     assert 0 <= left < right <= source.columns and 0 <= top < bottom <= source.rows
     boxed = replace(result(), boxes=(ResultBox("Osteophytes", 0.3, bbox),))
     assert write_results(source, boxed).gsps
+
+
+def test_the_key_object_selection_flags_the_analysed_image(source) -> None:
+    written = write_results(source, result("demo"), (ResultKind.KOS,))
+    assert list(written.objects) == [ResultKind.KOS]
+    kos = pydicom.dcmread(io.BytesIO(written.objects[ResultKind.KOS]))
+    assert kos.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.59" and kos.Modality == "KO"
+    assert kos.StudyInstanceUID == source.study_instance_uid
+    assert kos.ConceptNameCodeSequence[0].CodeValue == "113000"  # Of Interest
+    (image,) = [i for i in kos.ContentSequence if i.ValueType == "IMAGE"]
+    assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source.sop_instance_uid
+    (text,) = [i for i in kos.ContentSequence if i.RelationshipType == "CONTAINS" and i.ValueType == "TEXT"]
+    assert "Abnormal" in text.TextValue and "DEMO" in text.TextValue
+    assert kos.SeriesInstanceUID == written.uids[ResultKind.KOS].series

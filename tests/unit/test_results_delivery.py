@@ -36,7 +36,7 @@ from tests.integration.stack import free_port
 from tests.peers.orthanc import Orthanc
 from training.dicom_writer import file_bytes, xray_dataset
 
-SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
 GSPS_CLASS = "1.2.840.10008.5.1.4.1.1.11.1"
 PATIENT = "Delivery^Patient"
 FAST = RetryPolicy(initial_s=0.2, max_s=0.5, budget_s=30.0)

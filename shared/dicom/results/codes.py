@@ -27,12 +27,17 @@ NORMAL = codes.SCT.Normal  # 17621005
 ABNORMAL = codes.SCT.Abnormal  # 263654008
 DIAGNOSIS_VALUES = {"Normal": NORMAL, "Abnormal": ABNORMAL}
 
-# Measurements (unitless, UCUM "1").
-NO_UNITS = Code("1", "UCUM", "no units")
-ABNORMAL_PROBABILITY = private("ABNPROB", "Ensemble probability of abnormality")
-DECISION_THRESHOLD = private("THRESHOLD", "Abnormality decision threshold")
-MEMBER_PROBABILITY = private("MEMBERPROB", "Ensemble member probability of abnormality")
-DETECTION_CONFIDENCE = private("DETCONF", "Detection confidence")
+# Measurements, in percent: OHIF labels a drawn NUM "<concept meaning>: <value, 2
+# decimals> <unit code>", so 0.18 in UCUM "1" would read "0.18 1" and lose precision.
+PERCENT = Code("%", "UCUM", "percent")
+# The image-level probability's concept names the call, because OHIF shows a measurement
+# group's NUMs and never its Finding (docs/INTEGRATION.md "What OHIF shows").
+PROBABILITY_OF_CALL = {
+    "Abnormal": private("ABNPROB-ABNORMAL", "Abnormal, P(abnormal)"),
+    "Normal": private("ABNPROB-NORMAL", "Normal, P(abnormal)"),
+}
+DECISION_THRESHOLD = private("THRESHOLD", "Decision threshold of P(abnormal)")
+MEMBER_PROBABILITY = private("MEMBERPROB", "Ensemble member P(abnormal)")
 
 # Text items of the report.
 DISCLAIMER = private("DISCLAIMER", "Intended use statement")
@@ -54,10 +59,31 @@ FINDING_TYPES: dict[str, Code] = {
 }
 
 
+# A box's confidence names its class, for the same reason (OHIF shows no Finding).
+CONFIDENCE_VALUES: dict[str, str] = {
+    "Surgical implant": "IMPLANT-CONF",
+    "Osteophytes": "OSTEO-CONF",
+    "Disc space narrowing": "DISCNARROW-CONF",
+    "Foraminal stenosis": "FORAMSTEN-CONF",
+    "Spondylolisthesis": "SPONDYLO-CONF",
+    "Vertebral collapse": "VERTCOLL-CONF",
+    "Other lesions": "OTHERLES-CONF",
+}
+
+
+def _code_stem(class_name: str, length: int) -> str:
+    return "".join(ch for ch in class_name.upper() if ch.isalnum())[:length] or "UNKNOWN"
+
+
+def detection_confidence(class_name: str) -> Code:
+    """The NUM concept of a box, "<class>, confidence" (any class, known or not)."""
+    value = CONFIDENCE_VALUES.get(class_name) or f"{_code_stem(class_name, 11)}-CONF"
+    return private(value, f"{class_name[:50] or 'Unknown finding'}, confidence")
+
+
 def finding_type(class_name: str) -> Code:
     """The code of a detector class (an unknown class keeps its name under 99SPINE)."""
     known = FINDING_TYPES.get(class_name)
     if known is not None:
         return known
-    value = "".join(ch for ch in class_name.upper() if ch.isalnum())[:16] or "UNKNOWN"
-    return private(value, class_name[:64] or "Unknown finding")
+    return private(_code_stem(class_name, 16), class_name[:64] or "Unknown finding")

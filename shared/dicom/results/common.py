@@ -1,8 +1,9 @@
-"""What the SR and the presentation state share: identity, the source's stand-in, UIDs."""
+"""What the result objects share: identity, the source's stand-in, their UIDs."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.dataset import Dataset
@@ -14,8 +15,21 @@ from shared.dicom.source import PATIENT_STUDY_KEYWORDS, SourceImage
 
 MANUFACTURER = "spine-lesion-service"
 DEVICE_SERIAL = "1"  # GSPS asks for one; a piece of software has none
-SR_SERIES_NUMBER = 9901
-PR_SERIES_NUMBER = 9902
+
+
+class ResultKind(StrEnum):
+    """The result objects (``RESULTS_OBJECTS``), in the order they are written and sent."""
+
+    SR = "sr"  # Comprehensive SR, TID 1500
+    GSPS = "gsps"  # Grayscale Softcopy Presentation State
+    SC = "sc"  # Secondary Capture image, boxes burned in
+    KOS = "kos"  # Key Object Selection document flagging the analysed image
+
+
+DEFAULT_KINDS = (ResultKind.SR, ResultKind.GSPS)
+SERIES_NUMBERS = {
+    ResultKind.SR: 9901, ResultKind.GSPS: 9902, ResultKind.SC: 9903, ResultKind.KOS: 9904,
+}
 
 
 class ResultWriteError(ValueError):
@@ -23,17 +37,32 @@ class ResultWriteError(ValueError):
 
 
 @dataclass(frozen=True)
-class ResultUids:
-    """New UIDs of one result pair: one series per object (SR and PR are two modalities)."""
+class ObjectUids:
+    """Series and SOP Instance UID of one result object (each object is its own series:
+    SR, PR and SC are three modalities)."""
 
-    sr_series: str
-    sr_instance: str
-    pr_series: str
-    pr_instance: str
+    series: str
+    instance: str
 
-    @classmethod
-    def new(cls) -> ResultUids:
-        return cls(generate_uid(), generate_uid(), generate_uid(), generate_uid())
+
+def object_uids(source: SourceImage, result: AnalysisResult, kind: ResultKind) -> ObjectUids:
+    """The UIDs of one result object: the one place every writer takes them from.
+
+    New random UIDs today. Issue 22 item 3 will make them deterministic (UUIDv5 ``2.25.``
+    UIDs from the source SOP Instance UID, the bundle digest, ``kind`` and the software
+    version), which is why the source and the result are already its inputs.
+    """
+    del source, result, kind  # inputs of the deterministic UIDs to come
+    return ObjectUids(generate_uid(), generate_uid())
+
+
+def series_identity(kind: ResultKind, uids: ObjectUids) -> dict[str, object]:
+    """The keyword arguments of every highdicom result object that place it: its own
+    series (number by kind) and instance, and us as the manufacturer."""
+    return {
+        "series_instance_uid": uids.series, "series_number": SERIES_NUMBERS[kind],
+        "sop_instance_uid": uids.instance, "instance_number": 1, "manufacturer": MANUFACTURER,
+    }
 
 
 def reference_dataset(source: SourceImage) -> Dataset:

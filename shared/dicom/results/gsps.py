@@ -15,13 +15,13 @@ from pydicom.dataset import Dataset
 
 from shared.dicom.results.common import (
     DEVICE_SERIAL,
-    MANUFACTURER,
-    PR_SERIES_NUMBER,
-    ResultUids,
+    ObjectUids,
+    ResultKind,
     coding_schemes,
     rectangle,
     reference_dataset,
     series_description,
+    series_identity,
 )
 from shared.dicom.results.model import AnalysisResult
 from shared.dicom.source import SourceImage
@@ -103,7 +103,7 @@ def _voi(source: SourceImage) -> list[hd.pr.SoftcopyVOILUTTransformation] | None
 
 
 def build_gsps(
-    source: SourceImage, result: AnalysisResult, uids: ResultUids
+    source: SourceImage, result: AnalysisResult, uids: ObjectUids
 ) -> hd.pr.GrayscaleSoftcopyPresentationState:
     """The presentation state dataset (raises ResultWriteError without the source's UIDs)."""
     image = reference_dataset(source)
@@ -114,11 +114,7 @@ def build_gsps(
     )
     state = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=[image],
-        series_instance_uid=uids.pr_series,
-        series_number=PR_SERIES_NUMBER,
-        sop_instance_uid=uids.pr_instance,
-        instance_number=1,
-        manufacturer=MANUFACTURER,
+        **series_identity(ResultKind.GSPS, uids),  # type: ignore[arg-type]
         manufacturer_model_name=result.bundle_name[:64],
         software_versions=result.version,
         device_serial_number=DEVICE_SERIAL,

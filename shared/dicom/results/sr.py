@@ -1,4 +1,4 @@
-"""The Comprehensive 3D SR (TID 1500 Measurement Report) of one analysis.
+"""The Comprehensive SR (TID 1500 Measurement Report) of one analysis.
 
 Content, top down: the observer is the algorithm (a device named after the bundle); one
 measurement group (TID 1501) for the whole image with the finding Normal/Abnormal, the
@@ -8,6 +8,13 @@ referencing the source image, with its coded finding type and the detection conf
 every group names the algorithm (bundle name, kind, checkpoint sha256s, our version).
 The intended-use text (and DEMO / UNTRAINED) is a TEXT item of the report and the series
 description. The document is UNVERIFIED and not complete (no person has signed it).
+
+Shaped so that the OHIF Viewer (3.13.2, extension ``cornerstone-dicom-sr``) draws it all
+(docs/INTEGRATION.md "What OHIF shows" cites its code): every NUM of the image group is
+INFERRED FROM the whole image's outline (OHIF takes a TID 1501 group's geometry from its
+NUMs and fails the whole SR on a group without any), probabilities are in percent, and
+the NUM concepts name the call and each box's class (OHIF labels a drawing with its NUMs
+only, never with the Finding).
 """
 
 from __future__ import annotations
@@ -21,12 +28,13 @@ from pydicom.uid import generate_uid
 from shared.dicom.results import codes
 from shared.dicom.results.common import (
     MANUFACTURER,
-    SR_SERIES_NUMBER,
-    ResultUids,
+    ObjectUids,
+    ResultKind,
     coding_schemes,
     rectangle,
     reference_dataset,
     series_description,
+    series_identity,
 )
 from shared.dicom.results.model import AnalysisResult
 from shared.dicom.source import SourceImage
@@ -60,22 +68,44 @@ def short_algorithm(
 
 
 def _measurement(
-    name: Code, value: float, algorithm_id: hd.sr.AlgorithmIdentification | None = None
+    name: Code, fraction: float, algorithm_id: hd.sr.AlgorithmIdentification | None = None,
+    inferred_from: hd.sr.CoordinatesForMeasurement | None = None,
 ) -> hd.sr.Measurement:
+    """A probability or confidence (0..1 in the JSON) as a NUM in percent."""
     return hd.sr.Measurement(
-        name=name, value=round(float(value), 6), unit=codes.NO_UNITS, algorithm_id=algorithm_id
+        name=name, value=round(100.0 * float(fraction), 6), unit=codes.PERCENT,
+        algorithm_id=algorithm_id,
+        referenced_coordinates=None if inferred_from is None else [inferred_from],
+    )
+
+
+def whole_image(source: SourceImage) -> hd.sr.CoordinatesForMeasurement:
+    """The outline of the whole image: what an image-level value is INFERRED FROM."""
+    return hd.sr.CoordinatesForMeasurement(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=np.array(
+            rectangle((0.0, 0.0, float(source.columns), float(source.rows))), dtype=np.float64
+        ),
+        source_image=hd.sr.SourceImageForRegion(
+            source.sop_class_uid, source.sop_instance_uid  # type: ignore[arg-type]
+        ),
     )
 
 
 def _image_group(
     source: SourceImage, result: AnalysisResult
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    region = whole_image(source)
     measurements = [
-        _measurement(codes.ABNORMAL_PROBABILITY, result.abnormal_probability),
-        _measurement(codes.DECISION_THRESHOLD, result.threshold),
+        _measurement(
+            codes.PROBABILITY_OF_CALL[result.diagnosis], result.abnormal_probability,
+            inferred_from=region,
+        ),
+        _measurement(codes.DECISION_THRESHOLD, result.threshold, inferred_from=region),
         *(
             _measurement(
-                codes.MEMBER_PROBABILITY, p, short_algorithm(result, f"{result.bundle_name}/{m}")
+                codes.MEMBER_PROBABILITY, p, short_algorithm(result, f"{result.bundle_name}/{m}"),
+                inferred_from=region,
             )
             for m, p in result.members.items()
         ),
@@ -116,18 +146,17 @@ def _box_groups(
                 finding_type=codes.finding_type(box.class_name),
                 finding_category=codes.LESION,
                 algorithm_id=algorithm_id,
-                measurements=[_measurement(codes.DETECTION_CONFIDENCE, box.confidence)],
+                measurements=[
+                    _measurement(codes.detection_confidence(box.class_name), box.confidence)
+                ],
             )
         )
     return groups
 
 
-def build_sr(
-    source: SourceImage, result: AnalysisResult, uids: ResultUids
-) -> hd.sr.Comprehensive3DSR:
-    """The SR dataset (raises ResultWriteError when the source lacks its UIDs)."""
-    evidence = reference_dataset(source)
-    observer = hd.sr.ObserverContext(
+def device_observer(result: AnalysisResult) -> hd.sr.ObserverContext:
+    """The algorithm as the observer: a device named after the bundle (SR and KOS)."""
+    return hd.sr.ObserverContext(
         observer_type=dcm_codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
             uid=generate_uid(entropy_srcs=[MANUFACTURER, result.bundle_name]),
@@ -136,6 +165,14 @@ def build_sr(
             model_name=result.bundle_kind,
         ),
     )
+
+
+def build_sr(
+    source: SourceImage, result: AnalysisResult, uids: ObjectUids
+) -> hd.sr.ComprehensiveSR:
+    """The SR dataset (raises ResultWriteError when the source lacks its UIDs)."""
+    evidence = reference_dataset(source)
+    observer = device_observer(result)
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.PROCEDURE,
@@ -148,14 +185,10 @@ def build_sr(
             relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
         )
     )
-    return hd.sr.Comprehensive3DSR(
+    return hd.sr.ComprehensiveSR(
         evidence=[evidence],
         content=root,
-        series_instance_uid=uids.sr_series,
-        series_number=SR_SERIES_NUMBER,
-        sop_instance_uid=uids.sr_instance,
-        instance_number=1,
-        manufacturer=MANUFACTURER,
+        **series_identity(ResultKind.SR, uids),  # type: ignore[arg-type]
         is_complete=False,
         is_final=False,
         is_verified=False,
