@@ -38,6 +38,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from dicom_listener import disk
 from dicom_listener.forward import Fate, Forwarded, GatewayClient
 from dicom_listener.scp import ListenerConfigError, ScpConfig, StoreScp
 from dicom_listener.spool import Spool, SpoolEntry
@@ -47,6 +48,7 @@ from dicom_listener.studyreport import ListenerMetrics, StudyReports, report
 from shared import tracing
 from shared.apikeys import ApiKeys
 from shared.dicomnet.delivery import DeliveryQueueFull, ResultsDelivery
+from shared.dicomnet.retention import sweep_forever
 from shared.dicomnet.spool import DurableResults
 from shared.paths import cache_root
 from shared.settings import ListenerSettings
@@ -78,6 +80,7 @@ class ListenerService:
             Path(settings.listener_spool_dir or listener_root / "spool").expanduser(),
             max_instance_bytes=settings.listener_max_instance_bytes,
             max_total_bytes=settings.listener_spool_max_bytes,
+            min_free_bytes=settings.disk_min_free_bytes,
         )
         self.registry = CollectorRegistry()
         self.metrics = ListenerMetrics(self.registry)
@@ -86,6 +89,7 @@ class ListenerService:
             Path(settings.listener_results_dir or listener_root / "studies").expanduser(),
             self.metrics,
         )
+        disk.gauges(self.spool, self.reports.dir, self.registry)
         self.tracker = StudyTracker(settings.listener_study_idle_s)
         self.delivery = ResultsDelivery.from_settings(settings, registry=self.registry)
         self.results = DurableResults(self.spool.result_store, self.delivery, self._result_outcome)
@@ -131,6 +135,10 @@ class ListenerService:
         for n in range(self.settings.listener_concurrency):
             self._tasks.append(asyncio.create_task(self._worker(), name=f"forward-{n}"))
         self._tasks.append(asyncio.create_task(self._close_idle_studies(), name="studies"))
+        self._tasks.append(asyncio.create_task(sweep_forever(
+            disk.sweeps(self.settings, self.spool, self.reports.dir),
+            self.settings.retention_interval_s,
+        ), name="retention"))
         if self.status_port:
             self.status = StatusServer(
                 status_app(self.health, self.studies, self.registry, self.status_keys),

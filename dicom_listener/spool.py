@@ -19,9 +19,11 @@ next start), and kept on a shutdown: the next start sends it again
 
 Caps: one instance at most ``LISTENER_MAX_INSTANCE_BYTES``, the spool at most
 ``LISTENER_SPOOL_MAX_BYTES`` (``incoming/`` and ``results/``: results waiting for a
-PACS that is down slow the senders down instead of filling the disk); beyond them
-:class:`SpoolFull`, which the SCP answers with status A700 (out of resources) so the
-sender keeps the instance.
+PACS that is down slow the senders down instead of filling the disk), and
+``DISK_MIN_FREE_BYTES`` kept free on the spool's disk; beyond them :class:`SpoolFull`,
+which the SCP answers with status A700 (out of resources) so the sender keeps the
+instance. ``failed/`` is pruned by :mod:`shared.dicomnet.retention`, never
+``incoming/`` or ``results/``.
 Thread-safe: C-STORE handlers of several associations write at once.
 """
 
@@ -35,6 +37,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from shared.dicomnet.retention import disk_refusal
 from shared.dicomnet.spool import (
     SUFFIX,
     ResultFile,
@@ -71,7 +74,10 @@ class Spool:
     ``root/results`` (our results waiting for delivery), ``root/failed/results``: the last
     two are a :class:`~shared.dicomnet.spool.ResultStore` (:attr:`result_store`)."""
 
-    def __init__(self, root: Path, *, max_instance_bytes: int, max_total_bytes: int) -> None:
+    def __init__(
+        self, root: Path, *, max_instance_bytes: int, max_total_bytes: int,
+        min_free_bytes: int = 0,
+    ) -> None:
         self.root = root
         self.incoming = root / "incoming"
         self.tmp = root / "tmp"
@@ -82,6 +88,7 @@ class Spool:
             folder.mkdir(parents=True, exist_ok=True)
         self.max_instance_bytes = max_instance_bytes
         self.max_total_bytes = max_total_bytes
+        self.min_free_bytes = min_free_bytes
         self._lock = threading.Lock()
         self._counter = itertools.count()
         for stale in self.tmp.iterdir():  # half-written by a crash: never acknowledged
@@ -116,6 +123,9 @@ class Spool:
                 raise SpoolFull(
                     f"the spool is full (LISTENER_SPOOL_MAX_BYTES {self.max_total_bytes})"
                 )
+            full_disk = disk_refusal(self.incoming, self.min_free_bytes, size)
+            if full_disk:
+                raise SpoolFull(full_disk)
             self._used += size
             self._count += 1
 

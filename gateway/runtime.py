@@ -38,6 +38,7 @@ from gateway.upstream.transport import (
 from shared import contract, dicom, tracing
 from shared.contract import ClassifierFacts, DetectorFacts
 from shared.dicomnet import ResultsDelivery
+from shared.dicomnet.retention import FolderGauges, RetentionPolicy, Sweep, sweep_forever
 from shared.dicomnet.spool import DurableResults, ResultStore
 from shared.filelock import HeldLock, LockHeld
 from shared.settings import GatewaySettings
@@ -85,6 +86,8 @@ class Gateway:
             decoders.prewarm()  # workers import in the background, ready for uploads
         delivery = ResultsDelivery.from_settings(settings, metrics.registry)
         results, spool_owner = durable_results(settings, delivery)
+        if results is not None:
+            spool_gauges(results.store, metrics)
         classifier, detector = model_clients(settings, http, metrics)
         gateway = cls(
             settings=settings,
@@ -135,6 +138,10 @@ class Gateway:
             resent = await self.results.replay()
             log.info("results spool %s: %d result(s) kept from the last run sent again",
                      self.results.store.results, resent)
+            self._timers.append(asyncio.create_task(sweep_forever(
+                [failed_results_sweep(self.settings, self.results.store)],
+                self.settings.retention_interval_s,
+            ), name="retention"))
 
     async def poll_readiness(self) -> None:
         timeout_s = self.settings.readiness_timeout_s
@@ -240,6 +247,23 @@ def durable_results(
             "gateway process (replica) its own folder"
         ) from None
     store = ResultStore(
-        root / "results", root / "failed", root / "tmp", max_objects=settings.results_queue_size
+        root / "results", root / "failed", root / "tmp", max_objects=settings.results_queue_size,
+        max_bytes=settings.results_spool_max_bytes, min_free_bytes=settings.disk_min_free_bytes,
     )
     return DurableResults(store, delivery), owner
+
+
+def failed_results_sweep(settings: GatewaySettings, store: ResultStore) -> Sweep:
+    """``failed/`` holds given-up results only (finished work): pruned by age and bytes.
+    ``results/`` is never pruned: what waits there was promised to a PACS."""
+    policy = RetentionPolicy(settings.results_failed_max_age_s, settings.results_failed_max_bytes)
+    return Sweep("results spool failed/", store.failed, "*.dcm", policy)
+
+
+def spool_gauges(store: ResultStore, metrics: GatewayMetrics) -> FolderGauges:
+    """``spine_results_spool_folder_bytes`` / ``_files`` by folder in ``/metrics``."""
+    return FolderGauges(
+        "spine_results_spool_folder", "the gateway's results spool (RESULTS_SPOOL_DIR)",
+        {"results": (store.results, "*.dcm"), "failed": (store.failed, "*.dcm")},
+        metrics.registry,
+    )

@@ -12,8 +12,9 @@ ignore. With a results destination (``RESULTS_*``) the result objects of each an
 instance (``RESULTS_OBJECTS``: SR and presentation state unless set otherwise) are queued
 for delivery (:mod:`shared.dicomnet`); with ``RESULTS_SPOOL_DIR`` they are first written
 durably to its ``results/`` (before the answer is sent) and kept there until delivered,
-across restarts. A request whose results would
-not fit in the queue, or in the spool, is refused (503 + Retry-After) before any work.
+across restarts. A request whose results would not fit in the queue, or in the spool (its
+object and byte caps, the disk's free-space floor), is refused (503 + Retry-After) before
+any work.
 """
 
 from __future__ import annotations
@@ -237,13 +238,10 @@ async def store_instances(request: Request, study: str | None) -> Response:
                 "the results delivery queue is full (RESULTS_QUEUE_SIZE); retry later"
             )
         spool = gateway.results
-        if spool is not None and gateway.delivery.enabled and not spool.store.has_room(
-            per_instance * len(parts)
-        ):
-            raise ResultSpoolFull(
-                "the results spool is full (RESULTS_QUEUE_SIZE objects in "
-                "RESULTS_SPOOL_DIR); retry later"
-            )
+        full = spool.store.refusal(per_instance * len(parts)) if (
+            spool is not None and gateway.delivery.enabled) else None
+        if full:  # RESULTS_QUEUE_SIZE, RESULTS_SPOOL_MAX_BYTES or DISK_MIN_FREE_BYTES
+            raise ResultSpoolFull(full)
     except ServiceError as exc:
         mark_audited(request.scope)
         return service_error_response(exc)

@@ -29,6 +29,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from shared.dicomnet.delivery import DeliveryQueueFull, ResultsDelivery
+from shared.dicomnet.retention import disk_refusal
 
 log = logging.getLogger(__name__)
 
@@ -113,18 +114,23 @@ def read_each(
 class ResultStore:
     """``results/`` (waiting), ``failed/`` (given up, not replayed), ``tmp/`` (being written).
 
-    ``max_objects`` caps the files in ``results/`` (None: no cap of its own; the DICOM
-    listener caps its whole spool by bytes instead); a caller checks :meth:`has_room`
-    before the work that makes the objects, so a full store refuses early.
+    ``max_objects`` caps the files in ``results/``, ``max_bytes`` their bytes and
+    ``min_free_bytes`` the free space left on the disk (None / 0: no cap of its own; the
+    DICOM listener caps its whole spool instead, before it acknowledges an instance); a
+    caller checks :meth:`refusal` before the work that makes the objects, so a full
+    store refuses early. Results of work already accepted are always written.
     """
 
     def __init__(
-        self, results: Path, failed: Path, tmp: Path, *, max_objects: int | None = None
+        self, results: Path, failed: Path, tmp: Path, *, max_objects: int | None = None,
+        max_bytes: int | None = None, min_free_bytes: int = 0,
     ) -> None:
         self.results, self.failed, self.tmp = results, failed, tmp
         for folder in (results, failed, tmp):
             folder.mkdir(parents=True, exist_ok=True)
         self.max_objects = max_objects
+        self.max_bytes = max_bytes
+        self.min_free_bytes = min_free_bytes
         for stale in tmp.glob(f"*{SUFFIX}"):  # half-written by a crash: never submitted
             stale.unlink(missing_ok=True)
         self._lock = threading.Lock()
@@ -143,8 +149,20 @@ class ResultStore:
         return self._count
 
     def has_room(self, objects: int) -> bool:
+        return self.refusal(objects) is None
+
+    def refusal(self, objects: int) -> str | None:
+        """Why ``objects`` more result objects of new work would not fit; None when they
+        would. Bytes: full at or over ``max_bytes`` (a result's size is known only once
+        it is made, so one request may pass the cap by its own results)."""
         with self._lock:
-            return self._fits(objects)
+            if not self._fits(objects):
+                return (f"the results spool is full ({self.max_objects} objects, "
+                        "RESULTS_QUEUE_SIZE); retry later")
+            if self.max_bytes is not None and self._used >= self.max_bytes:
+                return (f"the results spool is full ({self._used} bytes waiting for "
+                        f"delivery, RESULTS_SPOOL_MAX_BYTES {self.max_bytes}); retry later")
+        return disk_refusal(self.results, self.min_free_bytes)
 
     def _fits(self, objects: int) -> bool:
         return self.max_objects is None or (

@@ -38,6 +38,7 @@ from shared.settings.model_server import ModelServerSettings
 from shared.settings.sections import (
     BundleSettings,
     DefaultBundle,
+    DiskSettings,
     HttpServerSettings,
     ListenerEndpointSettings,
     OperatorKeysSettings,
@@ -57,6 +58,7 @@ __all__ = [
     "CliSettings",
     "CommonSettings",
     "DefaultBundle",
+    "DiskSettings",
     "FusionMode",
     "GatewaySettings",
     "HttpServerSettings",

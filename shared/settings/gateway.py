@@ -12,6 +12,8 @@ from pydantic_settings import NoDecode
 
 from shared.settings.base import CommonSettings, parse_key_digests, split_list
 from shared.settings.sections import (
+    DAY_S,
+    DiskSettings,
     HttpServerSettings,
     OperatorKeysSettings,
     PseudonymSecretSettings,
@@ -55,6 +57,7 @@ class GatewaySettings(
     CommonSettings,
     HttpServerSettings,
     ResultsDeliverySettings,
+    DiskSettings,
     SelectionRulesSettings,
     PseudonymSecretSettings,
     OperatorKeysSettings,
@@ -228,6 +231,19 @@ class GatewaySettings(
         None, description="gateway (STOW-RS): keep each result object durably in "
         "RESULTS_SPOOL_DIR/results/ until every destination has it, sent again at the next "
         "start; at most RESULTS_QUEUE_SIZE objects (beyond: 503 / A700); None = in memory only",
+    )
+    results_spool_max_bytes: int = Field(
+        1024 ** 3, ge=1024, description="most bytes of results waiting in "
+        "RESULTS_SPOOL_DIR/results/; at or over it a STOW-RS request is refused (503 + "
+        "Retry-After) until deliveries drain it",
+    )
+    results_failed_max_age_s: float = Field(
+        30 * DAY_S, ge=0, description="results in RESULTS_SPOOL_DIR/failed/ older than this "
+        "are deleted; 0 = kept whatever their age",
+    )
+    results_failed_max_bytes: int = Field(
+        1024 ** 3, ge=0, description="most bytes kept in RESULTS_SPOOL_DIR/failed/; beyond, "
+        "the oldest files are deleted; 0 = no cap",
     )
 
     @field_validator("classifier_urls", "detector_urls", "cors_allow_origins", mode="before")

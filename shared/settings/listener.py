@@ -12,6 +12,8 @@ from pydantic_settings import NoDecode
 
 from shared.settings.base import CommonSettings, split_list
 from shared.settings.sections import (
+    DAY_S,
+    DiskSettings,
     ListenerEndpointSettings,
     OperatorKeysSettings,
     ResultsDeliverySettings,
@@ -21,7 +23,7 @@ from shared.settings.sections import (
 
 class ListenerSettings(
     CommonSettings, ListenerEndpointSettings, ResultsDeliverySettings, SelectionRulesSettings,
-    OperatorKeysSettings,
+    OperatorKeysSettings, DiskSettings,
 ):
     """The C-STORE SCP, its spool and study reports, and its client of the gateway."""
 
@@ -67,8 +69,25 @@ class ListenerSettings(
         "(bigger: status A700 out of resources)",
     )
     listener_spool_max_bytes: int = Field(
-        2 * 1024 ** 3, ge=1024 * 1024, description="most bytes waiting in the spool; a C-STORE "
-        "beyond it is answered A700 (out of resources), so the sender retries later",
+        2 * 1024 ** 3, ge=1024, description="most bytes waiting in the spool (incoming/ and "
+        "results/); a C-STORE beyond it is answered A700 (out of resources), so the sender "
+        "retries later",
+    )
+    listener_failed_max_age_s: float = Field(
+        30 * DAY_S, ge=0, description="files in the spool's failed/ and failed/results/ "
+        "older than this are deleted; 0 = kept whatever their age",
+    )
+    listener_failed_max_bytes: int = Field(
+        1024 ** 3, ge=0, description="most bytes kept in failed/ and in failed/results/ "
+        "(each); beyond, the oldest files are deleted; 0 = no cap",
+    )
+    listener_reports_max_age_s: float = Field(
+        90 * DAY_S, ge=0, description="closed study reports (LISTENER_RESULTS_DIR) older "
+        "than this are deleted (open ones never); 0 = kept whatever their age",
+    )
+    listener_reports_max_bytes: int = Field(
+        256 * 1024 ** 2, ge=0, description="most bytes of study reports kept; beyond, the "
+        "oldest closed ones are deleted; 0 = no cap",
     )
     listener_study_idle_s: float = Field(
         15.0, gt=0, description="a study is closed (reported) this long after its last "

@@ -9,6 +9,7 @@
 | :class:`PseudonymSecretSettings` | the gateway, ``spine serve`` (fills in a per-install one) |
 | :class:`ListenerEndpointSettings` | the DICOM listener, ``spine serve`` (starts and polls it) |
 | :class:`OperatorKeysSettings` | the gateway (``/health`` details), the listener (its status) |
+| :class:`DiskSettings` | the gateway (its results spool), the DICOM listener (its spool) |
 """
 
 from __future__ import annotations
@@ -205,3 +206,20 @@ class OperatorKeysSettings(SettingsBase):
     @classmethod
     def _parse_operator_keys(cls, value: object) -> object:
         return parse_key_digests(value, "OPERATOR_KEYS_SHA256")
+
+
+DAY_S = 86400.0
+
+
+class DiskSettings(SettingsBase):
+    """Bounded disk for the spools (shared/dicomnet/retention.py; docs/OPERATIONS.md
+    "Bounded disk")."""
+
+    disk_min_free_bytes: int = Field(
+        256 * 1024 ** 2, ge=0, description="free bytes kept on a spool's disk: below it new "
+        "work is refused (C-STORE A700, STOW-RS 503 + Retry-After); 0 = no check",
+    )
+    retention_interval_s: float = Field(
+        300.0, gt=0, description="how often finished work (failed/ folders, closed study "
+        "reports) is pruned by its age and bytes limits",
+    )
