@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from enum import StrEnum
 
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 
 from shared.dicom.results import codes
 from shared.dicom.results.model import AnalysisResult
@@ -27,6 +27,9 @@ class ResultKind(StrEnum):
 
 
 DEFAULT_KINDS = (ResultKind.SR, ResultKind.GSPS)
+# The namespace of our derived UIDs (a fixed random UUID: never change it, or every
+# re-analysis files new copies beside the old ones).
+UID_NAMESPACE = uuid.UUID("5f0c7a52-3d9e-4b8e-9a61-2c4f0e8d7b13")
 SERIES_NUMBERS = {
     ResultKind.SR: 9901, ResultKind.GSPS: 9902, ResultKind.SC: 9903, ResultKind.KOS: 9904,
 }
@@ -45,15 +48,43 @@ class ObjectUids:
     instance: str
 
 
+def require_uids(source: SourceImage) -> None:
+    """ResultWriteError naming the UIDs a result object must reference that the image lacks."""
+    missing = [
+        name for name, value in (
+            ("SOP Class UID", source.sop_class_uid),
+            ("SOP Instance UID", source.sop_instance_uid),
+            ("Series Instance UID", source.series_instance_uid),
+            ("Study Instance UID", source.study_instance_uid),
+        ) if not value
+    ]
+    if missing:
+        raise ResultWriteError(
+            f"The image has no valid {', '.join(missing)}; a DICOM result must reference "
+            "the image and land in its study."
+        )
+
+
+def derived_uid(*parts: str) -> str:
+    """A ``2.25.`` UID (PS3.5 B.2) from the UUIDv5 of ``parts``: the same parts, the same UID."""
+    name = "\x1f".join(parts)  # unit separator: ("a.b", "c") and ("a", "b.c") differ
+    return f"2.25.{uuid.uuid5(UID_NAMESPACE, name).int}"
+
+
 def object_uids(source: SourceImage, result: AnalysisResult, kind: ResultKind) -> ObjectUids:
     """The UIDs of one result object: the one place every writer takes them from.
 
-    New random UIDs today. Issue 22 item 3 will make them deterministic (UUIDv5 ``2.25.``
-    UIDs from the source SOP Instance UID, the bundle digest, ``kind`` and the software
-    version), which is why the source and the result are already its inputs.
+    Derived, never random: from the source's SOP Instance UID, the analysis digest (bundle
+    and fusion rule, :attr:`AnalysisResult.bundle_digest`), ``kind`` and the software
+    version. A re-analysis of the same image (after a crash, or a PACS sending it again)
+    writes objects with the same UIDs, which a PACS stores once. Each object stays its own
+    series (instance number 1), so the series UID has the same inputs, told apart.
     """
-    del source, result, kind  # inputs of the deterministic UIDs to come
-    return ObjectUids(generate_uid(), generate_uid())
+    require_uids(source)
+    parts = (str(source.sop_instance_uid), result.bundle_digest, kind.value, result.version)
+    return ObjectUids(
+        series=derived_uid("series", *parts), instance=derived_uid("instance", *parts)
+    )
 
 
 def series_identity(kind: ResultKind, uids: ObjectUids) -> dict[str, object]:
@@ -70,19 +101,7 @@ def reference_dataset(source: SourceImage) -> Dataset:
 
     It holds the identity, size and patient/study attributes of the image, never pixels.
     """
-    missing = [
-        name for name, value in (
-            ("SOP Class UID", source.sop_class_uid),
-            ("SOP Instance UID", source.sop_instance_uid),
-            ("Series Instance UID", source.series_instance_uid),
-            ("Study Instance UID", source.study_instance_uid),
-        ) if not value
-    ]
-    if missing:
-        raise ResultWriteError(
-            f"The image has no valid {', '.join(missing)}; a DICOM result must reference "
-            "the image and land in its study."
-        )
+    require_uids(source)
     ds = Dataset()
     if source.specific_character_set:
         ds.SpecificCharacterSet = list(source.specific_character_set)

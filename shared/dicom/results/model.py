@@ -8,6 +8,8 @@ image's pixels (x1, y1, x2, y2).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 from shared.contract import demo_warning
@@ -40,6 +42,15 @@ class AnalysisResult:
     checkpoints: dict[str, str] = field(default_factory=dict)  # path -> sha256
     version: str = SOFTWARE_VERSION
     fusion_mode: str | None = None
+
+    @property
+    def bundle_digest(self) -> str:
+        """What decides the objects besides the image: the bundle (name, kind, weights'
+        sha256, threshold) and the fusion rule, as 16 hex digits. An input of the result
+        objects' UIDs: a new bundle or rule files new objects, a re-analysis the same ones."""
+        facts = [self.bundle_name, self.bundle_kind, sorted(self.checkpoints.items()),
+                 repr(self.threshold), self.fusion_mode]
+        return hashlib.sha256(json.dumps(facts).encode()).hexdigest()[:16]
 
     @property
     def disclaimer(self) -> str:

@@ -31,6 +31,7 @@ from shared.dicom.results.common import (
     ObjectUids,
     ResultKind,
     coding_schemes,
+    derived_uid,
     rectangle,
     reference_dataset,
     series_description,
@@ -92,8 +93,15 @@ def whole_image(source: SourceImage) -> hd.sr.CoordinatesForMeasurement:
     )
 
 
+def _tracking(uids: ObjectUids, identifier: str) -> hd.sr.TrackingIdentifier:
+    """A measurement group's tracking UID: derived from the SR's own UID, as stable as it."""
+    return hd.sr.TrackingIdentifier(
+        uid=derived_uid(uids.instance, "tracking", identifier), identifier=identifier
+    )
+
+
 def _image_group(
-    source: SourceImage, result: AnalysisResult
+    source: SourceImage, result: AnalysisResult, uids: ObjectUids
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     region = whole_image(source)
     measurements = [
@@ -111,9 +119,7 @@ def _image_group(
         ),
     ]
     return hd.sr.MeasurementsAndQualitativeEvaluations(
-        tracking_identifier=hd.sr.TrackingIdentifier(
-            uid=generate_uid(), identifier="Image-level finding"
-        ),
+        tracking_identifier=_tracking(uids, "Image-level finding"),
         # TID 1501 "Finding" (DCM 121071) of the whole image: SNOMED Normal / Abnormal
         finding_type=codes.DIAGNOSIS_VALUES[result.diagnosis],
         algorithm_id=algorithm(result),
@@ -125,7 +131,7 @@ def _image_group(
 
 
 def _box_groups(
-    source: SourceImage, result: AnalysisResult
+    source: SourceImage, result: AnalysisResult, uids: ObjectUids
 ) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
     groups = []
     algorithm_id = short_algorithm(result)
@@ -139,8 +145,8 @@ def _box_groups(
         )
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-                tracking_identifier=hd.sr.TrackingIdentifier(
-                    uid=generate_uid(), identifier=f"Detection {number}: {box.class_name}"[:64]
+                tracking_identifier=_tracking(
+                    uids, f"Detection {number}: {box.class_name}"[:64]
                 ),
                 referenced_region=region,
                 finding_type=codes.finding_type(box.class_name),
@@ -176,7 +182,9 @@ def build_sr(
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=observer),
         procedure_reported=codes.PROCEDURE,
-        imaging_measurements=[_image_group(source, result), *_box_groups(source, result)],
+        imaging_measurements=[
+            _image_group(source, result, uids), *_box_groups(source, result, uids)
+        ],
     )
     root = report[0]
     root.ContentSequence.append(
