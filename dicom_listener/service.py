@@ -336,6 +336,7 @@ class ListenerService:
         await self.results.close()
         await self.delivery.stop(self.settings.results_drain_timeout_s)
         await self.gateway.close()
+        self.spool.close()
         log.info("listener stopped: %d instance(s) and %d result(s) kept in the spool for "
                  "the next start", self.spool.count, self.spool.result_count)
 

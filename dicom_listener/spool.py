@@ -25,6 +25,10 @@ which the SCP answers with status A700 (out of resources) so the sender keeps th
 instance. ``failed/`` is pruned by :mod:`shared.dicomnet.retention`, never
 ``incoming/`` or ``results/``.
 Thread-safe: C-STORE handlers of several associations write at once.
+One owner: a listener holds ``root/.owner.lock`` (``flock``, gone with its process, so a
+SIGKILL leaves no stale lock) while it runs; a second listener on the same folder is
+refused with :class:`SpoolInUseError` before it touches anything (it would replay the
+first one's entries and delete its half-written files).
 """
 
 from __future__ import annotations
@@ -47,8 +51,15 @@ from shared.dicomnet.spool import (
     read_each,
     read_uids,
 )
+from shared.filelock import HeldLock, LockHeld
 
-__all__ = ["ResultFile", "Spool", "SpoolEntry", "SpoolFull", "read_uids"]
+__all__ = ["ResultFile", "Spool", "SpoolEntry", "SpoolFull", "SpoolInUseError", "read_uids"]
+
+OWNER_LOCK = ".owner.lock"
+
+
+class SpoolInUseError(RuntimeError):
+    """``LISTENER_SPOOL_DIR`` is owned by another running listener: the start stops."""
 
 
 class SpoolFull(Exception):
@@ -84,6 +95,7 @@ class Spool:
         self.failed = root / "failed"
         self.results = root / "results"
         self.failed_results = self.failed / "results"
+        self._owner = _own(root)
         for folder in (self.incoming, self.tmp, self.failed):
             folder.mkdir(parents=True, exist_ok=True)
         self.max_instance_bytes = max_instance_bytes
@@ -96,6 +108,10 @@ class Spool:
         self.result_store = ResultStore(self.results, self.failed_results, self.tmp)
         self._used = sum(p.stat().st_size for p in self.incoming.glob(f"*{SUFFIX}"))
         self._count = len(list(self.incoming.glob(f"*{SUFFIX}")))
+
+    def close(self) -> None:
+        """Give up ownership (the next listener may take the folder)."""
+        self._owner.release()
 
     @property
     def used_bytes(self) -> int:
@@ -187,3 +203,13 @@ class Spool:
         self._release(size)
         fsync_dir(self.incoming)
         return target
+
+
+def _own(root: Path) -> HeldLock:
+    try:
+        return HeldLock.acquire(root / OWNER_LOCK)
+    except LockHeld:
+        raise SpoolInUseError(
+            f"LISTENER_SPOOL_DIR {root} is in use by another running listener: give each "
+            "listener its own spool folder"
+        ) from None

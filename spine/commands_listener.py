@@ -19,6 +19,7 @@ def cmd_dicom_listener(args: argparse.Namespace, _cli: CliSettings) -> int:
     """The listener process: its settings read once, the options applied over them."""
     from dicom_listener.scp import ListenerConfigError
     from dicom_listener.service import run
+    from dicom_listener.spool import SpoolInUseError
     from shared.dicomnet.destinations import DestinationConfigError
     from shared.logging import configure_logging
     from shared.tracing import tracing_from
@@ -33,7 +34,7 @@ def cmd_dicom_listener(args: argparse.Namespace, _cli: CliSettings) -> int:
     tracing_from("dicom-listener", settings)
     try:
         asyncio.run(run(settings, host=args.host, port=args.port))
-    except (ListenerConfigError, DestinationConfigError) as exc:
+    except (ListenerConfigError, DestinationConfigError, SpoolInUseError) as exc:
         sys.exit(f"spine dicom-listener: {exc}")
     return 0
 

@@ -60,8 +60,11 @@ def fsync_dir(path: Path) -> None:
 
 
 def durable_write(data: bytes, tmp: Path, folder: Path, name: str) -> Path:
-    """Write ``tmp/name``, flush, fsync, rename into ``folder``, fsync the folder."""
-    partial = tmp / name
+    """Write ``tmp/name``, flush, fsync, rename into ``folder``, fsync the folder.
+
+    The temporary name is the writing thread's own (the same object written twice at once,
+    e.g. a resend while its first copy is analysed, never shares a half-written file)."""
+    partial = tmp / f"{os.getpid()}-{threading.get_ident()}-{name}"
     try:
         with partial.open("wb") as handle:
             handle.write(data)

@@ -16,7 +16,7 @@ from prometheus_client import CollectorRegistry
 
 from dicom_listener.forward import Fate, interpret
 from dicom_listener.scp import ListenerConfigError, ScpConfig
-from dicom_listener.spool import Spool, SpoolFull, read_uids
+from dicom_listener.spool import Spool, SpoolFull, SpoolInUseError, read_uids
 from dicom_listener.studies import ImageResult, StudyTracker
 from dicom_listener.studyreport import ListenerMetrics, StudyReports
 from shared.settings import CliSettings, ListenerSettings
@@ -41,6 +41,7 @@ def test_the_spool_keeps_what_it_acknowledged_across_a_restart(tmp_path: Path) -
     (tmp_path / "tmp" / "half-written.dcm").write_bytes(b"never acknowledged")
     (tmp_path / "incoming" / "99999999999999999999-000000.dcm").write_bytes(b"garbage")
 
+    spool.close()  # the process ends (a SIGKILL too drops its lock)
     again = Spool(tmp_path, max_instance_bytes=10**7, max_total_bytes=10**8)  # a restart
     entries, unreadable = again.pending()
     assert [(e.study_uid, e.sop_uid) for e in entries] == [
@@ -55,11 +56,24 @@ def test_the_spool_keeps_what_it_acknowledged_across_a_restart(tmp_path: Path) -
     assert (tmp_path / "failed" / "99999999999999999999-000000.dcm").exists()
 
 
+def test_a_second_owner_of_the_spool_is_refused_and_leaves_it_untouched(tmp_path: Path) -> None:
+    spool = Spool(tmp_path, max_instance_bytes=10**7, max_total_bytes=10**8)
+    half = tmp_path / "tmp" / "being-written.dcm"  # the first listener is writing it
+    half.write_bytes(b"half")
+    with pytest.raises(SpoolInUseError, match=f"LISTENER_SPOOL_DIR {tmp_path} is in use"):
+        Spool(tmp_path, max_instance_bytes=10**7, max_total_bytes=10**8)
+    assert half.exists()
+    spool.close()
+    Spool(tmp_path, max_instance_bytes=10**7, max_total_bytes=10**8).close()
+    assert not half.exists()  # the next owner cleans what a crash left half-written
+
+
 def test_the_spool_refuses_beyond_its_caps(tmp_path: Path) -> None:
     data = _instance()
     spool = Spool(tmp_path, max_instance_bytes=len(data) - 1, max_total_bytes=10**8)
     with pytest.raises(SpoolFull, match="LISTENER_MAX_INSTANCE_BYTES"):
         spool.write(data, STUDY, "1.2.3.4.5")
+    spool.close()
     spool = Spool(tmp_path, max_instance_bytes=10**7, max_total_bytes=len(data) + 10)
     spool.write(data, STUDY, "1.2.3.4.5")
     with pytest.raises(SpoolFull, match="LISTENER_SPOOL_MAX_BYTES"):
@@ -78,6 +92,7 @@ def test_the_spool_keeps_results_until_delivered_across_a_restart(tmp_path: Path
     assert list((tmp_path / "tmp").iterdir()) == []
 
     (tmp_path / "results" / "1.2.3.9.dcm").write_bytes(b"garbage")
+    spool.close()
     again = Spool(tmp_path, max_instance_bytes=10**7, max_total_bytes=10**8)  # a restart
     files, unreadable = again.pending_results()
     assert [(r.study_uid, r.sop_uid) for r in files] == [
