@@ -59,7 +59,7 @@ class ListenerSettings(
     # --- the spool and the study reports -------------------------------------------------
     listener_spool_dir: Path | None = Field(
         None, description="where received instances wait (durably) for analysis; "
-        "None = SPINE_CACHE_DIR/listener/spool",
+        "None = SPINE_CACHE_DIR/listener/spool; one listener per folder (a second is refused)",
     )
     listener_results_dir: Path | None = Field(
         None, description="one JSON report per study; None = SPINE_CACHE_DIR/listener/studies"
