@@ -236,6 +236,7 @@ def test_kills_and_resends_leave_one_sr_and_one_pr_per_image(
         srs = _assert_one_each(_settled(listener, orthanc, studies), studies)
         health = listener.health()["spool"]
         assert (health["failed"], health["failed_results"]) == (0, 0)
+        assert not list((tmp_path / "listener" / "spool" / "tmp").iterdir())  # none half-written
 
         analysed = metric(listener.metrics(), 'spine_listener_images_total{outcome="analysed"}')
         sender.send_all()  # the PACS sends everything again, nothing failing
