@@ -42,6 +42,7 @@ MODALITY = "CRASHLSN"
 STUDIES, IMAGES_PER_STUDY = 4, 2
 KILLS = ("listener", "gateway", "listener", "gateway")  # shuffled: each killed twice
 SETTLE_TIMEOUT_S = 150.0
+RESEND_ROUNDS, SEND_PAUSE_S = 3, 1.5  # Orthanc's sends while the kills go on
 
 
 @dataclass
@@ -144,9 +145,11 @@ def _kill_and_restart(
     done = threading.Event()
 
     def resend_until_done() -> None:  # the PACS resends everything while errors go on
-        while not done.is_set():
+        for _round in range(RESEND_ROUNDS):
             for ids in sender.studies:
                 sender.send(ids, done)
+                if done.wait(SEND_PAUSE_S):
+                    return
 
     pacs = threading.Thread(target=resend_until_done, daemon=True)
     pacs.start()
@@ -233,7 +236,12 @@ def test_kills_and_resends_leave_one_sr_and_one_pr_per_image(
         sender = Sender(orthanc, ids)
         kills = _kill_and_restart(listener, gateway, sender, random.Random(22))
         sender.send_all()  # every study acknowledged at least once
-        srs = _assert_one_each(_settled(listener, orthanc, studies), studies)
+        refs = _settled(listener, orthanc, studies)
+        print(f"\n[crash] {STUDIES * IMAGES_PER_STUDY} instances, {kills} SIGKILLs, "
+              f"{sender.sends} sends ({sender.failed_sends} failed): SRs in Orthanc "
+              f"{sum(len(r[SR_CLASS]) for r in refs.values())}, PRs "
+              f"{sum(len(r[GSPS_CLASS]) for r in refs.values())}")
+        srs = _assert_one_each(refs, studies)
         health = listener.health()["spool"]
         assert (health["failed"], health["failed_results"]) == (0, 0)
         assert not list((tmp_path / "listener" / "spool" / "tmp").iterdir())  # none half-written
