@@ -353,6 +353,10 @@ class ModelClient(Generic[F]):
             r.bundle.stale or r.bundle.error is not None
         ))
         self.agreement.settle(self.replicas)  # a replica that went stale no longer takes part
+        for url, ready in self.readiness.changes(is_ready):
+            log.log(logging.INFO if ready else logging.WARNING, "%s replica %s %s", self.service,
+                    url, "ready again: back in rotation" if ready else
+                    "not ready at the readiness poll: out of rotation until a poll finds it ready")
         self.readiness.record(is_ready, time.monotonic())
         return dict(is_ready)
 

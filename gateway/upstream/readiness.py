@@ -48,6 +48,12 @@ class ReadinessCache:
     def record(self, ready: Mapping[str, bool], now: float) -> None:
         self.ready, self.polled_at = dict(ready), now
 
+    def changes(self, ready: Mapping[str, bool]) -> list[tuple[str, bool]]:
+        """Replicas whose readiness a new poll (``ready``) changes, for the log: the first
+        poll reports those not ready."""
+        return [(url, is_ready) for url, is_ready in ready.items()
+                if self.ready.get(url, True) != is_ready]
+
     def view(
         self, now: float, max_age_s: float, replicas: Collection[str], in_rotation: Collection[str]
     ) -> dict[str, bool]:

@@ -63,3 +63,11 @@ async def test_a_probe_is_ready_only_on_200_and_bounded_as_a_whole() -> None:
     assert elapsed < 5.0  # the hanging replica was given up on, not waited for
     assert seen[0].url.path == "/v2/models/spine-classifier/ready"
     assert seen[0].headers["Authorization"] == "Bearer t"
+
+
+def test_a_poll_reports_only_the_replicas_whose_readiness_changed() -> None:
+    cache = ReadinessCache()
+    assert cache.changes({"a": True, "b": False}) == [("b", False)]  # first poll: the down
+    cache.record({"a": True, "b": False}, 0.0)
+    assert cache.changes({"a": False, "b": True}) == [("a", False), ("b", True)]
+    assert cache.changes({"a": True, "b": False}) == []
